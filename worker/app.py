@@ -1,0 +1,105 @@
+"""Wiring of one worker process: settings -> accounts -> Salesforce client -> RabbitMQ -> HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import aiohttp
+from aiohttp import web
+from pydantic import SecretStr
+
+from worker.config import Account, Accounts, Settings, load_accounts
+from worker.jobs import JobRunner
+from worker.observability import http
+from worker.observability.metrics import Metrics
+from worker.runtime.consumer import DeliveryHandler
+from worker.runtime.service import RabbitService
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.http import create_session
+from worker.salesforce.oauth import Grant, request_token
+from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
+from worker.stores.memory import MemoryResultStore
+
+log = logging.getLogger(__name__)
+
+
+def token_manager(
+    session: aiohttp.ClientSession, settings: Settings, metrics: Metrics
+) -> TokenManager:
+    async def fetch(account: Account, refresh_token: SecretStr | None) -> Grant:
+        return await request_token(session, account, refresh_token=refresh_token)
+
+    return MemoryTokenManager(
+        fetch,
+        metrics,
+        Backoff(settings.token_backoff_initial_seconds, settings.token_backoff_max_seconds),
+        request_timeout=settings.token_timeout_seconds,
+    )
+
+
+class Worker:
+    """One worker process's parts, started and stopped in order."""
+
+    def __init__(self, settings: Settings, accounts: Accounts | None = None) -> None:
+        self.settings = settings
+        self.accounts = accounts or load_accounts(
+            settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
+        )
+        self.metrics = Metrics()
+        self.metrics.initialise(self.accounts.by_name)
+        self.service = RabbitService(settings, self.metrics)
+        self._session: aiohttp.ClientSession | None = None
+        self._tokens: TokenManager | None = None
+        self._store = MemoryResultStore(
+            settings.result_cache_size, settings.result_cache_ttl_seconds
+        )
+        self._http: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.http_port:
+            app = http.create_app(self.metrics, self.service.readiness)
+            self._http = await http.start(app, s.http_host, s.http_port)
+        self._session = create_session(s)
+        self._tokens = token_manager(self._session, s, self.metrics)
+        client = SalesforceClient(self._session, self._tokens, s, self.metrics)
+        runner = JobRunner(self.accounts, client, s, self.metrics)
+        await self.service.connect(s.startup_timeout_seconds)
+        publisher = await self.service.open()
+        handler = DeliveryHandler(runner, self._store, publisher, s, self.metrics)
+        await self.service.consume(handler.handle)
+        log.info("worker started", extra={"accounts": len(self.accounts)})
+
+    async def stop(self) -> None:
+        cancelled = await self.service.drain(self.settings.shutdown_grace_seconds)
+        await self.service.close()
+        if self._tokens is not None:
+            await self._tokens.close()
+        if self._session is not None:
+            await self._session.close()
+        await self._store.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        log.info("worker stopped", extra={"left_unacked": cancelled})
+
+    async def run_until_stopped(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0 after draining) or a fatal consumer loss."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            stopped = asyncio.create_task(stop.wait())
+            fatal = asyncio.create_task(self.service.fatal.wait())
+            await asyncio.wait({stopped, fatal}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            fatal.cancel()
+            log.info("shutting down", extra={"in_flight": self.service.in_flight})
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+        return self.service.exit_code

@@ -1,0 +1,352 @@
+"""Settings (environment variables `SFWORKER_*`) and the accounts file (TOML).
+
+Every setting is listed in docs/configuration.md. Secrets in the accounts file may be given inline,
+as `<key>_env` (the name of an environment variable) or as `<key>_file` (a path, e.g. a mounted
+Kubernetes Secret). A bad file fails at start with a message that names the account and the key;
+no secret value ever appears in an error, a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why (never a secret)."""
+
+
+class Settings(BaseSettings):
+    """Process settings, read from `SFWORKER_<NAME>` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SFWORKER_", extra="ignore", frozen=True)
+
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="RabbitMQ URL (may carry credentials; never logged)",
+    )
+    accounts_file: Path = Field(default=Path("accounts.toml"), description="TOML accounts file")
+    http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the endpoint")
+    redis_url: SecretStr | None = Field(default=None, description="Redis URL (shared state)")
+    prefetch: int = Field(default=32, ge=1, le=5000, description="In-flight jobs per process")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: str = Field(default="json", description="json or text")
+
+    request_exchange: str = "salesforce.blocks"
+    request_routing_key: str = "salesforce.blocks"
+    request_queue: str = "salesforce.blocks"
+    dead_letter_exchange: str = "salesforce.blocks.dlx"
+    dead_letter_queue: str = "salesforce.blocks.dead"
+    results_exchange: str = "salesforce.results"
+    delivery_limit: int = Field(default=5, ge=1, description="Quorum x-delivery-limit")
+
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, description="Larger -> rejected")
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0, description="Drain time on SIGTERM")
+    publish_timeout_seconds: float = Field(default=5.0, gt=0, description="Wait for a confirm")
+    watchdog_interval_seconds: float = Field(default=5.0, gt=0, description="Consumer check")
+    reconnect_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Pause between reconnection attempts to RabbitMQ"
+    )
+    startup_timeout_seconds: float = Field(
+        default=60.0, ge=0, description="How long the first connection to RabbitMQ is retried"
+    )
+
+    result_cache_size: int = Field(default=10_000, ge=0, description="Results kept for replay")
+    result_cache_ttl_seconds: float = Field(default=900.0, gt=0, description="How long")
+
+    http_pool_size: int = Field(default=100, ge=1, description="Connections to Salesforce")
+    http_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    allow_insecure_localhost: bool = Field(
+        default=False,
+        description="Allow plain http:// to 127.0.0.1/localhost (the simulator); never elsewhere",
+    )
+    max_attempts: int = Field(default=4, ge=1, le=20, description="Calls per operation at most")
+    retry_base_ms: int = Field(default=100, ge=1, description="Backoff base (full jitter)")
+    retry_cap_ms: int = Field(default=2000, ge=1, description="Backoff cap")
+    token_backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    token_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    token_timeout_seconds: float = Field(default=10.0, gt=0, description="Token endpoint call")
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+class Flow(StrEnum):
+    CLIENT_CREDENTIALS = "client_credentials"
+    REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a flow name, not a secret
+    JWT_BEARER = "jwt_bearer"
+
+
+SECRET_KEYS = ("client_secret", "refresh_token", "private_key")
+_REQUIRED_SECRETS: dict[Flow, tuple[str, ...]] = {
+    Flow.CLIENT_CREDENTIALS: ("client_secret",),
+    Flow.REFRESH_TOKEN: ("client_secret", "refresh_token"),
+    Flow.JWT_BEARER: ("private_key",),
+}
+_PLAIN_KEYS = {
+    "tenant",
+    "default",
+    "instance_url",
+    "token_url",
+    "flow",
+    "client_id",
+    "username",
+    "audience",
+    "sandbox",
+    "api_version",
+    "max_concurrency",
+}
+_ALLOWED_KEYS = (
+    _PLAIN_KEYS
+    | set(SECRET_KEYS)
+    | {f"{k}_env" for k in SECRET_KEYS}
+    | {f"{k}_file" for k in SECRET_KEYS}
+)
+_LOCAL_HOSTS = {"localhost"}
+
+
+@dataclass(frozen=True)
+class Account:
+    """One integration account (an External Client App connection to one org)."""
+
+    name: str
+    instance_url: str
+    token_url: str
+    flow: Flow
+    client_id: str
+    client_secret: SecretStr | None = field(default=None, repr=False)
+    refresh_token: SecretStr | None = field(default=None, repr=False)
+    private_key: SecretStr | None = field(default=None, repr=False)
+    username: str | None = None
+    audience: str = "https://login.salesforce.com"
+    tenant: str | None = None
+    default: bool = False
+    api_version: str = "62.0"
+    max_concurrency: int = 25
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.instance_url}/services/data/v{self.api_version}"
+
+
+@dataclass(frozen=True)
+class Accounts:
+    by_name: Mapping[str, Account]
+
+    def resolve(self, name: str | None, tenant: str | None) -> Account | None:
+        """The named account, or the default one (the tenant's own default first)."""
+        if name is not None:
+            return self.by_name.get(name)
+        defaults = [a for a in self.by_name.values() if a.default]
+        if tenant is not None:
+            for account in defaults:
+                if account.tenant == tenant:
+                    return account
+        untenanted = [a for a in defaults if a.tenant is None]
+        if untenanted:
+            return untenanted[0]
+        return defaults[0] if len(defaults) == 1 else None
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+
+def _is_local_host(host: str) -> bool:
+    if host in _LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, *, allow_insecure_localhost: bool, where: str) -> str:
+    """Return the URL without a trailing slash, or raise ConfigError naming `where`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in {"https", "http"} or not host:
+        raise ConfigError(f"{where}: must be an https:// URL with a host")
+    if parts.scheme == "http":
+        if not _is_local_host(host):
+            raise ConfigError(f"{where}: plain http:// is refused; Salesforce needs https://")
+        if not allow_insecure_localhost:
+            raise ConfigError(
+                f"{where}: plain http:// to {host} needs SFWORKER_ALLOW_INSECURE_LOCALHOST=true "
+                "(simulator only)"
+            )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{where}: must not carry a query or fragment")
+    return url.rstrip("/")
+
+
+def _read_secret(name: str, key: str, table: Mapping[str, Any], base_dir: Path) -> SecretStr | None:
+    given = [k for k in (key, f"{key}_env", f"{key}_file") if k in table]
+    if len(given) > 1:
+        raise ConfigError(f"account {name!r}: give only one of {', '.join(given)}")
+    if not given:
+        return None
+    which = given[0]
+    raw = table[which]
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"account {name!r}: key {which!r} must be a non-empty string")
+    if which == key:
+        return SecretStr(raw)
+    if which.endswith("_env"):
+        value = os.environ.get(raw)
+        if not value:
+            raise ConfigError(
+                f"account {name!r}: key {which!r}: environment variable {raw} is not set or empty"
+            )
+        return SecretStr(value)
+    path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"account {name!r}: key {which!r}: cannot read {path}: {exc.strerror or 'error'}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"account {name!r}: key {which!r}: {path} is not UTF-8 text") from None
+    text = text.strip() if key != "private_key" else text
+    if not text.strip():
+        raise ConfigError(f"account {name!r}: key {which!r}: {path} is empty")
+    return SecretStr(text)
+
+
+def _typed(name: str, table: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    """table[key] checked to be of `kind`, or `default` when absent."""
+    if key not in table:
+        return default
+    value = table[key]
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"account {name!r}: key {key!r} must be an integer")
+    if not isinstance(value, kind):
+        raise ConfigError(f"account {name!r}: key {key!r} must be a {kind.__name__}")
+    return value
+
+
+def _api_version(name: str, raw: Any) -> str:
+    text = str(raw) if isinstance(raw, str | float | int) and not isinstance(raw, bool) else ""
+    if "." not in text:
+        text += ".0"
+    major, _, minor = text.partition(".")
+    if not (major.isdigit() and minor.isdigit() and 20 <= int(major) < 100):
+        raise ConfigError(f"account {name!r}: key 'api_version' must look like \"62.0\"")
+    return text
+
+
+def _parse_account(
+    name: str, table: Any, base_dir: Path, *, allow_insecure_localhost: bool
+) -> Account:
+    if not isinstance(table, dict):
+        raise ConfigError(f"account {name!r}: [accounts.{name}] must be a table")
+    unknown = sorted(set(table) - _ALLOWED_KEYS)
+    if unknown:
+        raise ConfigError(f"account {name!r}: unknown key {unknown[0]!r}")
+    for required in ("instance_url", "flow", "client_id"):
+        if required not in table:
+            raise ConfigError(f"account {name!r}: missing key {required!r}")
+    flow_raw = _typed(name, table, "flow", str, "")
+    try:
+        flow = Flow(flow_raw)
+    except ValueError:
+        allowed = ", ".join(f.value for f in Flow)
+        raise ConfigError(
+            f"account {name!r}: key 'flow': unknown flow {flow_raw!r} (one of {allowed})"
+        ) from None
+    instance_url = check_url(
+        _typed(name, table, "instance_url", str, ""),
+        allow_insecure_localhost=allow_insecure_localhost,
+        where=f"account {name!r}: key 'instance_url'",
+    )
+    token_url = check_url(
+        _typed(name, table, "token_url", str, f"{instance_url}/services/oauth2/token"),
+        allow_insecure_localhost=allow_insecure_localhost,
+        where=f"account {name!r}: key 'token_url'",
+    )
+    secrets = {key: _read_secret(name, key, table, base_dir) for key in SECRET_KEYS}
+    for key in _REQUIRED_SECRETS[flow]:
+        if secrets[key] is None:
+            raise ConfigError(
+                f"account {name!r}: missing key {key!r} (or {key}_env / {key}_file) "
+                f"for flow {flow.value}"
+            )
+    client_id = _typed(name, table, "client_id", str, "")
+    if not client_id:
+        raise ConfigError(f"account {name!r}: key 'client_id' must not be empty")
+    username = _typed(name, table, "username", str, None)
+    if flow is Flow.JWT_BEARER and not username:
+        raise ConfigError(f"account {name!r}: missing key 'username' for flow jwt_bearer")
+    sandbox = _typed(name, table, "sandbox", bool, False)
+    default_audience = "https://test.salesforce.com" if sandbox else "https://login.salesforce.com"
+    api_version = _api_version(name, table.get("api_version", "62.0"))
+    max_concurrency = _typed(name, table, "max_concurrency", int, 25)
+    if max_concurrency < 1:
+        raise ConfigError(f"account {name!r}: key 'max_concurrency' must be at least 1")
+    tenant = _typed(name, table, "tenant", str, None)
+    return Account(
+        name=name,
+        instance_url=instance_url,
+        token_url=token_url,
+        flow=flow,
+        client_id=client_id,
+        client_secret=secrets["client_secret"],
+        refresh_token=secrets["refresh_token"],
+        private_key=secrets["private_key"],
+        username=username,
+        audience=_typed(name, table, "audience", str, default_audience),
+        tenant=tenant or None,
+        default=_typed(name, table, "default", bool, False),
+        api_version=api_version,
+        max_concurrency=max_concurrency,
+    )
+
+
+def parse_accounts(
+    data: Mapping[str, Any], base_dir: Path, *, allow_insecure_localhost: bool = False
+) -> Accounts:
+    tables = data.get("accounts")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError("accounts file: needs at least one [accounts.NAME] table")
+    accounts = {
+        name: _parse_account(
+            name, table, base_dir, allow_insecure_localhost=allow_insecure_localhost
+        )
+        for name, table in tables.items()
+    }
+    seen_default: dict[str | None, str] = {}
+    for account in accounts.values():
+        if not account.default:
+            continue
+        if account.tenant in seen_default:
+            raise ConfigError(
+                f"account {account.name!r}: key 'default': account "
+                f"{seen_default[account.tenant]!r} is already the default"
+                + (f" of tenant {account.tenant!r}" if account.tenant else "")
+            )
+        seen_default[account.tenant] = account.name
+    return Accounts(by_name=accounts)
+
+
+def load_accounts(path: Path, *, allow_insecure_localhost: bool = False) -> Accounts:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"accounts file {path}: cannot read: {exc.strerror or 'error'}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        # The decoder's message names a line and column, never the value.
+        raise ConfigError(f"accounts file {path}: not valid TOML: {exc}") from None
+    return parse_accounts(data, path.parent, allow_insecure_localhost=allow_insecure_localhost)

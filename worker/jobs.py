@@ -1,0 +1,196 @@
+"""One block job, top to bottom: read it, check it, check its deadline and account, call
+Salesforce, and say what to answer. RabbitMQ (receiving, replying, acking) is runtime/'s job."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from worker.config import Accounts, Settings
+from worker.contract import (
+    CONTRACT_VERSION,
+    AnyJob,
+    BlockResult,
+    ErrorCode,
+    Operation,
+    ResultError,
+    Status,
+    parse_job,
+)
+from worker.deadline import Deadline
+from worker.observability.metrics import Metrics
+from worker.salesforce.binding import BindingError
+from worker.salesforce.client import SalesforceClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A request as received, independent of the broker library."""
+
+    body: bytes
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    timestamp: float | None = None  # AMQP timestamp, unix seconds
+    received_wall: float = 0.0
+    received_mono: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request after reading: either a valid job, or the failed result that refuses it."""
+
+    job_id: str
+    job: AnyJob | None = None
+    refusal: BlockResult | None = None
+    reason: str = ""
+
+
+def failed(
+    job_id: str,
+    code: ErrorCode,
+    message: str,
+    *,
+    operation: Operation | None = None,
+    account: str | None = None,
+    retryable: bool = False,
+) -> BlockResult:
+    return BlockResult(
+        job_id=job_id,
+        operation=operation,
+        account=account,
+        status=Status.FAILED,
+        error=ResultError(code=code, message=message, retryable=retryable),
+    )
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """Pydantic's errors as `field: problem`, without the offending input values."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:10]:
+        loc = [str(p) for p in error["loc"]]
+        # The first element of a tagged union's location is the operation tag itself.
+        where = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "")
+        msg = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def decode(incoming: Incoming, max_bytes: int) -> Decoded:
+    """Read and validate a request body; never raises."""
+    fallback_id = (incoming.message_id or "")[:128]
+
+    def refuse(reason: str, message: str, job_id: str = fallback_id) -> Decoded:
+        return Decoded(
+            job_id, refusal=failed(job_id, ErrorCode.INVALID_REQUEST, message), reason=reason
+        )
+
+    if len(incoming.body) > max_bytes:
+        return refuse(
+            "too_large", f"body is {len(incoming.body)} bytes, larger than the {max_bytes} allowed"
+        )
+    try:
+        data: Any = orjson.loads(incoming.body)
+    except orjson.JSONDecodeError as exc:
+        return refuse("not_json", f"body is not JSON ({exc.msg})")
+    if not isinstance(data, dict):
+        return refuse("not_object", f"body is a JSON {type(data).__name__}, not an object")
+    raw_id = data.get("job_id")
+    job_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else fallback_id
+    if data.get("v") != CONTRACT_VERSION:
+        return refuse(
+            "bad_version",
+            f"unsupported contract version v={data.get('v')!r}; this worker speaks v1",
+            job_id,
+        )
+    try:
+        job = parse_job(data)
+    except ValidationError as exc:
+        return refuse("invalid", _validation_message(exc), job_id)
+    return Decoded(job.job_id, job=job)
+
+
+class JobRunner:
+    """Executes valid jobs: deadline, account, Salesforce; returns the result to publish."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        client: SalesforceClient,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self._accounts = accounts
+        self._client = client
+        self._settings = settings
+        self._metrics = metrics
+
+    def deadline(self, job: AnyJob, incoming: Incoming) -> Deadline:
+        start = job.sent_at or incoming.timestamp or incoming.received_wall
+        self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
+        return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
+
+    async def run(self, job: AnyJob, incoming: Incoming) -> BlockResult:
+        operation = Operation(job.operation)
+        deadline = self.deadline(job, incoming)
+        if deadline.expired:
+            return failed(
+                job.job_id,
+                ErrorCode.TIMEOUT,
+                f"the job's {job.timeout_ms} ms budget had passed when it was received; "
+                "Salesforce was not called",
+                operation=operation,
+                account=job.account,
+            )
+        account = self._accounts.resolve(job.account, job.tenant)
+        if account is None:
+            message = (
+                f"no account named {job.account!r}"
+                if job.account is not None
+                else "no account is marked default"
+            )
+            return failed(job.job_id, ErrorCode.UNKNOWN_ACCOUNT, message, operation=operation)
+        if job.tenant is not None and account.tenant != job.tenant:
+            return failed(
+                job.job_id,
+                ErrorCode.FORBIDDEN_ACCOUNT,
+                f"account {account.name!r} does not belong to tenant {job.tenant!r}",
+                operation=operation,
+                account=account.name,
+            )
+        try:
+            outcome = await self._client.execute(job, account, deadline)
+        except BindingError as exc:
+            return failed(
+                job.job_id,
+                ErrorCode.INVALID_REQUEST,
+                str(exc),
+                operation=operation,
+                account=account.name,
+            )
+        return BlockResult(
+            job_id=job.job_id,
+            operation=operation,
+            account=account.name,
+            status=outcome.status,
+            records=outcome.records,
+            count=outcome.count,
+            id=outcome.id,
+            created=outcome.created,
+            http_status=outcome.http_status,
+            error=outcome.error,
+            attempts=outcome.attempts,
+        )
+
+
+def finish(result: BlockResult, incoming: Incoming) -> BlockResult:
+    """Stamp the duration (receipt to now) on a result about to be published."""
+    elapsed_ms = int((time.monotonic() - incoming.received_mono) * 1000)
+    return result.model_copy(update={"duration_ms": max(0, elapsed_ms)})

@@ -1,0 +1,171 @@
+"""Prometheus metrics: one registry per process (a fresh one per worker in tests).
+
+Base units (seconds), counters end in `_total`, labels are bounded: account names come from the
+accounts file, operations and codes from the contract. No job ids, record ids or query text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from worker.contract import ErrorCode, Operation, Status
+
+_JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+_CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter(
+            "sfworker_jobs_total",
+            "Block jobs answered, by operation, status (exit) and error code ('' when ok)",
+            ["operation", "status", "code"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "sfworker_job_duration_seconds",
+            "Time from receipt of a job to its result being published",
+            ["operation", "status"],
+            buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self.job_queue_wait = Histogram(
+            "sfworker_job_queue_wait_seconds",
+            "Time a job spent between sent_at (or the AMQP timestamp) and receipt",
+            buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self.jobs_in_flight = Gauge(
+            "sfworker_jobs_in_flight", "Jobs being executed by this process", registry=r
+        )
+        self.sf_requests = Counter(
+            "sfworker_salesforce_requests_total",
+            "Salesforce REST calls by account, operation and HTTP status ('error' when none)",
+            ["account", "operation", "http_status"],
+            registry=r,
+        )
+        self.sf_request_duration = Histogram(
+            "sfworker_salesforce_request_duration_seconds",
+            "Latency of one Salesforce REST call",
+            ["account", "operation"],
+            buckets=_CALL_BUCKETS,
+            registry=r,
+        )
+        self.sf_retries = Counter(
+            "sfworker_salesforce_retries_total",
+            "Salesforce calls retried, by reason",
+            ["account", "operation", "reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "sfworker_rate_limited_total",
+            "Salesforce REQUEST_LIMIT_EXCEEDED answers, by kind (daily or concurrent)",
+            ["account", "kind"],
+            registry=r,
+        )
+        self.token_requests = Counter(
+            "sfworker_token_requests_total",
+            "Calls to the OAuth token endpoint, by flow and outcome",
+            ["account", "flow", "outcome"],
+            registry=r,
+        )
+        self.token_request_duration = Histogram(
+            "sfworker_token_request_duration_seconds",
+            "Latency of one OAuth token request",
+            ["account"],
+            buckets=_CALL_BUCKETS,
+            registry=r,
+        )
+        self.token_invalidations = Counter(
+            "sfworker_token_invalidations_total",
+            "Access tokens dropped after 401 INVALID_SESSION_ID",
+            ["account"],
+            registry=r,
+        )
+        self.api_usage_used = Gauge(
+            "sfworker_salesforce_api_usage_used",
+            "Org API requests used in the rolling 24 h (from Sforce-Limit-Info)",
+            ["account"],
+            registry=r,
+        )
+        self.api_usage_limit = Gauge(
+            "sfworker_salesforce_api_usage_limit",
+            "Org daily API request limit (from Sforce-Limit-Info)",
+            ["account"],
+            registry=r,
+        )
+        self.app_api_usage_used = Gauge(
+            "sfworker_salesforce_app_api_usage_used",
+            "This connected app's API requests used (per-app-api-usage)",
+            ["account"],
+            registry=r,
+        )
+        self.app_api_usage_limit = Gauge(
+            "sfworker_salesforce_app_api_usage_limit",
+            "This connected app's API request limit (per-app-api-usage)",
+            ["account"],
+            registry=r,
+        )
+        self.results_published = Counter(
+            "sfworker_results_published_total",
+            "Results published, by destination (reply_to or results exchange)",
+            ["destination"],
+            registry=r,
+        )
+        self.replies_unroutable = Counter(
+            "sfworker_replies_unroutable_total",
+            "Results the broker could not route (the caller's queue is gone)",
+            registry=r,
+        )
+        self.results_replayed = Counter(
+            "sfworker_results_replayed_total",
+            "Redelivered jobs answered from the result store instead of executing again",
+            registry=r,
+        )
+        self.redeliveries = Counter(
+            "sfworker_redeliveries_total", "Deliveries flagged redelivered", registry=r
+        )
+        self.invalid_requests = Counter(
+            "sfworker_invalid_requests_total",
+            "Messages refused before execution, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "sfworker_dead_lettered_total",
+            "Messages sent to the dead-letter queue by this worker",
+            ["reason"],
+            registry=r,
+        )
+        self.handler_crashes = Counter(
+            "sfworker_handler_crashes_total",
+            "Unexpected errors while handling a delivery (the message is requeued)",
+            registry=r,
+        )
+        self.amqp_reconnects = Counter(
+            "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
+        )
+        self.consumer_restarts = Counter(
+            "sfworker_consumer_restarts_total",
+            "Consumers re-established after the broker cancelled them",
+            registry=r,
+        )
+
+    def initialise(self, accounts: Iterable[str]) -> None:
+        """Create the label sets up front so dashboards and rate() see zeros, not gaps."""
+        for op in Operation:
+            for status in Status:
+                self.job_duration.labels(op.value, status.value)
+            self.jobs.labels(op.value, Status.OK.value, "")
+            self.jobs.labels(op.value, Status.NO_DATA.value, "")
+            for code in ErrorCode:
+                self.jobs.labels(op.value, Status.FAILED.value, code.value)
+        for account in accounts:
+            for kind in ("daily", "concurrent"):
+                self.rate_limited.labels(account, kind)
+            self.token_invalidations.labels(account)
+        self.replies_unroutable.inc(0)

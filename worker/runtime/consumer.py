@@ -1,0 +1,270 @@
+"""Handling one delivery: read it, answer it from the result store or run it, publish the result
+with a confirm, and only then ack. Nothing is acked unanswered.
+
+- Bad input (not JSON, not an object, not v1, too large) is answered INVALID_REQUEST and acked;
+  without a reply_to it is rejected to the dead-letter queue.
+- A redelivered job whose result is known (the ack was lost) is answered from the store.
+- A job already running in this process (its channel died, the broker redelivered it) is not run
+  twice: the redelivery waits for the running one and answers with its result.
+- If the delivery's channel is gone when the result is ready, nothing is published: the broker
+  redelivers the job and the stored result answers it then, so the caller gets one answer.
+- An unexpected error requeues the message; the queue's delivery limit dead-letters a poison one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+
+from worker.config import Settings
+from worker.contract import BlockResult, Status
+from worker.jobs import Decoded, Incoming, JobRunner, decode, finish
+from worker.observability.metrics import Metrics
+from worker.runtime.publisher import Published, Reply, ResultPublisher
+from worker.stores.base import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def to_incoming(message: AbstractIncomingMessage) -> Incoming:
+    stamp = message.timestamp
+    return Incoming(
+        body=message.body,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to or None,
+        timestamp=stamp.timestamp() if stamp is not None else None,
+        received_wall=time.time(),
+        received_mono=time.monotonic(),
+    )
+
+
+def _channel_open(message: AbstractIncomingMessage) -> bool:
+    try:
+        return not message.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
+
+
+def _log_history(message: AbstractIncomingMessage, job_id: str) -> None:
+    headers = message.headers or {}
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths:
+        first = deaths[0] if isinstance(deaths[0], dict) else {}
+        log.warning(
+            "message was dead-lettered before",
+            extra={
+                "job_id": job_id,
+                "death_reason": str(first.get("reason", "")),
+                "death_queue": str(first.get("queue", "")),
+                "death_count": _int(first.get("count")),
+            },
+        )
+    count = headers.get("x-delivery-count")
+    if message.redelivered or count:
+        log.info(
+            "redelivered job",
+            extra={"job_id": job_id, "delivery_count": _int(count)},
+        )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+class DeliveryHandler:
+    def __init__(
+        self,
+        runner: JobRunner,
+        store: ResultStore,
+        publisher: ResultPublisher,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._publisher = publisher
+        self._settings = settings
+        self._metrics = metrics
+        self._running: dict[str, asyncio.Future[_Answer]] = {}
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._handle(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._metrics.handler_crashes.inc()
+            log.exception("unexpected error while handling a delivery; requeued")
+            await _settle(message, requeue=True)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        incoming = to_incoming(message)
+        decoded = decode(incoming, self._settings.max_message_bytes)
+        if message.redelivered:
+            self._metrics.redeliveries.inc()
+        if message.redelivered or message.headers:
+            _log_history(message, decoded.job_id)
+        if decoded.job is None:
+            await self._refuse(message, incoming, decoded)
+            return
+        job_id = decoded.job_id
+        stored = await self._store.get(job_id)
+        if stored is not None:
+            self._metrics.results_replayed.inc()
+            log.info("answering a redelivered job from the result store", extra={"job_id": job_id})
+            answer = _Answer.of(stored)
+        else:
+            answer = await self._execute_once(decoded, incoming)
+        await self._answer(message, incoming, job_id, answer)
+
+    async def _execute_once(self, decoded: Decoded, incoming: Incoming) -> _Answer:
+        """Run the job, or join the run already going on in this process for the same job_id."""
+        assert decoded.job is not None
+        job_id = decoded.job_id
+        running = self._running.get(job_id)
+        if running is not None:
+            log.info("job already running here; waiting for its result", extra={"job_id": job_id})
+            return await asyncio.shield(running)
+        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._running[job_id] = future
+        self._metrics.jobs_in_flight.inc()
+        try:
+            result = finish(await self._runner.run(decoded.job, incoming), incoming)
+            answer = _Answer.from_result(result)
+            await self._store.put(job_id, answer.body)
+            self._observe(result)
+            future.set_result(answer)
+            return answer
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: joiners see it, nobody else has to
+            raise
+        finally:
+            self._metrics.jobs_in_flight.dec()
+            del self._running[job_id]
+
+    def _observe(self, result: BlockResult) -> None:
+        operation = result.operation.value if result.operation else ""
+        code = result.error.code.value if result.error else ""
+        self._metrics.jobs.labels(operation, result.status.value, code).inc()
+        self._metrics.job_duration.labels(operation, result.status.value).observe(
+            result.duration_ms / 1000
+        )
+        log.info(
+            "job answered",
+            extra={
+                "job_id": result.job_id,
+                "operation": operation,
+                "account": result.account or "",
+                "status": result.status.value,
+                "code": code,
+                "http_status": result.http_status,
+                "attempts": result.attempts,
+                "duration_ms": result.duration_ms,
+            },
+        )
+
+    async def _refuse(
+        self, message: AbstractIncomingMessage, incoming: Incoming, decoded: Decoded
+    ) -> None:
+        self._metrics.invalid_requests.labels(decoded.reason).inc()
+        assert decoded.refusal is not None
+        log.warning(
+            "invalid request",
+            extra={
+                "job_id": decoded.job_id,
+                "reason": decoded.reason,
+                "error": decoded.refusal.error.message if decoded.refusal.error else "",
+            },
+        )
+        if not incoming.reply_to:
+            # Nobody to tell: keep it for a human in the dead-letter queue.
+            self._metrics.dead_lettered.labels(decoded.reason).inc()
+            await _settle(message, requeue=False)
+            return
+        result = finish(decoded.refusal, incoming)
+        self._observe(result)
+        await self._answer(message, incoming, decoded.job_id, _Answer.from_result(result))
+
+    async def _answer(
+        self, message: AbstractIncomingMessage, incoming: Incoming, job_id: str, answer: _Answer
+    ) -> None:
+        """Publish the result and wait for its confirm, then ack the request."""
+        if not _channel_open(message):
+            log.warning(
+                "channel closed before the result was published; the redelivery will answer",
+                extra={"job_id": job_id},
+            )
+            return
+        reply = Reply(
+            body=answer.body,
+            job_id=job_id,
+            correlation_id=incoming.correlation_id or job_id,
+            reply_to=incoming.reply_to,
+            status=answer.status,
+            operation=answer.operation,
+        )
+        try:
+            published = await self._publisher.publish(reply)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+            log.warning(
+                "result not confirmed; the request is requeued",
+                extra={"job_id": job_id, "error": type(exc).__name__},
+            )
+            await _settle(message, requeue=True)
+            return
+        if published is Published.UNROUTABLE:
+            log.info("request acked although its reply was unroutable", extra={"job_id": job_id})
+        try:
+            await message.ack()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning(
+                "ack lost with the channel; the redelivery will be answered from the store",
+                extra={"job_id": job_id, "error": type(exc).__name__},
+            )
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A serialized result and what its routing key needs."""
+
+    body: bytes
+    status: str
+    operation: str
+
+    @classmethod
+    def from_result(cls, result: BlockResult) -> _Answer:
+        return cls(
+            orjson.dumps(result.model_dump(mode="json")),
+            result.status.value,
+            result.operation.value if result.operation else "",
+        )
+
+    @classmethod
+    def of(cls, body: bytes) -> _Answer:
+        data: Any = orjson.loads(body)
+        return cls(
+            body, str(data.get("status") or Status.FAILED.value), str(data.get("operation") or "")
+        )
+
+
+async def _settle(message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    """Reject (to the dead-letter queue) or requeue; a lost channel requeues by itself."""
+    try:
+        if requeue:
+            await message.nack(requeue=True)
+        else:
+            await message.reject(requeue=False)
+    except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        log.warning("could not settle a delivery", extra={"error": type(exc).__name__})

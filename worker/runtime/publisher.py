@@ -1,0 +1,78 @@
+"""Publishing results: to the request's reply_to through the default exchange, or to the results
+exchange with routing key `<status>.<operation>`; always with publisher confirms."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.exceptions import PublishError
+
+from worker.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Published(Enum):
+    CONFIRMED = "confirmed"
+    UNROUTABLE = "unroutable"
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: bytes
+    job_id: str
+    correlation_id: str
+    reply_to: str | None
+    status: str
+    operation: str
+
+
+class ResultPublisher:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        results: AbstractExchange,
+        metrics: Metrics,
+        timeout: float,
+    ) -> None:
+        self._channel = channel
+        self._results = results
+        self._metrics = metrics
+        self._timeout = timeout
+
+    async def publish(self, reply: Reply) -> Published:
+        """Publish and wait for the broker's confirm. Unroutable -> UNROUTABLE (the caller is
+        gone); a nack, a timeout or a lost channel raise (the request must not be acked)."""
+        message = aio_pika.Message(
+            body=reply.body,
+            content_type="application/json",
+            correlation_id=reply.correlation_id,
+            message_id=reply.job_id,
+            type="sfworker.result.v1",
+            delivery_mode=(
+                aio_pika.DeliveryMode.NOT_PERSISTENT
+                if reply.reply_to
+                else aio_pika.DeliveryMode.PERSISTENT
+            ),
+        )
+        if reply.reply_to:
+            exchange, key, destination = self._channel.default_exchange, reply.reply_to, "reply_to"
+        else:
+            exchange = self._results
+            key = f"{reply.status}.{reply.operation or 'unknown'}"
+            destination = "results_exchange"
+        try:
+            await exchange.publish(message, routing_key=key, mandatory=True, timeout=self._timeout)
+        except PublishError:
+            self._metrics.replies_unroutable.inc()
+            log.warning(
+                "result could not be routed; the caller is gone",
+                extra={"job_id": reply.job_id, "destination": destination},
+            )
+            return Published.UNROUTABLE
+        self._metrics.results_published.labels(destination).inc()
+        return Published.CONFIRMED

@@ -1,0 +1,260 @@
+"""The RabbitMQ side of a worker process: connect (robustly), declare, consume, watch the
+consumer, and drain on shutdown.
+
+- Two channels: one consumes with manual acks and `prefetch` (the in-flight bound of the
+  process); one publishes results with confirms and raises on returned (unroutable) messages.
+- The connection is robust: channels, topology and the consumer come back after a broker restart.
+  Deliveries in flight when a channel dies cannot be acked any more; the broker redelivers them
+  and the result store answers (see consumer.py).
+- A watchdog checks that the consumer still exists on its channel (the broker may cancel it:
+  queue deleted, leader change). It re-declares and re-consumes; if that keeps failing, the
+  process stops with a non-zero exit code so Kubernetes restarts it.
+- Shutdown: cancel the consumer, let in-flight jobs finish within the grace period (they are
+  answered and acked), cancel what is left (unacked: another worker takes it), close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from worker.config import Settings
+from worker.observability.metrics import Metrics
+from worker.runtime import topology
+from worker.runtime.publisher import ResultPublisher
+
+log = logging.getLogger(__name__)
+
+EXIT_CONSUMER_LOST = 3
+_WATCHDOG_RESTART_AFTER = 2  # failed checks before re-consuming
+_WATCHDOG_GIVE_UP_AFTER = 6  # failed checks before exiting
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class RabbitService:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._connection: AbstractRobustConnection | None = None
+        self._consume_channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._handler: Handler | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._consumer_ok = False
+        self._draining = False
+        self.fatal = asyncio.Event()
+        self.exit_code = 0
+        self.publisher: ResultPublisher | None = None
+
+    # --- start -----------------------------------------------------------------------------
+
+    async def connect(self, startup_timeout: float) -> None:
+        """Connect, retrying with backoff for up to `startup_timeout` seconds."""
+        delay = 0.5
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + startup_timeout
+        while True:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self._settings.amqp_url.get_secret_value(),
+                    reconnect_interval=self._settings.reconnect_interval_seconds,
+                    client_properties={"connection_name": "sfworker"},
+                    timeout=10,
+                )
+                break
+            except (ConnectionError, OSError, aio_pika.exceptions.AMQPError) as exc:
+                if loop.time() + delay > give_up:
+                    raise ConnectionError(
+                        f"RabbitMQ unreachable after {startup_timeout:.0f} s: {type(exc).__name__}"
+                    ) from None
+                log.warning(
+                    "RabbitMQ not reachable yet; retrying",
+                    extra={"error": type(exc).__name__, "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.reconnect_interval_seconds * 4)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection.close_callbacks.add(self._on_connection_lost)
+
+    async def open(self) -> ResultPublisher:
+        """Declare the topology and open the publishing channel."""
+        assert self._connection is not None
+        publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        declared = await topology.declare(publish_channel, self._settings)
+        self.publisher = ResultPublisher(
+            publish_channel,
+            declared.results,
+            self._metrics,
+            self._settings.publish_timeout_seconds,
+        )
+        return self.publisher
+
+    async def consume(self, handler: Handler) -> None:
+        """Open the consuming channel and start taking deliveries."""
+        assert self._connection is not None
+        self._handler = handler
+        channel = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(channel, AbstractRobustChannel)
+        await channel.set_qos(prefetch_count=self._settings.prefetch)
+        self._consume_channel = channel
+        self._queue = await channel.declare_queue(
+            self._settings.request_queue,
+            durable=True,
+            arguments=topology.request_queue_arguments(self._settings),
+        )
+        await self._consume()
+        self._watchdog = asyncio.create_task(self._watch(), name="consumer-watchdog")
+        log.info(
+            "consuming",
+            extra={"queue": self._settings.request_queue, "prefetch": self._settings.prefetch},
+        )
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._consumer_ok = True
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # aio-pika runs each delivery in its own task: own it, so shutdown can wait for it.
+        task = asyncio.current_task()
+        assert task is not None
+        assert self._handler is not None
+        self._tasks.add(task)
+        try:
+            await self._handler(message)
+        finally:
+            self._tasks.discard(task)
+
+    def _on_reconnect(self, *_args: Any) -> None:
+        self._metrics.amqp_reconnects.inc()
+        log.warning("reconnected to RabbitMQ")
+
+    def _on_connection_lost(self, *_args: Any) -> None:
+        self._consumer_ok = False
+        if not self._draining:
+            log.warning("connection to RabbitMQ lost; reconnecting")
+
+    # --- watchdog --------------------------------------------------------------------------
+
+    async def _consumer_present(self) -> bool | None:
+        """True/False when the channel is up and answers; None while reconnecting."""
+        connection, channel = self._connection, self._consume_channel
+        if connection is None or channel is None or not connection.connected.is_set():
+            return None
+        if channel.is_closed:
+            return False
+        try:
+            async with asyncio.timeout(2):
+                underlay = await channel.get_underlay_channel()
+        except (TimeoutError, RuntimeError, aio_pika.exceptions.AMQPError):
+            return None
+        consumers: dict[str, Any] = getattr(underlay, "consumers", {})
+        return self._consumer_tag in consumers
+
+    async def _watch(self) -> None:
+        misses = 0
+        while not self._draining:
+            await asyncio.sleep(self._settings.watchdog_interval_seconds)
+            present = await self._consumer_present()
+            if present is None:
+                self._consumer_ok = False
+                continue
+            if present:
+                misses = 0
+                self._consumer_ok = True
+                continue
+            misses += 1
+            self._consumer_ok = False
+            log.warning("consumer missing on its channel", extra={"checks_failed": misses})
+            if misses >= _WATCHDOG_GIVE_UP_AFTER:
+                log.error("consumer could not be re-established; exiting for a restart")
+                self.exit_code = EXIT_CONSUMER_LOST
+                self.fatal.set()
+                return
+            if misses >= _WATCHDOG_RESTART_AFTER:
+                await self._restart_consumer()
+
+    async def _restart_consumer(self) -> None:
+        assert self._queue is not None
+        try:
+            if self._consumer_tag is not None:
+                with contextlib.suppress(Exception):
+                    await self._queue.cancel(self._consumer_tag)
+            assert self._connection is not None
+            channel = await self._connection.channel()
+            try:
+                await topology.declare(channel, self._settings)
+            finally:
+                await channel.close()
+            await self._queue.declare()
+            await self._consume()
+        except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError, TimeoutError) as exc:
+            log.warning("re-consuming failed", extra={"error": type(exc).__name__})
+            return
+        self._metrics.consumer_restarts.inc()
+        log.warning("consumer re-established")
+
+    # --- health and shutdown ---------------------------------------------------------------
+
+    def readiness(self) -> dict[str, bool]:
+        connection = self._connection
+        connected = connection is not None and connection.connected.is_set()
+        return {
+            "connected": connected,
+            "consuming": connected and self._consumer_ok,
+            "accepting": not self._draining,
+        }
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking deliveries and wait up to `grace` s for in-flight ones; cancel the rest.
+        Returns how many were cancelled (left unacked for another worker)."""
+        self._draining = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await self._queue.cancel(self._consumer_tag)
+            except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+                log.warning("consumer cancel failed", extra={"error": type(exc).__name__})
+        pending = set(self._tasks)
+        log.info("draining", extra={"in_flight": len(pending), "grace_s": grace})
+        if pending:
+            _done, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning(
+                "grace period over; unfinished jobs left unacked", extra={"cancelled": len(pending)}
+            )
+        return len(pending)
+
+    async def close(self) -> None:
+        if self._watchdog is not None and not self._watchdog.done():
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()

@@ -1,0 +1,54 @@
+"""Exchanges and queues of contract v1, declared at start (idempotently; names from settings).
+
+salesforce.blocks (direct) --salesforce.blocks--> salesforce.blocks (quorum, delivery limit)
+    dead-lettered --> salesforce.blocks.dlx (fanout) --> salesforce.blocks.dead (quorum)
+salesforce.results (topic): results of jobs without reply_to, key <status>.<operation>
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from worker.config import Settings
+
+
+@dataclass(frozen=True)
+class Topology:
+    requests: AbstractExchange
+    queue: AbstractQueue
+    results: AbstractExchange
+    dead_letters: AbstractQueue
+
+
+def request_queue_arguments(settings: Settings) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": settings.dead_letter_exchange,
+    }
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
+    """Declare everything; the dead-letter exchange first, so nothing is ever dropped."""
+    dlx = await channel.declare_exchange(
+        settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead = await channel.declare_queue(
+        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(dlx, routing_key="")
+    requests = await channel.declare_exchange(
+        settings.request_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    queue = await channel.declare_queue(
+        settings.request_queue, durable=True, arguments=request_queue_arguments(settings)
+    )
+    await queue.bind(requests, routing_key=settings.request_routing_key)
+    results = await channel.declare_exchange(
+        settings.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    return Topology(requests=requests, queue=queue, results=results, dead_letters=dead)

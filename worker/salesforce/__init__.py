@@ -1,0 +1,1 @@
+"""The Salesforce side: REST client, token manager, answer classification, binding, usage."""

@@ -1,0 +1,50 @@
+"""The one aiohttp session of a process: keep-alive pool, and a trace that tells whether a request
+was sent (so a lost answer to an insert is told apart from a connection that never carried it)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import aiohttp
+import orjson
+
+from worker.config import Settings
+
+
+class SendState:
+    """Per-request flag set by the trace once the request headers left this process."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+async def _on_headers_sent(
+    _session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    state = ctx.trace_request_ctx
+    if isinstance(state, SendState):
+        state.sent = True
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    connector = aiohttp.TCPConnector(
+        limit=settings.http_pool_size,
+        keepalive_timeout=30.0,
+        ttl_dns_cache=300,
+        # Timeouts are enforced by the job deadline itself; never round them up.
+        timeout_ceil_threshold=3600.0,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=[trace],
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        timeout=aiohttp.ClientTimeout(total=None, connect=settings.http_connect_timeout_seconds),
+        headers={"User-Agent": "sfworker"},
+        raise_for_status=False,
+    )

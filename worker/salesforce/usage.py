@@ -1,0 +1,62 @@
+"""API usage as Salesforce reports it on every response (`Sforce-Limit-Info`).
+
+`api-usage=USED/LIMIT`: LIMIT is the org's rolling 24-hour allowance, not what remains.
+`per-app-api-usage=USED/LIMIT(appName=NAME)`: the connected app's own share, when it has one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+_API_USAGE = re.compile(r"(?<![-\w])api-usage=(\d+)/(\d+)")
+_PER_APP = re.compile(r"per-app-api-usage=(\d+)/(\d+)\(appName=([^)]*)\)")
+
+
+@dataclass(frozen=True)
+class UsageReading:
+    used: int
+    limit: int
+    app_used: int | None = None
+    app_limit: int | None = None
+    app_name: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @property
+    def fraction_used(self) -> float:
+        return self.used / self.limit if self.limit else 0.0
+
+
+def parse_limit_info(header: str | None) -> UsageReading | None:
+    """The reading in a `Sforce-Limit-Info` header, or None when there is none."""
+    if not header:
+        return None
+    org = _API_USAGE.search(header)
+    if not org:
+        return None
+    app = _PER_APP.search(header)
+    return UsageReading(
+        used=int(org.group(1)),
+        limit=int(org.group(2)),
+        app_used=int(app.group(1)) if app else None,
+        app_limit=int(app.group(2)) if app else None,
+        app_name=app.group(3) if app else None,
+    )
+
+
+class ApiUsage:
+    """The latest usage known for one account (updated from every response)."""
+
+    def __init__(self) -> None:
+        self.latest: UsageReading | None = None
+        self.updated_at: float | None = None
+
+    def update(self, reading: UsageReading | None) -> None:
+        if reading is None:
+            return
+        self.latest = reading
+        self.updated_at = time.time()
