@@ -100,6 +100,10 @@ class _JobBase(BaseModel):
 
 
 class SearchJob(_JobBase):
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["soql"]}, {"required": ["sosl"]}]}
+    )
+
     operation: Literal["search"]
     soql: str | None = Field(
         default=None,
@@ -187,7 +191,7 @@ JOB_ADAPTER: TypeAdapter[AnyJob] = TypeAdapter(Job)
 
 
 class SalesforceErrorItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
     errorCode: str  # Salesforce's own spelling
     message: str
@@ -195,7 +199,7 @@ class SalesforceErrorItem(BaseModel):
 
 
 class ResultError(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
     code: ErrorCode
     message: str
@@ -206,7 +210,7 @@ class ResultError(BaseModel):
 class BlockResult(BaseModel):
     """What the worker publishes back for every job it takes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
     v: Literal[1] = 1
     job_id: str = Field(description='The job id, or "" when the request could not be read')

@@ -32,8 +32,13 @@ class JobClient:
         assert self._queue is not None
         return self._queue.name
 
-    async def start(self) -> None:
-        self._queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+    async def start(self, durable_queue: str | None = None) -> None:
+        """Consume results on a private exclusive queue, or on a named durable one (which
+        survives a broker restart, for callers that must not lose a result)."""
+        if durable_queue:
+            self._queue = await self._channel.declare_queue(durable_queue, durable=True)
+        else:
+            self._queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await self._queue.consume(self._on_result, no_ack=True)
 
     async def _on_result(self, message: AbstractIncomingMessage) -> None:

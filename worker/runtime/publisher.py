@@ -53,11 +53,8 @@ class ResultPublisher:
             correlation_id=reply.correlation_id,
             message_id=reply.job_id,
             type="sfworker.result.v1",
-            delivery_mode=(
-                aio_pika.DeliveryMode.NOT_PERSISTENT
-                if reply.reply_to
-                else aio_pika.DeliveryMode.PERSISTENT
-            ),
+            # Persistent: a durable reply queue keeps the result across a broker restart.
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         if reply.reply_to:
             exchange, key, destination = self._channel.default_exchange, reply.reply_to, "reply_to"

@@ -118,6 +118,11 @@ class RabbitService:
             durable=True,
             arguments=topology.request_queue_arguments(self._settings),
         )
+        # Bound here too, so that the robust channel restores the binding along with the queue
+        # when the broker loses the queue (deleted, node lost) while we are connected.
+        await self._queue.bind(
+            self._settings.request_exchange, routing_key=self._settings.request_routing_key
+        )
         await self._consume()
         self._watchdog = asyncio.create_task(self._watch(), name="consumer-watchdog")
         log.info(

@@ -1,0 +1,247 @@
+"""Shared fixtures: a real RabbitMQ (env var first, then 127.0.0.1, then testcontainers where
+Docker works), the Salesforce simulator on 127.0.0.1, per-test queue names, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiohttp
+import pytest
+
+from worker.config import Settings
+from worker.simulator.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    SimulatorClient,
+    running_simulator,
+)
+from worker.submit import JobClient
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """RabbitMQ for the tests: SFWORKER_TEST_AMQP_URL, else the local broker, else a
+    testcontainers one. In CI (CI=true) a missing broker fails the run instead of skipping."""
+    url = os.environ.get("SFWORKER_TEST_AMQP_URL")
+    if url:
+        yield url
+        return
+    if _reachable(LOCAL_AMQP):
+        yield LOCAL_AMQP
+        return
+    try:
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{host}:{port}/"
+            return
+    except Exception as exc:  # Docker missing or not running
+        if os.environ.get("CI"):
+            pytest.fail(f"no RabbitMQ for the tests and no Docker: {exc}")
+        pytest.skip(f"no RabbitMQ (set SFWORKER_TEST_AMQP_URL): {exc}")
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[SimulatorClient]:
+    async with running_simulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Topology names of their own for each test, so tests never see each other's messages."""
+    prefix = f"test.{uuid.uuid4().hex[:10]}"
+    return {
+        "request_exchange": f"{prefix}.blocks",
+        "request_routing_key": f"{prefix}.blocks",
+        "request_queue": f"{prefix}.blocks",
+        "dead_letter_exchange": f"{prefix}.dlx",
+        "dead_letter_queue": f"{prefix}.dead",
+        "results_exchange": f"{prefix}.results",
+    }
+
+
+def write_accounts(
+    path: Path, base_url: str, *, extra: str = "", flow: str = "client_credentials"
+) -> Path:
+    secret = f'client_secret = "{DEFAULT_CLIENT_SECRET}"\n'
+    if flow == "refresh_token":
+        from worker.simulator.testing import DEFAULT_REFRESH_TOKEN
+
+        secret += f'refresh_token = "{DEFAULT_REFRESH_TOKEN}"\n'
+    path.write_text(
+        "[accounts.main]\n"
+        'tenant = "acme"\n'
+        "default = true\n"
+        f'instance_url = "{base_url}"\n'
+        f'flow = "{flow}"\n'
+        f'client_id = "{DEFAULT_CLIENT_ID}"\n' + secret + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def accounts_file(tmp_path: Path, simulator: SimulatorClient) -> Path:
+    return write_accounts(tmp_path / "accounts.toml", simulator.base_url)
+
+
+@pytest.fixture
+def settings(amqp_url: str, names: dict[str, str], accounts_file: Path) -> Settings:
+    return make_settings(amqp_url, names, accounts_file)
+
+
+def make_settings(amqp_url: str, names: dict[str, str], accounts_file: Path, **kw: Any) -> Settings:
+    values: dict[str, Any] = {
+        "amqp_url": amqp_url,
+        "accounts_file": accounts_file,
+        "http_port": 0,
+        "allow_insecure_localhost": True,
+        "watchdog_interval_seconds": 0.5,
+        "reconnect_interval_seconds": 0.5,
+        "startup_timeout_seconds": 10,
+        **names,
+        **kw,
+    }
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `sfworker run` process these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFWORKER_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"SFWORKER_{name.upper()}"] = str(raw).lower() if isinstance(raw, bool) else str(raw)
+    env["SFWORKER_LOG_FORMAT"] = "json"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class WorkerProcess:
+    """`python -m worker run` in a subprocess, as Kubernetes would run it."""
+
+    def __init__(self, settings: Settings, log_path: Path, **overrides: Any) -> None:
+        self.port = free_port()
+        env = settings_env(settings)
+        env["SFWORKER_HTTP_PORT"] = str(self.port)
+        env["SFWORKER_HTTP_HOST"] = "127.0.0.1"
+        for key, value in overrides.items():
+            env[f"SFWORKER_{key.upper()}"] = str(value)
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, within: float = 20.0) -> None:
+        async with asyncio.timeout(within), aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited {self.proc.returncode}: {self.logs()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as response:
+            return await response.text()
+
+    async def wait_exit(self, within: float) -> int:
+        async with asyncio.timeout(within):
+            while self.proc.poll() is None:
+                await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path) -> Iterator[Any]:
+    started: list[WorkerProcess] = []
+
+    def spawn(settings: Settings, **overrides: Any) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", **overrides)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+async def amqp(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(amqp_url, reconnect_interval=0.5)
+    async with connection:
+        yield connection
+
+
+@pytest.fixture
+async def jobs(
+    amqp: aio_pika.abc.AbstractRobustConnection, settings: Settings
+) -> AsyncIterator[JobClient]:
+    """Publishes jobs like the runtime and collects the results on a reply queue."""
+    channel = await amqp.channel()
+    client = JobClient(channel, settings)
+    await client.start()
+    yield client
+    with contextlib.suppress(Exception):
+        for queue in (settings.request_queue, settings.dead_letter_queue):
+            await channel.queue_delete(queue)
+        for exchange in (
+            settings.request_exchange,
+            settings.dead_letter_exchange,
+            settings.results_exchange,
+        ):
+            await channel.exchange_delete(exchange)

@@ -1,0 +1,80 @@
+"""A Salesforce client wired to the simulator, and a helper that runs a job dict through it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_accounts
+from worker.app import token_manager
+from worker.config import Accounts, Settings, load_accounts
+from worker.contract import BlockResult, parse_job
+from worker.jobs import Incoming, JobRunner
+from worker.observability.metrics import Metrics
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.http import create_session
+from worker.simulator.testing import SimulatorClient
+
+RunJob = Callable[..., Awaitable[BlockResult]]
+
+
+class Harness:
+    def __init__(
+        self, runner: JobRunner, client: SalesforceClient, metrics: Metrics, accounts: Accounts
+    ) -> None:
+        self.account = next(iter(accounts.by_name.values()))
+        self.runner = runner
+        self.client = client
+        self.metrics = metrics
+        self._n = 0
+
+    async def run(self, **job: Any) -> BlockResult:
+        self._n += 1
+        body = {"v": 1, "job_id": f"t-{self._n}", **job}
+        now = time.time()
+        incoming = Incoming(body=b"", received_wall=now, received_mono=time.monotonic())
+        return await self.runner.run(parse_job(body), incoming)
+
+
+async def make_harness(
+    settings: Settings, accounts: Accounts
+) -> tuple[Harness, Callable[[], Awaitable[None]]]:
+    metrics = Metrics()
+    session = create_session(settings)
+    tokens = token_manager(session, settings, metrics)
+    client = SalesforceClient(session, tokens, settings, metrics)
+    runner = JobRunner(accounts, client, settings, metrics)
+
+    async def close() -> None:
+        await tokens.close()
+        await session.close()
+
+    return Harness(runner, client, metrics, accounts), close
+
+
+@pytest.fixture
+def sf_settings() -> Settings:
+    return Settings(
+        http_port=0,
+        allow_insecure_localhost=True,
+        retry_base_ms=20,
+        retry_cap_ms=200,
+        token_backoff_initial_seconds=5,
+    )
+
+
+@pytest.fixture
+def account_file(tmp_path: Path, simulator: SimulatorClient) -> Path:
+    return write_accounts(tmp_path / "accounts.toml", simulator.base_url)
+
+
+@pytest.fixture
+async def sf(sf_settings: Settings, account_file: Path) -> AsyncIterator[Harness]:
+    accounts = load_accounts(account_file, allow_insecure_localhost=True)
+    harness, close = await make_harness(sf_settings, accounts)
+    yield harness
+    await close()

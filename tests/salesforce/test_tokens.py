@@ -1,0 +1,194 @@
+"""Acceptance 3.2 and the token manager's rules: one token request however many jobs wait,
+compare-and-invalidate after 401s, rotation without revocation, errors without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import write_accounts
+from tests.salesforce.conftest import Harness, make_harness
+from worker.config import Settings, load_accounts
+from worker.simulator.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_REFRESH_TOKEN,
+    DEFAULT_USERNAME,
+    SimulatorClient,
+)
+
+SOQL = "SELECT Id, Name FROM Account WHERE Name = :n"
+
+
+async def burst(sf: Harness, n: int) -> list[str]:
+    results = await asyncio.gather(
+        *(sf.run(operation="search", soql=SOQL, params={"n": "Acme"}) for _ in range(n))
+    )
+    return [r.status.value for r in results]
+
+
+async def token_requests(sim: SimulatorClient) -> int:
+    counters = await sim.counters()
+    return int(counters["token_requests_total"])
+
+
+async def test_500_concurrent_searches_cause_one_token_request_each_time(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    await simulator.set_latency(0, token_ms=50)
+    assert await burst(sf, 500) == ["ok"] * 500
+    assert await token_requests(simulator) == 1
+
+    await simulator.expire_sessions()
+    assert await burst(sf, 500) == ["ok"] * 500
+    assert await token_requests(simulator) == 2
+    invalidated = sf.metrics.registry.get_sample_value(
+        "sfworker_token_invalidations_total", {"account": "main"}
+    )
+    assert invalidated == 1
+
+
+async def test_refresh_token_flow_with_rotation_never_revokes(
+    sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
+) -> None:
+    await simulator.set_client(
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        rotation=True,
+        refresh_tokens=[DEFAULT_REFRESH_TOKEN],
+    )
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    await simulator.set_latency(0, token_ms=50)
+    path = write_accounts(tmp_path / "a.toml", simulator.base_url, flow="refresh_token")
+    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
+    try:
+        assert await burst(sf, 500) == ["ok"] * 500
+        await simulator.expire_sessions()
+        assert await burst(sf, 500) == ["ok"] * 500
+        await simulator.expire_sessions()
+        assert await burst(sf, 50) == ["ok"] * 50
+    finally:
+        await close()
+    counters = await simulator.counters()
+    assert counters["token_requests"] == {"refresh_token": 3}
+    # The chain is alive: exactly one valid refresh token, and it is not the first one.
+    valid = await simulator.refresh_tokens(DEFAULT_CLIENT_ID)
+    assert len(valid) == 1
+    assert valid != [DEFAULT_REFRESH_TOKEN]
+
+
+async def test_a_401_with_another_error_code_does_not_refresh(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    await simulator.add_fault(
+        status=401,
+        body=[{"errorCode": "INVALID_AUTH_HEADER", "message": "bad header"}],
+        route="query",
+    )
+    result = await sf.run(operation="search", soql="SELECT Id FROM Account")
+    assert result.status.value == "failed"
+    assert result.error is not None
+    assert result.error.code.value == "SALESFORCE_ERROR"
+    assert await token_requests(simulator) == 1
+
+
+async def test_a_second_invalid_session_after_refresh_is_auth_failed(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    body = [{"errorCode": "INVALID_SESSION_ID", "message": "Session expired or invalid"}]
+    await simulator.add_fault(status=401, body=body, route="query", count=2)
+    result = await sf.run(operation="search", soql="SELECT Id FROM Account")
+    assert result.error is not None
+    assert result.error.code.value == "AUTH_FAILED"
+    assert result.attempts == 2
+    assert await token_requests(simulator) == 2
+
+
+async def test_token_errors_are_auth_failed_without_secrets_and_back_off(
+    sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
+) -> None:
+    wrong = "wrong-secret-never-shown"
+    path = tmp_path / "a.toml"
+    path.write_text(
+        f'[accounts.main]\ndefault = true\ninstance_url = "{simulator.base_url}"\n'
+        f'flow = "client_credentials"\nclient_id = "{DEFAULT_CLIENT_ID}"\n'
+        f'client_secret = "{wrong}"\n'
+    )
+    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
+    try:
+        first = await sf.run(operation="search", soql="SELECT Id FROM Account")
+        burst_results = await asyncio.gather(
+            *(sf.run(operation="search", soql="SELECT Id FROM Account") for _ in range(20))
+        )
+    finally:
+        await close()
+    assert first.error is not None
+    assert first.error.code.value == "AUTH_FAILED"
+    assert first.http_status == 400
+    assert first.error.salesforce_errors[0].errorCode == "invalid_client"
+    assert "invalid client credentials" in first.error.message
+    assert wrong not in first.model_dump_json()
+    assert all(r.error is not None and r.error.code.value == "AUTH_FAILED" for r in burst_results)
+    assert "paused" in burst_results[0].error.message  # type: ignore[union-attr]
+    assert await token_requests(simulator) == 1  # no hammering of the token endpoint
+
+
+async def test_jwt_bearer_flow(
+    sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    await simulator.set_client(
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        usernames=[DEFAULT_USERNAME],
+        jwt_public_key_pem=public_pem,
+    )
+    (tmp_path / "key.pem").write_text(private_pem)
+    path = tmp_path / "a.toml"
+    path.write_text(
+        f'[accounts.main]\ndefault = true\ninstance_url = "{simulator.base_url}"\n'
+        f'flow = "jwt_bearer"\nclient_id = "{DEFAULT_CLIENT_ID}"\n'
+        f'username = "{DEFAULT_USERNAME}"\nprivate_key_file = "key.pem"\n'
+    )
+    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
+    try:
+        result = await sf.run(operation="search", soql="SELECT Id FROM Account")
+    finally:
+        await close()
+    assert result.status.value == "no_data"
+    counters = await simulator.counters()
+    assert counters["token_requests"] == {"urn:ietf:params:oauth:grant-type:jwt-bearer": 1}
+
+
+@pytest.mark.parametrize("concurrency", [3])
+async def test_max_concurrency_caps_calls_per_account(
+    sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient, concurrency: int
+) -> None:
+    path = write_accounts(
+        tmp_path / "a.toml", simulator.base_url, extra=f"max_concurrency = {concurrency}\n"
+    )
+    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
+    await simulator.set_latency(30)
+    try:
+        results = await asyncio.gather(
+            *(sf.run(operation="search", soql="SELECT Id FROM Account") for _ in range(30))
+        )
+    finally:
+        await close()
+    assert {r.status.value for r in results} == {"no_data"}
+    assert (await simulator.counters())["max_concurrency"] == concurrency

@@ -1,0 +1,291 @@
+"""Generate contracts/ from the models: JSON Schemas of the request and the result, and one
+example per operation and per error code.
+
+    python -m worker.contract_gen            # rewrite contracts/
+    python -m worker.contract_gen --check    # exit 1 when contracts/ differs from the models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from worker.contract import (
+    JOB_ADAPTER,
+    BlockResult,
+    ErrorCode,
+    Operation,
+    ResultError,
+    SalesforceErrorItem,
+    Status,
+)
+
+ROOT = Path(__file__).resolve().parent.parent / "contracts"
+SCHEMA_BASE = "https://github.com/sfworker/sfworker/contracts/v1"
+
+ACCOUNT_ID = "001Hs00003Lq9TxIAJ"
+CONTACT_ID = "003Hs00002QwErTIAZ"
+CASE_ID = "500Hs00001AbCdEIAV"
+
+REQUESTS: dict[str, dict[str, Any]] = {
+    "search_soql": {
+        "v": 1,
+        "job_id": "call-7f3a-search",
+        "account": "acme-prod",
+        "tenant": "acme",
+        "timeout_ms": 5000,
+        "sent_at": 1796000000.125,
+        "operation": "search",
+        "soql": "SELECT Id, Name, Email FROM Contact WHERE Phone = :ani LIMIT 5",
+        "params": {"ani": "+1 415 555 0123"},
+        "max_records": 5,
+    },
+    "search_sosl": {
+        "v": 1,
+        "job_id": "chat-19c2-sosl",
+        "operation": "search",
+        "sosl": "FIND :term IN PHONE FIELDS RETURNING Contact(Id, Name, Phone)",
+        "params": {"term": "4155550123"},
+    },
+    "get": {
+        "v": 1,
+        "job_id": "call-7f3a-get",
+        "operation": "get",
+        "object": "Case",
+        "id": CASE_ID,
+        "fields": ["Subject", "Status", "Priority"],
+    },
+    "insert": {
+        "v": 1,
+        "job_id": "call-7f3a-insert",
+        "operation": "insert",
+        "object": "Case",
+        "fields": {"Subject": "Callback requested", "ContactId": CONTACT_ID, "Origin": "Phone"},
+    },
+    "update": {
+        "v": 1,
+        "job_id": "call-7f3a-update",
+        "operation": "update",
+        "object": "Case",
+        "id": CASE_ID,
+        "fields": {"Priority": "High"},
+    },
+    "upsert": {
+        "v": 1,
+        "job_id": "call-7f3a-upsert",
+        "operation": "upsert",
+        "object": "Contact",
+        "external_id_field": "Ext_Id__c",
+        "external_id": "IVR-42",
+        "fields": {"LastName": "Caller", "Phone": "+1 650 555 0042"},
+    },
+    "delete": {
+        "v": 1,
+        "job_id": "call-7f3a-delete",
+        "operation": "delete",
+        "object": "Case",
+        "id": CASE_ID,
+    },
+}
+
+
+def _record(sobject: str, record_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "attributes": {
+            "type": sobject,
+            "url": f"/services/data/v62.0/sobjects/{sobject}/{record_id}",
+        },
+        "Id": record_id,
+        **fields,
+    }
+
+
+def _ok(operation: Operation, **fields: Any) -> BlockResult:
+    return BlockResult(
+        job_id=REQUESTS[
+            {"search": "search_soql"}.get(operation.value, operation.value)
+        ]["job_id"],
+        operation=operation,
+        account="acme-prod",
+        status=Status.OK,
+        attempts=1,
+        duration_ms=184,
+        **fields,
+    )
+
+
+RESULTS: dict[str, BlockResult] = {
+    "search": _ok(
+        Operation.SEARCH,
+        records=[_record("Contact", CONTACT_ID, Name="Ada Lovelace", Email="ada@acme.example")],
+        count=1,
+        http_status=200,
+    ),
+    "get": _ok(
+        Operation.GET,
+        records=[_record("Case", CASE_ID, Subject="Delivery late", Status="New", Priority="High")],
+        count=1,
+        http_status=200,
+    ),
+    "insert": _ok(Operation.INSERT, id=CASE_ID, http_status=201),
+    "update": _ok(Operation.UPDATE, http_status=204),
+    "upsert": _ok(Operation.UPSERT, id=CONTACT_ID, created=True, http_status=201),
+    "delete": _ok(Operation.DELETE, http_status=204),
+    "no_data": BlockResult(
+        job_id="call-7f3a-get",
+        operation=Operation.GET,
+        account="acme-prod",
+        status=Status.NO_DATA,
+        http_status=404,
+        attempts=1,
+        duration_ms=97,
+    ),
+}
+
+_ERRORS: dict[ErrorCode, tuple[str, bool, int | None, list[SalesforceErrorItem]]] = {
+    ErrorCode.INVALID_REQUEST: ("id: String should match pattern", False, None, []),
+    ErrorCode.UNKNOWN_ACCOUNT: ("no account named 'acme-sandbox'", False, None, []),
+    ErrorCode.FORBIDDEN_ACCOUNT: (
+        "account 'acme-prod' does not belong to tenant 'globex'",
+        False,
+        None,
+        [],
+    ),
+    ErrorCode.AUTH_FAILED: (
+        "token request refused (client_credentials): invalid_client: invalid client credentials",
+        False,
+        400,
+        [SalesforceErrorItem(errorCode="invalid_client", message="invalid client credentials")],
+    ),
+    ErrorCode.RATE_LIMITED: (
+        "REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.",
+        False,
+        403,
+        [
+            SalesforceErrorItem(
+                errorCode="REQUEST_LIMIT_EXCEEDED", message="TotalRequests Limit exceeded."
+            )
+        ],
+    ),
+    ErrorCode.TIMEOUT: ("the job's deadline passed before Salesforce answered", True, None, []),
+    ErrorCode.SALESFORCE_ERROR: (
+        "REQUIRED_FIELD_MISSING: Required fields are missing: [LastName]",
+        False,
+        400,
+        [
+            SalesforceErrorItem(
+                errorCode="REQUIRED_FIELD_MISSING",
+                message="Required fields are missing: [LastName]",
+                fields=["LastName"],
+            )
+        ],
+    ),
+    ErrorCode.SALESFORCE_UNAVAILABLE: (
+        "SERVER_UNAVAILABLE: server too busy",
+        True,
+        503,
+        [SalesforceErrorItem(errorCode="SERVER_UNAVAILABLE", message="server too busy")],
+    ),
+    ErrorCode.OUTCOME_UNKNOWN: (
+        "connection lost (ServerDisconnectedError) after the insert was sent; Salesforce may or "
+        "may not have created the record, so it is not sent again",
+        False,
+        None,
+        [],
+    ),
+}
+
+
+def error_results() -> dict[str, BlockResult]:
+    out = {}
+    for code, (message, retryable, http_status, items) in _ERRORS.items():
+        operation = Operation.INSERT if code is ErrorCode.OUTCOME_UNKNOWN else Operation.SEARCH
+        out[f"error.{code.value}"] = BlockResult(
+            job_id="call-7f3a-search" if operation is Operation.SEARCH else "call-7f3a-insert",
+            operation=operation,
+            account=None if code is ErrorCode.UNKNOWN_ACCOUNT else "acme-prod",
+            status=Status.FAILED,
+            http_status=http_status,
+            error=ResultError(
+                code=code, message=message, retryable=retryable, salesforce_errors=items
+            ),
+            attempts=0 if http_status is None and code is not ErrorCode.OUTCOME_UNKNOWN else 1,
+            duration_ms=12,
+        )
+    return out
+
+
+def _dump(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def request_schema() -> dict[str, Any]:
+    schema = JOB_ADAPTER.json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"{SCHEMA_BASE}/request.schema.json",
+        "title": "sfworker block job (contract v1)",
+        **schema,
+    }
+
+
+def result_schema() -> dict[str, Any]:
+    schema = BlockResult.model_json_schema(by_alias=True, mode="serialization")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"{SCHEMA_BASE}/result.schema.json",
+        **schema,
+        "title": "sfworker block result (contract v1)",
+    }
+
+
+def generated_files() -> dict[str, bytes]:
+    """Every file of contracts/, by path relative to it."""
+    files = {
+        "request.schema.json": _dump(request_schema()),
+        "result.schema.json": _dump(result_schema()),
+    }
+    for name, request in REQUESTS.items():
+        JOB_ADAPTER.validate_python(request)  # an example that does not validate is a bug here
+        files[f"examples/request.{name}.json"] = _dump(request)
+    for name, result in {**RESULTS, **error_results()}.items():
+        files[f"examples/result.{name}.json"] = _dump(result.model_dump(mode="json"))
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT)
+    args = parser.parse_args(argv)
+    files = generated_files()
+    if args.check:
+        stale = [
+            name
+            for name, content in files.items()
+            if not (args.out / name).exists() or (args.out / name).read_bytes() != content
+        ]
+        extra = [
+            str(p.relative_to(args.out))
+            for p in args.out.rglob("*.json")
+            if str(p.relative_to(args.out)) not in files
+        ]
+        for name in stale + extra:
+            print(f"contracts/{name} differs from the models", file=sys.stderr)
+        if stale or extra:
+            print("run: python -m worker.contract_gen", file=sys.stderr)
+        return 1 if stale or extra else 0
+    for name, content in files.items():
+        path = args.out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

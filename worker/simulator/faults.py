@@ -1,0 +1,103 @@
+"""Fault rules: the next N matching requests get a canned answer or a dropped connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from .errors import JSON_CONTENT_TYPE
+
+FaultAction = Literal["respond", "drop_after", "drop_before"]
+OAUTH_ROUTES = frozenset({"token", "introspect", "revoke", "authorize"})
+
+_DEFAULT_REST_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record"),
+    401: ("INVALID_SESSION_ID", "Session expired or invalid"),
+    403: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+    404: ("NOT_FOUND", "The requested resource does not exist"),
+    503: ("SERVER_UNAVAILABLE", "server too busy"),
+}
+_UNKNOWN = (
+    "UNKNOWN_EXCEPTION",
+    "An unexpected error occurred. Please include this ErrorId if you contact support: "
+    "1873492017-40553 (-1160231245)",
+)
+
+
+@dataclass
+class FaultRule:
+    count: int = 1
+    status: int = 500
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    action: FaultAction = "respond"
+    method: str | None = None
+    route: str | None = None
+    path_contains: str | None = None
+    grant_type: str | None = None
+
+    def matches(self, method: str, route: str | None, paths: tuple[str, ...], grant: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.route is not None and self.route != route:
+            return False
+        if self.path_contains is not None and not any(self.path_contains in p for p in paths):
+            return False
+        return self.grant_type is None or self.grant_type == grant
+
+    def response(self, route: str | None) -> web.Response:
+        body = self.body if self.body is not None else _default_body(self.status, route)
+        if isinstance(body, str):
+            payload = body.encode()
+            ctype = JSON_CONTENT_TYPE if _looks_like_json(body) else "text/html;charset=UTF-8"
+        else:
+            payload = orjson.dumps(body)
+            ctype = JSON_CONTENT_TYPE
+        headers = {"Content-Type": ctype, **self.headers}
+        return web.Response(body=payload, status=self.status, headers=headers)
+
+
+def _looks_like_json(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _default_body(status: int, route: str | None) -> Any:
+    """A realistic body for a rule without one."""
+    if route in OAUTH_ROUTES:
+        return {"error": "unknown_error", "error_description": "retry your request"}
+    code, message = _DEFAULT_REST_ERRORS.get(status, _UNKNOWN)
+    return [{"message": message, "errorCode": code}]
+
+
+class FaultBook:
+    def __init__(self) -> None:
+        self.rules: list[FaultRule] = []
+
+    def add(self, rule: FaultRule) -> None:
+        if rule.count > 0:
+            self.rules.append(rule)
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def wants_grant_type(self) -> bool:
+        return any(rule.grant_type is not None for rule in self.rules)
+
+    def take(
+        self, method: str, route: str | None, paths: tuple[str, ...], grant: str
+    ) -> FaultRule | None:
+        """The first matching rule with count left; uses up one of its count."""
+        for rule in self.rules:
+            if rule.count > 0 and rule.matches(method, route, paths, grant):
+                rule.count -= 1
+                if rule.count == 0:
+                    self.rules.remove(rule)
+                return rule
+        return None

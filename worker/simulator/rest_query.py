@@ -1,0 +1,111 @@
+"""SOQL and SOSL routes: /query, /queryAll, /query/{locator}, /search."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from .cursors import clamp_batch
+from .errors import SfError, json_response
+from .routing import Handler, state_of
+from .schema import ObjectDef, Record
+from .search import run_sosl
+from .soql import parse_soql
+from .soql_eval import UrlFor, run_soql
+from .soql_lexer import QueryError
+from .sosl import parse_sosl
+from .state import SimulatorState
+
+__all__ = ["Handler", "query", "query_all", "query_more", "search", "url_for"]
+
+_BATCH_RE = re.compile(r"batchSize\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def url_for(version: str) -> UrlFor:
+    def build(obj: ObjectDef, record_id: str) -> str:
+        return f"/services/data/{version}/sobjects/{obj.name}/{record_id}"
+
+    return build
+
+
+def _batch_size(request: web.Request) -> int | None:
+    match = _BATCH_RE.search(request.headers.get("Sforce-Query-Options", ""))
+    return clamp_batch(int(match.group(1))) if match else None
+
+
+def _page(
+    state: SimulatorState,
+    version: str,
+    records: list[Record],
+    start: int,
+    batch: int,
+    locator: str | None,
+    total: int,
+) -> web.Response:
+    chunk = records[start : start + batch]
+    end = start + len(chunk)
+    done = end >= len(records)
+    body: dict[str, object] = {"totalSize": total, "done": done}
+    if not done:
+        locator = locator or state.cursors.open(records, batch)
+        body["nextRecordsUrl"] = f"/services/data/{version}/query/{locator}-{end}"
+    body["records"] = chunk
+    return json_response(body)
+
+
+async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamResponse:
+    state = state_of(request)
+    version = request.match_info["version"]
+    text = request.query.get("q")
+    if text is None or not text.strip():
+        raise SfError(400, "MALFORMED_QUERY", "A query string has to be specified")
+    try:
+        result = run_soql(
+            state.schema,
+            state.records,
+            parse_soql(text),
+            include_deleted=include_deleted,
+            url_for=url_for(version),
+        )
+    except QueryError as err:
+        raise SfError(400, err.error_code, err.message) from None
+    batch = _batch_size(request) or clamp_batch(None)
+    return _page(state, version, result.records, 0, batch, None, result.total)
+
+
+async def query(request: web.Request) -> web.StreamResponse:
+    return await _run_query(request, include_deleted=False)
+
+
+async def query_all(request: web.Request) -> web.StreamResponse:
+    return await _run_query(request, include_deleted=True)
+
+
+async def query_more(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    locator, _, offset = request.match_info["cursor"].rpartition("-")
+    cursor = state.cursors.get(locator) if locator else None
+    if cursor is None or not offset.isdigit() or not 0 < int(offset) < len(cursor.records):
+        raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+    batch = _batch_size(request) or cursor.batch_size
+    version = request.match_info["version"]
+    records = cursor.records
+    return _page(state, version, records, int(offset), batch, locator, len(records))
+
+
+async def search(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    text = request.query.get("q")
+    if text is None or not text.strip():
+        raise SfError(400, "MALFORMED_SEARCH", "A search string has to be specified")
+    try:
+        found = run_sosl(
+            state.schema,
+            state.records,
+            parse_sosl(text),
+            url_for=url_for(request.match_info["version"]),
+        )
+    except QueryError as err:
+        raise SfError(400, err.error_code, err.message) from None
+    return json_response({"searchRecords": found})

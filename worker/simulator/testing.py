@@ -1,0 +1,192 @@
+"""Test helper: run the simulator in the current event loop and drive its control API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from .app import create_app, start_site
+from .state import (
+    DEFAULT_APP_NAME,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_REFRESH_TOKEN,
+    DEFAULT_USERNAME,
+    SimulatorState,
+)
+
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_REFRESH_TOKEN",
+    "DEFAULT_USERNAME",
+    "SimulatorClient",
+    "SimulatorControlError",
+    "running_simulator",
+]
+
+
+class SimulatorControlError(RuntimeError):
+    """The control API refused a request."""
+
+
+class SimulatorClient:
+    """Talks to a running simulator's control API (/_sim/...) over HTTP."""
+
+    def __init__(self, base_url: str, state: SimulatorState | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        # Only set when the simulator runs in this process (running_simulator); for debugging.
+        self.state = state
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.request(method, self.base_url + path, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise SimulatorControlError(f"{method} {path} -> {resp.status}: {data}")
+            return data
+
+    async def reset(self) -> None:
+        await self._call("POST", "/_sim/reset")
+
+    async def seed(self, obj: str, records: list[dict[str, Any]]) -> list[str]:
+        data = await self._call("POST", "/_sim/records", {"object": obj, "records": records})
+        return list(data["ids"])
+
+    async def records(self, obj: str) -> list[dict[str, Any]]:
+        data = await self._call("GET", f"/_sim/records/{obj}")
+        return list(data["records"])
+
+    async def add_schema(
+        self,
+        obj: str,
+        prefix: str,
+        fields: dict[str, str],
+        required: Sequence[str] = (),
+        external_ids: Sequence[str] = (),
+        unique: Sequence[str] = (),
+    ) -> None:
+        await self._call(
+            "POST",
+            "/_sim/schema",
+            {
+                "object": obj,
+                "prefix": prefix,
+                "fields": fields,
+                "required": list(required),
+                "external_ids": list(external_ids),
+                "unique": list(unique),
+            },
+        )
+
+    async def set_client(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        run_as: bool = True,
+        rotation: bool = False,
+        refresh_tokens: Sequence[str] = (),
+        usernames: Sequence[str] = (),
+        jwt_public_key_pem: str | None = None,
+        app_name: str = DEFAULT_APP_NAME,
+    ) -> None:
+        await self._call(
+            "POST",
+            "/_sim/clients",
+            {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "app_name": app_name,
+                "run_as": run_as,
+                "rotation": rotation,
+                "refresh_tokens": list(refresh_tokens),
+                "usernames": list(usernames),
+                "jwt_public_key_pem": jwt_public_key_pem,
+            },
+        )
+
+    async def refresh_tokens(self, client_id: str) -> list[str]:
+        data = await self._call("GET", f"/_sim/clients/{client_id}/refresh_tokens")
+        return list(data["refresh_tokens"])
+
+    async def set_latency(self, ms: int, jitter_ms: int = 0, token_ms: int | None = None) -> None:
+        await self._call(
+            "POST", "/_sim/latency", {"ms": ms, "jitter_ms": jitter_ms, "token_ms": token_ms}
+        )
+
+    async def expire_sessions(self) -> None:
+        await self._call("POST", "/_sim/sessions/expire")
+
+    async def set_session_timeout(self, seconds: float) -> None:
+        await self._call("POST", "/_sim/session_timeout", {"seconds": seconds})
+
+    async def set_daily_limit(self, daily_max: int, used: int | None = None) -> None:
+        await self._call("POST", "/_sim/limits", {"daily_max": daily_max, "used": used})
+
+    async def set_login_rate(self, per_hour: int) -> None:
+        await self._call("POST", "/_sim/limits", {"login_rate_per_hour": per_hour})
+
+    async def add_fault(
+        self,
+        *,
+        status: int = 500,
+        body: Any = None,
+        count: int = 1,
+        action: str = "respond",
+        method: str | None = None,
+        route: str | None = None,
+        path_contains: str | None = None,
+        grant_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        await self._call(
+            "POST",
+            "/_sim/faults",
+            {
+                "status": status,
+                "body": body,
+                "count": count,
+                "action": action,
+                "method": method,
+                "route": route,
+                "path_contains": path_contains,
+                "grant_type": grant_type,
+                "headers": headers or {},
+            },
+        )
+
+    async def clear_faults(self) -> None:
+        await self._call("DELETE", "/_sim/faults")
+
+    async def counters(self) -> dict[str, Any]:
+        data: dict[str, Any] = await self._call("GET", "/_sim/counters")
+        return data
+
+    async def reset_counters(self) -> None:
+        await self._call("POST", "/_sim/counters/reset")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@asynccontextmanager
+async def running_simulator(
+    host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[SimulatorClient]:
+    """Start the simulator in the current event loop on a free port; yield a client; stop it."""
+    state = SimulatorState()
+    runner, bound = await start_site(create_app(state), host, port)
+    client = SimulatorClient(f"http://{host}:{bound}", state)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await runner.cleanup()
