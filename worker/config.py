@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,10 +38,14 @@ class Settings(BaseSettings):
     accounts_file: Path = Field(default=Path("accounts.toml"), description="TOML accounts file")
     http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the endpoint")
-    redis_url: SecretStr | None = Field(default=None, description="Redis URL (shared state)")
+    redis_url: SecretStr | None = Field(
+        default=None, description="Redis URL for state shared across workers (reserved)"
+    )
     prefetch: int = Field(default=32, ge=1, le=5000, description="In-flight jobs per process")
-    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
-    log_format: str = Field(default="json", description="json or text")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level"
+    )
+    log_format: Literal["json", "text"] = Field(default="json", description="Log line format")
 
     request_exchange: str = "salesforce.blocks"
     request_routing_key: str = "salesforce.blocks"
@@ -78,6 +82,11 @@ class Settings(BaseSettings):
     token_backoff_max_seconds: float = Field(default=60.0, gt=0)
     token_timeout_seconds: float = Field(default=10.0, gt=0, description="Token endpoint call")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
 
 # --- accounts ------------------------------------------------------------------------------
 
@@ -107,7 +116,7 @@ _PLAIN_KEYS = {
     "api_version",
     "max_concurrency",
 }
-_ALLOWED_KEYS = (
+ACCOUNT_KEYS = (
     _PLAIN_KEYS
     | set(SECRET_KEYS)
     | {f"{k}_env" for k in SECRET_KEYS}
@@ -251,7 +260,7 @@ def _parse_account(
 ) -> Account:
     if not isinstance(table, dict):
         raise ConfigError(f"account {name!r}: [accounts.{name}] must be a table")
-    unknown = sorted(set(table) - _ALLOWED_KEYS)
+    unknown = sorted(set(table) - ACCOUNT_KEYS)
     if unknown:
         raise ConfigError(f"account {name!r}: unknown key {unknown[0]!r}")
     for required in ("instance_url", "flow", "client_id"):
