@@ -133,7 +133,17 @@ class JobRunner:
         self._metrics = metrics
 
     def deadline(self, job: AnyJob, incoming: Incoming) -> Deadline:
-        start = job.sent_at or incoming.timestamp or incoming.received_wall
+        """The budget counts from sent_at, else the AMQP timestamp, else receipt. An AMQP
+        timestamp has whole-second resolution: the budget then counts from the end of that
+        second (or receipt, if earlier), so rounding never cuts a short budget."""
+        if job.sent_at is not None:
+            start = job.sent_at
+        elif incoming.timestamp is not None:
+            start = incoming.timestamp
+            if start.is_integer():
+                start = min(start + 1.0, incoming.received_wall)
+        else:
+            start = incoming.received_wall
         self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 

@@ -55,6 +55,7 @@ class JobClient:
         correlation_id: str | None = None,
         reply: bool = True,
         message_id: str | None = None,
+        timestamp: float | None = None,
     ) -> str:
         """Publish one job (a dict, or raw bytes for tests of bad input); returns the
         correlation id its result will carry."""
@@ -72,7 +73,7 @@ class JobClient:
                 message_id=message_id or (job_id if isinstance(job_id, str) else None),
                 correlation_id=correlation,
                 reply_to=self.reply_queue if reply else None,
-                timestamp=time.time(),
+                timestamp=time.time() if timestamp is None else timestamp,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=self._settings.request_routing_key,

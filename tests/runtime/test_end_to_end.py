@@ -3,6 +3,7 @@ the contract from a real cause, and a job expired on arrival never touches Sales
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -177,6 +178,25 @@ async def test_expired_on_arrival_is_timeout_without_touching_salesforce(
     counters = await simulator.counters()
     assert counters["requests_total"] == 0
     assert counters["token_requests_total"] == 0
+
+
+async def test_the_amqp_timestamp_starts_the_budget_without_sent_at(
+    worker: Worker, jobs: JobClient, simulator: SimulatorClient
+) -> None:
+    search = {"operation": "search", "soql": "SELECT Id FROM Case", "timeout_ms": 2000}
+    stale = await jobs.result(
+        await jobs.publish(job("ts-old", **search), timestamp=time.time() - 10), 10
+    )
+    assert stale["error"]["code"] == "TIMEOUT"
+    assert (await simulator.counters())["requests_total"] == 0
+    # A whole-second timestamp never cuts a short budget by its rounding: send 0.6 s into a
+    # second, so the truncated timestamp is 0.6 s older than the job, twice its 300 ms budget.
+    await asyncio.sleep((0.6 - time.time() % 1) % 1)
+    now = time.time()
+    fresh = await jobs.result(
+        await jobs.publish(job("ts-fresh", **{**search, "timeout_ms": 300}), timestamp=now), 10
+    )
+    assert fresh["status"] == "no_data"
 
 
 @pytest.fixture
