@@ -106,9 +106,7 @@ def _record(sobject: str, record_id: str, **fields: Any) -> dict[str, Any]:
 
 def _ok(operation: Operation, **fields: Any) -> BlockResult:
     return BlockResult(
-        job_id=REQUESTS[
-            {"search": "search_soql"}.get(operation.value, operation.value)
-        ]["job_id"],
+        job_id=REQUESTS[{"search": "search_soql"}.get(operation.value, operation.value)]["job_id"],
         operation=operation,
         account="acme-prod",
         status=Status.OK,

@@ -23,7 +23,9 @@ def test_normalize_accepts_15_and_case_insensitive_18() -> None:
     assert normalize_id(full.upper()) == full
 
 
-@pytest.mark.parametrize("bad", ["", "001", "001A0000006Vm9", "001A0000006Vm9r!", "001A0000006Vm9rIA"])
+@pytest.mark.parametrize(
+    "bad", ["", "001", "001A0000006Vm9", "001A0000006Vm9r!", "001A0000006Vm9rIA"]
+)
 def test_normalize_rejects_malformed(bad: str) -> None:
     assert normalize_id(bad) is None
 

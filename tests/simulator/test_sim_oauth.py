@@ -49,20 +49,33 @@ async def refresh(
 
 
 # ---- client_credentials ------------------------------------------------------------------------
-async def test_client_credentials_success_shape(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_client_credentials_success_shape(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     before = int(time.time() * 1000)
     status, body = await token_request(
-        http, sim, grant_type="client_credentials", client_id=DEFAULT_CLIENT_ID,
+        http,
+        sim,
+        grant_type="client_credentials",
+        client_id=DEFAULT_CLIENT_ID,
         client_secret=DEFAULT_CLIENT_SECRET,
     )
     assert status == 200
     assert set(body) == {
-        "access_token", "instance_url", "id", "token_type", "issued_at", "signature", "scope"
+        "access_token",
+        "instance_url",
+        "id",
+        "token_type",
+        "issued_at",
+        "signature",
+        "scope",
     }
-    assert "expires_in" not in body and "refresh_token" not in body
+    assert "expires_in" not in body
+    assert "refresh_token" not in body
     assert body["token_type"] == "Bearer"
     assert body["instance_url"] == sim.base_url
-    assert body["access_token"].startswith("00D") and "!" in body["access_token"]
+    assert body["access_token"].startswith("00D")
+    assert "!" in body["access_token"]
     assert body["id"].startswith(f"{sim.base_url}/id/00D")
     issued = int(body["issued_at"])
     assert before <= issued <= int(time.time() * 1000)
@@ -73,7 +86,9 @@ async def test_client_credentials_success_shape(sim: SimulatorClient, http: aioh
     assert await rest_status(http, sim, body["access_token"]) == 200
 
 
-async def test_client_credentials_via_basic_auth(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_client_credentials_via_basic_auth(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     basic = base64.b64encode(f"{DEFAULT_CLIENT_ID}:{DEFAULT_CLIENT_SECRET}".encode()).decode()
     url = f"{sim.base_url}/services/oauth2/token"
     headers = {"Authorization": f"Basic {basic}"}
@@ -90,7 +105,11 @@ async def test_client_credentials_via_basic_auth(sim: SimulatorClient, http: aio
     ],
 )
 async def test_client_credentials_errors(
-    sim: SimulatorClient, http: aiohttp.ClientSession, client_id: str, secret: str, error: str,
+    sim: SimulatorClient,
+    http: aiohttp.ClientSession,
+    client_id: str,
+    secret: str,
+    error: str,
     description: str,
 ) -> None:
     status, body = await token_request(
@@ -99,13 +118,18 @@ async def test_client_credentials_errors(
     assert (status, body) == (400, {"error": error, "error_description": description})
 
 
-async def test_client_credentials_without_run_as_user(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_client_credentials_without_run_as_user(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     await sim.set_client("app2", "secret2", run_as=False)
     status, body = await token_request(
         http, sim, grant_type="client_credentials", client_id="app2", client_secret="secret2"
     )
     assert status == 400
-    assert body == {"error": "invalid_grant", "error_description": "no client credentials user enabled"}
+    assert body == {
+        "error": "invalid_grant",
+        "error_description": "no client credentials user enabled",
+    }
 
 
 async def test_unsupported_grant(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
@@ -123,7 +147,10 @@ async def test_login_rate_limit(sim: SimulatorClient, http: aiohttp.ClientSessio
     ]
     assert statuses == [400, 200, 200]
     status, body = await token_request(http, sim, **form, client_secret=DEFAULT_CLIENT_SECRET)
-    assert (status, body) == (400, {"error": "rate_limit_exceeded", "error_description": "Login Rate Exceeded"})
+    assert (status, body) == (
+        400,
+        {"error": "rate_limit_exceeded", "error_description": "Login Rate Exceeded"},
+    )
 
 
 # ---- refresh_token -----------------------------------------------------------------------------
@@ -138,10 +165,15 @@ async def test_refresh_without_rotation(sim: SimulatorClient, http: aiohttp.Clie
 
 async def test_refresh_unknown_token(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
     status, body = await refresh(http, sim, "not-a-token")
-    assert (status, body) == (400, {"error": "invalid_grant", "error_description": "expired access/refresh token"})
+    assert (status, body) == (
+        400,
+        {"error": "invalid_grant", "error_description": "expired access/refresh token"},
+    )
 
 
-async def test_concurrent_refreshes_with_same_token(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_concurrent_refreshes_with_same_token(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     await sim.set_latency(0, token_ms=150)
     results = await asyncio.gather(*(refresh(http, sim, DEFAULT_REFRESH_TOKEN) for _ in range(2)))
     statuses = sorted(status for status, _ in results)
@@ -155,8 +187,12 @@ async def test_concurrent_refreshes_with_same_token(sim: SimulatorClient, http: 
     assert counters["token_requests"] == {"refresh_token": 2}
 
 
-async def test_rotation_and_replay_revokes_the_chain(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
-    await sim.set_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, rotation=True, refresh_tokens=["rt-1"])
+async def test_rotation_and_replay_revokes_the_chain(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
+    await sim.set_client(
+        DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, rotation=True, refresh_tokens=["rt-1"]
+    )
     status, first = await refresh(http, sim, "rt-1")
     assert status == 200
     rt2 = first["refresh_token"]
@@ -176,14 +212,18 @@ async def test_rotation_and_replay_revokes_the_chain(sim: SimulatorClient, http:
     assert await rest_status(http, sim, first["access_token"]) == 401
 
 
-async def test_set_client_replaces_tokens(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_set_client_replaces_tokens(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     await sim.set_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, refresh_tokens=["a", "b"])
     assert sorted(await sim.refresh_tokens(DEFAULT_CLIENT_ID)) == ["a", "b"]
     assert (await refresh(http, sim, DEFAULT_REFRESH_TOKEN))[0] == 400
 
 
 # ---- authorization_code ------------------------------------------------------------------------
-async def authorize(http: aiohttp.ClientSession, sim: SimulatorClient, **params: str) -> dict[str, list[str]]:
+async def authorize(
+    http: aiohttp.ClientSession, sim: SimulatorClient, **params: str
+) -> dict[str, list[str]]:
     query = {"response_type": "code", "client_id": DEFAULT_CLIENT_ID, **params}
     url = f"{sim.base_url}/services/oauth2/authorize"
     async with http.get(url, params=query, allow_redirects=False) as resp:
@@ -193,18 +233,31 @@ async def authorize(http: aiohttp.ClientSession, sim: SimulatorClient, **params:
     return parse_qs(urlsplit(location).query)
 
 
-async def test_authorization_code_with_pkce(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_authorization_code_with_pkce(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     verifier = "v" * 50
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    )
     redirect = "https://app.example/callback"
     got = await authorize(
-        http, sim, redirect_uri=redirect, state="xyz", code_challenge=challenge,
+        http,
+        sim,
+        redirect_uri=redirect,
+        state="xyz",
+        code_challenge=challenge,
         code_challenge_method="S256",
     )
     assert got["state"] == ["xyz"]
     code = got["code"][0]
-    form = {"grant_type": "authorization_code", "code": code, "client_id": DEFAULT_CLIENT_ID,
-            "client_secret": DEFAULT_CLIENT_SECRET, "redirect_uri": redirect}
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": DEFAULT_CLIENT_SECRET,
+        "redirect_uri": redirect,
+    }
     status, body = await token_request(http, sim, **form, code_verifier=verifier)
     assert status == 200
     assert body["refresh_token"] in await sim.refresh_tokens(DEFAULT_CLIENT_ID)
@@ -225,11 +278,22 @@ async def test_authorization_code_rejections(
     sim: SimulatorClient, http: aiohttp.ClientSession, change: dict[str, str], description: str
 ) -> None:
     redirect = "https://app.example/callback"
-    got = await authorize(http, sim, redirect_uri=redirect, code_challenge="plain-secret-value",
-                          code_challenge_method="plain")
-    form = {"grant_type": "authorization_code", "code": got["code"][0],
-            "client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET,
-            "redirect_uri": redirect, "code_verifier": "plain-secret-value", **change}
+    got = await authorize(
+        http,
+        sim,
+        redirect_uri=redirect,
+        code_challenge="plain-secret-value",
+        code_challenge_method="plain",
+    )
+    form = {
+        "grant_type": "authorization_code",
+        "code": got["code"][0],
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": DEFAULT_CLIENT_SECRET,
+        "redirect_uri": redirect,
+        "code_verifier": "plain-secret-value",
+        **change,
+    }
     status, body = await token_request(http, sim, **form)
     assert (status, body) == (400, {"error": "invalid_grant", "error_description": description})
 
@@ -241,25 +305,40 @@ def rsa_keys() -> tuple[bytes, str]:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return private, public
 
 
 def assertion(private: bytes, **overrides: Any) -> str:
-    claims = {"iss": DEFAULT_CLIENT_ID, "sub": DEFAULT_USERNAME,
-              "aud": "https://login.salesforce.com", "exp": int(time.time()) + 180, **overrides}
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, private, algorithm="RS256")
+    claims = {
+        "iss": DEFAULT_CLIENT_ID,
+        "sub": DEFAULT_USERNAME,
+        "aud": "https://login.salesforce.com",
+        "exp": int(time.time()) + 180,
+        **overrides,
+    }
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None}, private, algorithm="RS256"
+    )
 
 
 async def test_jwt_bearer_with_verified_signature(
     sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[bytes, str]
 ) -> None:
     private, public = rsa_keys
-    await sim.set_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, usernames=[DEFAULT_USERNAME],
-                         jwt_public_key_pem=public)
-    status, body = await token_request(http, sim, grant_type=JWT_GRANT, assertion=assertion(private))
+    await sim.set_client(
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        usernames=[DEFAULT_USERNAME],
+        jwt_public_key_pem=public,
+    )
+    status, body = await token_request(
+        http, sim, grant_type=JWT_GRANT, assertion=assertion(private)
+    )
     assert status == 200, body
     assert "refresh_token" not in body
     assert await rest_status(http, sim, body["access_token"]) == 200
@@ -276,14 +355,22 @@ async def test_jwt_bearer_rejections(
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    await sim.set_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, usernames=[DEFAULT_USERNAME],
-                         jwt_public_key_pem=public)
+    await sim.set_client(
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        usernames=[DEFAULT_USERNAME],
+        jwt_public_key_pem=public,
+    )
     now = int(time.time())
     cases = [
         (assertion(other), "invalid_grant", "invalid assertion"),
         ("not.a.jwt", "invalid_grant", "invalid assertion"),
         (assertion(private, iss="unknown"), "invalid_client_id", "client identifier invalid"),
-        (assertion(private, sub="someone@else"), "invalid_grant", "user hasn't approved this consumer"),
+        (
+            assertion(private, sub="someone@else"),
+            "invalid_grant",
+            "user hasn't approved this consumer",
+        ),
         (assertion(private, aud="https://example.com"), "invalid_grant", "audience is invalid"),
         (assertion(private, exp=now - 10), "invalid_grant", "expired authorization code"),
         (assertion(private, exp=None), "invalid_grant", "expired authorization code"),
@@ -311,14 +398,17 @@ async def test_jwt_without_registered_key_checks_claims_only(
 
 # ---- introspect / revoke / sessions ------------------------------------------------------------
 async def test_introspect_and_revoke(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
-    status, body = await refresh(http, sim, DEFAULT_REFRESH_TOKEN)
+    _, body = await refresh(http, sim, DEFAULT_REFRESH_TOKEN)
     token = body["access_token"]
     creds = {"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET}
     url = sim.base_url + "/services/oauth2"
-    async with http.post(f"{url}/introspect", data={"token": token, "token_type_hint": "access_token", **creds}) as resp:
+    async with http.post(
+        f"{url}/introspect", data={"token": token, "token_type_hint": "access_token", **creds}
+    ) as resp:
         info = await resp.json()
     assert info["active"] is True
-    assert info["client_id"] == DEFAULT_CLIENT_ID and info["username"] == DEFAULT_USERNAME
+    assert info["client_id"] == DEFAULT_CLIENT_ID
+    assert info["username"] == DEFAULT_USERNAME
     assert info["token_type"] == "access_token"
     assert 7100 < info["exp"] - time.time() <= 7200
     async with http.post(f"{url}/revoke", data={"token": token}) as resp:
@@ -330,15 +420,21 @@ async def test_introspect_and_revoke(sim: SimulatorClient, http: aiohttp.ClientS
         assert resp.status == 400
 
 
-async def test_revoking_refresh_token_kills_its_access_tokens(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_revoking_refresh_token_kills_its_access_tokens(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     _, body = await refresh(http, sim, DEFAULT_REFRESH_TOKEN)
-    async with http.post(f"{sim.base_url}/services/oauth2/revoke", data={"token": DEFAULT_REFRESH_TOKEN}) as resp:
+    async with http.post(
+        f"{sim.base_url}/services/oauth2/revoke", data={"token": DEFAULT_REFRESH_TOKEN}
+    ) as resp:
         assert resp.status == 200
     assert await rest_status(http, sim, body["access_token"]) == 401
     assert (await refresh(http, sim, DEFAULT_REFRESH_TOKEN))[0] == 400
 
 
-async def test_expire_sessions_keeps_refresh_tokens(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_expire_sessions_keeps_refresh_tokens(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     _, body = await refresh(http, sim, DEFAULT_REFRESH_TOKEN)
     await sim.expire_sessions()
     url = f"{sim.base_url}/services/data/{VERSION}/limits"
@@ -352,7 +448,9 @@ async def test_expire_sessions_keeps_refresh_tokens(sim: SimulatorClient, http: 
     assert await rest_status(http, sim, again["access_token"]) == 200
 
 
-async def test_session_inactivity_timeout(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+async def test_session_inactivity_timeout(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
     await sim.set_session_timeout(0.5)
     _, busy = await refresh(http, sim, DEFAULT_REFRESH_TOKEN)
     _, idle = await refresh(http, sim, DEFAULT_REFRESH_TOKEN)
@@ -360,3 +458,51 @@ async def test_session_inactivity_timeout(sim: SimulatorClient, http: aiohttp.Cl
         await asyncio.sleep(0.2)
         assert await rest_status(http, sim, busy["access_token"]) == 200
     assert await rest_status(http, sim, idle["access_token"]) == 401
+
+
+async def test_sixth_approval_revokes_the_oldest(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
+    await sim.set_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+    redirect = "https://app.example/cb"
+    issued = []
+    for _ in range(6):
+        got = await authorize(http, sim, redirect_uri=redirect)
+        status, body = await token_request(
+            http,
+            sim,
+            grant_type="authorization_code",
+            code=got["code"][0],
+            client_id=DEFAULT_CLIENT_ID,
+            client_secret=DEFAULT_CLIENT_SECRET,
+            redirect_uri=redirect,
+        )
+        assert status == 200
+        issued.append(body["refresh_token"])
+    assert sorted(await sim.refresh_tokens(DEFAULT_CLIENT_ID)) == sorted(issued[1:])
+    assert (await refresh(http, sim, issued[0]))[0] == 400
+
+
+async def test_client_credentials_refused_on_login_domain(
+    sim: SimulatorClient, http: aiohttp.ClientSession
+) -> None:
+    url = f"{sim.base_url}/services/oauth2/token"
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": DEFAULT_CLIENT_SECRET,
+    }
+    async with http.post(url, data=form, headers={"Host": "login.salesforce.com"}) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {
+            "error": "invalid_grant",
+            "error_description": "request not supported on this domain",
+        }
+
+
+async def test_invalid_session_headers(sim: SimulatorClient, http: aiohttp.ClientSession) -> None:
+    url = f"{sim.base_url}/services/data/{VERSION}/query"
+    async with http.get(url, params={"q": "SELECT Id FROM Account"}) as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == "Token"
+        assert resp.headers["Sforce-Limit-Info"] == "api-usage=0/100000"

@@ -11,8 +11,16 @@ from hypothesis import strategies as st
 from worker.simulator import SoqlError, parse_soql
 from worker.simulator.soql import BoolOp, Comparison, Not
 
-SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r",
-                "\b": "\\b", "\f": "\\f"}
+SOQL_ESCAPES = {
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "\n": "\\n",
+    "\t": "\\t",
+    "\r": "\\r",
+    "\b": "\\b",
+    "\f": "\\f",
+}
 
 
 def soql_escape(text: str) -> str:
@@ -24,7 +32,7 @@ def like_escape(text: str) -> str:
 
 
 def where(clause: str) -> str:
-    return f"SELECT Id FROM Account WHERE {clause}"
+    return f"SELECT Id FROM Account WHERE {clause}"  # noqa: S608 - building SOQL is the point
 
 
 def test_full_grammar() -> None:
@@ -34,7 +42,8 @@ def test_full_grammar() -> None:
     )
     assert [f.text for f in q.fields] == ["Id", "Name", "Account.Name"]
     assert q.sobject == "Contact"
-    assert isinstance(q.where, BoolOp) and q.where.op == "AND"
+    assert isinstance(q.where, BoolOp)
+    assert q.where.op == "AND"
     assert isinstance(q.where.items[1], Not)
     assert [(o.field.text, o.descending, o.nulls_last) for o in q.order_by] == [
         ("Name", True, False),
@@ -45,7 +54,8 @@ def test_full_grammar() -> None:
 
 def test_count() -> None:
     q = parse_soql("SELECT COUNT() FROM Account WHERE Name != 'x'")
-    assert q.count and q.fields == ()
+    assert q.count
+    assert q.fields == ()
 
 
 def test_literal_kinds_and_values() -> None:
@@ -76,8 +86,9 @@ def test_literal_kinds_and_values() -> None:
 
 def test_escapes_unescape() -> None:
     lit = parse_soql(where(r"Name = 'O\'Neil \\ \"q\" \n\t\r\b\f'")).literals()[0]
-    assert lit.value == "O'Neil \\ \"q\" \n\t\r\b\f"
-    assert not lit.in_like and lit.like_literal_text is None
+    assert lit.value == 'O\'Neil \\ "q" \n\t\r\b\f'
+    assert not lit.in_like
+    assert lit.like_literal_text is None
 
 
 def test_like_literal() -> None:
@@ -86,7 +97,8 @@ def test_like_literal() -> None:
     assert lit.value == r"50\% off\_now"
     assert lit.like_literal_text == "50% off_now"
     wild = parse_soql(where("Name LIKE 'Acme%'")).literals()[0]
-    assert wild.in_like and wild.like_literal_text is None
+    assert wild.in_like
+    assert wild.like_literal_text is None
 
 
 @pytest.mark.parametrize(
@@ -97,7 +109,7 @@ def test_like_literal() -> None:
         r"Name = '100\%'",  # \% only inside LIKE
         r"Name = 'x\_y'",
         "Name = 'a' AND Name = 'b' OR Name = 'c'",  # AND/OR mixed without parentheses
-        "Name = \"double\"",
+        'Name = "double"',
         "Name = :bind",
         "Name LIKE 5",
         "Name NOT LIKE 'x'",
@@ -125,13 +137,15 @@ def test_malformed_message_points_at_token() -> None:
 
 def test_parentheses_allow_mixing() -> None:
     q = parse_soql(where("(Name = 'a' AND Name = 'b') OR NOT (Name = 'c' OR Id = null)"))
-    assert isinstance(q.where, BoolOp) and q.where.op == "OR"
+    assert isinstance(q.where, BoolOp)
+    assert q.where.op == "OR"
     assert isinstance(q.where.items[0], BoolOp)
 
 
 def test_not_in() -> None:
     q = parse_soql(where("Name NOT IN ('a')"))
-    assert isinstance(q.where, Comparison) and q.where.op == "NOT IN"
+    assert isinstance(q.where, Comparison)
+    assert q.where.op == "NOT IN"
 
 
 @given(st.text())
@@ -146,4 +160,5 @@ def test_escaped_like_literal_round_trips(text: str) -> None:
     lit = parse_soql(where(f"Name LIKE '{like_escape(text)}'")).literals()[0]
     assert lit.in_like
     assert lit.like_literal_text == text
-    assert lit.like_pattern is not None and lit.like_pattern.fullmatch(text)
+    assert lit.like_pattern is not None
+    assert lit.like_pattern.fullmatch(text)

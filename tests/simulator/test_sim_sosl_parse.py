@@ -13,9 +13,7 @@ CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 
 def sosl_escape(text: str) -> str:
-    return "".join(
-        CONTROL.get(ch) or ("\\" + ch if ch in RESERVED else ch) for ch in text
-    )
+    return "".join(CONTROL.get(ch) or ("\\" + ch if ch in RESERVED else ch) for ch in text)
 
 
 def test_terms_words_and_phrases() -> None:
@@ -56,7 +54,8 @@ def test_returning_where_literals_and_limits() -> None:
         ("string", "ac\\%%", True),
         ("null", None, False),
     ]
-    assert q.returning[0].limit == 5 and q.limit == 20
+    assert q.returning[0].limit == 5
+    assert q.limit == 20
 
 
 @pytest.mark.parametrize(
@@ -98,4 +97,5 @@ def test_escaped_term_round_trips(text: str) -> None:
     q = parse_sosl(f"FIND {{{sosl_escape(text)}}} RETURNING Account")
     assert [t.text for t in q.terms] == [text]
     assert not q.terms[0].wildcard
-    assert q.terms[0].pattern is not None and q.terms[0].pattern.fullmatch(text)
+    assert q.terms[0].pattern is not None
+    assert q.terms[0].pattern.fullmatch(text)

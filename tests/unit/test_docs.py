@@ -19,7 +19,5 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_every_accounts_file_key_is_documented() -> None:
-    missing = [
-        k for k in ACCOUNT_KEYS if f"`{k}`" not in DOC and not k.endswith(("_env", "_file"))
-    ]
+    missing = [k for k in ACCOUNT_KEYS if f"`{k}`" not in DOC and not k.endswith(("_env", "_file"))]
     assert not missing

@@ -40,7 +40,7 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         # Timeouts are enforced by the job deadline itself; never round them up.
         timeout_ceil_threshold=3600.0,
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         trace_configs=[trace],
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
@@ -48,3 +48,9 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         headers={"User-Agent": "sfworker"},
         raise_for_status=False,
     )
+    # aiohttp silently re-sends an idempotent request once when a kept-alive connection drops.
+    # Our own retry loop does that with backoff, within the deadline, counted in `attempts` and
+    # the retry metrics; two layers would hide calls from both.
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+    return session

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .auth import DEFAULT_APP_NAME, Client
+from .auth import DEFAULT_APP_NAME, DEFAULT_USERNAME, Client
 from .errors import SfError, json_response
 from .faults import FaultRule
 from .routing import Handler, add_route, state_of
@@ -110,12 +110,14 @@ async def reset(request: web.Request) -> web.StreamResponse:
 
 async def schema(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, SchemaBody)
+    state = state_of(request)
     try:
-        obj = state_of(request).schema.define(
+        obj = state.schema.define(
             body.object, body.prefix, body.fields, body.required, body.external_ids, body.unique
         )
     except SchemaError as err:
         raise ControlError(str(err)) from None
+    state.records.backfill(obj)
     return json_response({"object": obj.name, "prefix": obj.prefix})
 
 
@@ -144,7 +146,7 @@ async def clients(request: web.Request) -> web.StreamResponse:
         app_name=body.app_name,
         run_as=body.run_as,
         rotation=body.rotation,
-        usernames=body.usernames or Client("", "").usernames,
+        usernames=body.usernames or [DEFAULT_USERNAME],
         jwt_public_key_pem=body.jwt_public_key_pem,
     )
     state_of(request).auth.set_client(client, body.refresh_tokens)

@@ -125,7 +125,11 @@ async def rest_gate(request: web.Request, handler: Handler) -> web.StreamRespons
     state = state_of(request)
     session = state.auth.session(bearer_token(request), state.session_timeout_seconds, touch=True)
     if session is None:
-        return sf_error_response(SfError(401, "INVALID_SESSION_ID", "Session expired or invalid"))
+        response = sf_error_response(
+            SfError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        )
+        response.headers["WWW-Authenticate"] = "Token"
+        return response
     limits = state.limits
     if limits.used >= limits.daily_max:
         return sf_error_response(

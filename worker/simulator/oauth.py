@@ -23,6 +23,7 @@ from .state import SimulatorState
 Form = Mapping[str, object]
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 JWT_MAX_AHEAD_SECONDS = 300
 
 EXPIRED_TOKEN = "expired access/refresh token"  # noqa: S105 - an error text
@@ -106,6 +107,8 @@ async def _client_credentials(
     state: SimulatorState, request: web.Request, form: Form
 ) -> dict[str, Any]:
     await _pause(state)
+    if request.host.split(":")[0].lower() in LOGIN_HOSTS:
+        raise OAuthError("invalid_grant", "request not supported on this domain")
     client = _authenticated_client(state, *client_credentials_of(request, form))
     if not client.run_as:
         raise OAuthError("invalid_grant", "no client credentials user enabled")
@@ -214,7 +217,7 @@ async def _jwt_bearer(state: SimulatorState, request: web.Request, form: Form) -
     if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
         raise OAuthError("invalid_grant", "expired authorization code")
     if exp > now + JWT_MAX_AHEAD_SECONDS + 5:
-        raise OAuthError("invalid_grant", "invalid assertion: exp is more than 5 minutes ahead")
+        raise OAuthError("invalid_grant", "invalid assertion")
     username = str(claims.get("sub", ""))
     if username not in client.usernames:
         raise OAuthError("invalid_grant", "user hasn't approved this consumer")

@@ -47,6 +47,12 @@ class RecordStore:
             return [rec] if rec is not None else []
         return [r for r in self.all(obj) if _same_value(fd, r.get(fd.name), value)]
 
+    def backfill(self, obj: ObjectDef) -> None:
+        """Give existing records the defaults of fields added to their object later."""
+        for record in self._records.get(obj.name.lower(), {}).values():
+            for fd in obj.fields.values():
+                record.setdefault(fd.name, fd.default)
+
     # ---- writes ------------------------------------------------------------------------------
     def insert(self, obj: ObjectDef, body: Any, *, seeding: bool = False) -> str:
         return self.insert_many(obj, [body], seeding=seeding)[0]

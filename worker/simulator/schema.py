@@ -305,6 +305,7 @@ class Schema:
                     reference_to=target_obj.name if target_obj is not None else None,
                     length=_default_length(ftype),
                     name_field=key == "name",
+                    default=False if ftype is FieldType.BOOLEAN else None,
                 )
             )
         for fname in (*req, *ext, *uniq):

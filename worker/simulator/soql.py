@@ -36,44 +36,10 @@ LiteralValue = str | int | float | bool | None | date | datetime
 DATE_KEYWORDS = frozenset({"TODAY", "YESTERDAY", "TOMORROW"})
 DATE_N_KEYWORDS = frozenset({"LAST_N_DAYS", "NEXT_N_DAYS"})
 
-RESERVED = frozenset(
-    {
-        "SELECT",
-        "FROM",
-        "WHERE",
-        "AND",
-        "OR",
-        "NOT",
-        "IN",
-        "LIKE",
-        "ORDER",
-        "BY",
-        "LIMIT",
-        "OFFSET",
-        "NULLS",
-        "FIRST",
-        "LAST",
-        "ASC",
-        "DESC",
-        "TRUE",
-        "FALSE",
-        "NULL",
-        "GROUP",
-        "HAVING",
-        "INCLUDES",
-        "EXCLUDES",
-        "WITH",
-        "FOR",
-        "USING",
-        "TYPEOF",
-        "WHEN",
-        "THEN",
-        "END",
-        "ELSE",
-        "ROLLUP",
-        "CUBE",
-    }
-)
+_RESERVED_WORDS = """SELECT FROM WHERE AND OR NOT IN LIKE ORDER BY LIMIT OFFSET NULLS FIRST LAST
+    ASC DESC TRUE FALSE NULL GROUP HAVING INCLUDES EXCLUDES WITH FOR USING TYPEOF WHEN THEN END
+    ELSE ROLLUP CUBE"""
+RESERVED = frozenset(_RESERVED_WORDS.split())
 
 
 @dataclass(frozen=True)
