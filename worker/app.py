@@ -47,6 +47,12 @@ class Worker:
         self.accounts = accounts or load_accounts(
             settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
         )
+        for account in self.accounts.by_name.values():
+            if account.instance_url.startswith("http://"):
+                log.warning(
+                    "account uses plain http (loopback only; the simulator)",
+                    extra={"account": account.name, "instance_url": account.instance_url},
+                )
         self.metrics = Metrics()
         self.metrics.initialise(self.accounts.by_name)
         self.service = RabbitService(settings, self.metrics)

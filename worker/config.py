@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     http_pool_size: int = Field(default=100, ge=1, description="Connections to Salesforce")
     http_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     allow_insecure_localhost: bool = Field(
-        default=False,
-        description="Allow plain http:// to 127.0.0.1/localhost (the simulator); never elsewhere",
+        default=True,
+        description="Allow plain http:// to loopback hosts only (the simulator); false refuses it",
     )
     max_attempts: int = Field(default=4, ge=1, le=20, description="Calls per operation at most")
     retry_base_ms: int = Field(default=100, ge=1, description="Backoff base (full jitter)")
