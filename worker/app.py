@@ -54,7 +54,7 @@ class Worker:
                     extra={"account": account.name, "instance_url": account.instance_url},
                 )
         self.metrics = Metrics()
-        self.metrics.initialise(self.accounts.by_name)
+        self.metrics.initialise((a.name, a.flow.value) for a in self.accounts.by_name.values())
         self.service = RabbitService(settings, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None

@@ -35,7 +35,11 @@ def _cmd_run(_args: argparse.Namespace) -> int:
     settings = _settings()
     configure(settings.log_level, settings.log_format)
     worker = Worker(settings)
-    return asyncio.run(worker.run_until_stopped())
+    try:
+        return asyncio.run(worker.run_until_stopped())
+    except ConnectionError as exc:
+        print(f"sfworker: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:

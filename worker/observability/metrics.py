@@ -12,6 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker.contract import ErrorCode, Operation, Status
 
+# Why a message was refused before execution (jobs.decode): metric label values.
+REFUSAL_REASONS = ("too_large", "not_json", "not_object", "bad_version", "invalid")
+
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 _CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -155,8 +158,9 @@ class Metrics:
             registry=r,
         )
 
-    def initialise(self, accounts: Iterable[str]) -> None:
-        """Create the label sets up front so dashboards and rate() see zeros, not gaps."""
+    def initialise(self, accounts: Iterable[tuple[str, str]]) -> None:
+        """Create the label sets up front so dashboards and rate() see zeros, not gaps.
+        `accounts` are (name, flow) pairs."""
         for op in Operation:
             for status in Status:
                 self.job_duration.labels(op.value, status.value)
@@ -164,8 +168,14 @@ class Metrics:
             self.jobs.labels(op.value, Status.NO_DATA.value, "")
             for code in ErrorCode:
                 self.jobs.labels(op.value, Status.FAILED.value, code.value)
-        for account in accounts:
+        for account, flow in accounts:
             for kind in ("daily", "concurrent"):
                 self.rate_limited.labels(account, kind)
+            for outcome in ("ok", "error"):
+                self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
-        self.replies_unroutable.inc(0)
+        for reason in REFUSAL_REASONS:
+            self.invalid_requests.labels(reason)
+            self.dead_lettered.labels(reason)
+        for destination in ("reply_to", "results_exchange"):
+            self.results_published.labels(destination)
