@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from worker.config import Settings
+from worker.runtime import topology
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -112,8 +113,16 @@ def accounts_file(tmp_path: Path, simulator: SimulatorClient) -> Path:
 
 
 @pytest.fixture
-def settings(amqp_url: str, names: dict[str, str], accounts_file: Path) -> Settings:
-    return make_settings(amqp_url, names, accounts_file)
+async def settings(
+    amqp_url: str, names: dict[str, str], accounts_file: Path
+) -> AsyncIterator[Settings]:
+    """Settings of the test's own topology; torn down last, so the topology is deleted after
+    every worker and client of the test has stopped (a running worker would re-declare it)."""
+    made = make_settings(amqp_url, names, accounts_file)
+    yield made
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        await topology.delete(await connection.channel(), made)
 
 
 def make_settings(amqp_url: str, names: dict[str, str], accounts_file: Path, **kw: Any) -> Settings:
@@ -207,7 +216,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker(tmp_path: Path) -> Iterator[Any]:
+def spawn_worker(tmp_path: Path, settings: Settings) -> Iterator[Any]:
     started: list[WorkerProcess] = []
 
     def spawn(settings: Settings, **overrides: Any) -> WorkerProcess:
@@ -228,20 +237,9 @@ async def amqp(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractRobustConnec
 
 
 @pytest.fixture
-async def jobs(
-    amqp: aio_pika.abc.AbstractRobustConnection, settings: Settings
-) -> AsyncIterator[JobClient]:
+async def jobs(amqp: aio_pika.abc.AbstractRobustConnection, settings: Settings) -> JobClient:
     """Publishes jobs like the runtime and collects the results on a reply queue."""
     channel = await amqp.channel()
     client = JobClient(channel, settings)
     await client.start()
-    yield client
-    with contextlib.suppress(Exception):
-        for queue in (settings.request_queue, settings.dead_letter_queue):
-            await channel.queue_delete(queue)
-        for exchange in (
-            settings.request_exchange,
-            settings.dead_letter_exchange,
-            settings.results_exchange,
-        ):
-            await channel.exchange_delete(exchange)
+    return client

@@ -17,6 +17,7 @@ import aio_pika
 from worker.app import Worker
 from worker.config import Settings
 from worker.render import render_result, table
+from worker.runtime import topology
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -196,20 +197,9 @@ async def run_demo(amqp_url: str | None) -> int:
                     print(table(_metric_rows(worker), ["metric", "labels", "value"]))
                 finally:
                     await worker.stop()
-                    await _cleanup(await connection.channel(), settings)
+                    await topology.delete(await connection.channel(), settings)
     return 0
 
 
 def _host_of(url: str) -> str:
     return url.rsplit("@", 1)[-1]
-
-
-async def _cleanup(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> None:
-    for queue in (settings.request_queue, settings.dead_letter_queue):
-        await channel.queue_delete(queue)
-    for exchange in (
-        settings.request_exchange,
-        settings.dead_letter_exchange,
-        settings.results_exchange,
-    ):
-        await channel.exchange_delete(exchange)

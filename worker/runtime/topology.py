@@ -52,3 +52,15 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
         settings.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
     return Topology(requests=requests, queue=queue, results=results, dead_letters=dead)
+
+
+async def delete(channel: AbstractChannel, settings: Settings) -> None:
+    """Remove everything `declare` made (demo and test topologies; never used by `run`)."""
+    for queue in (settings.request_queue, settings.dead_letter_queue):
+        await channel.queue_delete(queue)
+    for exchange in (
+        settings.request_exchange,
+        settings.dead_letter_exchange,
+        settings.results_exchange,
+    ):
+        await channel.exchange_delete(exchange)
