@@ -1,0 +1,84 @@
+"""Poison messages: a delivery that keeps crashing the handler is requeued until the queue's
+delivery limit dead-letters it; `sfworker dlq` shows why, and `--requeue` sends it back."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import aio_pika
+import pytest
+
+from tests.conftest import ROOT, settings_env
+from tests.runtime.conftest import sample
+from worker.app import Worker
+from worker.config import Settings
+from worker.jobs import JobRunner
+from worker.submit import JobClient
+
+POISON = {"v": 1, "job_id": "poison-1", "operation": "search", "soql": "SELECT Id FROM Case"}
+
+
+async def test_a_poison_message_is_dead_lettered_by_the_delivery_limit(
+    worker: Worker,
+    jobs: JobClient,
+    settings: Settings,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    original = JobRunner.run
+
+    async def crash_on_poison(self: JobRunner, job: Any, incoming: Any) -> Any:
+        if job.job_id == POISON["job_id"]:
+            raise RuntimeError("bug triggered by this message")
+        return await original(self, job, incoming)
+
+    monkeypatch.setattr(JobRunner, "run", crash_on_poison)
+    await jobs.publish(POISON)
+    channel = await amqp.channel()
+    dead = await channel.get_queue(settings.dead_letter_queue)
+    async with dead.iterator(timeout=20) as it:
+        async for message in it:
+            deaths = (message.headers or {}).get("x-death")
+            assert isinstance(deaths, list)
+            assert deaths[0]["reason"] == "delivery_limit"
+            await message.nack(requeue=True)  # leave it for the CLI below
+            break
+    assert sample(worker, "sfworker_handler_crashes_total") == settings.delivery_limit + 1
+    # The worker is still up and serving.
+    ok = await jobs.call({**POISON, "job_id": "healthy-1"})
+    assert ok["status"] == "no_data"
+
+    monkeypatch.setattr(JobRunner, "run", original)
+    env = settings_env(settings)
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "worker", "dlq"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "poison-1" in listing.stdout
+    assert "delivery_limit" in listing.stdout
+
+    requeued = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "worker", "dlq", "--requeue"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert requeued.returncode == 0, requeued.stderr
+    answer = await jobs.result("poison-1", 20)
+    assert answer["status"] == "no_data"
+    seen = [r for r in caplog.records if r.getMessage() == "message was dead-lettered before"]
+    assert seen
+    assert seen[0].death_reason == "delivery_limit"  # type: ignore[attr-defined]
