@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import LOCAL_AMQP, WorkerProcess
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
+from worker.simulator.testing import DEFAULT_CLIENT_SECRET, SimulatorClient
 from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
@@ -226,3 +226,36 @@ async def test_a_deleted_queue_is_noticed_and_consumption_resumes(
     await wait_until(consumer_back, 30, "the consumer back on a re-declared queue")
     assert (await jobs.call({**good, "job_id": "after"}, wait=15))["status"] == "no_data"
     assert worker.proc.poll() is None
+
+
+async def test_no_secret_or_token_in_any_log_line(
+    settings: Settings,
+    spawn_worker: Any,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+) -> None:
+    """DEBUG logs of a worker that fetched tokens, refreshed them after expiry and met a wrong
+    secret hold neither the client secrets, the refresh token, the AMQP password nor any access
+    token the simulator issued."""
+    worker: WorkerProcess = spawn_worker(settings, log_level="DEBUG")
+    await worker.wait_ready()
+    search = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
+    assert simulator.state is not None
+    issued: set[str] = set()
+    assert (await jobs.call({**search, "job_id": "s1"}))["status"] == "no_data"
+    issued |= set(simulator.state.auth.access)
+    await simulator.expire_sessions()
+    assert (await jobs.call({**search, "job_id": "s2"}))["status"] == "no_data"
+    issued |= set(simulator.state.auth.access)
+    await simulator.set_client("sim-client-id", "rotated-secret-xyz")  # ours is now wrong
+    await simulator.expire_sessions()
+    failed = await jobs.call({**search, "job_id": "s3"})
+    assert failed["error"]["code"] == "AUTH_FAILED"
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await worker.wait_exit(30) == 0
+    assert len(issued) == 2
+    logs = worker.log_path.read_text()
+    assert "job answered" in logs  # the log is not empty
+    secrets = [DEFAULT_CLIENT_SECRET, "rotated-secret-xyz", "guest:guest", *issued]
+    leaked = [s for s in secrets if s in logs]
+    assert not leaked
