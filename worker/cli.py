@@ -65,7 +65,12 @@ def _parse_pair(text: str) -> tuple[str, Any]:
 
 def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.file:
-        data: Any = orjson.loads(Path(args.file).read_bytes())
+        try:
+            data: Any = orjson.loads(Path(args.file).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{args.file}: cannot read: {exc.strerror or 'error'}") from None
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{args.file}: not JSON ({exc.msg})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{args.file}: a job must be a JSON object")
         job: dict[str, Any] = data

@@ -245,6 +245,20 @@ def _typed(name: str, table: Mapping[str, Any], key: str, kind: type, default: A
     return value
 
 
+def _check_private_key(name: str, table: Mapping[str, Any], key: SecretStr | None) -> None:
+    """A jwt_bearer key must load as a PEM private key now, not fail the first job later."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    assert key is not None
+    which = next(k for k in ("private_key", "private_key_env", "private_key_file") if k in table)
+    try:
+        load_pem_private_key(key.get_secret_value().encode(), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"account {name!r}: key {which!r}: not an unencrypted PEM private key"
+        ) from None
+
+
 def _api_version(name: str, raw: Any) -> str:
     text = str(raw) if isinstance(raw, str | float | int) and not isinstance(raw, bool) else ""
     if "." not in text:
@@ -295,8 +309,10 @@ def _parse_account(
     if not client_id:
         raise ConfigError(f"account {name!r}: key 'client_id' must not be empty")
     username = _typed(name, table, "username", str, None)
-    if flow is Flow.JWT_BEARER and not username:
-        raise ConfigError(f"account {name!r}: missing key 'username' for flow jwt_bearer")
+    if flow is Flow.JWT_BEARER:
+        if not username:
+            raise ConfigError(f"account {name!r}: missing key 'username' for flow jwt_bearer")
+        _check_private_key(name, table, secrets["private_key"])
     sandbox = _typed(name, table, "sandbox", bool, False)
     default_audience = "https://test.salesforce.com" if sandbox else "https://login.salesforce.com"
     api_version = _api_version(name, table.get("api_version", "62.0"))

@@ -7,7 +7,7 @@ from typing import Any
 import aio_pika
 import orjson
 
-from worker.config import Settings
+from worker.config import ConfigError, Settings
 from worker.render import table
 
 
@@ -39,8 +39,13 @@ async def inspect_dead_letters(settings: Settings, *, limit: int, requeue: bool)
     rows: list[list[Any]] = []
     async with connection:
         channel = await connection.channel()
-        queue = await channel.get_queue(settings.dead_letter_queue, ensure=True)
-        requests = await channel.get_exchange(settings.request_exchange, ensure=True)
+        try:
+            queue = await channel.get_queue(settings.dead_letter_queue, ensure=True)
+            requests = await channel.get_exchange(settings.request_exchange, ensure=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigError(
+                f"{exc.args[0] if exc.args else exc}: has a worker declared the topology yet?"
+            ) from None
         held = []
         for _ in range(limit):
             message = await queue.get(no_ack=False, fail=False)

@@ -158,6 +158,7 @@ class JobRunner:
                 "Salesforce was not called",
                 operation=operation,
                 account=job.account,
+                retryable=True,
             )
         account = self._accounts.resolve(job.account, job.tenant)
         if account is None:

@@ -114,3 +114,28 @@ async def test_the_demo_prints_a_result_for_each_operation(amqp_url: str) -> Non
     assert done.stdout.count("status      | ok") == 7
     assert "status      | no_data" in done.stdout
     assert "jobs_total" in done.stdout
+
+
+async def test_an_existing_queue_with_other_arguments_is_a_clear_configuration_error(
+    worker: Worker, settings: Settings
+) -> None:
+    env = {**settings_env(settings), "SFWORKER_DELIVERY_LIMIT": "3", "SFWORKER_HTTP_PORT": "0"}
+    done = await sfworker("run", env=env)
+    assert done.returncode == 2
+    assert "x-delivery-limit" in done.stderr
+    assert "SFWORKER_DELIVERY_LIMIT" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+async def test_commands_fail_with_one_line_not_a_traceback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    no_file = await sfworker("submit", "--file", str(tmp_path / "missing.json"), env=env)
+    no_dlq = await sfworker("dlq", env=env)  # nothing declared this test's topology
+    for done in (no_file, no_dlq):
+        assert done.returncode == 2
+        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith("sfworker: ")
+    assert "cannot read" in no_file.stderr
+    assert "dead" in no_dlq.stderr

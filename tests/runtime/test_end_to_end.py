@@ -174,6 +174,7 @@ async def test_expired_on_arrival_is_timeout_without_touching_salesforce(
     )
     assert result["status"] == "failed"
     assert result["error"]["code"] == "TIMEOUT"
+    assert result["error"]["retryable"] is True  # as every TIMEOUT: sent again, it may succeed
     assert result["attempts"] == 0
     counters = await simulator.counters()
     assert counters["requests_total"] == 0

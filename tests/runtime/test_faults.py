@@ -226,6 +226,7 @@ async def test_a_deleted_queue_is_noticed_and_consumption_resumes(
     await wait_until(consumer_back, 30, "the consumer back on a re-declared queue")
     assert (await jobs.call({**good, "job_id": "after"}, wait=15))["status"] == "no_data"
     assert worker.proc.poll() is None
+    assert "sfworker_consumer_restarts_total 1.0" in await worker.metrics()
 
 
 async def test_no_secret_or_token_in_any_log_line(

@@ -8,10 +8,21 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from worker.config import ConfigError, Flow, Settings, load_accounts
 
 SECRET = "s3cr3t-VALUE-never-shown"
+PEM = (
+    rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    .private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    .decode()
+)
 TOKEN = "5Aep861-REFRESH-never-shown"
 
 
@@ -29,6 +40,7 @@ def test_a_good_file_loads_every_flow_and_secret_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "secret.txt").write_text(SECRET + "\n")
+    (tmp_path / "key.pem").write_text(PEM)
     monkeypatch.setenv("ACME_REFRESH", TOKEN)
     path = write(
         tmp_path,
@@ -56,7 +68,7 @@ instance_url = "https://initech.my.salesforce.com"
 flow = "jwt_bearer"
 client_id = "3MVG9-initech"
 username = "integration@initech.example"
-private_key = "-----BEGIN PRIVATE KEY-----"
+private_key_file = "key.pem"
 sandbox = true
 """,
     )
@@ -98,6 +110,13 @@ client_id = "3MVG9-acme"
         (BASE + 'flow = "client_credentials"\n', "client_secret"),
         (BASE + f'flow = "refresh_token"\nclient_secret = "{SECRET}"\n', "refresh_token"),
         (BASE + 'flow = "jwt_bearer"\nprivate_key = "k"\n', "username"),
+        (
+            BASE
+            + 'flow = "jwt_bearer"\nusername = "u@x"\nprivate_key = "-----BEGIN PRIVATE KEY-----\\n'
+            + SECRET
+            + '\\n-----END PRIVATE KEY-----"\n',
+            "private_key",
+        ),
         (
             BASE + 'flow = "client_credentials"\nclient_secret_file = "/nonexistent/secret"\n',
             "client_secret_file",

@@ -154,7 +154,7 @@ class Metrics:
         )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
-            "Consumers re-established after the broker cancelled them",
+            "Consumers cancelled by the broker (then re-established by the channel or watchdog)",
             registry=r,
         )
 

@@ -29,7 +29,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from worker.config import Settings
+from worker.config import ConfigError, Settings
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
 from worker.runtime.publisher import ResultPublisher
@@ -96,7 +96,14 @@ class RabbitService:
         publish_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        declared = await topology.declare(publish_channel, self._settings)
+        try:
+            declared = await topology.declare(publish_channel, self._settings)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigError(
+                f"the broker refused the topology: {exc.args[0] if exc.args else exc}. An "
+                "existing queue or exchange has other arguments than the settings ask for "
+                "(e.g. SFWORKER_DELIVERY_LIMIT): delete it, or use other names"
+            ) from None
         self.publisher = ResultPublisher(
             publish_channel,
             declared.results,
@@ -132,7 +139,9 @@ class RabbitService:
 
     async def _consume(self) -> None:
         assert self._queue is not None
+        assert self._consume_channel is not None
         self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._watch_cancellations(await self._consume_channel.get_underlay_channel())
         self._consumer_ok = True
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -169,8 +178,21 @@ class RabbitService:
                 underlay = await channel.get_underlay_channel()
         except (TimeoutError, RuntimeError, aio_pika.exceptions.AMQPError):
             return None
+        self._watch_cancellations(underlay)
         consumers: dict[str, Any] = getattr(underlay, "consumers", {})
         return self._consumer_tag in consumers
+
+    def _watch_cancellations(self, underlay: Any) -> None:
+        """Count broker cancellations of our consumer on this (possibly new) channel. The robust
+        channel usually re-consumes within a second, before the watchdog would notice."""
+        callbacks = getattr(underlay, "on_consumer_cancel_callbacks", None)
+        if callbacks is not None:
+            callbacks.add(self._on_cancelled)
+
+    def _on_cancelled(self, frame: Any) -> None:
+        if getattr(frame, "consumer_tag", None) == self._consumer_tag and not self._draining:
+            self._metrics.consumer_restarts.inc()
+            log.warning("consumer cancelled by the broker; re-establishing")
 
     async def _watch(self) -> None:
         misses = 0
@@ -212,8 +234,7 @@ class RabbitService:
         except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError, TimeoutError) as exc:
             log.warning("re-consuming failed", extra={"error": type(exc).__name__})
             return
-        self._metrics.consumer_restarts.inc()
-        log.warning("consumer re-established")
+        log.warning("consumer re-established by the watchdog")
 
     # --- health and shutdown ---------------------------------------------------------------
 
