@@ -154,14 +154,13 @@ class Accounts:
     by_name: Mapping[str, Account]
 
     def resolve(self, name: str | None, tenant: str | None) -> Account | None:
-        """The named account, or the default one (the tenant's own default first)."""
+        """The named account; else the default of the job's tenant; else (no tenant) the
+        default without a tenant, or the only default there is."""
         if name is not None:
             return self.by_name.get(name)
         defaults = [a for a in self.by_name.values() if a.default]
         if tenant is not None:
-            for account in defaults:
-                if account.tenant == tenant:
-                    return account
+            return next((a for a in defaults if a.tenant == tenant), None)
         untenanted = [a for a in defaults if a.tenant is None]
         if untenanted:
             return untenanted[0]

@@ -126,7 +126,6 @@ RESULTS: dict[str, BlockResult] = {
     "get": _ok(
         Operation.GET,
         records=[_record("Case", CASE_ID, Subject="Delivery late", Status="New", Priority="High")],
-        count=1,
         http_status=200,
     ),
     "insert": _ok(Operation.INSERT, id=CASE_ID, http_status=201),

@@ -3,7 +3,6 @@ Salesforce, and say what to answer. RabbitMQ (receiving, replying, acking) is ru
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
 
-log = logging.getLogger(__name__)
+_OPERATIONS = {op.value for op in Operation}
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,11 @@ def decode(incoming: Incoming, max_bytes: int) -> Decoded:
     """Read and validate a request body; never raises."""
     fallback_id = (incoming.message_id or "")[:128]
 
-    def refuse(reason: str, message: str, job_id: str = fallback_id) -> Decoded:
-        return Decoded(
-            job_id, refusal=failed(job_id, ErrorCode.INVALID_REQUEST, message), reason=reason
-        )
+    def refuse(
+        reason: str, message: str, job_id: str = fallback_id, operation: Operation | None = None
+    ) -> Decoded:
+        refusal = failed(job_id, ErrorCode.INVALID_REQUEST, message, operation=operation)
+        return Decoded(job_id, refusal=refusal, reason=reason)
 
     if len(incoming.body) > max_bytes:
         return refuse(
@@ -104,16 +104,19 @@ def decode(incoming: Incoming, max_bytes: int) -> Decoded:
         return refuse("not_object", f"body is a JSON {type(data).__name__}, not an object")
     raw_id = data.get("job_id")
     job_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else fallback_id
+    raw_operation = data.get("operation")
+    operation = Operation(raw_operation) if raw_operation in _OPERATIONS else None
     if data.get("v") != CONTRACT_VERSION:
         return refuse(
             "bad_version",
             f"unsupported contract version v={data.get('v')!r}; this worker speaks v1",
             job_id,
+            operation,
         )
     try:
         job = parse_job(data)
     except ValidationError as exc:
-        return refuse("invalid", _validation_message(exc), job_id)
+        return refuse("invalid", _validation_message(exc), job_id, operation)
     return Decoded(job.job_id, job=job)
 
 
@@ -162,12 +165,19 @@ class JobRunner:
             )
         account = self._accounts.resolve(job.account, job.tenant)
         if account is None:
-            message = (
-                f"no account named {job.account!r}"
-                if job.account is not None
-                else "no account is marked default"
+            if job.account is not None:
+                message = f"no account named {job.account!r}"
+            elif job.tenant is not None:
+                message = f"no account is marked default for tenant {job.tenant!r}"
+            else:
+                message = "no account is marked default"
+            return failed(
+                job.job_id,
+                ErrorCode.UNKNOWN_ACCOUNT,
+                message,
+                operation=operation,
+                account=job.account,
             )
-            return failed(job.job_id, ErrorCode.UNKNOWN_ACCOUNT, message, operation=operation)
         if job.tenant is not None and account.tenant != job.tenant:
             return failed(
                 job.job_id,

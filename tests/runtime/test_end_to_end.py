@@ -228,7 +228,9 @@ async def test_each_error_code_from_a_real_cause(
             job("c1", operation="get", object="Case", id="x")
         )
         codes["UNKNOWN_ACCOUNT"] = await jobs.call(job("c2", account="nope", **search))
-        codes["FORBIDDEN_ACCOUNT"] = await jobs.call(job("c3", tenant="globex", **search))
+        codes["FORBIDDEN_ACCOUNT"] = await jobs.call(
+            job("c3", account="main", tenant="globex", **search)
+        )
         codes["AUTH_FAILED"] = await jobs.call(job("c4", account="broken", **search))
         codes["SALESFORCE_ERROR"] = await jobs.call(
             job("c5", operation="search", soql="SELECT Nope FROM Case")
@@ -253,3 +255,5 @@ async def test_each_error_code_from_a_real_cause(
     assert codes["AUTH_FAILED"]["error"]["salesforce_errors"][0]["errorCode"] == "invalid_client"
     assert "not-the-secret" not in str(codes["AUTH_FAILED"])
     assert codes["UNKNOWN_ACCOUNT"]["error"]["message"] == "no account named 'nope'"
+    assert codes["UNKNOWN_ACCOUNT"]["account"] == "nope"
+    assert codes["INVALID_REQUEST"]["operation"] == "get"

@@ -93,6 +93,7 @@ sandbox = true
     assert accounts.resolve(None, "acme") is acme
     assert accounts.resolve("globex", "globex") is globex
     assert accounts.resolve("nope", None) is None
+    assert accounts.resolve(None, "globex") is None  # the tenant has no default of its own
 
 
 BASE = """

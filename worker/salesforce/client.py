@@ -195,7 +195,7 @@ class SalesforceClient:
         if response.classified.verdict is Verdict.NO_DATA:
             return self._outcome(call, Status.NO_DATA)
         record = response.body if isinstance(response.body, dict) else {}
-        return self._outcome(call, Status.OK, records=[record], count=1)
+        return self._outcome(call, Status.OK, records=[record])
 
     async def _insert(self, job: InsertJob, call: _Call) -> Outcome:
         call.idempotent = False
