@@ -118,17 +118,20 @@ class RabbitService:
         self._handler = handler
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
-        await channel.set_qos(prefetch_count=self._settings.prefetch)
+        await channel.set_qos(prefetch_count=self._settings.prefetch, timeout=10)
         self._consume_channel = channel
         self._queue = await channel.declare_queue(
             self._settings.request_queue,
             durable=True,
             arguments=topology.request_queue_arguments(self._settings),
+            timeout=topology.DECLARE_TIMEOUT,
         )
         # Bound here too, so that the robust channel restores the binding along with the queue
         # when the broker loses the queue (deleted, node lost) while we are connected.
         await self._queue.bind(
-            self._settings.request_exchange, routing_key=self._settings.request_routing_key
+            self._settings.request_exchange,
+            routing_key=self._settings.request_routing_key,
+            timeout=topology.DECLARE_TIMEOUT,
         )
         await self._consume()
         self._watchdog = asyncio.create_task(self._watch(), name="consumer-watchdog")
@@ -140,7 +143,9 @@ class RabbitService:
     async def _consume(self) -> None:
         assert self._queue is not None
         assert self._consume_channel is not None
-        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._consumer_tag = await self._queue.consume(
+            self._on_message, no_ack=False, timeout=topology.DECLARE_TIMEOUT
+        )
         self._watch_cancellations(await self._consume_channel.get_underlay_channel())
         self._consumer_ok = True
 
@@ -199,6 +204,7 @@ class RabbitService:
         while not self._draining:
             await asyncio.sleep(self._settings.watchdog_interval_seconds)
             present = await self._consumer_present()
+            self._pace_reconnects(connected=present is not None)
             if present is None:
                 self._consumer_ok = False
                 continue
@@ -217,6 +223,18 @@ class RabbitService:
             if misses >= _WATCHDOG_RESTART_AFTER:
                 await self._restart_consumer()
 
+    def _pace_reconnects(self, *, connected: bool) -> None:
+        """Back off: while the broker stays unreachable, the pause between reconnection
+        attempts doubles at each watchdog tick, up to 8 times the setting; reset once back."""
+        connection = self._connection
+        if connection is None or not hasattr(connection, "reconnect_interval"):
+            return
+        base = self._settings.reconnect_interval_seconds
+        if connected:
+            connection.reconnect_interval = base
+        else:
+            connection.reconnect_interval = min(connection.reconnect_interval * 2, base * 8)
+
     async def _restart_consumer(self) -> None:
         assert self._queue is not None
         try:
@@ -229,7 +247,7 @@ class RabbitService:
                 await topology.declare(channel, self._settings)
             finally:
                 await channel.close()
-            await self._queue.declare()
+            await self._queue.declare(timeout=topology.DECLARE_TIMEOUT)
             await self._consume()
         except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError, TimeoutError) as exc:
             log.warning("re-consuming failed", extra={"error": type(exc).__name__})

@@ -32,24 +32,31 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
+DECLARE_TIMEOUT = 10.0
+
+
 async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     """Declare everything; the dead-letter exchange first, so nothing is ever dropped."""
+    t = DECLARE_TIMEOUT
     dlx = await channel.declare_exchange(
-        settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True, timeout=t
     )
     dead = await channel.declare_queue(
-        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}, timeout=t
     )
-    await dead.bind(dlx, routing_key="")
+    await dead.bind(dlx, routing_key="", timeout=t)
     requests = await channel.declare_exchange(
-        settings.request_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        settings.request_exchange, aio_pika.ExchangeType.DIRECT, durable=True, timeout=t
     )
     queue = await channel.declare_queue(
-        settings.request_queue, durable=True, arguments=request_queue_arguments(settings)
+        settings.request_queue,
+        durable=True,
+        arguments=request_queue_arguments(settings),
+        timeout=t,
     )
-    await queue.bind(requests, routing_key=settings.request_routing_key)
+    await queue.bind(requests, routing_key=settings.request_routing_key, timeout=t)
     results = await channel.declare_exchange(
-        settings.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        settings.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True, timeout=t
     )
     return Topology(requests=requests, queue=queue, results=results, dead_letters=dead)
 
