@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 _API_USAGE = re.compile(r"(?<![-\w])api-usage=(\d+)/(\d+)")
@@ -53,10 +52,6 @@ class ApiUsage:
 
     def __init__(self) -> None:
         self.latest: UsageReading | None = None
-        self.updated_at: float | None = None
 
-    def update(self, reading: UsageReading | None) -> None:
-        if reading is None:
-            return
+    def update(self, reading: UsageReading) -> None:
         self.latest = reading
-        self.updated_at = time.time()
