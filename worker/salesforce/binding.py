@@ -126,19 +126,6 @@ def _previous_word(text: str, end: int) -> str:
     return text[j:i].upper()
 
 
-def _skip_string(text: str, start: int) -> int:
-    """Index just past the single-quoted string that opens at `start` (or len(text))."""
-    i = start + 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == "'":
-            return i + 1
-        i += 1
-    return len(text)
-
-
 def _check_no_placeholder(region: str, params: Mapping[str, ParamValue], where: str) -> None:
     for match in _PLACEHOLDER.finditer(region):
         if match.group(1) in params:
@@ -148,39 +135,36 @@ def _check_no_placeholder(region: str, params: Mapping[str, ParamValue], where: 
             )
 
 
+# A single-quoted string (escapes honoured; an unterminated one runs to the end), or a
+# placeholder: a colon not glued to a word (`LAST_N_DAYS:30`, `10:00` are not placeholders).
+_SOQL_TOKEN = re.compile(
+    r"'(?:[^'\\]|\\.)*(?:'|\Z)"
+    r"|(?<![\w]):([A-Za-z_][A-Za-z0-9_]*)(?::(date|datetime)\b)?",
+    re.DOTALL,
+)
+
+
 def _bind_soql_text(text: str, params: Mapping[str, ParamValue]) -> str:
     out: list[str] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "'":
-            end = _skip_string(text, i)
-            _check_no_placeholder(text[i:end], params, "a quoted string")
-            out.append(text[i:end])
-            i = end
+    last = 0
+    for token in _SOQL_TOKEN.finditer(text):
+        name, cast = token.group(1), token.group(2)
+        if name is None:  # a quoted string: passed as written, never holding a placeholder
+            if params:
+                _check_no_placeholder(token.group(0), params, "a quoted string")
             continue
-        if ch == ":" and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
-            match = _PLACEHOLDER.match(text, i)
-            if match:
-                name, cast = match.group(1), match.group(2)
-                if name not in params:
-                    raise BindingError(f"placeholder :{name} has no value in params")
-                before = _previous_word(text, i)
-                if before == "IN":
-                    raise BindingError(
-                        f"placeholder :{name} after IN: write IN (:a, :b) with one value each"
-                    )
-                place = _Place(
-                    like=before == "LIKE",
-                    integer_only=before in {"LIMIT", "OFFSET"},
-                    cast=cast,
-                )
-                out.append(_soql_literal(name, params[name], place))
-                i = match.end()
-                continue
-        out.append(ch)
-        i += 1
+        if name not in params:
+            raise BindingError(f"placeholder :{name} has no value in params")
+        before = _previous_word(text, token.start())
+        if before == "IN":
+            raise BindingError(
+                f"placeholder :{name} after IN: write IN (:a, :b) with one value each"
+            )
+        place = _Place(like=before == "LIKE", integer_only=before in {"LIMIT", "OFFSET"}, cast=cast)
+        out.append(text[last : token.start()])
+        out.append(_soql_literal(name, params[name], place))
+        last = token.end()
+    out.append(text[last:])
     return "".join(out)
 
 
