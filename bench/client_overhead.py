@@ -196,13 +196,46 @@ class Client(Protocol):
     def close(self) -> None: ...
 
 
-class SfworkerClient:
+class _AsyncClient:
+    """An async client driven from the benchmark's event loop: `batch` sends one query after
+    another, or `concurrency` at a time (asyncio.gather + a semaphore)."""
+
+    def __init__(self, name: str, loop: asyncio.Runner, concurrency: int) -> None:
+        self._loop = loop
+        self._concurrency = concurrency
+        self.label = name if concurrency == 1 else f"{name} ({concurrency} concurrent)"
+
+    async def _one(self) -> int:
+        """Send the query once; return the record count."""
+        raise NotImplementedError
+
+    async def _sequential(self, n: int) -> int:
+        count = 0
+        for _ in range(n):
+            count = await self._one()
+        return count
+
+    async def _concurrent(self, n: int) -> int:
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def one() -> int:
+            async with slots:
+                return await self._one()
+
+        counts = await asyncio.gather(*(one() for _ in range(n)))
+        return min(counts)
+
+    def batch(self, n: int) -> int:
+        if self._concurrency == 1:
+            return self._loop.run(self._sequential(n))
+        return self._loop.run(self._concurrent(n))
+
+
+class SfworkerClient(_AsyncClient):
     """sfworker's SalesforceClient.execute, wired as in worker.app (session, tokens, metrics)."""
 
     def __init__(self, loop: asyncio.Runner, base_url: str, concurrency: int = 1) -> None:
-        self._loop = loop
-        self._concurrency = concurrency
-        self.label = "sfworker" if concurrency == 1 else f"sfworker ({concurrency} concurrent)"
+        super().__init__("sfworker", loop, concurrency)
         self.settings = Settings(allow_insecure_localhost=True, http_port=0)
         accounts = parse_accounts(
             {
@@ -244,27 +277,6 @@ class SfworkerClient:
         if outcome.status is not Status.OK or outcome.records is None:
             raise RuntimeError(f"sfworker search failed: {outcome}")
         return len(outcome.records)
-
-    async def _sequential(self, n: int) -> int:
-        count = 0
-        for _ in range(n):
-            count = await self._one()
-        return count
-
-    async def _concurrent(self, n: int) -> int:
-        slots = asyncio.Semaphore(self._concurrency)
-
-        async def one() -> int:
-            async with slots:
-                return await self._one()
-
-        counts = await asyncio.gather(*(one() for _ in range(n)))
-        return min(counts)
-
-    def batch(self, n: int) -> int:
-        if self._concurrency == 1:
-            return self._loop.run(self._sequential(n))
-        return self._loop.run(self._concurrent(n))
 
     def close(self) -> None:
         self._loop.run(self._close())
@@ -315,15 +327,11 @@ class _LoopbackSalesforce(aiosalesforce.Salesforce):
         self._loopback_base_url = value.rstrip("/")
 
 
-class AiosalesforceClient:
+class AiosalesforceClient(_AsyncClient):
     """aiosalesforce with its own ClientCredentialsFlow against the simulator."""
 
     def __init__(self, loop: asyncio.Runner, sim: Simulator, concurrency: int = 1) -> None:
-        self._loop = loop
-        self._concurrency = concurrency
-        self.label = (
-            "aiosalesforce" if concurrency == 1 else f"aiosalesforce ({concurrency} concurrent)"
-        )
+        super().__init__("aiosalesforce", loop, concurrency)
         try:
             aiosalesforce.Salesforce(
                 httpx_client=cast(httpx.AsyncClient, None),  # a probe: never sends
@@ -352,27 +360,6 @@ class AiosalesforceClient:
 
     async def _one(self) -> int:
         return len([record async for record in self.sf.query(SOQL)])
-
-    async def _sequential(self, n: int) -> int:
-        count = 0
-        for _ in range(n):
-            count = await self._one()
-        return count
-
-    async def _concurrent(self, n: int) -> int:
-        slots = asyncio.Semaphore(self._concurrency)
-
-        async def one() -> int:
-            async with slots:
-                return await self._one()
-
-        counts = await asyncio.gather(*(one() for _ in range(n)))
-        return min(counts)
-
-    def batch(self, n: int) -> int:
-        if self._concurrency == 1:
-            return self._loop.run(self._sequential(n))
-        return self._loop.run(self._concurrent(n))
 
     def close(self) -> None:
         self._loop.run(self.sf.httpx_client.aclose())

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,12 +18,15 @@ from urllib.parse import urlsplit
 import aio_pika
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from worker.config import Settings
 from worker.runtime import topology
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
+    DEFAULT_REFRESH_TOKEN,
     SimulatorClient,
     running_simulator,
 )
@@ -87,13 +90,23 @@ def names() -> dict[str, str]:
     }
 
 
+def rsa_key_pair() -> tuple[str, str]:
+    """A fresh RSA-2048 key for jwt-bearer: (private key PEM in PKCS8, public key PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private.decode(), public.decode()
+
+
 def write_accounts(
     path: Path, base_url: str, *, extra: str = "", flow: str = "client_credentials"
 ) -> Path:
     secret = f'client_secret = "{DEFAULT_CLIENT_SECRET}"\n'
     if flow == "refresh_token":
-        from worker.simulator.testing import DEFAULT_REFRESH_TOKEN
-
         secret += f'refresh_token = "{DEFAULT_REFRESH_TOKEN}"\n'
     path.write_text(
         "[accounts.main]\n"
@@ -150,6 +163,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env[f"SFWORKER_{name.upper()}"] = str(raw).lower() if isinstance(raw, bool) else str(raw)
     env["SFWORKER_LOG_FORMAT"] = "json"
     return env
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    """Poll `predicate` every 50 ms; fail naming `what` if it is still false after `within` s."""
+    try:
+        async with asyncio.timeout(within):
+            while not await predicate():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"still waiting for {what} after {within} s") from None
 
 
 def free_port() -> int:

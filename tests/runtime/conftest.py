@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.conftest import ROOT
 from worker.app import Worker
 from worker.config import Settings
 
@@ -21,3 +25,18 @@ async def worker(settings: Settings) -> AsyncIterator[Worker]:
 def sample(worker: Worker, name: str, **labels: str) -> float:
     value = worker.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
+
+
+async def sfworker(
+    *args: str, env: dict[str, str], limit: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m worker ARGS` in a subprocess; its output captured as text."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=limit,
+    )

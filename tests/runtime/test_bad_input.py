@@ -7,6 +7,7 @@ import aio_pika
 import orjson
 import pytest
 
+from tests.conftest import wait_until
 from tests.runtime.conftest import sample
 from worker.app import Worker
 from worker.config import Settings
@@ -90,6 +91,11 @@ async def test_an_unroutable_reply_is_counted_and_the_request_acked(
         routing_key=settings.request_routing_key,
     )
     assert (await jobs.call({**GOOD, "job_id": "after-hang-up"}))["status"] == "no_data"
+
+    async def returned() -> bool:  # the two jobs run concurrently: either may finish first
+        return sample(worker, "sfworker_replies_unroutable_total") > 0
+
+    await wait_until(returned, 10, "the returned reply to be counted")
     assert sample(worker, "sfworker_replies_unroutable_total") == 1
     queue = await channel.declare_queue(settings.request_queue, passive=True)
     assert queue.declaration_result.message_count == 0

@@ -3,31 +3,15 @@ and the demo (acceptance 4.7)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, settings_env
+from tests.conftest import settings_env
+from tests.runtime.conftest import sfworker
 from worker.app import Worker
 from worker.config import Settings
 from worker.simulator.testing import SimulatorClient
-
-
-async def sfworker(
-    *args: str, env: dict[str, str], limit: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=limit,
-    )
 
 
 async def test_submit_from_flags_and_from_a_file(

@@ -14,12 +14,14 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.conftest import LOCAL_AMQP, WorkerProcess
+from tests.conftest import LOCAL_AMQP, WorkerProcess, wait_until
 from worker.config import Settings
 from worker.simulator.testing import DEFAULT_CLIENT_SECRET, SimulatorClient
 from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
+
+SEARCH = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 
 
 def searches_and_inserts(n: int, tag: str) -> list[dict[str, Any]]:
@@ -38,12 +40,6 @@ def searches_and_inserts(n: int, tag: str) -> list[dict[str, Any]]:
         else:
             jobs.append({**base, "operation": "search", "soql": "SELECT Id FROM Case LIMIT 1"})
     return jobs
-
-
-async def wait_until(predicate: Any, within: float, what: str) -> None:
-    async with asyncio.timeout(within):
-        while not await predicate():
-            await asyncio.sleep(0.05)
 
 
 async def queue_depth(amqp: aio_pika.abc.AbstractRobustConnection, name: str) -> tuple[int, int]:
@@ -108,16 +104,7 @@ async def test_sigterm_answers_everything_in_flight_and_exits_0(
     await simulator.set_latency(500)
     worker: WorkerProcess = spawn_worker(settings, prefetch=200)
     await worker.wait_ready()
-    batch = [
-        {
-            "v": 1,
-            "job_id": f"term-{i}",
-            "timeout_ms": 30000,
-            "operation": "search",
-            "soql": "SELECT Id FROM Case",
-        }
-        for i in range(100)
-    ]
+    batch = [{**SEARCH, "job_id": f"term-{i}", "timeout_ms": 30000} for i in range(100)]
     for body in batch:
         await jobs.publish(body)
 
@@ -157,16 +144,7 @@ async def test_broker_restart_every_job_is_answered(
     channel = await amqp.channel()
     client = JobClient(channel, settings)
     await client.start(durable_queue=f"{settings.request_queue}.replies")
-    batch = [
-        {
-            "v": 1,
-            "job_id": f"restart-{i}",
-            "timeout_ms": 60000,
-            "operation": "search",
-            "soql": "SELECT Id FROM Case",
-        }
-        for i in range(150)
-    ]
+    batch = [{**SEARCH, "job_id": f"restart-{i}", "timeout_ms": 60000} for i in range(150)]
     published: list[str] = []
 
     async def publish_all() -> None:
@@ -211,8 +189,7 @@ async def test_a_deleted_queue_is_noticed_and_consumption_resumes(
 ) -> None:
     worker: WorkerProcess = spawn_worker(settings)
     await worker.wait_ready()
-    good = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
-    assert (await jobs.call({**good, "job_id": "before"}))["status"] == "no_data"
+    assert (await jobs.call({**SEARCH, "job_id": "before"}))["status"] == "no_data"
     channel = await amqp.channel()
     await channel.queue_delete(settings.request_queue)
 
@@ -224,7 +201,7 @@ async def test_a_deleted_queue_is_noticed_and_consumption_resumes(
         return consumers == 1
 
     await wait_until(consumer_back, 30, "the consumer back on a re-declared queue")
-    assert (await jobs.call({**good, "job_id": "after"}, wait=15))["status"] == "no_data"
+    assert (await jobs.call({**SEARCH, "job_id": "after"}, wait=15))["status"] == "no_data"
     assert worker.proc.poll() is None
     assert "sfworker_consumer_restarts_total 1.0" in await worker.metrics()
 
@@ -240,17 +217,16 @@ async def test_no_secret_or_token_in_any_log_line(
     token the simulator issued."""
     worker: WorkerProcess = spawn_worker(settings, log_level="DEBUG")
     await worker.wait_ready()
-    search = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
     assert simulator.state is not None
     issued: set[str] = set()
-    assert (await jobs.call({**search, "job_id": "s1"}))["status"] == "no_data"
+    assert (await jobs.call({**SEARCH, "job_id": "s1"}))["status"] == "no_data"
     issued |= set(simulator.state.auth.access)
     await simulator.expire_sessions()
-    assert (await jobs.call({**search, "job_id": "s2"}))["status"] == "no_data"
+    assert (await jobs.call({**SEARCH, "job_id": "s2"}))["status"] == "no_data"
     issued |= set(simulator.state.auth.access)
     await simulator.set_client("sim-client-id", "rotated-secret-xyz")  # ours is now wrong
     await simulator.expire_sessions()
-    failed = await jobs.call({**search, "job_id": "s3"})
+    failed = await jobs.call({**SEARCH, "job_id": "s3"})
     assert failed["error"]["code"] == "AUTH_FAILED"
     worker.proc.send_signal(signal.SIGTERM)
     assert await worker.wait_exit(30) == 0

@@ -3,16 +3,13 @@ delivery limit dead-letters it; `sfworker dlq` shows why, and `--requeue` sends 
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from typing import Any
 
 import aio_pika
 import pytest
 
-from tests.conftest import ROOT, settings_env
-from tests.runtime.conftest import sample
+from tests.conftest import settings_env
+from tests.runtime.conftest import sample, sfworker
 from worker.app import Worker
 from worker.config import Settings
 from worker.jobs import JobRunner
@@ -54,28 +51,12 @@ async def test_a_poison_message_is_dead_lettered_by_the_delivery_limit(
 
     monkeypatch.setattr(JobRunner, "run", original)
     env = settings_env(settings)
-    listing = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "worker", "dlq"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listing = await sfworker("dlq", env=env)
     assert listing.returncode == 0, listing.stderr
     assert "poison-1" in listing.stdout
     assert "delivery_limit" in listing.stdout
 
-    requeued = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "worker", "dlq", "--requeue"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    requeued = await sfworker("dlq", "--requeue", env=env)
     assert requeued.returncode == 0, requeued.stderr
     answer = await jobs.result("poison-1", 20)
     assert answer["status"] == "no_data"

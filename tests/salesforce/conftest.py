@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,6 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.simulator.testing import SimulatorClient
-
-RunJob = Callable[..., Awaitable[BlockResult]]
 
 
 class Harness:
@@ -40,20 +39,20 @@ class Harness:
         return await self.runner.run(parse_job(body), incoming)
 
 
-async def make_harness(
-    settings: Settings, accounts: Accounts
-) -> tuple[Harness, Callable[[], Awaitable[None]]]:
+@asynccontextmanager
+async def open_harness(settings: Settings, accounts_file: Path) -> AsyncIterator[Harness]:
+    """A Harness on the accounts of `accounts_file`, wired as in worker.app; closed on exit."""
+    accounts = load_accounts(accounts_file, allow_insecure_localhost=True)
     metrics = Metrics()
     session = create_session(settings)
     tokens = token_manager(session, settings, metrics)
     client = SalesforceClient(session, tokens, settings, metrics)
     runner = JobRunner(accounts, client, settings, metrics)
-
-    async def close() -> None:
+    try:
+        yield Harness(runner, client, metrics, accounts)
+    finally:
         await tokens.close()
         await session.close()
-
-    return Harness(runner, client, metrics, accounts), close
 
 
 @pytest.fixture
@@ -74,7 +73,5 @@ def account_file(tmp_path: Path, simulator: SimulatorClient) -> Path:
 
 @pytest.fixture
 async def sf(sf_settings: Settings, account_file: Path) -> AsyncIterator[Harness]:
-    accounts = load_accounts(account_file, allow_insecure_localhost=True)
-    harness, close = await make_harness(sf_settings, accounts)
-    yield harness
-    await close()
+    async with open_harness(sf_settings, account_file) as harness:
+        yield harness

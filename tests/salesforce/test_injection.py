@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import write_accounts
-from tests.salesforce.conftest import Harness, make_harness
-from worker.config import Settings, load_accounts
+from tests.salesforce.conftest import Harness, open_harness
+from worker.config import Settings
 from worker.simulator.soql import parse_soql
 from worker.simulator.sosl import parse_sosl
 from worker.simulator.testing import SimulatorClient, running_simulator
@@ -62,10 +62,7 @@ class Remote:
         sim = await self.stack.enter_async_context(running_simulator())
         path = write_accounts(tmp / "accounts.toml", sim.base_url)
         settings = Settings(http_port=0, allow_insecure_localhost=True)
-        harness, close = await make_harness(
-            settings, load_accounts(path, allow_insecure_localhost=True)
-        )
-        self.stack.push_async_callback(close)
+        harness = await self.stack.enter_async_context(open_harness(settings, path))
         return sim, harness
 
     def close(self) -> None:

@@ -7,12 +7,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import write_accounts
-from tests.salesforce.conftest import Harness, make_harness
-from worker.config import Settings, load_accounts
+from tests.conftest import rsa_key_pair, write_accounts
+from tests.salesforce.conftest import Harness, open_harness
+from worker.config import Settings
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -65,15 +63,12 @@ async def test_refresh_token_flow_with_rotation_never_revokes(
     await simulator.seed("Account", [{"Name": "Acme"}])
     await simulator.set_latency(0, token_ms=50)
     path = write_accounts(tmp_path / "a.toml", simulator.base_url, flow="refresh_token")
-    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
-    try:
+    async with open_harness(sf_settings, path) as sf:
         assert await burst(sf, 500) == ["ok"] * 500
         await simulator.expire_sessions()
         assert await burst(sf, 500) == ["ok"] * 500
         await simulator.expire_sessions()
         assert await burst(sf, 50) == ["ok"] * 50
-    finally:
-        await close()
     counters = await simulator.counters()
     assert counters["token_requests"] == {"refresh_token": 3}
     # The chain is alive: exactly one valid refresh token, and it is not the first one.
@@ -119,14 +114,11 @@ async def test_token_errors_are_auth_failed_without_secrets_and_back_off(
         f'flow = "client_credentials"\nclient_id = "{DEFAULT_CLIENT_ID}"\n'
         f'client_secret = "{wrong}"\n'
     )
-    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
-    try:
+    async with open_harness(sf_settings, path) as sf:
         first = await sf.run(operation="search", soql="SELECT Id FROM Account")
         burst_results = await asyncio.gather(
             *(sf.run(operation="search", soql="SELECT Id FROM Account") for _ in range(20))
         )
-    finally:
-        await close()
     assert first.error is not None
     assert first.error.code.value == "AUTH_FAILED"
     assert first.http_status == 400
@@ -141,17 +133,7 @@ async def test_token_errors_are_auth_failed_without_secrets_and_back_off(
 async def test_jwt_bearer_flow(
     sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public_pem = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    private_pem, public_pem = rsa_key_pair()
     await simulator.set_client(
         DEFAULT_CLIENT_ID,
         DEFAULT_CLIENT_SECRET,
@@ -165,11 +147,8 @@ async def test_jwt_bearer_flow(
         f'flow = "jwt_bearer"\nclient_id = "{DEFAULT_CLIENT_ID}"\n'
         f'username = "{DEFAULT_USERNAME}"\nprivate_key_file = "key.pem"\n'
     )
-    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
-    try:
+    async with open_harness(sf_settings, path) as sf:
         result = await sf.run(operation="search", soql="SELECT Id FROM Account")
-    finally:
-        await close()
     assert result.status.value == "no_data"
     counters = await simulator.counters()
     assert counters["token_requests"] == {"urn:ietf:params:oauth:grant-type:jwt-bearer": 1}
@@ -182,13 +161,10 @@ async def test_max_concurrency_caps_calls_per_account(
     path = write_accounts(
         tmp_path / "a.toml", simulator.base_url, extra=f"max_concurrency = {concurrency}\n"
     )
-    sf, close = await make_harness(sf_settings, load_accounts(path, allow_insecure_localhost=True))
     await simulator.set_latency(30)
-    try:
+    async with open_harness(sf_settings, path) as sf:
         results = await asyncio.gather(
             *(sf.run(operation="search", soql="SELECT Id FROM Account") for _ in range(30))
         )
-    finally:
-        await close()
     assert {r.status.value for r in results} == {"no_data"}
     assert (await simulator.counters())["max_concurrency"] == concurrency

@@ -13,9 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.conftest import rsa_key_pair
 from worker.simulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -181,7 +180,7 @@ async def test_concurrent_refreshes_with_same_token(
     rejected = next(body for status, body in results if status == 400)
     assert rejected == {
         "error": "invalid_grant",
-        "error_description": "token request is already being processed",
+        "error_description": "expired authorization code",
     }
     counters = await sim.counters()
     assert counters["token_requests"] == {"refresh_token": 2}
@@ -233,6 +232,17 @@ async def authorize(
     return parse_qs(urlsplit(location).query)
 
 
+def code_form(got: dict[str, list[str]], redirect: str) -> dict[str, str]:
+    """The token request that exchanges the code `authorize` got, with the default client."""
+    return {
+        "grant_type": "authorization_code",
+        "code": got["code"][0],
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": DEFAULT_CLIENT_SECRET,
+        "redirect_uri": redirect,
+    }
+
+
 async def test_authorization_code_with_pkce(
     sim: SimulatorClient, http: aiohttp.ClientSession
 ) -> None:
@@ -250,20 +260,29 @@ async def test_authorization_code_with_pkce(
         code_challenge_method="S256",
     )
     assert got["state"] == ["xyz"]
-    code = got["code"][0]
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "client_id": DEFAULT_CLIENT_ID,
-        "client_secret": DEFAULT_CLIENT_SECRET,
-        "redirect_uri": redirect,
-    }
+    form = code_form(got, redirect)
     status, body = await token_request(http, sim, **form, code_verifier=verifier)
     assert status == 200
     assert body["refresh_token"] in await sim.refresh_tokens(DEFAULT_CLIENT_ID)
     assert await rest_status(http, sim, body["access_token"]) == 200
     status, body = await token_request(http, sim, **form, code_verifier=verifier)
     assert (status, body["error_description"]) == (400, "expired authorization code")
+
+
+@pytest.mark.parametrize(
+    ("scope", "refresh_token"),
+    [("api", False), ("api refresh_token", True), ("api offline_access", True)],
+)
+async def test_authorization_code_refresh_token_only_with_its_scope(
+    sim: SimulatorClient, http: aiohttp.ClientSession, scope: str, refresh_token: bool
+) -> None:
+    redirect = "https://app.example/callback"
+    got = await authorize(http, sim, redirect_uri=redirect, scope=scope)
+    status, body = await token_request(http, sim, **code_form(got, redirect))
+    assert status == 200
+    assert body["scope"] == scope
+    assert ("refresh_token" in body) is refresh_token
+    assert await rest_status(http, sim, body["access_token"]) == 200
 
 
 @pytest.mark.parametrize(
@@ -285,35 +304,18 @@ async def test_authorization_code_rejections(
         code_challenge="plain-secret-value",
         code_challenge_method="plain",
     )
-    form = {
-        "grant_type": "authorization_code",
-        "code": got["code"][0],
-        "client_id": DEFAULT_CLIENT_ID,
-        "client_secret": DEFAULT_CLIENT_SECRET,
-        "redirect_uri": redirect,
-        "code_verifier": "plain-secret-value",
-        **change,
-    }
+    form = {**code_form(got, redirect), "code_verifier": "plain-secret-value", **change}
     status, body = await token_request(http, sim, **form)
     assert (status, body) == (400, {"error": "invalid_grant", "error_description": description})
 
 
 # ---- jwt-bearer --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def rsa_keys() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
+def rsa_keys() -> tuple[str, str]:
+    return rsa_key_pair()
 
 
-def assertion(private: bytes, **overrides: Any) -> str:
+def assertion(private: str, **overrides: Any) -> str:
     claims = {
         "iss": DEFAULT_CLIENT_ID,
         "sub": DEFAULT_USERNAME,
@@ -327,7 +329,7 @@ def assertion(private: bytes, **overrides: Any) -> str:
 
 
 async def test_jwt_bearer_with_verified_signature(
-    sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[bytes, str]
+    sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[str, str]
 ) -> None:
     private, public = rsa_keys
     await sim.set_client(
@@ -349,12 +351,10 @@ async def test_jwt_bearer_with_verified_signature(
 
 
 async def test_jwt_bearer_rejections(
-    sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[bytes, str]
+    sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[str, str]
 ) -> None:
     private, public = rsa_keys
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    other, _ = rsa_key_pair()
     await sim.set_client(
         DEFAULT_CLIENT_ID,
         DEFAULT_CLIENT_SECRET,
@@ -385,7 +385,7 @@ async def test_jwt_bearer_rejections(
 
 
 async def test_jwt_without_registered_key_checks_claims_only(
-    sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[bytes, str]
+    sim: SimulatorClient, http: aiohttp.ClientSession, rsa_keys: tuple[str, str]
 ) -> None:
     private, _ = rsa_keys
     status, _ = await token_request(http, sim, grant_type=JWT_GRANT, assertion=assertion(private))
@@ -468,15 +468,7 @@ async def test_sixth_approval_revokes_the_oldest(
     issued = []
     for _ in range(6):
         got = await authorize(http, sim, redirect_uri=redirect)
-        status, body = await token_request(
-            http,
-            sim,
-            grant_type="authorization_code",
-            code=got["code"][0],
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
-            redirect_uri=redirect,
-        )
+        status, body = await token_request(http, sim, **code_form(got, redirect))
         assert status == 200
         issued.append(body["refresh_token"])
     assert sorted(await sim.refresh_tokens(DEFAULT_CLIENT_ID)) == sorted(issued[1:])

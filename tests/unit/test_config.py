@@ -8,21 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.conftest import rsa_key_pair
 from worker.config import ConfigError, Flow, Settings, load_accounts
 
 SECRET = "s3cr3t-VALUE-never-shown"
-PEM = (
-    rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    .private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    .decode()
-)
+PEM, _ = rsa_key_pair()
 TOKEN = "5Aep861-REFRESH-never-shown"
 
 

@@ -5,18 +5,18 @@ URLs, status codes, JSON shapes and error bodies as Salesforce does.
 """
 
 from .app import create_app, run_simulator
-from .ids import normalize_id, to_18
-from .soql import Literal, SoqlQuery, parse_soql
-from .soql_lexer import SoqlError
-from .sosl import SearchTerm, SoslError, SoslQuery, parse_sosl
-from .state import (
+from .auth import (
     DEFAULT_APP_NAME,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     DEFAULT_USERNAME,
-    SimulatorState,
 )
+from .ids import normalize_id, to_18
+from .soql import Literal, SoqlQuery, parse_soql
+from .soql_lexer import SoqlError
+from .sosl import SearchTerm, SoslError, SoslQuery, parse_sosl
+from .state import SimulatorState
 
 __all__ = [
     "DEFAULT_APP_NAME",

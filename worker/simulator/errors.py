@@ -9,6 +9,8 @@ import orjson
 from aiohttp import web
 
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
+# What the token endpoint sends with every answer, success or error.
+NO_CACHE = {"Cache-Control": "no-cache,must-revalidate,max-age=0,no-store,private"}
 
 
 class SfError(Exception):
@@ -60,11 +62,7 @@ def sf_error_response(err: SfError) -> web.Response:
 
 def oauth_error_response(err: OAuthError) -> web.Response:
     body = {"error": err.error, "error_description": err.description}
-    return json_response(
-        body,
-        status=err.status,
-        headers={"Cache-Control": "no-cache,must-revalidate,max-age=0,no-store,private"},
-    )
+    return json_response(body, status=err.status, headers=NO_CACHE)
 
 
 def not_found() -> SfError:

@@ -69,12 +69,11 @@ async def instrument(request: web.Request, handler: Handler) -> web.StreamRespon
         state.counters.queries.append(request.query["q"])
     if not is_rest(request):
         return await handler(request)
-    counters = state.counters
-    counters.enter()
+    state.counters.enter()
     try:
         response = await handler(request)
     finally:
-        state.counters.leave()
+        state.counters.leave()  # a counters reset meanwhile carried in_flight over
     if LIMIT_HEADER not in response.headers:
         response.headers[LIMIT_HEADER] = limit_info(state, request)
     return response

@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 import jwt
 from aiohttp import web
 
-from .auth import AccessToken, Client
-from .errors import OAuthError, json_response
+from .auth import CODE_LIFETIME_SECONDS, AccessToken, Client, RefreshToken
+from .errors import NO_CACHE, OAuthError, json_response
 from .routing import add_route, base_url, state_of
 from .state import SimulatorState
 
@@ -25,6 +25,8 @@ JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
 LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 JWT_MAX_AHEAD_SECONDS = 300
+# An authorization code brings a refresh token only when one of these scopes was granted.
+REFRESH_SCOPES = frozenset({"refresh_token", "offline_access"})
 
 EXPIRED_TOKEN = "expired access/refresh token"  # noqa: S105 - an error text
 
@@ -65,6 +67,10 @@ def _authenticated_client(state: SimulatorState, client_id: str, secret: str) ->
     return client
 
 
+def identity_url(state: SimulatorState, request: web.Request, username: str) -> str:
+    return f"{base_url(request)}/id/{state.org_id}/{state.auth.user_id(username)}"
+
+
 def token_body(
     state: SimulatorState,
     request: web.Request,
@@ -72,8 +78,7 @@ def token_body(
     at: AccessToken,
     refresh_token: str | None = None,
 ) -> dict[str, Any]:
-    base = base_url(request)
-    identity = f"{base}/id/{state.org_id}/{state.auth.user_id(at.username)}"
+    identity = identity_url(state, request, at.username)
     issued_at = str(int(at.issued_at * 1000))
     digest = hmac.new(
         client.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256
@@ -85,7 +90,7 @@ def token_body(
         {
             "signature": base64.b64encode(digest).decode(),
             "scope": at.scope,
-            "instance_url": base,
+            "instance_url": base_url(request),
             "id": identity,
             "token_type": "Bearer",
             "issued_at": issued_at,
@@ -130,7 +135,8 @@ async def _refresh_token(state: SimulatorState, request: web.Request, form: Form
         await _pause(state)
         raise OAuthError("invalid_grant", EXPIRED_TOKEN)
     if token in auth.processing:
-        raise OAuthError("invalid_grant", "token request is already being processed")
+        # Today's wording; Salesforce announced "token request is already being processed".
+        raise OAuthError("invalid_grant", "expired authorization code")
     auth.processing.add(token)
     try:
         await _pause(state)
@@ -163,8 +169,12 @@ async def _authorization_code(
     client_id, secret = client_credentials_of(request, form)
     client = _known_client(state, client_id)
     code = state.auth.codes.get(_field(form, "code"))
-    expired = code is None or code.used or time.monotonic() - code.created > 15 * 60
-    if code is None or expired or code.client_id != client.client_id:
+    if (
+        code is None
+        or code.used
+        or time.monotonic() - code.created > CODE_LIFETIME_SECONDS
+        or code.client_id != client.client_id
+    ):
         raise OAuthError("invalid_grant", "expired authorization code")
     code.used = True
     if secret or code.code_challenge is None:
@@ -175,6 +185,9 @@ async def _authorization_code(
         verifier = _field(form, "code_verifier")
         if not verifier or not _pkce_ok(verifier, code.code_challenge, code.code_challenge_method):
             raise OAuthError("invalid_grant", "invalid code verifier")
+    if REFRESH_SCOPES.isdisjoint(code.scope.split()):
+        at = state.auth.new_access(client, code.username, code.scope)
+        return token_body(state, request, client, at)
     rt = state.auth.new_refresh(client, code.username, code.scope)
     state.auth.enforce_approval_limit(client.client_id, code.username)
     at = state.auth.new_access(client, code.username, code.scope, chain_id=rt.chain_id)
@@ -262,9 +275,7 @@ async def token(request: web.Request) -> web.StreamResponse:
     if handler is None:
         raise OAuthError("unsupported_grant_type", "grant type not supported")
     body = await handler(state, request, form)
-    return json_response(
-        body, headers={"Cache-Control": "no-cache,must-revalidate,max-age=0,no-store,private"}
-    )
+    return json_response(body, headers=NO_CACHE)
 
 
 # ---- authorize / introspect / revoke -------------------------------------------------------
@@ -300,6 +311,26 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(f"{redirect_uri}{separator}{urlencode(params)}")
 
 
+def _introspection(
+    state: SimulatorState,
+    request: web.Request,
+    token: AccessToken | RefreshToken,
+    token_type: str,
+    **extra: int,
+) -> dict[str, Any]:
+    return {
+        "active": True,
+        "scope": token.scope,
+        "client_id": token.client_id,
+        "username": token.username,
+        "sub": identity_url(state, request, token.username),
+        "token_type": token_type,
+        **extra,
+        "iat": int(token.issued_at),
+        "nbf": int(token.issued_at),
+    }
+
+
 async def introspect(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     form = await _form(request)
@@ -308,36 +339,12 @@ async def introspect(request: web.Request) -> web.StreamResponse:
     auth = state.auth
     at = auth.session(token_value, state.session_timeout_seconds, touch=False)
     if at is not None and at.client_id == client.client_id:
-        expires = int(
-            time.time() + state.session_timeout_seconds - (time.monotonic() - at.last_used)
-        )
-        return json_response(
-            {
-                "active": True,
-                "scope": at.scope,
-                "client_id": at.client_id,
-                "username": at.username,
-                "sub": f"{base_url(request)}/id/{state.org_id}/{auth.user_id(at.username)}",
-                "token_type": "access_token",
-                "exp": expires,
-                "iat": int(at.issued_at),
-                "nbf": int(at.issued_at),
-            }
-        )
+        idle = time.monotonic() - at.last_used
+        expires = int(time.time() + state.session_timeout_seconds - idle)
+        return json_response(_introspection(state, request, at, "access_token", exp=expires))
     rt = auth.refresh.get(token_value)
     if rt is not None and rt.active and rt.client_id == client.client_id:
-        return json_response(
-            {
-                "active": True,
-                "scope": rt.scope,
-                "client_id": rt.client_id,
-                "username": rt.username,
-                "sub": f"{base_url(request)}/id/{state.org_id}/{auth.user_id(rt.username)}",
-                "token_type": "refresh_token",
-                "iat": int(rt.issued_at),
-                "nbf": int(rt.issued_at),
-            }
-        )
+        return json_response(_introspection(state, request, rt, "refresh_token"))
     return json_response({"active": False})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import SfError, invalid_field, json_parser_error
+from .errors import SfError, invalid_field, json_parser_error, not_found
 from .ids import IdFactory
 from .schema import SYSTEM_DATES, TEXT_TYPES, FieldDef, FieldType, ObjectDef, Record, Schema
 from .values import coerce, format_datetime, now_utc
@@ -29,6 +29,15 @@ class RecordStore:
     # ---- reads -------------------------------------------------------------------------------
     def get(self, obj: ObjectDef, record_id: str) -> Record | None:
         return self._records.get(obj.name.lower(), {}).get(record_id)
+
+    def live(self, obj: ObjectDef, record_id: str) -> Record:
+        """The record, or SfError 404 NOT_FOUND / ENTITY_IS_DELETED as Salesforce answers."""
+        current = self.get(obj, record_id)
+        if current is None:
+            raise not_found()
+        if current["IsDeleted"]:
+            raise SfError(404, "ENTITY_IS_DELETED", "entity is deleted")
+        return current
 
     def all(self, obj: ObjectDef, include_deleted: bool = False) -> list[Record]:
         rows = self._records.get(obj.name.lower(), {}).values()
@@ -84,7 +93,7 @@ class RecordStore:
         return [r["Id"] for r in prepared]
 
     def update(self, obj: ObjectDef, record_id: str, body: Any) -> None:
-        current = self._live(obj, record_id)
+        current = self.live(obj, record_id)
         changes = self._changes(obj, body, seeding=False)
         record = {**current, **changes}
         self._finish(obj, record)
@@ -97,18 +106,10 @@ class RecordStore:
         self._index(obj, current)
 
     def delete(self, obj: ObjectDef, record_id: str) -> None:
-        current = self._live(obj, record_id)
+        current = self.live(obj, record_id)
         self._unindex(obj, current)
         current["IsDeleted"] = True
         current["LastModifiedDate"] = current["SystemModstamp"] = format_datetime(now_utc())
-
-    def _live(self, obj: ObjectDef, record_id: str) -> Record:
-        current = self.get(obj, record_id)
-        if current is None:
-            raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
-        if current["IsDeleted"]:
-            raise SfError(404, "ENTITY_IS_DELETED", "entity is deleted")
-        return current
 
     # ---- validation --------------------------------------------------------------------------
     def _changes(self, obj: ObjectDef, body: Any, *, seeding: bool) -> Record:

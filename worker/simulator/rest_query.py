@@ -13,7 +13,6 @@ from .schema import ObjectDef, Record
 from .search import run_sosl
 from .soql import parse_soql
 from .soql_eval import UrlFor, run_soql
-from .soql_lexer import QueryError
 from .sosl import parse_sosl
 from .state import SimulatorState
 
@@ -54,22 +53,24 @@ def _page(
     return json_response(body)
 
 
+def _statement(request: web.Request, error_code: str, kind: str) -> str:
+    """The statement in `q`, or a 400 `error_code` when it is missing or blank."""
+    text = request.query.get("q")
+    if text is None or not text.strip():
+        raise SfError(400, error_code, f"A {kind} string has to be specified")
+    return text
+
+
 async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamResponse:
     state = state_of(request)
     version = request.match_info["version"]
-    text = request.query.get("q")
-    if text is None or not text.strip():
-        raise SfError(400, "MALFORMED_QUERY", "A query string has to be specified")
-    try:
-        result = run_soql(
-            state.schema,
-            state.records,
-            parse_soql(text),
-            include_deleted=include_deleted,
-            url_for=url_for(version),
-        )
-    except QueryError as err:
-        raise SfError(400, err.error_code, err.message) from None
+    result = run_soql(
+        state.schema,
+        state.records,
+        parse_soql(_statement(request, "MALFORMED_QUERY", "query")),
+        include_deleted=include_deleted,
+        url_for=url_for(version),
+    )
     batch = _batch_size(request) or clamp_batch(None)
     return _page(state, version, result.records, 0, batch, None, result.total)
 
@@ -96,16 +97,10 @@ async def query_more(request: web.Request) -> web.StreamResponse:
 
 async def search(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    text = request.query.get("q")
-    if text is None or not text.strip():
-        raise SfError(400, "MALFORMED_SEARCH", "A search string has to be specified")
-    try:
-        found = run_sosl(
-            state.schema,
-            state.records,
-            parse_sosl(text),
-            url_for=url_for(request.match_info["version"]),
-        )
-    except QueryError as err:
-        raise SfError(400, err.error_code, err.message) from None
+    found = run_sosl(
+        state.schema,
+        state.records,
+        parse_sosl(_statement(request, "MALFORMED_SEARCH", "search")),
+        url_for=url_for(request.match_info["version"]),
+    )
     return json_response({"searchRecords": found})

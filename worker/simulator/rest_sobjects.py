@@ -10,9 +10,10 @@ from aiohttp import web
 
 from .errors import SfError, json_parser_error, json_response, not_found
 from .ids import normalize_id
+from .rest_query import url_for
 from .routing import api_version, state_of
 from .schema import FieldDef, FieldType, ObjectDef, Record
-from .soql_eval import NO_COLUMN_HINT
+from .soql_eval import no_column
 from .soql_lexer import located
 from .state import SimulatorState
 
@@ -53,7 +54,7 @@ async def _json_body(request: web.Request) -> Any:
 
 
 def _url(request: web.Request, obj: ObjectDef, record_id: str) -> str:
-    return f"/services/data/{request.match_info['version']}/sobjects/{obj.name}/{record_id}"
+    return url_for(request.match_info["version"])(obj, record_id)
 
 
 def _selected_fields(request: web.Request, obj: ObjectDef) -> list[FieldDef]:
@@ -66,15 +67,8 @@ def _selected_fields(request: web.Request, obj: ObjectDef) -> list[FieldDef]:
         stripped = name.strip()
         fd = obj.field(stripped) if stripped else None
         if fd is None:
-            raise SfError(
-                400,
-                "INVALID_FIELD",
-                located(
-                    spec,
-                    pos + len(name) - len(name.lstrip()),
-                    f"No such column '{stripped}' on entity '{obj.name}'. {NO_COLUMN_HINT}",
-                ),
-            )
+            start = pos + len(name) - len(name.lstrip())
+            raise SfError(400, "INVALID_FIELD", located(spec, start, no_column(stripped, obj)))
         if fd not in selected:
             selected.append(fd)
         pos += len(name) + 1
@@ -88,15 +82,6 @@ def _render(request: web.Request, obj: ObjectDef, record: Record) -> Record:
     return out
 
 
-def _live_record(state: SimulatorState, obj: ObjectDef, record_id: str) -> Record:
-    record = state.records.get(obj, record_id)
-    if record is None:
-        raise not_found()
-    if record["IsDeleted"]:
-        raise SfError(404, "ENTITY_IS_DELETED", "entity is deleted")
-    return record
-
-
 async def create(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
@@ -107,7 +92,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def get(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
-    record = _live_record(state, obj, _record_id(obj, request.match_info["id"]))
+    record = state.records.live(obj, _record_id(obj, request.match_info["id"]))
     return json_response(_render(request, obj, record))
 
 

@@ -106,9 +106,6 @@ class ObjectDef:
         body = [fd for fd in self.fields.values() if not fd.system]
         return head + body + tail
 
-    def name_fields(self) -> list[FieldDef]:
-        return [fd for fd in self.fields.values() if fd.name_field]
-
 
 class SchemaError(ValueError):
     """A control-API schema request that cannot be applied."""
@@ -269,6 +266,7 @@ class Schema:
         unique: Iterable[str] = (),
     ) -> ObjectDef:
         """Add an object, or extend an existing one with more fields (control API)."""
+        defined = {f.lower() for f in fields}
         obj = self.get(name)
         if obj is None:
             if prefix is None:
@@ -279,7 +277,7 @@ class Schema:
             if owner is not None:
                 raise SchemaError(f"key prefix {prefix} already belongs to {owner.name}")
             obj = self.add_object(name, prefix, [])
-            if "name" not in {f.lower() for f in fields}:
+            if "name" not in defined:
                 obj.add(_text("Name", 80, name_field=True))
         elif prefix is not None and prefix != obj.prefix:
             raise SchemaError(f"{obj.name} already has key prefix {obj.prefix}")
@@ -312,7 +310,7 @@ class Schema:
             fd = obj.field(fname)
             if fd is None:
                 raise SchemaError(f"no field {fname!r} on {obj.name}")
-            if fname.lower() not in {f.lower() for f in fields}:
+            if fname not in defined:
                 obj.add(
                     replace(
                         fd,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -32,6 +32,8 @@ LiteralKind = typing.Literal[
     "string", "number", "boolean", "null", "date", "datetime", "date_keyword"
 ]
 LiteralValue = str | int | float | bool | None | date | datetime
+
+T = typing.TypeVar("T")
 
 DATE_KEYWORDS = frozenset({"TODAY", "YESTERDAY", "TOMORROW"})
 DATE_N_KEYWORDS = frozenset({"LAST_N_DAYS", "NEXT_N_DAYS"})
@@ -191,20 +193,10 @@ class Parser:
             fields = tuple(self.parse_field_list())
         self.expect_keyword("FROM")
         sobject = self.parse_name()
-        where = None
-        if self.at("WHERE"):
-            self.advance()
-            where = self.parse_condition()
-        order_by: tuple[OrderItem, ...] = ()
-        if self.at("ORDER"):
-            order_by = tuple(self.parse_order_by())
-        limit = offset = None
-        if self.at("LIMIT"):
-            self.advance()
-            limit = self.parse_int()
-        if self.at("OFFSET"):
-            self.advance()
-            offset = self.parse_int()
+        where = self.parse_where()
+        order_by = self.parse_order_by()
+        limit = self.parse_int_after("LIMIT")
+        offset = self.parse_int_after("OFFSET")
         self.expect(Tok.EOF)
         return SoqlQuery(
             self.text, fields, count, sobject.text, sobject.pos, where, order_by, limit, offset
@@ -223,12 +215,16 @@ class Parser:
         self.advance()
         return FieldPath(token.text, token.pos)
 
-    def parse_field_list(self) -> list[FieldPath]:
-        fields = [self.parse_field()]
+    def comma_list(self, item: Callable[[], T]) -> list[T]:
+        """One or more `item`s separated by commas."""
+        items = [item()]
         while self.peek().kind is Tok.COMMA:
             self.advance()
-            fields.append(self.parse_field())
-        return fields
+            items.append(item())
+        return items
+
+    def parse_field_list(self) -> list[FieldPath]:
+        return self.comma_list(self.parse_field)
 
     def parse_int(self) -> int:
         token = self.peek()
@@ -237,14 +233,26 @@ class Parser:
         self.advance()
         return int(token.text)
 
-    def parse_order_by(self) -> list[OrderItem]:
-        self.expect_keyword("ORDER")
+    # ---- optional clauses (absent: None / ()) ------------------------------------------------
+    def parse_where(self) -> Condition | None:
+        if not self.at("WHERE"):
+            return None
+        self.advance()
+        return self.parse_condition()
+
+    def parse_order_by(self) -> tuple[OrderItem, ...]:
+        if not self.at("ORDER"):
+            return ()
+        self.advance()
         self.expect_keyword("BY")
-        items = [self._order_item()]
-        while self.peek().kind is Tok.COMMA:
-            self.advance()
-            items.append(self._order_item())
-        return items
+        return tuple(self.comma_list(self._order_item))
+
+    def parse_int_after(self, keyword: str) -> int | None:
+        """`LIMIT n` / `OFFSET n`."""
+        if not self.at(keyword):
+            return None
+        self.advance()
+        return self.parse_int()
 
     def _order_item(self) -> OrderItem:
         path = self.parse_field()
@@ -309,10 +317,7 @@ class Parser:
 
     def _value_list(self) -> tuple[Literal, ...]:
         self.expect(Tok.LPAREN)
-        values = [self.parse_value()]
-        while self.peek().kind is Tok.COMMA:
-            self.advance()
-            values.append(self.parse_value())
+        values = self.comma_list(self.parse_value)
         self.expect(Tok.RPAREN)
         return tuple(values)
 

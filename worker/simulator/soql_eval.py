@@ -26,7 +26,7 @@ from .values import stored_date, stored_datetime
 Predicate = Callable[[Record], bool]
 UrlFor = Callable[[ObjectDef, str], str]
 
-NO_COLUMN_HINT = (
+_NO_COLUMN_HINT = (
     "If you are attempting to use a custom field, be sure to append the '__c' after the custom "
     "field name. Please reference your WSDL or the describe call for the appropriate names."
 )
@@ -61,19 +61,16 @@ def resolve_object(schema: Schema, name: str, text: str, pos: int) -> ObjectDef:
     return obj
 
 
+def no_column(name: str, obj: ObjectDef) -> str:
+    return f"No such column '{name}' on entity '{obj.name}'. {_NO_COLUMN_HINT}"
+
+
 def resolve_column(schema: Schema, base: ObjectDef, path: FieldPath, text: str) -> Column:
     parts = path.parts
     if len(parts) == 1:
         fd = base.field(parts[0])
         if fd is None:
-            raise SoqlError(
-                "INVALID_FIELD",
-                located(
-                    text,
-                    path.pos,
-                    f"No such column '{parts[0]}' on entity '{base.name}'. {NO_COLUMN_HINT}",
-                ),
-            )
+            raise SoqlError("INVALID_FIELD", located(text, path.pos, no_column(parts[0], base)))
         return Column(path, fd, base)
     via = base.relationship(parts[0]) if len(parts) == 2 else None
     target = schema.get(via.reference_to or "") if via is not None else None
@@ -88,14 +85,7 @@ def resolve_column(schema: Schema, base: ObjectDef, path: FieldPath, text: str) 
         )
     fd = target.field(parts[1])
     if fd is None:
-        raise SoqlError(
-            "INVALID_FIELD",
-            located(
-                text,
-                path.pos,
-                f"No such column '{parts[1]}' on entity '{target.name}'. {NO_COLUMN_HINT}",
-            ),
-        )
+        raise SoqlError("INVALID_FIELD", located(text, path.pos, no_column(parts[1], target)))
     return Column(path, fd, target, via)
 
 
@@ -219,15 +209,13 @@ class Evaluator:
                 out[column.field.name] = record.get(column.field.name)
                 continue
             rel = column.via.relationship_name or column.via.name
+            parent = self.parent(column, record)
+            if parent is None:
+                out[rel] = None
+                continue
             if rel not in out:
-                parent = self.parent(column, record)
-                out[rel] = (
-                    {"attributes": _attributes(column.obj, parent, url_for)} if parent else None
-                )
-            nested = out[rel]
-            if nested is not None:
-                parent = self.parent(column, record)
-                nested[column.field.name] = parent.get(column.field.name) if parent else None
+                out[rel] = {"attributes": _attributes(column.obj, parent, url_for)}
+            out[rel][column.field.name] = parent.get(column.field.name)
         return out
 
 

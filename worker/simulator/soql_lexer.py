@@ -6,14 +6,14 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .errors import SfError
 
-class QueryError(Exception):
-    """A query Salesforce would reject: `error_code` is the REST errorCode."""
+
+class QueryError(SfError):
+    """A query Salesforce would reject: answered 400 with `error_code` as the REST errorCode."""
 
     def __init__(self, error_code: str, message: str) -> None:
-        super().__init__(f"{error_code}: {message}")
-        self.error_code = error_code
-        self.message = message
+        super().__init__(400, error_code, message)
 
 
 class SoqlError(QueryError):

@@ -215,14 +215,8 @@ def parse_sosl(text: str) -> SoslQuery:
     returning: list[Returning] = []
     if parser.at("RETURNING"):
         parser.advance()
-        returning.append(_returning(parser))
-        while parser.peek().kind is Tok.COMMA:
-            parser.advance()
-            returning.append(_returning(parser))
-    limit = None
-    if parser.at("LIMIT"):
-        parser.advance()
-        limit = parser.parse_int()
+        returning = parser.comma_list(lambda: _returning(parser))
+    limit = parser.parse_int_after("LIMIT")
     parser.expect(Tok.EOF)
     return SoslQuery(text, groups, scope, tuple(returning), limit)
 
@@ -233,16 +227,8 @@ def _returning(parser: Parser) -> Returning:
         return Returning(name.text, name.pos)
     parser.advance()
     fields = tuple(parser.parse_field_list())
-    where = None
-    if parser.at("WHERE"):
-        parser.advance()
-        where = parser.parse_condition()
-    order_by: tuple[OrderItem, ...] = ()
-    if parser.at("ORDER"):
-        order_by = tuple(parser.parse_order_by())
-    limit = None
-    if parser.at("LIMIT"):
-        parser.advance()
-        limit = parser.parse_int()
+    where = parser.parse_where()
+    order_by = parser.parse_order_by()
+    limit = parser.parse_int_after("LIMIT")
     parser.expect(Tok.RPAREN)
     return Returning(name.text, name.pos, fields, where, order_by, limit)

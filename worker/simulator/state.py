@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .auth import (
-    DEFAULT_APP_NAME,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
@@ -22,11 +21,6 @@ from .records import RecordStore
 from .schema import Schema, default_schema
 
 __all__ = [
-    "DEFAULT_APP_NAME",
-    "DEFAULT_CLIENT_ID",
-    "DEFAULT_CLIENT_SECRET",
-    "DEFAULT_REFRESH_TOKEN",
-    "DEFAULT_USERNAME",
     "Counters",
     "Latency",
     "Limits",

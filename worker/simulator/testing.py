@@ -9,14 +9,14 @@ from typing import Any
 import aiohttp
 
 from .app import create_app, start_site
-from .state import (
+from .auth import (
     DEFAULT_APP_NAME,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     DEFAULT_USERNAME,
-    SimulatorState,
 )
+from .state import SimulatorState
 
 __all__ = [
     "DEFAULT_CLIENT_ID",

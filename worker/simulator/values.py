@@ -91,7 +91,7 @@ def _wrong_type(fd: FieldDef, raw: Any) -> SfError:
 def coerce(fd: FieldDef, raw: Any) -> Any:
     """Convert one JSON value for field `fd`, raising SfError the way Salesforce does."""
     if isinstance(raw, list | dict):
-        return _raise(_cannot_deserialize(_kind_name(fd), raw))
+        raise _cannot_deserialize(_kind_name(fd), raw)
     if raw is None or (raw == "" and fd.type is not FieldType.BOOLEAN):
         return False if fd.type is FieldType.BOOLEAN else None
     if fd.type in TEXT_TYPES:
@@ -107,10 +107,6 @@ def coerce(fd: FieldDef, raw: Any) -> Any:
     if fd.type is FieldType.DATETIME:
         return _datetime(fd, raw)
     return _reference(fd, raw)
-
-
-def _raise(err: SfError) -> Any:
-    raise err
 
 
 def _kind_name(fd: FieldDef) -> str:
