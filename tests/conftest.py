@@ -103,11 +103,20 @@ def rsa_key_pair() -> tuple[str, str]:
 
 
 def write_accounts(
-    path: Path, base_url: str, *, extra: str = "", flow: str = "client_credentials"
+    path: Path,
+    base_url: str,
+    *,
+    extra: str = "",
+    flow: str = "client_credentials",
+    credentials: str | None = None,
 ) -> Path:
+    """An accounts file whose account `main` talks to the simulator at `base_url`.
+    `credentials` replaces the simulator's default secret lines (a wrong secret, a JWT key)."""
     secret = f'client_secret = "{DEFAULT_CLIENT_SECRET}"\n'
     if flow == "refresh_token":
         secret += f'refresh_token = "{DEFAULT_REFRESH_TOKEN}"\n'
+    if credentials is not None:
+        secret = credentials
     path.write_text(
         "[accounts.main]\n"
         'tenant = "acme"\n'

@@ -108,11 +108,8 @@ async def test_token_errors_are_auth_failed_without_secrets_and_back_off(
     sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
 ) -> None:
     wrong = "wrong-secret-never-shown"
-    path = tmp_path / "a.toml"
-    path.write_text(
-        f'[accounts.main]\ndefault = true\ninstance_url = "{simulator.base_url}"\n'
-        f'flow = "client_credentials"\nclient_id = "{DEFAULT_CLIENT_ID}"\n'
-        f'client_secret = "{wrong}"\n'
+    path = write_accounts(
+        tmp_path / "a.toml", simulator.base_url, credentials=f'client_secret = "{wrong}"\n'
     )
     async with open_harness(sf_settings, path) as sf:
         first = await sf.run(operation="search", soql="SELECT Id FROM Account")
@@ -141,11 +138,11 @@ async def test_jwt_bearer_flow(
         jwt_public_key_pem=public_pem,
     )
     (tmp_path / "key.pem").write_text(private_pem)
-    path = tmp_path / "a.toml"
-    path.write_text(
-        f'[accounts.main]\ndefault = true\ninstance_url = "{simulator.base_url}"\n'
-        f'flow = "jwt_bearer"\nclient_id = "{DEFAULT_CLIENT_ID}"\n'
-        f'username = "{DEFAULT_USERNAME}"\nprivate_key_file = "key.pem"\n'
+    path = write_accounts(
+        tmp_path / "a.toml",
+        simulator.base_url,
+        flow="jwt_bearer",
+        credentials=f'username = "{DEFAULT_USERNAME}"\nprivate_key_file = "key.pem"\n',
     )
     async with open_harness(sf_settings, path) as sf:
         result = await sf.run(operation="search", soql="SELECT Id FROM Account")

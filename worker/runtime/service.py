@@ -118,7 +118,9 @@ class RabbitService:
         self._handler = handler
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
-        await channel.set_qos(prefetch_count=self._settings.prefetch, timeout=10)
+        await channel.set_qos(
+            prefetch_count=self._settings.prefetch, timeout=topology.DECLARE_TIMEOUT
+        )
         self._consume_channel = channel
         self._queue = await channel.declare_queue(
             self._settings.request_queue,
