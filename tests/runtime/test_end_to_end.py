@@ -190,12 +190,14 @@ async def test_the_amqp_timestamp_starts_the_budget_without_sent_at(
     )
     assert stale["error"]["code"] == "TIMEOUT"
     assert (await simulator.counters())["requests_total"] == 0
-    # A whole-second timestamp never cuts a short budget by its rounding: send 0.6 s into a
-    # second, so the truncated timestamp is 0.6 s older than the job, twice its 300 ms budget.
-    await asyncio.sleep((0.6 - time.time() % 1) % 1)
+    # A whole-second timestamp never cuts a short budget by its rounding: with the token
+    # already fetched, send 0.8 s into a second, so the truncated timestamp is 0.8 s older than
+    # the job, well past its 500 ms budget.
+    assert (await jobs.call(job("ts-warm", **search)))["status"] == "no_data"
+    await asyncio.sleep((0.8 - time.time() % 1) % 1)
     now = time.time()
     fresh = await jobs.result(
-        await jobs.publish(job("ts-fresh", **{**search, "timeout_ms": 300}), timestamp=now), 10
+        await jobs.publish(job("ts-fresh", **{**search, "timeout_ms": 500}), timestamp=now), 10
     )
     assert fresh["status"] == "no_data"
 
