@@ -22,6 +22,7 @@ from .errors import (
 from .routing import (
     Handler,
     api_version,
+    drop_connection,
     is_control,
     is_rest,
     route_name,
@@ -79,12 +80,6 @@ async def instrument(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
-def _drop(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
 @web.middleware
 async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """REST latency, then the first matching fault rule (respond / drop_before / drop_after)."""
@@ -104,11 +99,11 @@ async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     if rule is None:
         return await handler(request)
     if rule.action == "drop_before":
-        _drop(request)
+        drop_connection(request)
         return web.Response(status=500)
     if rule.action == "drop_after":
         response = await handler(request)
-        _drop(request)
+        drop_connection(request)
         return response
     return rule.response(name)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import SfError, invalid_field, json_parser_error, not_found
@@ -16,6 +18,15 @@ SEEDABLE = frozenset(name.lower() for name in (*SYSTEM_DATES, "IsDeleted"))
 
 def _unique_key(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    data: tuple[
+        dict[str, dict[str, Record]],
+        dict[tuple[str, str], dict[Any, str]],
+        dict[tuple[str, str], int],
+    ]
 
 
 class RecordStore:
@@ -61,6 +72,14 @@ class RecordStore:
         for record in self._records.get(obj.name.lower(), {}).values():
             for fd in obj.fields.values():
                 record.setdefault(fd.name, fd.default)
+
+    # ---- transactions (composite allOrNone) ---------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A copy of every record, index and counter, for restore() to roll back to."""
+        return Snapshot(copy.deepcopy((self._records, self._unique, self._autonumbers)))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self._records, self._unique, self._autonumbers = snapshot.data
 
     # ---- writes ------------------------------------------------------------------------------
     def insert(self, obj: ObjectDef, body: Any, *, seeding: bool = False) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import rest_query, rest_sobjects
+from . import composite, rest_query, rest_sobjects
 from .errors import json_response
-from .routing import MAX_VERSION, MIN_VERSION, add_route, state_of
+from .routing import MAX_VERSION, MIN_VERSION, Handler, Route, V, add_route, state_of
 
-V = r"/services/data/{version:v\d+\.\d+}"
 SEASONS = ("Winter", "Spring", "Summer")
 
 
@@ -33,7 +32,7 @@ async def versions(request: web.Request) -> web.StreamResponse:
 
 async def resources(request: web.Request) -> web.StreamResponse:
     base = f"/services/data/{request.match_info['version']}"
-    names = ("limits", "query", "queryAll", "search", "sobjects")
+    names = ("composite", "limits", "query", "queryAll", "search", "sobjects")
     return json_response({name: f"{base}/{name}" for name in names})
 
 
@@ -60,11 +59,14 @@ async def limits(request: web.Request) -> web.StreamResponse:
     )
 
 
-def register(app: web.Application) -> None:
-    def get(path: str, handler: rest_query.Handler, name: str, slash: bool = True) -> None:
-        add_route(app, "GET", path, handler, name)
+def routes() -> list[Route]:
+    """Every REST route as (method, path, handler, name); trailing-slash twins included."""
+    table: list[Route] = []
+
+    def get(path: str, handler: Handler, name: str, slash: bool = True) -> None:
+        table.append(Route("GET", path, handler, name))
         if slash:
-            add_route(app, "GET", path + "/", handler, name)
+            table.append(Route("GET", path + "/", handler, name))
 
     get("/services/data", versions, "versions")
     get(V, resources, "resources")
@@ -75,11 +77,25 @@ def register(app: web.Application) -> None:
     get(f"{V}/queryAll/{{cursor}}", rest_query.query_more, "query_more", slash=False)
     get(f"{V}/search", rest_query.search, "search")
     sobject = f"{V}/sobjects/{{sobject}}"
-    add_route(app, "POST", sobject, rest_sobjects.create, "sobject_create")
-    add_route(app, "POST", sobject + "/", rest_sobjects.create, "sobject_create")
-    add_route(app, "GET", f"{sobject}/{{id}}", rest_sobjects.get, "sobject_get")
-    add_route(app, "PATCH", f"{sobject}/{{id}}", rest_sobjects.update, "sobject_update")
-    add_route(app, "DELETE", f"{sobject}/{{id}}", rest_sobjects.delete, "sobject_delete")
     by_ext = f"{sobject}/{{field}}/{{value}}"
-    add_route(app, "GET", by_ext, rest_sobjects.get_by_external_id, "sobject_get_by_external_id")
-    add_route(app, "PATCH", by_ext, rest_sobjects.upsert, "sobject_upsert")
+    table += [
+        Route("POST", sobject, rest_sobjects.create, "sobject_create"),
+        Route("POST", sobject + "/", rest_sobjects.create, "sobject_create"),
+        Route("GET", f"{sobject}/{{id}}", rest_sobjects.get, "sobject_get"),
+        Route("PATCH", f"{sobject}/{{id}}", rest_sobjects.update, "sobject_update"),
+        Route("DELETE", f"{sobject}/{{id}}", rest_sobjects.delete, "sobject_delete"),
+        Route("GET", by_ext, rest_sobjects.get_by_external_id, "sobject_get_by_external_id"),
+        Route("PATCH", by_ext, rest_sobjects.upsert, "sobject_upsert"),
+    ]
+    return table
+
+
+def register(app: web.Application) -> None:
+    table = routes()
+    for route in table:
+        add_route(app, route.method, route.path, route.handler, route.name)
+    run = composite.handler(table)
+    add_route(app, "GET", f"{V}/composite", composite.resources, "composite_resources")
+    add_route(app, "GET", f"{V}/composite/", composite.resources, "composite_resources")
+    add_route(app, "POST", f"{V}/composite", run, "composite")
+    add_route(app, "POST", f"{V}/composite/", run, "composite")

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .cursors import clamp_batch
 from .errors import SfError, json_response
-from .routing import Handler, state_of
+from .routing import Handler, SfRequest, state_of
 from .schema import ObjectDef, Record
 from .search import run_sosl
 from .soql import parse_soql
@@ -28,7 +28,7 @@ def url_for(version: str) -> UrlFor:
     return build
 
 
-def _batch_size(request: web.Request) -> int | None:
+def _batch_size(request: SfRequest) -> int | None:
     match = _BATCH_RE.search(request.headers.get("Sforce-Query-Options", ""))
     return clamp_batch(int(match.group(1))) if match else None
 
@@ -53,7 +53,7 @@ def _page(
     return json_response(body)
 
 
-def _statement(request: web.Request, error_code: str, kind: str) -> str:
+def _statement(request: SfRequest, error_code: str, kind: str) -> str:
     """The statement in `q`, or a 400 `error_code` when it is missing or blank."""
     text = request.query.get("q")
     if text is None or not text.strip():
@@ -61,7 +61,7 @@ def _statement(request: web.Request, error_code: str, kind: str) -> str:
     return text
 
 
-async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamResponse:
+async def _run_query(request: SfRequest, include_deleted: bool) -> web.StreamResponse:
     state = state_of(request)
     version = request.match_info["version"]
     result = run_soql(
@@ -75,15 +75,15 @@ async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamR
     return _page(state, version, result.records, 0, batch, None, result.total)
 
 
-async def query(request: web.Request) -> web.StreamResponse:
+async def query(request: SfRequest) -> web.StreamResponse:
     return await _run_query(request, include_deleted=False)
 
 
-async def query_all(request: web.Request) -> web.StreamResponse:
+async def query_all(request: SfRequest) -> web.StreamResponse:
     return await _run_query(request, include_deleted=True)
 
 
-async def query_more(request: web.Request) -> web.StreamResponse:
+async def query_more(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     locator, _, offset = request.match_info["cursor"].rpartition("-")
     cursor = state.cursors.get(locator) if locator else None
@@ -95,7 +95,7 @@ async def query_more(request: web.Request) -> web.StreamResponse:
     return _page(state, version, records, int(offset), batch, locator, len(records))
 
 
-async def search(request: web.Request) -> web.StreamResponse:
+async def search(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     found = run_sosl(
         state.schema,

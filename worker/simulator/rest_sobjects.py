@@ -11,7 +11,7 @@ from aiohttp import web
 from .errors import SfError, json_parser_error, json_response, not_found
 from .ids import normalize_id
 from .rest_query import url_for
-from .routing import api_version, state_of
+from .routing import SfRequest, api_version, state_of
 from .schema import FieldDef, FieldType, ObjectDef, Record
 from .soql_eval import no_column
 from .soql_lexer import located
@@ -20,7 +20,7 @@ from .state import SimulatorState
 UPSERT_200_SINCE = 46
 
 
-def _object(state: SimulatorState, request: web.Request) -> ObjectDef:
+def _object(state: SimulatorState, request: SfRequest) -> ObjectDef:
     obj = state.schema.get(request.match_info["sobject"])
     if obj is None:
         raise not_found()
@@ -36,7 +36,7 @@ def _record_id(obj: ObjectDef, raw: str) -> str:
     return normal
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: SfRequest) -> Any:
     raw = await request.read()
     try:
         return orjson.loads(raw)
@@ -53,11 +53,11 @@ async def _json_body(request: web.Request) -> Any:
         ) from None
 
 
-def _url(request: web.Request, obj: ObjectDef, record_id: str) -> str:
+def _url(request: SfRequest, obj: ObjectDef, record_id: str) -> str:
     return url_for(request.match_info["version"])(obj, record_id)
 
 
-def _selected_fields(request: web.Request, obj: ObjectDef) -> list[FieldDef]:
+def _selected_fields(request: SfRequest, obj: ObjectDef) -> list[FieldDef]:
     spec = request.query.get("fields")
     if spec is None:
         return obj.field_list
@@ -75,28 +75,28 @@ def _selected_fields(request: web.Request, obj: ObjectDef) -> list[FieldDef]:
     return selected
 
 
-def _render(request: web.Request, obj: ObjectDef, record: Record) -> Record:
+def _render(request: SfRequest, obj: ObjectDef, record: Record) -> Record:
     out: Record = {"attributes": {"type": obj.name, "url": _url(request, obj, record["Id"])}}
     for fd in _selected_fields(request, obj):
         out[fd.name] = record.get(fd.name)
     return out
 
 
-async def create(request: web.Request) -> web.StreamResponse:
+async def create(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
     record_id = state.records.insert(obj, await _json_body(request))
     return json_response({"id": record_id, "success": True, "errors": []}, status=201)
 
 
-async def get(request: web.Request) -> web.StreamResponse:
+async def get(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
     record = state.records.live(obj, _record_id(obj, request.match_info["id"]))
     return json_response(_render(request, obj, record))
 
 
-async def update(request: web.Request) -> web.StreamResponse:
+async def update(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
     record_id = _record_id(obj, request.match_info["id"])
@@ -105,7 +105,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-async def delete(request: web.Request) -> web.StreamResponse:
+async def delete(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
     state.records.delete(obj, _record_id(obj, request.match_info["id"]))
@@ -124,7 +124,7 @@ def _external_field(obj: ObjectDef, name: str) -> FieldDef:
 
 
 def _matches(
-    state: SimulatorState, request: web.Request, obj: ObjectDef, fd: FieldDef
+    state: SimulatorState, request: SfRequest, obj: ObjectDef, fd: FieldDef
 ) -> list[Record]:
     value = request.match_info["value"]
     if fd.type is FieldType.ID:
@@ -135,11 +135,11 @@ def _matches(
     return state.records.find_by_external_id(obj, fd, value)
 
 
-def _multiple_choices(request: web.Request, obj: ObjectDef, found: list[Record]) -> web.Response:
+def _multiple_choices(request: SfRequest, obj: ObjectDef, found: list[Record]) -> web.Response:
     return json_response([_url(request, obj, r["Id"]) for r in found], status=300)
 
 
-async def get_by_external_id(request: web.Request) -> web.StreamResponse:
+async def get_by_external_id(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
     fd = _external_field(obj, request.match_info["field"])
@@ -151,7 +151,7 @@ async def get_by_external_id(request: web.Request) -> web.StreamResponse:
     return json_response(_render(request, obj, found[0]))
 
 
-async def upsert(request: web.Request) -> web.StreamResponse:
+async def upsert(request: SfRequest) -> web.StreamResponse:
     state = state_of(request)
     obj = _object(state, request)
     fd = _external_field(obj, request.match_info["field"])

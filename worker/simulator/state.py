@@ -49,6 +49,7 @@ class Limits:
 class Counters:
     token_requests: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
+    subrequests: Counter[str] = field(default_factory=Counter)  # inside composite requests
     queries: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_concurrency: int = 0
@@ -66,6 +67,7 @@ class Counters:
             "token_requests_total": sum(self.token_requests.values()),
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
+            "subrequests": dict(self.subrequests),
             "max_concurrency": self.max_concurrency,
             "in_flight": self.in_flight,
             "queries": list(self.queries),
