@@ -119,6 +119,7 @@ class Worker:
         self.service = RabbitService(settings, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None
+        self._client: SalesforceClient | None = None
         self.fleet = Fleet.create(settings, self.metrics)
         if self.fleet.link is None:
             log.info(
@@ -134,7 +135,7 @@ class Worker:
         await self.fleet.start()
         self._session = create_session(s)
         self._tokens = token_manager(self._session, s, self.metrics, self.fleet.link)
-        client = SalesforceClient(
+        client = self._client = SalesforceClient(
             self._session,
             self._tokens,
             s,
@@ -153,6 +154,8 @@ class Worker:
     async def stop(self) -> None:
         cancelled = await self.service.drain(self.settings.shutdown_grace_seconds)
         await self.service.close()
+        if self._client is not None:
+            await self._client.close()
         if self._tokens is not None:
             await self._tokens.close()
         if self._session is not None:

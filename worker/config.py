@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     token_backoff_initial_seconds: float = Field(default=1.0, gt=0)
     token_backoff_max_seconds: float = Field(default=60.0, gt=0)
     token_timeout_seconds: float = Field(default=5.0, gt=0, description="Token endpoint call")
+    coalesce_wait_ms: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="How long a call waits for others of its account to share a Composite "
+        "request (0: never coalesce)",
+    )
 
     @model_validator(mode="after")
     def _lease_covers_the_token_request(self) -> Settings:
@@ -147,6 +154,7 @@ _PLAIN_KEYS = {
     "max_concurrency",
     "api_reserve_percent",
     "idempotency_fields",
+    "coalesce",
 }
 ACCOUNT_KEYS = (
     _PLAIN_KEYS
@@ -182,6 +190,7 @@ class Account:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     api_reserve_percent: float = DEFAULT_API_RESERVE_PERCENT
     idempotency_fields: Mapping[str, str] = field(default_factory=dict, hash=False)
+    coalesce: bool = True  # concurrent calls may share one Composite request
 
     @property
     def api_base(self) -> str:
@@ -395,6 +404,7 @@ def _parse_account(
         max_concurrency=max_concurrency,
         api_reserve_percent=float(reserve),
         idempotency_fields=_idempotency_fields(name, table.get("idempotency_fields", {})),
+        coalesce=_typed(name, table, "coalesce", bool, True),
     )
 
 

@@ -16,6 +16,7 @@ from worker.contract import ErrorCode, Operation, Status
 REFUSAL_REASONS = ("too_large", "not_json", "not_object", "bad_version", "invalid")
 
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+_COALESCE_BUCKETS = (1, 2, 3, 4, 5, 8, 12, 16, 20, 25)
 _CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -62,6 +63,31 @@ class Metrics:
             "sfworker_salesforce_retries_total",
             "Salesforce calls retried, by reason",
             ["account", "operation", "reason"],
+            registry=r,
+        )
+        self.composite_requests = Counter(
+            "sfworker_composite_requests_total",
+            "Composite requests sent (each one API call carrying several jobs' calls)",
+            ["account"],
+            registry=r,
+        )
+        self.composite_subrequests = Counter(
+            "sfworker_composite_subrequests_total",
+            "Job calls carried inside Composite requests",
+            ["account"],
+            registry=r,
+        )
+        self.coalesced_calls = Histogram(
+            "sfworker_coalesced_calls_per_request",
+            "Job calls per Salesforce request among calls that could be coalesced (1: alone)",
+            ["account"],
+            buckets=_COALESCE_BUCKETS,
+            registry=r,
+        )
+        self.api_calls_saved = Counter(
+            "sfworker_api_calls_saved_total",
+            "API calls not spent thanks to coalescing (calls carried minus requests sent)",
+            ["account"],
             registry=r,
         )
         self.rate_limited = Counter(
@@ -187,6 +213,9 @@ class Metrics:
             for code in ErrorCode:
                 self.jobs.labels(op.value, Status.FAILED.value, code.value)
         for account, flow in accounts:
+            self.composite_requests.labels(account)
+            self.composite_subrequests.labels(account)
+            self.api_calls_saved.labels(account)
             for kind in ("daily", "concurrent", "reserve"):
                 self.rate_limited.labels(account, kind)
             for outcome in ("ok", "error"):

@@ -36,7 +36,9 @@ from worker.contract import (
 )
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
+from worker.salesforce import composite
 from worker.salesforce.binding import bind_soql, bind_sosl
+from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Classified, Verdict, classify
 from worker.salesforce.http import SendState
 from worker.salesforce.oauth import AuthError
@@ -101,6 +103,19 @@ class _Call:
     before_send: BeforeSend | None = None
 
 
+@dataclass(eq=False)
+class _Pending:
+    """One attempt of a call waiting to travel inside a Composite request (coalesce.py)."""
+
+    call: _Call
+    sub: composite.Subrequest
+    abandoned: bool = False  # its job stopped waiting (deadline, cancel): leave it out
+    committed: bool = False  # its request is on its way: the job cannot take it back
+
+
+_Answer = _Response | Exception  # what a coalesced call gets: its answer, or what to raise
+
+
 def _error(code: ErrorCode, message: str, retryable: bool = False) -> ResultError:
     return ResultError(code=code, message=message, retryable=retryable)
 
@@ -131,6 +146,12 @@ class SalesforceClient:
         self.reserve = reserve or ApiReserve(LocalBoard(), metrics)
         self.reserve.attach(self.read_limits)
         self._usage: dict[str, ApiUsage] = {}
+        self._coalescer: Coalescer[_Pending, _Answer] = Coalescer(
+            settings.coalesce_wait_ms / 1000, self._together, metrics
+        )
+
+    async def close(self) -> None:
+        await self._coalescer.close()
 
     def usage(self, account: Account) -> ApiUsage:
         usage = self._usage.get(account.name)
@@ -282,7 +303,7 @@ class SalesforceClient:
         while True:
             self._check_reserve(call)
             try:
-                response = await self._exchange(call, method, url, params, body)
+                response = await self._send(call, method, url, params, body)
             except _Retryable as retry:
                 await self._pause_before_retry(call, retry.reason, retry.error)
                 continue
@@ -326,15 +347,103 @@ class SalesforceClient:
         except TimeoutError:
             raise _timeout_error(call) from None
         except AuthError as exc:
-            raise CallFailed(
-                ResultError(
-                    code=exc.code,
-                    message=exc.message,
-                    retryable=exc.retryable,
-                    salesforce_errors=exc.salesforce_errors(),
-                ),
-                exc.http_status or call.http_status,
-            ) from None
+            raise _auth_failed(call, exc) from None
+
+    async def _send(
+        self,
+        call: _Call,
+        method: str,
+        url: str,
+        params: dict[str, str] | None,
+        body: bytes | None,
+    ) -> _Response:
+        """One attempt of a call: inside a Composite request with other jobs' calls ready at
+        about the same time (coalesce.py), or alone when it finds no company."""
+        sub = composite.Subrequest(method, url, params, body, dict(call.extra_headers))
+        account = call.account
+        if self._coalescer.enabled(account) and composite.supports(account, sub):
+            pending = _Pending(call, sub)
+            query = composite.is_query(account, sub)
+            try:
+                async with asyncio.timeout_at(call.deadline.at):
+                    answer = await self._coalescer.join(
+                        account, pending, deadline=call.deadline, query=query
+                    )
+            except TimeoutError:
+                pending.abandoned = True
+                if pending.committed and not call.idempotent:
+                    raise CallFailed(_outcome_unknown("the deadline passed"), None) from None
+                raise _timeout_error(call) from None
+            except asyncio.CancelledError:
+                pending.abandoned = True
+                raise
+            if isinstance(answer, Exception):
+                raise answer
+            if answer is not None:
+                return answer
+        return await self._exchange(call, method, url, params, body)
+
+    async def _together(self, account: Account, group: list[_Pending]) -> list[_Answer]:
+        """One Composite request carrying calls of several jobs: a slot of the account's cap,
+        the token, each insert's exactly-once marker, send; then each call's own answer, or
+        what the whole request's failure means for each job."""
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        state = SendState()
+        started = 0.0
+        try:
+            async with asyncio.timeout_at(max(p.call.deadline.at for p in group)):
+                async with self._slots.hold(account):
+                    token = await self._tokens.get(account)
+                    headers["Authorization"] = token.bearer
+                    # From here on a job that stops waiting no longer takes its call back.
+                    sent = [p for p in group if not p.abandoned]
+                    if not sent:
+                        return [_timeout_error(p.call) for p in group]
+                    for pending in sent:
+                        pending.committed = True
+                    for pending in sent:
+                        if pending.call.before_send is not None:
+                            await pending.call.before_send()
+                        pending.call.attempts += 1
+                    body = composite.request_body(account, [p.sub for p in sent])
+                    started = time.perf_counter()
+                    async with self._session.post(
+                        f"{account.api_base}/composite",
+                        data=body,
+                        headers=headers,
+                        allow_redirects=False,
+                        trace_request_ctx=state,
+                    ) as response:
+                        raw = await response.read()
+                        status = response.status
+                        limit_info = response.headers.get("Sforce-Limit-Info")
+        except AuthError as exc:
+            return [_auth_failed(p.call, exc) for p in group]
+        except TimeoutError:
+            self._count(account.name, "composite", "timeout", started)
+            return [_lost(p.call, state, "the deadline passed", timeout=True) for p in group]
+        except aiohttp.ClientError as exc:
+            self._count(account.name, "composite", "error", started)
+            lost = f"connection lost ({type(exc).__name__})"
+            return [_lost(p.call, state, lost) for p in group]
+        self._count(account.name, "composite", str(status), started)
+        self._record_usage(account, limit_info)
+        parsed = _decode(raw)
+        answers = composite.answers(parsed, len(sent)) if status == 200 else None
+        if status == 200 and answers is None:
+            return [_lost(p.call, state, "Composite answer unreadable") for p in group]
+        results: list[_Answer] = []
+        each = iter(answers or [])
+        for pending in group:
+            if not pending.committed:
+                results.append(_timeout_error(pending.call))  # its job is gone
+            elif answers is None:
+                # The request failed as a whole (401, the daily limit, 5xx): so did each call.
+                results.append(self._answer(pending.call, status, parsed, token))
+            else:
+                answer = next(each)
+                results.append(self._answer(pending.call, answer.status, answer.body, token))
+        return results
 
     async def _exchange(
         self,
@@ -375,25 +484,19 @@ class SalesforceClient:
                         limit_info = response.headers.get("Sforce-Limit-Info")
         except TimeoutError:
             self._count(account.name, operation, "timeout", started)
-            if state.sent and not call.idempotent:
-                raise CallFailed(
-                    _outcome_unknown("the deadline passed"), call.http_status
-                ) from None
-            raise _timeout_error(call) from None
+            raise _lost(call, state, "the deadline passed", timeout=True) from None
         except aiohttp.ClientError as exc:
             self._count(account.name, operation, "error", started)
             lost = f"connection lost ({type(exc).__name__})"
-            if state.sent and not call.idempotent:
-                raise CallFailed(_outcome_unknown(lost), call.http_status) from None
-            reason = "connection_lost" if state.sent else "connection_failed"
-            raise _Retryable(
-                reason,
-                _error(ErrorCode.SALESFORCE_UNAVAILABLE, f"Salesforce {lost}", True),
-            ) from None
+            raise _lost(call, state, lost) from None
         self._count(account.name, operation, str(status), started)
-        call.http_status = status
         self._record_usage(account, limit_info)
-        parsed = _decode(raw)
+        return self._answer(call, status, _decode(raw), token)
+
+    def _answer(self, call: _Call, status: int, parsed: Any, token: AccessToken) -> _Response:
+        """What Salesforce's answer (to a single call, or to one subrequest) means for the job."""
+        account, operation = call.account, call.operation.value
+        call.http_status = status
         classified = classify(status, parsed, call.operation)
         if classified.code is ErrorCode.RATE_LIMITED:
             kind = "concurrent" if classified.retry_reason == "concurrent_limit" else "daily"
@@ -470,6 +573,32 @@ class _Retryable(Exception):
         super().__init__(error.message)
         self.reason = reason
         self.error = error
+
+
+def _lost(call: _Call, state: SendState | None, what: str, timeout: bool = False) -> Exception:
+    """A request whose answer did not come: an insert that left is OUTCOME_UNKNOWN (never
+    resent); otherwise TIMEOUT at the deadline, or a retry."""
+    sent = state is not None and state.sent
+    if sent and not call.idempotent:
+        return CallFailed(_outcome_unknown(what), call.http_status)
+    if timeout:
+        return _timeout_error(call)
+    return _Retryable(
+        "connection_lost" if sent else "connection_failed",
+        _error(ErrorCode.SALESFORCE_UNAVAILABLE, f"Salesforce: {what}", True),
+    )
+
+
+def _auth_failed(call: _Call, exc: AuthError) -> CallFailed:
+    return CallFailed(
+        ResultError(
+            code=exc.code,
+            message=exc.message,
+            retryable=exc.retryable,
+            salesforce_errors=exc.salesforce_errors(),
+        ),
+        exc.http_status or call.http_status,
+    )
 
 
 def _outcome_unknown(what: str) -> ResultError:
