@@ -51,6 +51,7 @@ async def open_harness(settings: Settings, accounts_file: Path) -> AsyncIterator
     try:
         yield Harness(runner, client, metrics, accounts)
     finally:
+        await client.close()
         await tokens.close()
         await session.close()
 

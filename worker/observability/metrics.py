@@ -16,6 +16,7 @@ from worker.contract import ErrorCode, Operation, Status
 REFUSAL_REASONS = ("too_large", "not_json", "not_object", "bad_version", "invalid")
 
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _COALESCE_BUCKETS = (1, 2, 3, 4, 5, 8, 12, 16, 20, 25)
 _CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -82,6 +83,13 @@ class Metrics:
             "Job calls per Salesforce request among calls that could be coalesced (1: alone)",
             ["account"],
             buckets=_COALESCE_BUCKETS,
+            registry=r,
+        )
+        self.coalesce_wait = Histogram(
+            "sfworker_coalesce_wait_seconds",
+            "How long a call waited for others to share a Composite request with",
+            ["account"],
+            buckets=_WAIT_BUCKETS,
             registry=r,
         )
         self.api_calls_saved = Counter(

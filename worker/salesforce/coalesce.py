@@ -40,6 +40,7 @@ class CoalescerClosed(RuntimeError):
 class _Member(Generic[T, R]):
     item: T
     query: bool
+    joined: float
     # Its answer, or None: no company, send it alone.
     future: asyncio.Future[R | None]
 
@@ -84,13 +85,13 @@ class Coalescer(Generic[T, R]):
         if not self.enabled(account):
             return None
         loop = asyncio.get_running_loop()
-        member: _Member[T, R] = _Member(item, query, loop.create_future())
+        now = loop.time()
+        member: _Member[T, R] = _Member(item, query, now, loop.create_future())
         group = self._open.get(account.name)
         if group is None:
             group = self._open[account.name] = _Group()
             self._accounts[account.name] = account
         group.members.append(member)
-        now = loop.time()
         leave_at = min(now + self._wait, max(now, deadline.at - self._wait))
         if group.full:
             self._leave(account.name)
@@ -124,6 +125,9 @@ class Coalescer(Generic[T, R]):
         if not members:
             return
         account = self._accounts[name]
+        now = asyncio.get_running_loop().time()
+        for member in members:
+            self._metrics.coalesce_wait.labels(name).observe(now - member.joined)
         self._metrics.coalesced_calls.labels(name).observe(len(members))
         if len(members) == 1:
             members[0].future.set_result(None)
