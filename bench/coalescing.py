@@ -1,0 +1,329 @@
+"""Coalescing: Salesforce API calls per 1,000 jobs, and job latency, with coalescing on and off.
+
+Jobs are started at a steady rate (10, 100, 400 per second by default) against the Salesforce
+simulator, running in a separate process with 100 ms of latency on every REST call. Each job goes
+the worker's own path from receipt to result (`JobRunner.run`: deadline, account, client,
+coalescing), wired as in `worker.app`. For each kind of job (phone searches by SOQL, case
+inserts), each rate and each `SFWORKER_COALESCE_WAIT_MS` (0: off; 10: the default) the table shows
+how many API calls the simulator counted, per 1,000 jobs, and the p50/p99 job latency. Every job
+is checked: each search must find exactly its own contact, each insert must create its own case.
+
+Run it with `bench/run coalescing [--rates 10,100,400] [--waits 0,10] [--seconds 10]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.app import token_manager
+from worker.config import Accounts, Settings, parse_accounts
+from worker.contract import BlockResult, parse_job
+from worker.jobs import Incoming, JobRunner
+from worker.observability.metrics import Metrics
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.http import create_session
+from worker.simulator.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+SOQL = "SELECT Id, LastName FROM Contact WHERE Phone = :p"
+KINDS = ("search", "insert")
+# Distinct contacts (phone numbers) the searches cycle over: enough to tell every job's answer
+# from its neighbours', few enough that the simulator's own query time (a scan) stays small.
+CONTACTS = 400
+
+
+# --- the simulator, in its own process -------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def start_simulator() -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "simulator",
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+    except BaseException:
+        await stop_simulator(proc)
+        raise
+    prefix = "simulator listening on "
+    if not line.startswith(prefix):
+        await stop_simulator(proc)
+        raise RuntimeError(f"unexpected first line from the simulator: {line!r}")
+    return proc, line.removeprefix(prefix).strip()
+
+
+async def stop_simulator(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(5):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+# --- one run: a kind of job, a rate, a wait ----------------------------------------------------
+
+
+@dataclass
+class Row:
+    kind: str
+    rate: int
+    wait_ms: int
+    jobs: int
+    api_calls: int
+    composites: int
+    latencies_ms: list[float]
+
+    @property
+    def per_thousand(self) -> float:
+        return self.api_calls * 1000 / self.jobs
+
+    @property
+    def jobs_per_request(self) -> float:
+        return self.jobs / self.api_calls
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def accounts(base_url: str) -> Accounts:
+    table = {
+        "instance_url": base_url,
+        "flow": "client_credentials",
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": DEFAULT_CLIENT_SECRET,
+        "default": True,
+    }
+    return parse_accounts({"accounts": {"bench": table}}, ROOT, allow_insecure_localhost=True)
+
+
+def job_body(kind: str, run_id: str, i: int, phones: list[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"v": 1, "job_id": f"{run_id}-{i}", "timeout_ms": 10_000}
+    if kind == "search":
+        phone = phones[i % len(phones)]
+        return {**body, "operation": "search", "soql": SOQL, "params": {"p": phone}}
+    return {
+        **body,
+        "operation": "insert",
+        "sobject": "Case",
+        "fields": {"Subject": f"{run_id} {i}"},
+    }
+
+
+def check(kind: str, run_id: str, i: int, result: BlockResult) -> str | None:
+    """What is wrong with a job's result, or None."""
+    if result.status != "ok":
+        return f"job {i}: {result.status} {result.error}"
+    if kind == "search":
+        names = [r.get("LastName") for r in result.records or []]
+        own = f"Caller{i % CONTACTS}"
+        if names != [own]:
+            return f"job {i}: found {names}, not its own contact {own}"
+    elif not result.id:
+        return f"job {i}: no id"
+    return None
+
+
+async def one_run(
+    sim: SimulatorClient,
+    accts: Accounts,
+    kind: str,
+    rate: int,
+    wait_ms: int,
+    n: int,
+    phones: list[str],
+) -> Row:
+    settings = Settings(http_port=0, allow_insecure_localhost=True, coalesce_wait_ms=wait_ms)
+    metrics = Metrics()
+    session = create_session(settings)
+    tokens = token_manager(session, settings, metrics)
+    client = SalesforceClient(session, tokens, settings, metrics)
+    runner = JobRunner(accts, client, settings, metrics)
+    run_id = f"{kind}-{rate}-{wait_ms}-{time.time_ns()}"
+
+    async def run(i: int, body: dict[str, Any]) -> tuple[BlockResult, float]:
+        now = time.time()
+        incoming = Incoming(body=b"", received_wall=now, received_mono=time.monotonic())
+        started = time.perf_counter()
+        result = await runner.run(parse_job(body), incoming)
+        return result, (time.perf_counter() - started) * 1000
+
+    try:
+        # Warm up: the token, a connection; not measured.
+        await run(-1, job_body("search", run_id, 0, phones))
+        await sim.reset_counters()
+        used_before = int((await sim.counters())["api_usage"]["used"])
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(run(i, job_body(kind, run_id, i, phones))))
+        done = await asyncio.gather(*tasks)
+        counters = await sim.counters()
+    finally:
+        await client.close()
+        await tokens.close()
+        await session.close()
+    problems = [p for i, (r, _) in enumerate(done) if (p := check(kind, run_id, i, r))]
+    if kind == "insert":
+        ids = {r.id for r, _ in done}
+        if len(ids) != n:
+            problems.append(f"{n} inserts gave {len(ids)} distinct ids")
+    if problems:
+        raise RuntimeError(f"{kind} at {rate}/s, wait {wait_ms} ms: " + "; ".join(problems[:5]))
+    return Row(
+        kind,
+        rate,
+        wait_ms,
+        n,
+        int(counters["api_usage"]["used"]) - used_before,
+        int(counters["requests"].get("composite", 0)),
+        [ms for _, ms in done],
+    )
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> None:
+    print(
+        f"\nsimulator latency {args.latency_ms} ms on every REST call; jobs paced at each rate "
+        f"for {args.seconds:g} s (at most {args.max_jobs} jobs); latency = the worker's path from "
+        "receipt to result (JobRunner.run)\n"
+    )
+    head = (
+        "| jobs | rate/s | wait ms | jobs run | API calls | calls per 1,000 jobs | jobs per call "
+        "| p50 ms | p99 ms | p99 over latency |"
+    )
+    print(head)
+    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+    for r in rows:
+        p50, p99 = r.percentile(0.50), r.percentile(0.99)
+        print(
+            f"| {r.kind}es | {r.rate} | {r.wait_ms} | {r.jobs} | {r.api_calls} "
+            f"| {r.per_thousand:,.0f} | {r.jobs_per_request:.1f} | {p50:.1f} | {p99:.1f} "
+            f"| {p99 - args.latency_ms:+.1f} |".replace("insertes", "inserts")
+        )
+    print()
+    by_key = {(r.kind, r.rate, r.wait_ms): r for r in rows}
+    for r in rows:
+        off = by_key.get((r.kind, r.rate, 0))
+        if r.wait_ms == 0 or off is None:
+            continue
+        saved = 100 * (1 - r.api_calls / off.api_calls) if off.api_calls else 0.0
+        added = r.percentile(0.99) - off.percentile(0.99)
+        print(
+            f"{r.kind} at {r.rate}/s, wait {r.wait_ms} ms: {saved:.0f}% fewer API calls, "
+            f"p99 {added:+.1f} ms vs coalescing off"
+        )
+    print(
+        f"\nPython {platform.python_version()} ({platform.python_implementation()}) on "
+        f"{platform.system()} {platform.machine()}, {len(rows)} runs"
+    )
+
+
+async def run_all(args: argparse.Namespace) -> list[Row]:
+    proc, base_url = await start_simulator()
+    sim = SimulatorClient(base_url)
+    try:
+        await sim.set_latency(args.latency_ms, 0, token_ms=20)
+        await sim.set_daily_limit(1_000_000_000, used=0)
+        phones = [f"+1 415 555 {i:04d}" for i in range(CONTACTS)]
+        await sim.seed(
+            "Contact", [{"LastName": f"Caller{i}", "Phone": p} for i, p in enumerate(phones)]
+        )
+        accts = accounts(base_url)
+        rows = []
+        for kind in args.kinds:
+            for rate in args.rates:
+                n = min(args.max_jobs, max(1, round(rate * args.seconds)))
+                for wait in args.waits:
+                    row = await one_run(sim, accts, kind, rate, wait, n, phones)
+                    rows.append(row)
+                    print(
+                        f"{kind} {rate}/s wait {wait} ms: {row.api_calls} calls for {n} jobs, "
+                        f"p99 {row.percentile(0.99):.1f} ms",
+                        file=sys.stderr,
+                    )
+        return rows
+    finally:
+        await sim.close()
+        await stop_simulator(proc)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of integers") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("a comma-separated list of integers >= 0")
+    return values
+
+
+def _kinds(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in KINDS for v in values):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(KINDS)}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rates", type=_ints, default=[10, 100, 400], help="jobs per second")
+    parser.add_argument("--waits", type=_ints, default=[0, 10], help="SFWORKER_COALESCE_WAIT_MS")
+    parser.add_argument("--kinds", type=_kinds, default=list(KINDS), help="search,insert")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long each run paces")
+    parser.add_argument("--max-jobs", type=int, default=2000, help="jobs per run at most")
+    parser.add_argument("--latency-ms", type=int, default=100, help="simulated REST latency")
+    parser.add_argument("--time-limit", type=float, default=1200.0, help="seconds, then give up")
+    args = parser.parse_args(argv)
+    if any(rate == 0 for rate in args.rates):
+        parser.error("--rates must be above 0")
+
+    async def bounded() -> list[Row]:
+        async with asyncio.timeout(args.time_limit):
+            return await run_all(args)
+
+    rows = asyncio.run(bounded())
+    report(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
