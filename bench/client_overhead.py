@@ -236,7 +236,8 @@ class SfworkerClient(_AsyncClient):
 
     def __init__(self, loop: asyncio.Runner, base_url: str, concurrency: int = 1) -> None:
         super().__init__("sfworker", loop, concurrency)
-        self.settings = Settings(allow_insecure_localhost=True, http_port=0)
+        # One HTTP call per search, like the other clients: coalescing off (bench/coalescing.py).
+        self.settings = Settings(allow_insecure_localhost=True, http_port=0, coalesce_wait_ms=0)
         accounts = parse_accounts(
             {
                 "accounts": {
