@@ -27,12 +27,17 @@ class Permissions:
     read: str
 
 
+def literal(name: str) -> str:
+    """`name` as a regex matching only itself (re.escape without escaping '-', for legibility)."""
+    return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", name)
+
+
 def tenant_permissions(settings: Settings, user: str) -> Permissions:
     """A tenant runtime's user: publish to the request exchange; declare and read its own
     reply queues (server-named `amq.gen-...` ones, which are exclusive to their connection,
     or named `<user>.<anything>`); nothing else."""
-    own = rf"^(amq\.gen-.*|{re.escape(user)}\..*)$"
-    return Permissions(configure=own, write=rf"^{re.escape(settings.request_exchange)}$", read=own)
+    own = rf"^(amq\.gen-.*|{literal(user)}\..*)$"
+    return Permissions(configure=own, write=rf"^{literal(settings.request_exchange)}$", read=own)
 
 
 def worker_permissions(settings: Settings) -> Permissions:
@@ -46,7 +51,7 @@ def worker_permissions(settings: Settings) -> Permissions:
             settings.results_exchange,
         )
     )
-    topology = "|".join(re.escape(name) for name in names)
+    topology = "|".join(literal(name) for name in names)
     return Permissions(
         configure=f"^({topology})$",
         write=rf"^({topology}|amq\.default)$",
