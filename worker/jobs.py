@@ -4,6 +4,7 @@ acking) is runtime/'s job."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from worker.contract import (
     AnyJob,
     BlockResult,
     ErrorCode,
+    InsertJob,
     Operation,
     ResultError,
     Status,
@@ -27,6 +29,8 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
+from worker.stores.base import ResultStore
+from worker.stores.memory import MemoryResultStore
 from worker.tenancy import check, store_key
 
 log = logging.getLogger(__name__)
@@ -145,11 +149,15 @@ class JobRunner:
         client: SalesforceClient,
         settings: Settings,
         metrics: Metrics,
+        store: ResultStore | None = None,
     ) -> None:
         self._accounts = accounts
         self._client = client
         self._settings = settings
         self._metrics = metrics
+        self._store: ResultStore = store or MemoryResultStore(
+            settings.result_cache_size, settings.result_cache_ttl_seconds
+        )
 
     def admit(self, job: AnyJob, incoming: Incoming) -> Admission:
         """Who sent it: the tenancy check (worker/tenancy.py), before the result store, the
@@ -231,8 +239,24 @@ class JobRunner:
                 operation=operation,
                 account=account.name,
             )
+        before_send = None
+        if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
+            # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
+            # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
+            key = store_key(self._accounts, job.tenant, job.job_id)
+            if await self._store.insert_sent(key):
+                return failed(
+                    job.job_id,
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "an earlier delivery of this insert was sent to Salesforce and its worker "
+                    "stopped before answering; Salesforce may or may not have created the "
+                    "record, so it is not sent again",
+                    operation=operation,
+                    account=account.name,
+                )
+            before_send = functools.partial(self._store.mark_insert_sent, key)
         try:
-            outcome = await self._client.execute(job, account, deadline)
+            outcome = await self._client.execute(job, account, deadline, before_send=before_send)
         except BindingError as exc:
             return failed(
                 job.job_id,
