@@ -10,6 +10,7 @@ import pytest
 
 from tests.broker_users import rabbitmqctl_lines, tenant_permissions, worker_permissions
 from worker.app import Worker
+from worker.cli import main
 from worker.config import Accounts, ConfigError, Settings, load_accounts
 from worker.observability.metrics import Metrics
 from worker.tenancy import Reason, Verdict, check, store_key
@@ -188,6 +189,19 @@ def test_the_worker_says_at_start_whether_jobs_are_authenticated_per_tenant(
     assert said == [
         (logging.WARNING, "jobs are not authenticated per tenant"),
         (logging.INFO, "jobs are authenticated per tenant by their RabbitMQ user_id"),
+    ]
+
+
+def test_sfworker_accounts_lists_the_tenants(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(tmp_path, GOOD)
+    monkeypatch.setenv("SFWORKER_ACCOUNTS_FILE", str(tmp_path / "accounts.toml"))
+    assert main(["accounts"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [
+        "tenant acme: amqp_users=rt-acme,rt-acme-ivr",
+        "tenant globex: amqp_users=rt-globex",
     ]
 
 
