@@ -120,9 +120,12 @@ class Worker:
                 extra={"tenants": sorted(self.accounts.tenants)},
             )
         else:
-            log.warning(
+            # A warning where it matters: accounts of several tenants in one fleet.
+            several = len({a.tenant for a in self.accounts.by_name.values()}) > 1
+            log.log(
+                logging.WARNING if several else logging.INFO,
                 "jobs are not authenticated per tenant (no [tenants.NAME] table in the accounts "
-                "file): whoever can publish a job may use any account"
+                "file): whoever can publish a job may use any account",
             )
         self.metrics = Metrics()
         self.metrics.initialise(

@@ -180,6 +180,8 @@ def test_the_worker_says_at_start_whether_jobs_are_authenticated_per_tenant(
 ) -> None:
     caplog.set_level(logging.INFO, logger="worker.app")
     Worker(Settings(http_port=0), load(tmp_path, account("acme", "acme", default=True)))
+    two_tenants = account("acme", "acme", default=True) + account("globex", "globex")
+    Worker(Settings(http_port=0), load(tmp_path, two_tenants))
     Worker(Settings(http_port=0), load(tmp_path, GOOD))
     said = [
         (r.levelno, r.getMessage().split(" (")[0])
@@ -187,6 +189,7 @@ def test_the_worker_says_at_start_whether_jobs_are_authenticated_per_tenant(
         if "per tenant" in r.getMessage()
     ]
     assert said == [
+        (logging.INFO, "jobs are not authenticated per tenant"),
         (logging.WARNING, "jobs are not authenticated per tenant"),
         (logging.INFO, "jobs are authenticated per tenant by their RabbitMQ user_id"),
     ]
