@@ -459,15 +459,13 @@ class SalesforceClient:
         headers = {"Accept": "application/json", **call.extra_headers}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        state = SendState()
+        state = SendState(call.before_send)
         started = 0.0
         try:
             async with asyncio.timeout_at(call.deadline.at):
                 async with self._slots.hold(account):
                     token = await self._token(call)
                     headers["Authorization"] = token.bearer
-                    if call.before_send is not None:
-                        await call.before_send()
                     call.attempts += 1
                     started = time.perf_counter()
                     async with self._session.request(

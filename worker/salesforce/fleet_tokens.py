@@ -43,6 +43,7 @@ from worker.salesforce.tokens import (
     Backoff,
     MemoryTokenManager,
     TokenFetcher,
+    next_generation,
 )
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 
@@ -358,7 +359,7 @@ class FleetAccountTokens:
         except RedisUnavailable:
             # Only this process knows the new tokens now: keep them for the fallback, and the
             # restore hook writes a rotated refresh token back.
-            local = AccessToken(grant.access_token, -1, grant.issued_at)
+            local = AccessToken(grant.access_token, next_generation(), grant.issued_at)
             self._local.adopt(local, rotated)
             self._token = None
             return local
@@ -368,7 +369,7 @@ class FleetAccountTokens:
                 "SFWORKER_TOKEN_LOCK_LEASE_SECONDS or lower SFWORKER_TOKEN_TIMEOUT_SECONDS",
                 extra=self._extra(),
             )
-            token = AccessToken(grant.access_token, -1, grant.issued_at)
+            token = AccessToken(grant.access_token, next_generation(), grant.issued_at)
             self._local.adopt(token, rotated)
             return token
         token = AccessToken(grant.access_token, generation, grant.issued_at, source=FLEET)

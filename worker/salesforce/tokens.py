@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 _generations = itertools.count(1)
 
 
+def next_generation() -> int:
+    """A number for a token this process obtained (local generations)."""
+    return next(_generations)
+
+
 @dataclass(frozen=True)
 class AccessToken:
     value: SecretStr = field(repr=False)

@@ -51,6 +51,8 @@ class Counters:
     requests: Counter[str] = field(default_factory=Counter)
     subrequests: Counter[str] = field(default_factory=Counter)  # inside composite requests
     queries: list[str] = field(default_factory=list)
+    responses: Counter[str] = field(default_factory=Counter)  # REST answers by HTTP status
+    oauth_events: Counter[str] = field(default_factory=Counter)  # revocations, rejections
     in_flight: int = 0
     max_concurrency: int = 0
 
@@ -68,6 +70,8 @@ class Counters:
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
             "subrequests": dict(self.subrequests),
+            "responses": dict(self.responses),
+            "oauth_events": dict(self.oauth_events),
             "max_concurrency": self.max_concurrency,
             "in_flight": self.in_flight,
             "queries": list(self.queries),

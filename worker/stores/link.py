@@ -128,6 +128,10 @@ class RedisLink:
 
     async def _restore(self) -> None:
         """Run the restore hooks (they may use Redis; nothing else does yet), then switch."""
+        # Connections of the pool opened before the outage are dead: drop them all at once, not
+        # one failed command (and one more fallback) each.
+        with contextlib.suppress(Exception):
+            await self.client.connection_pool.disconnect()
         self._restoring = True
         try:
             for hook in self._restore_hooks:
