@@ -18,6 +18,7 @@ import asyncio
 import ctypes
 import platform
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -105,17 +106,39 @@ class Row:
     composites: int
     latencies_ms: list[float]
 
-    @property
-    def per_thousand(self) -> float:
-        return self.api_calls * 1000 / self.jobs
-
-    @property
-    def jobs_per_request(self) -> float:
-        return self.jobs / self.api_calls
-
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Summary:
+    """One configuration over its repeats: the median of each figure."""
+
+    kind: str
+    rate: int
+    wait_ms: int
+    jobs: int
+    api_calls: float
+    p50: float
+    p99: float
+
+    @classmethod
+    def of(cls, runs: list[Row]) -> Summary:
+        first = runs[0]
+        return cls(
+            first.kind,
+            first.rate,
+            first.wait_ms,
+            first.jobs,
+            statistics.median(r.api_calls for r in runs),
+            statistics.median(r.percentile(0.50) for r in runs),
+            statistics.median(r.percentile(0.99) for r in runs),
+        )
+
+    @property
+    def per_thousand(self) -> float:
+        return self.api_calls * 1000 / self.jobs
 
 
 def accounts(base_url: str) -> Accounts:
@@ -220,24 +243,24 @@ async def one_run(
 # --- report ------------------------------------------------------------------------------------
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> None:
+def report(rows: list[Summary], args: argparse.Namespace) -> None:
     print(
         f"\nsimulator latency {args.latency_ms} ms on every REST call; jobs paced at each rate "
         f"for {args.seconds:g} s (at most {args.max_jobs} jobs); latency = the worker's path from "
-        "receipt to result (JobRunner.run)\n"
+        f"receipt to result (JobRunner.run); median of {args.repeat} run(s) per line\n"
     )
     head = (
-        "| jobs | rate/s | wait ms | jobs run | API calls | calls per 1,000 jobs | jobs per call "
-        "| p50 ms | p99 ms | p99 over latency |"
+        "| jobs | rate/s | wait ms | jobs per run | API calls | calls per 1,000 jobs "
+        "| jobs per call | p50 ms | p99 ms | p99 over latency |"
     )
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
     for r in rows:
-        p50, p99 = r.percentile(0.50), r.percentile(0.99)
+        label = "searches" if r.kind == "search" else "inserts"
         print(
-            f"| {r.kind}es | {r.rate} | {r.wait_ms} | {r.jobs} | {r.api_calls} "
-            f"| {r.per_thousand:,.0f} | {r.jobs_per_request:.1f} | {p50:.1f} | {p99:.1f} "
-            f"| {p99 - args.latency_ms:+.1f} |".replace("insertes", "inserts")
+            f"| {label} | {r.rate} | {r.wait_ms} | {r.jobs} | {r.api_calls:g} "
+            f"| {r.per_thousand:,.0f} | {r.jobs / r.api_calls:.1f} | {r.p50:.1f} | {r.p99:.1f} "
+            f"| {r.p99 - args.latency_ms:+.1f} |"
         )
     print()
     by_key = {(r.kind, r.rate, r.wait_ms): r for r in rows}
@@ -246,18 +269,17 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         if r.wait_ms == 0 or off is None:
             continue
         saved = 100 * (1 - r.api_calls / off.api_calls) if off.api_calls else 0.0
-        added = r.percentile(0.99) - off.percentile(0.99)
         print(
             f"{r.kind} at {r.rate}/s, wait {r.wait_ms} ms: {saved:.0f}% fewer API calls, "
-            f"p99 {added:+.1f} ms vs coalescing off"
+            f"p50 {r.p50 - off.p50:+.1f} ms, p99 {r.p99 - off.p99:+.1f} ms vs coalescing off"
         )
     print(
         f"\nPython {platform.python_version()} ({platform.python_implementation()}) on "
-        f"{platform.system()} {platform.machine()}, {len(rows)} runs"
+        f"{platform.system()} {platform.machine()}, {len(rows)} configurations"
     )
 
 
-async def run_all(args: argparse.Namespace) -> list[Row]:
+async def run_all(args: argparse.Namespace) -> list[Summary]:
     proc, base_url = await start_simulator()
     sim = SimulatorClient(base_url)
     try:
@@ -268,19 +290,21 @@ async def run_all(args: argparse.Namespace) -> list[Row]:
             "Contact", [{"LastName": f"Caller{i}", "Phone": p} for i, p in enumerate(phones)]
         )
         accts = accounts(base_url)
-        rows = []
-        for kind in args.kinds:
-            for rate in args.rates:
-                n = min(args.max_jobs, max(1, round(rate * args.seconds)))
-                for wait in args.waits:
-                    row = await one_run(sim, accts, kind, rate, wait, n, phones)
-                    rows.append(row)
-                    print(
-                        f"{kind} {rate}/s wait {wait} ms: {row.api_calls} calls for {n} jobs, "
-                        f"p99 {row.percentile(0.99):.1f} ms",
-                        file=sys.stderr,
-                    )
-        return rows
+        runs: dict[tuple[str, int, int], list[Row]] = {}
+        for repeat in range(args.repeat):
+            for kind in args.kinds:
+                for rate in args.rates:
+                    n = min(args.max_jobs, max(1, round(rate * args.seconds)))
+                    for wait in args.waits:
+                        row = await one_run(sim, accts, kind, rate, wait, n, phones)
+                        runs.setdefault((kind, rate, wait), []).append(row)
+                        print(
+                            f"[{repeat + 1}/{args.repeat}] {kind} {rate}/s wait {wait} ms: "
+                            f"{row.api_calls} calls for {n} jobs, "
+                            f"p99 {row.percentile(0.99):.1f} ms",
+                            file=sys.stderr,
+                        )
+        return [Summary.of(rows) for rows in runs.values()]
     finally:
         await sim.close()
         await stop_simulator(proc)
@@ -311,12 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="how long each run paces")
     parser.add_argument("--max-jobs", type=int, default=2000, help="jobs per run at most")
     parser.add_argument("--latency-ms", type=int, default=100, help="simulated REST latency")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per line (the median)")
     parser.add_argument("--time-limit", type=float, default=1200.0, help="seconds, then give up")
     args = parser.parse_args(argv)
     if any(rate == 0 for rate in args.rates):
         parser.error("--rates must be above 0")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
-    async def bounded() -> list[Row]:
+    async def bounded() -> list[Summary]:
         async with asyncio.timeout(args.time_limit):
             return await run_all(args)
 

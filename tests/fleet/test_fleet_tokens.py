@@ -73,9 +73,10 @@ async def expire_mid_flight(
     await asyncio.gather(*(jobs.publish(body) for body in batch))
 
     async def busy() -> bool:
-        return int((await simulator.counters())["in_flight"]) >= 40
+        # Coalesced: each request in flight carries up to 5 searches (8 requests: ~40 searches).
+        return int((await simulator.counters())["in_flight"]) >= 8
 
-    await wait_until(busy, 30, "40 calls in flight")
+    await wait_until(busy, 30, "40 searches in flight")
     await simulator.expire_sessions()
     return await answers(jobs, batch)
 
