@@ -60,9 +60,36 @@ async def test_a_call_alone_is_handed_back() -> None:
     assert together.groups == []
 
 
+async def test_a_quiet_account_does_not_wait() -> None:
+    together = Recorder()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    alone: Coalescer[str, str] = Coalescer(30.0, together, Metrics())  # a 30 s wait
+    assert await alone.join(ACCOUNT, "first", deadline=far(), query=False) is None
+    # Calls ready at the same moment on a quiet account still go together, at once.
+    burst: Coalescer[str, str] = Coalescer(30.0, together, Metrics())
+    answers = await asyncio.gather(
+        *(burst.join(ACCOUNT, f"b{i}", deadline=far(), query=False) for i in range(3))
+    )
+    assert answers == ["answer b0", "answer b1", "answer b2"]
+    assert loop.time() - started < 5
+
+
+async def test_a_busy_account_waits_for_company() -> None:
+    together = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(0.2, together, Metrics())
+    assert await coalescer.join(ACCOUNT, "before", deadline=far(), query=False) is None
+    first = asyncio.create_task(coalescer.join(ACCOUNT, "a", deadline=far(), query=False))
+    await asyncio.sleep(0.05)  # well inside the 200 ms wait
+    second = await coalescer.join(ACCOUNT, "b", deadline=far(), query=False)
+    assert (await first, second) == ("answer a", "answer b")
+    assert together.groups == [["a", "b"]]
+
+
 async def test_a_pressed_deadline_shortens_the_wait() -> None:
     together = Recorder()
     coalescer: Coalescer[str, str] = Coalescer(30.0, together, Metrics())
+    assert await coalescer.join(ACCOUNT, "before", deadline=far(), query=False) is None  # busy
     loop = asyncio.get_running_loop()
     started = loop.time()
     # 30 s of wait, but the deadline is 30.2 s away: it leaves keeping 30 s of its budget.
@@ -85,6 +112,7 @@ async def test_disabled_per_account_or_with_no_wait() -> None:
 async def test_a_cancelled_call_leaves_its_group() -> None:
     together = Recorder()
     coalescer: Coalescer[str, str] = Coalescer(0.2, together, Metrics())
+    assert await coalescer.join(ACCOUNT, "before", deadline=far(), query=False) is None  # busy
     gone = asyncio.create_task(coalescer.join(ACCOUNT, "gone", deadline=far(), query=False))
     kept = [
         asyncio.create_task(coalescer.join(ACCOUNT, f"k{i}", deadline=far(), query=False))

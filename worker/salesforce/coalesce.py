@@ -1,10 +1,13 @@
 """Coalescing: calls for one account that are ready at about the same time travel together, as
 one Composite request (one API call), instead of one request each.
 
-A call joins its account's open group and waits for company at most `wait`, and never so long
-that less than `wait` of its own deadline is left. The group leaves as soon as it is full (25
-calls, or 5 queries: the limits of the Composite resource) or when the wait of its most pressed
-member ends. A call that found no company is handed back at once, to be sent by its own job as a
+Only a busy account waits: a call that comes less than twice the wait after the account's
+previous call (or while others wait) joins the account's open group and waits for company at
+most `wait`, and never so long that less than `wait` of its own deadline is left. A call to a
+quiet account goes at once, with only the calls ready at the same moment (a burst taken off the
+queue together): at low load nothing waits. The group leaves as soon as it is full
+(25 calls, or 5 queries: the limits of the Composite resource) or when the wait of its most
+pressed member ends. A call that found no company is handed back, to be sent by its own job as a
 single call (no other delay than the wait). A group of two or more is sent by `together`, which
 returns one answer per call, in order; each waiting job gets exactly its own.
 
@@ -72,6 +75,7 @@ class Coalescer(Generic[T, R]):
         self._metrics = metrics
         self._open: dict[str, _Group[T, R]] = {}
         self._accounts: dict[str, Account] = {}
+        self._last_call: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -79,20 +83,25 @@ class Coalescer(Generic[T, R]):
         return self._wait > 0 and account.coalesce and not self._closed
 
     async def join(self, account: Account, item: T, *, deadline: Deadline, query: bool) -> R | None:
-        """Wait for company: the call's answer when it travelled with others, or None when it
-        found none (the caller then sends it alone, now). Cancelling a call that has not left
-        takes it out of its group; one that has left is sent anyway (its answer is dropped)."""
+        """Wait for company: the call's answer when it travelled with others, or None when its
+        account is quiet or it found none (the caller then sends it alone, now). Cancelling a
+        call that has not left takes it out of its group; one that has left is sent anyway (its
+        answer is dropped)."""
         if not self.enabled(account):
             return None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        member: _Member[T, R] = _Member(item, query, now, loop.create_future())
+        previous = self._last_call.get(account.name)
+        self._last_call[account.name] = now
         group = self._open.get(account.name)
+        busy = group is not None or (previous is not None and now - previous < 2 * self._wait)
+        member: _Member[T, R] = _Member(item, query, now, loop.create_future())
         if group is None:
             group = self._open[account.name] = _Group()
             self._accounts[account.name] = account
         group.members.append(member)
-        leave_at = min(now + self._wait, max(now, deadline.at - self._wait))
+        # Quiet: only the calls ready at this very moment go along.
+        leave_at = min(now + self._wait, max(now, deadline.at - self._wait)) if busy else now
         if group.full:
             self._leave(account.name)
         elif leave_at < group.leave_at:
