@@ -74,6 +74,7 @@ async def instrument(request: web.Request, handler: Handler) -> web.StreamRespon
         response = await handler(request)
     finally:
         state.counters.leave()  # a counters reset meanwhile carried in_flight over
+    state.counters.statuses[response.status] += 1
     if LIMIT_HEADER not in response.headers:
         response.headers[LIMIT_HEADER] = limit_info(state, request)
     return response

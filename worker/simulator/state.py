@@ -43,12 +43,16 @@ class Limits:
     used: int = 0
     per_app_used: Counter[str] = field(default_factory=Counter)
     login_rate_per_hour: int = 3600
+    # Largest page of a query answer: Salesforce may return fewer records per page than the
+    # batchSize asked for (wide records); lower it to make every large answer span several pages.
+    query_batch_max: int = 2000
 
 
 @dataclass
 class Counters:
     token_requests: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)  # REST answers by HTTP status
     queries: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_concurrency: int = 0
@@ -66,6 +70,7 @@ class Counters:
             "token_requests_total": sum(self.token_requests.values()),
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "max_concurrency": self.max_concurrency,
             "in_flight": self.in_flight,
             "queries": list(self.queries),
