@@ -22,8 +22,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench.e2e import procs
 from bench.e2e.broker import Broker
 from bench.e2e.procs import ROOT, Child
@@ -31,11 +29,7 @@ from bench.e2e.report import render
 from bench.e2e.runs import Lab
 from bench.e2e.sections import SECTIONS, Counts, run_sections, seed
 from bench.e2e.systems import Context, clear_redis
-from worker.simulator.testing import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    SimulatorClient,
-)
+from worker.simulator.testing import SimulatorClient
 
 PACKAGES = (
     "sfworker",
@@ -142,22 +136,6 @@ def start_simulator() -> tuple[Child, str]:
         time.sleep(0.05)
 
 
-async def fixed_token(sim_url: str) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{sim_url}/services/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": DEFAULT_CLIENT_ID,
-                "client_secret": DEFAULT_CLIENT_SECRET,
-            },
-            timeout=aiohttp.ClientTimeout(total=10),
-        ) as response,
-    ):
-        return str((await response.json())["access_token"])
-
-
 def _version(package: str) -> str:
     try:
         return version(package)
@@ -247,7 +225,6 @@ async def run(args: argparse.Namespace, trials: list[dict[str, Any]], info: dict
             ctx = Context(
                 amqp_url=args.amqp_url,
                 sim_url=sim_url,
-                token=await fixed_token(sim_url),
                 workdir=Path(workdir),
                 run_id=run_id,
                 redis_url=args.redis_url,

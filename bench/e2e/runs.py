@@ -120,7 +120,7 @@ async def throughput_trial(
     """`jobs` wait in the queue before the system starts; jobs/s and CPU are counted from the
     moment all its consumers are up to the last reply. Then, if asked, `paced_jobs` are sent
     at `rate` per second for the end-to-end latency."""
-    await lab.sim.set_latency(latency_ms, token_ms=0)
+    await lab.sim.set_latency(latency_ms, token_ms=latency_ms)
     await lab.sim.reset_counters()
     out: dict[str, Any] = {"system": system.label, "latency_ms": latency_ms, "jobs": jobs}
     ids = _ids(system, jobs)
@@ -167,7 +167,7 @@ async def storm_trial(
 ) -> dict[str, Any]:
     """Warm the system up (its tokens are fetched), then publish `jobs` at once; after the
     100th reply every session expires (when `expire`). Counts token requests and 401s."""
-    await lab.sim.set_latency(latency_ms, token_ms=0)
+    await lab.sim.set_latency(latency_ms, token_ms=latency_ms)
     out: dict[str, Any] = {"system": system.label, "latency_ms": latency_ms, "jobs": jobs}
     await system.prepare(lab.broker)
     try:
@@ -214,7 +214,7 @@ async def sequential_trial(
     lab: Lab, system: System, workload: Workload, latency_ms: int, jobs: int
 ) -> dict[str, Any]:
     """One job at a time (the next is sent when the reply arrived): latency and CPU per record."""
-    await lab.sim.set_latency(latency_ms, token_ms=0)
+    await lab.sim.set_latency(latency_ms, token_ms=latency_ms)
     out: dict[str, Any] = {"system": system.label, "latency_ms": latency_ms, "jobs": jobs}
     await system.prepare(lab.broker)
     try:

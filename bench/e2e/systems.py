@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 import sys
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,25 @@ class Workload:
 class Context:
     amqp_url: str
     sim_url: str
-    token: str  # a fixed access token, for the baseline
     workdir: Path
     run_id: str
     redis_url: str
+
+
+def fetch_token(sim_url: str) -> str:
+    """A client_credentials access token by a plain POST (the baseline's fixed token)."""
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": DEFAULT_CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET,
+        }
+    ).encode()
+    request = urllib.request.Request(  # noqa: S310 - the loopback simulator only
+        f"{sim_url}/services/oauth2/token", data=form, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return str(orjson.loads(response.read())["access_token"])
 
 
 def free_port() -> int:
@@ -127,7 +144,8 @@ class Baseline(System):
             "BENCH_QUEUE": self.queue,
             "BENCH_PREFETCH": str(PREFETCH),
             "BENCH_SIM_URL": self.ctx.sim_url,
-            "BENCH_TOKEN": self.ctx.token,
+            # Fetched now: an earlier token storm expired every session.
+            "BENCH_TOKEN": fetch_token(self.ctx.sim_url),
         }
         argv = [sys.executable, "-m", "bench.e2e.consumers", "baseline"]
         self.children.append(Child("baseline", argv, env))
