@@ -229,7 +229,9 @@ async def run(args: argparse.Namespace, trials: list[dict[str, Any]], info: dict
                 run_id=run_id,
                 redis_url=args.redis_url,
             )
-            await run_sections(lab, ctx, args.chosen, counts, trials.append)
+            results = args.out.parent if args.out else ROOT / ".bench-results"
+            results.mkdir(parents=True, exist_ok=True)
+            await run_sections(lab, ctx, args.chosen, counts, trials.append, results)
         finally:
             procs.kill_all()  # the simulator and any system still running (after an abort)
             await broker.close()

@@ -272,4 +272,32 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
         parts.append(
             "### 6. Redis on and off (sfworker, one process)\n\n" + table(PIPELINE_HEADERS, rows)
         )
+
+    for trial in _select(trials, "profile"):
+        parts.append(render_profile(trial))
     return "\n\n".join(parts)
+
+
+def render_profile(trial: Trial) -> str:
+    prof = trial.get("profile") or {}
+    total = prof.get("samples") or 0
+    if not total:
+        return "### Profile\n\n(no samples: was py-spy allowed to attach?)"
+
+    def pct(count: int) -> str:
+        return f"{100 * count / total:.1f} %"
+
+    areas = [[name, pct(count)] for name, count in prof["areas"]]
+    own = [[name, pct(count)] for name, count in prof["self"][:15]]
+    inclusive = [[name, pct(count)] for name, count in prof["inclusive"][:25]]
+    return (
+        f"### Profile: {trial['system']}, 0 ms latency, {trial['jobs']} jobs\n\n"
+        f"py-spy, {total} samples of the worker's CPU time "
+        f"({_f(trial.get('cpu_s_per_1000'), 2)} CPU s / 1000 jobs); raw stacks in "
+        f"`{trial.get('profile_file')}`.\n\n"
+        + table(["area (innermost match in the stack)", "share of CPU"], areas)
+        + "\n\n"
+        + table(["function (own time)", "share"], own)
+        + "\n\n"
+        + table(["function (including callees)", "share"], inclusive)
+    )

@@ -36,12 +36,12 @@ def percentile(values: list[float], q: float) -> float:
     return values[rank - 1]
 
 
-def _ids(system: System, n: int) -> list[str]:
+def new_ids(system: System, n: int) -> list[str]:
     stem = uuid.uuid4().hex[:8]
     return [f"{system.queue[-12:]}-{stem}-{i}" for i in range(n)]
 
 
-async def _wait(lab: Lab, system: System, replies: Replies, what: str) -> None:
+async def wait_replies(lab: Lab, system: System, replies: Replies, what: str) -> None:
     """Wait for every reply; fail early (with the logs) when a process died."""
     task = asyncio.ensure_future(lab.broker.wait(replies, lab.reply_timeout))
     try:
@@ -55,19 +55,14 @@ async def _wait(lab: Lab, system: System, replies: Replies, what: str) -> None:
         raise
 
 
-async def _started(lab: Lab, system: System) -> None:
-    await system.prepare(lab.broker)
-    system.start()
-
-
-async def _ready(lab: Lab, system: System) -> None:
+async def ready(lab: Lab, system: System) -> None:
     try:
         await lab.broker.wait_consumers(system.queue, system.consumers, START_TIMEOUT)
     except RuntimeError:
         raise RuntimeError(f"{system.label} did not start:\n{system.logs()}") from None
 
 
-async def _finish(lab: Lab, system: System) -> dict[str, Any]:
+async def finish(lab: Lab, system: System) -> dict[str, Any]:
     codes = system.stop()
     left = await lab.broker.depth(system.queue)
     await system.cleanup(lab.broker)
@@ -90,7 +85,7 @@ class _Window:
         self.end = self._sample()
 
     async def open_when_ready(self) -> None:
-        await _ready(self.lab, self.system)
+        await ready(self.lab, self.system)
         self.start = (*self._sample(), len(self.replies.arrived))
 
     def figures(self) -> dict[str, float]:
@@ -123,7 +118,7 @@ async def throughput_trial(
     await lab.sim.set_latency(latency_ms, token_ms=latency_ms)
     await lab.sim.reset_counters()
     out: dict[str, Any] = {"system": system.label, "latency_ms": latency_ms, "jobs": jobs}
-    ids = _ids(system, jobs)
+    ids = new_ids(system, jobs)
     replies = lab.broker.expect(ids, system.check(workload))
     window = _Window(lab, system, replies)
     await system.prepare(lab.broker)
@@ -131,7 +126,7 @@ async def throughput_trial(
         await lab.broker.load(system.queue, ids, system.encode(workload))
         system.start()
         await window.open_when_ready()
-        await _wait(lab, system, replies, "the throughput run")
+        await wait_replies(lab, system, replies, "the throughput run")
         out.update(window.figures())
         out["peak_rss_mb"] = system.rss_mb()
         out["wrong_answers"] = replies.wrong
@@ -140,17 +135,17 @@ async def throughput_trial(
         counters = await lab.sim.counters()
         out["token_requests"] = counters["token_requests_total"]
     finally:
-        out.update(await _finish(lab, system))
+        out.update(await finish(lab, system))
     return out
 
 
 async def _paced(
     lab: Lab, system: System, workload: Workload, latency_ms: int, jobs: int, rate: float
 ) -> dict[str, Any]:
-    ids = _ids(system, jobs)
+    ids = new_ids(system, jobs)
     replies = lab.broker.expect(ids, system.check(workload))
     await lab.broker.paced(system.queue, ids, system.encode(workload), rate)
-    await _wait(lab, system, replies, "the paced run")
+    await wait_replies(lab, system, replies, "the paced run")
     lat = replies.latencies_ms()
     return {
         "rate": rate,
@@ -172,19 +167,19 @@ async def storm_trial(
     await system.prepare(lab.broker)
     try:
         system.start()
-        await _ready(lab, system)
-        warm = _ids(system, 64 * system.consumers)
+        await ready(lab, system)
+        warm = new_ids(system, 64 * system.consumers)
         replies = lab.broker.expect(warm, system.check(workload))
         await lab.broker.load(system.queue, warm, system.encode(workload))
-        await _wait(lab, system, replies, "the warm-up")
+        await wait_replies(lab, system, replies, "the warm-up")
         await lab.sim.reset_counters()
-        ids = _ids(system, jobs)
+        ids = new_ids(system, jobs)
         replies = lab.broker.expect(ids, system.check(workload))
         expired: list[asyncio.Task[None]] = []
         if expire:
             replies.on_count = (100, _later(expired, lab.sim.expire_sessions))
         await lab.broker.load(system.queue, ids, system.encode(workload))
-        await _wait(lab, system, replies, "the storm")
+        await wait_replies(lab, system, replies, "the storm")
         await asyncio.gather(*expired)
         counters = await lab.sim.counters()
         lat = replies.latencies_ms()
@@ -199,7 +194,7 @@ async def storm_trial(
             }
         )
     finally:
-        out.update(await _finish(lab, system))
+        out.update(await finish(lab, system))
     return out
 
 
@@ -219,11 +214,11 @@ async def sequential_trial(
     await system.prepare(lab.broker)
     try:
         system.start()
-        await _ready(lab, system)
-        warm = _ids(system, 3)
+        await ready(lab, system)
+        warm = new_ids(system, 3)
         replies = lab.broker.expect(warm, system.check(workload))
         await lab.broker.one_by_one(system.queue, warm, system.encode(workload), 60)
-        ids = _ids(system, jobs)
+        ids = new_ids(system, jobs)
         replies = lab.broker.expect(ids, system.check(workload))
         cpu0 = system.cpu()
         await lab.broker.one_by_one(system.queue, ids, system.encode(workload), lab.reply_timeout)
@@ -242,5 +237,5 @@ async def sequential_trial(
             }
         )
     finally:
-        out.update(await _finish(lab, system))
+        out.update(await finish(lab, system))
     return out

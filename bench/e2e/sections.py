@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from bench.e2e.profile import profile_trial
 from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
 from bench.e2e.systems import (
     PREFETCH,
@@ -20,7 +22,7 @@ from bench.e2e.systems import (
     Workload,
 )
 
-SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis")
+SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "profile")
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
 LARGE_PAGE = 500
@@ -66,7 +68,7 @@ def _progress(trial: Trial) -> None:
 
 
 async def run_sections(
-    lab: Lab, ctx: Context, chosen: list[str], counts: Counts, record: Record
+    lab: Lab, ctx: Context, chosen: list[str], counts: Counts, record: Record, results: Path
 ) -> None:
     """Run the chosen sections; `record` gets every trial as it ends."""
 
@@ -149,6 +151,11 @@ async def run_sections(
             for make in (lambda: Baseline(ctx, "large-b"), lambda: Sfworker(ctx, "large-s")):
                 run = sequential_trial(lab, make(), LARGE, 0, counts.large_jobs)
                 await trial("large", rep, run)
+
+    if "profile" in chosen:  # once: a profile is read, not averaged
+        out = results / f"profile-{ctx.run_id}.txt"
+        run = profile_trial(lab, Sfworker(ctx, "profile"), SEARCH, counts.jobs, out)
+        await trial("profile", 1, run)
 
 
 async def seed(lab: Lab) -> None:
