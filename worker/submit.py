@@ -1,6 +1,8 @@
 """Publishing block jobs and waiting for their results, as the contact-center runtime does.
 
 Used by `sfworker submit` (an admin's test run of a block), by `sfworker demo`, and by tests.
+Every job carries `user_id`, the RabbitMQ user the connection authenticated as: the broker
+vouches for it, and a worker with tenant tables runs the job for that user's tenant.
 """
 
 from __future__ import annotations
@@ -8,13 +10,29 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
 import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from worker.config import Settings
+
+
+class _Sender(Enum):
+    CONNECTION_USER = "connection user"
+
+
+CONNECTION_USER = _Sender.CONNECTION_USER
+"""`user_id` of a published job: the user the publishing connection authenticated as."""
+
+
+async def connection_user(channel: AbstractChannel) -> str:
+    """The user a channel's connection logged in as: the AMQP URL's, else RabbitMQ's default
+    `guest` (with EXTERNAL authentication, pass the certificate's user to `publish`)."""
+    underlay = await channel.get_underlay_channel()
+    return underlay.connection.url.user or "guest"
 
 
 class JobClient:
@@ -26,6 +44,7 @@ class JobClient:
         self._queue: AbstractQueue | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.results: list[dict[str, Any]] = []
+        self.user = ""
 
     @property
     def reply_queue(self) -> str:
@@ -35,6 +54,7 @@ class JobClient:
     async def start(self, durable_queue: str | None = None) -> None:
         """Consume results on a private exclusive queue, or on a named durable one (which
         survives a broker restart, for callers that must not lose a result)."""
+        self.user = await connection_user(self._channel)
         if durable_queue:
             self._queue = await self._channel.declare_queue(durable_queue, durable=True)
         else:
@@ -56,13 +76,18 @@ class JobClient:
         reply: bool = True,
         message_id: str | None = None,
         timestamp: float | None = None,
+        user_id: str | Literal[_Sender.CONNECTION_USER] | None = CONNECTION_USER,
     ) -> str:
         """Publish one job (a dict, or raw bytes for tests of bad input); returns the
-        correlation id its result will carry."""
+        correlation id its result will carry. `user_id` is the connection's user unless given
+        (None: no user_id at all, for tests of what a worker does without one)."""
         body = job if isinstance(job, bytes) else orjson.dumps(job)
         job_id = job.get("job_id") if isinstance(job, dict) else None
         correlation = correlation_id or (job_id if isinstance(job_id, str) else None)
         correlation = correlation or uuid.uuid4().hex
+        if user_id is CONNECTION_USER:
+            self.user = self.user or await connection_user(self._channel)
+            user_id = self.user
         if reply:
             self._waiting[correlation] = asyncio.get_running_loop().create_future()
         exchange = await self._channel.get_exchange(self._settings.request_exchange, ensure=False)
@@ -74,6 +99,7 @@ class JobClient:
                 correlation_id=correlation,
                 reply_to=self.reply_queue if reply else None,
                 timestamp=time.time() if timestamp is None else timestamp,
+                user_id=user_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=self._settings.request_routing_key,

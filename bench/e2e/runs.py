@@ -187,7 +187,7 @@ async def storm_trial(
             {
                 "expired": expire,
                 "token_requests": counters["token_requests_total"],
-                "unauthorized_401": int(counters.get("statuses", {}).get("401", 0)),
+                "unauthorized_401": int(counters.get("responses", {}).get("401", 0)),
                 "p50_ms": percentile(lat, 50),
                 "p99_ms": percentile(lat, 99),
                 "wrong_answers": replies.wrong,

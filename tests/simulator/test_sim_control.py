@@ -39,7 +39,7 @@ async def test_counters_count_rest_answers_by_status(api: Api, sim: SimulatorCli
     assert (await api.get("limits", token="not-a-session")).status == 401
     await sim.expire_sessions()
     assert (await api.get("limits")).status == 401
-    assert (await sim.counters())["statuses"] == {"200": 1, "401": 2}
+    assert (await sim.counters())["responses"] == {"200": 1, "401": 2}
 
 
 async def test_custom_object_schema(api: Api, sim: SimulatorClient) -> None:

@@ -1,0 +1,85 @@
+"""Results and insert markers shared by the fleet in Redis, with this process's memory store
+behind them for when Redis is down (see link.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+from worker.stores.link import RedisLink, RedisUnavailable, as_text
+from worker.stores.memory import MemoryResultStore
+
+HEARTBEAT_SECONDS = 1.5
+HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
+
+
+class RedisResultStore:
+    """`result:<job_id>` and `insert-sent:<job_id>` keys with the result cache TTL. Every write
+    also lands in memory, so an outage loses nothing this process already knew."""
+
+    def __init__(self, link: RedisLink, memory: MemoryResultStore, ttl: float) -> None:
+        self._link = link
+        self._memory = memory
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self.sender_id = uuid.uuid4().hex[:16]
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Beat `alive:<id>` while this process lives, so the fleet can tell an insert still
+        being answered here from one whose worker died."""
+        self._heartbeat = asyncio.create_task(self._beat(), name="result-store-heartbeat")
+
+    async def _beat(self) -> None:
+        key = self._link.key("alive", self.sender_id)
+        while True:
+            await self._link.attempt(lambda r: r.set(key, b"1", px=HEARTBEAT_TTL_MS))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def get(self, job_id: str) -> bytes | None:
+        key = self._link.key("result", job_id)
+        try:
+            value = await self._link.call(lambda r: r.get(key))
+        except RedisUnavailable:
+            return await self._memory.get(job_id)
+        if value is None:
+            return await self._memory.get(job_id)
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    async def put(self, job_id: str, result: bytes) -> None:
+        await self._memory.put(job_id, result)
+        key = self._link.key("result", job_id)
+        await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
+
+    async def mark_insert_sent(self, job_id: str) -> None:
+        await self._memory.mark_insert_sent(job_id)
+        key, sender = self._link.key("insert-sent", job_id), self.sender_id.encode()
+        await self._link.attempt(lambda r: r.set(key, sender, px=self._ttl_ms))
+
+    async def insert_sender(self, job_id: str) -> str | None:
+        key = self._link.key("insert-sent", job_id)
+        try:
+            sender = as_text(await self._link.call(lambda r: r.get(key)))
+        except RedisUnavailable:
+            sender = None
+        if sender is None or sender == self.sender_id:
+            return await self._memory.insert_sender(job_id) or sender
+        return sender
+
+    async def sender_alive(self, sender: str) -> bool:
+        if sender == self.sender_id:
+            return False  # this process; the consumer joins a run still going here
+        key = self._link.key("alive", sender)
+        try:
+            return bool(await self._link.call(lambda r: r.exists(key)))
+        except RedisUnavailable:
+            return False
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            key = self._link.key("alive", self.sender_id)
+            with contextlib.suppress(Exception):
+                await self._link.attempt(lambda r: r.delete(key))
+        await self._memory.close()
