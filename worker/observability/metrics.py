@@ -83,6 +83,12 @@ class Metrics:
             buckets=_CALL_BUCKETS,
             registry=r,
         )
+        self.token_waits = Counter(
+            "sfworker_token_waits_total",
+            "Jobs that waited on a token request made by another job (single-flight joins)",
+            ["account"],
+            registry=r,
+        )
         self.token_invalidations = Counter(
             "sfworker_token_invalidations_total",
             "Access tokens dropped after 401 INVALID_SESSION_ID",
@@ -122,6 +128,11 @@ class Metrics:
         self.replies_unroutable = Counter(
             "sfworker_replies_unroutable_total",
             "Results the broker could not route (the caller's queue is gone)",
+            registry=r,
+        )
+        self.last_job = Gauge(
+            "sfworker_last_job_timestamp_seconds",
+            "Unix time at which this process last answered a job (0 until the first)",
             registry=r,
         )
         self.results_replayed = Counter(
@@ -174,6 +185,7 @@ class Metrics:
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
+            self.token_waits.labels(account)
         for reason in REFUSAL_REASONS:
             self.invalid_requests.labels(reason)
             self.dead_lettered.labels(reason)

@@ -108,6 +108,8 @@ class _AccountTokens:
                 self._refresh(), name=f"token-refresh:{self.account.name}"
             )
             self._inflight.add_done_callback(_consume_exception)
+        else:
+            self._metrics.token_waits.labels(self.account.name).inc()
         # shield: a job that gives up (its deadline) must not cancel the shared request.
         return await asyncio.shield(self._inflight)
 
