@@ -12,8 +12,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from worker.client import PublishFailed
 from worker.config import ConfigError, Settings, load_accounts
 from worker.observability.logging import configure
+from worker.reach import Unreachable
 
 EXIT_CONFIG = 2
 
@@ -108,9 +110,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     job = _job_from_args(args)
     wait = max(args.wait, job.get("timeout_ms", 8000) / 1000 + 5)
     try:
-        result = asyncio.run(submit_one(settings, job, wait))
+        result = asyncio.run(submit_one(settings, job, wait)).model_dump(mode="json")
     except TimeoutError:
-        print(f"no result within {wait:.0f} s: is a worker running?", file=sys.stderr)
+        print(f"sfworker: no result within {wait:.0f} s: is a worker running?", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sfworker: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (Unreachable, PublishFailed) as exc:
+        print(f"sfworker: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
