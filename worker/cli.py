@@ -160,6 +160,8 @@ def _cmd_accounts(args: argparse.Namespace) -> int:
             f"tenant={account.tenant or '-'} api=v{account.api_version} "
             f"max_concurrency={account.max_concurrency}"
         )
+    for tenant in accounts.tenants.values():
+        print(f"tenant {tenant.name}: amqp_users={','.join(sorted(tenant.amqp_users))}")
     return 0
 
 

@@ -32,7 +32,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from enum import Enum
+from typing import Any, Final, Literal
 
 import aio_pika
 import orjson
@@ -40,12 +41,19 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
 from worker.contract import BlockResult
-from worker.reach import amqp_user, connect_amqp
+from worker.reach import connect_amqp
 
 DEFAULT_EXCHANGE = "salesforce.blocks"
 DEFAULT_ROUTING_KEY = "salesforce.blocks"
 
-__all__ = ["BlockClient", "ClientClosed", "InvalidResult", "PublishFailed"]
+__all__ = [
+    "CONNECTION_USER",
+    "BlockClient",
+    "ClientClosed",
+    "InvalidResult",
+    "PublishFailed",
+    "connection_user",
+]
 
 Job = Mapping[str, Any] | BaseModel | bytes
 
@@ -65,6 +73,26 @@ class PublishFailed(RuntimeError):
 
 class ClientClosed(RuntimeError):
     """The client was closed while a result was awaited."""
+
+
+class _Sender(Enum):
+    CONNECTION_USER = "connection user"
+    CLIENT_SETTING = "client setting"
+
+
+CONNECTION_USER: Final = _Sender.CONNECTION_USER
+"""`user_id` of published jobs: the user the client's connection authenticated as."""
+CLIENT_SETTING: Final = _Sender.CLIENT_SETTING
+"""`user_id` of one publish: whatever the client was created with."""
+
+UserId = str | None | Literal[_Sender.CONNECTION_USER]
+
+
+async def connection_user(channel: AbstractChannel) -> str:
+    """The user a channel's connection logged in as: the AMQP URL's, else RabbitMQ's default
+    `guest` (with EXTERNAL authentication, give the certificate's user as `user_id`)."""
+    underlay = await channel.get_underlay_channel()
+    return underlay.connection.url.user or "guest"
 
 
 def _body(job: Job) -> tuple[bytes, str | None]:
@@ -89,15 +117,16 @@ def _decode(raw: bytes) -> dict[str, Any] | None:
 class BlockClient:
     """Publishes block jobs and matches their results by correlation id.
 
-    `user_id`: the AMQP `user_id` property stamped on every job; it must be the user the
-    channel's connection logged in as (RabbitMQ refuses anything else). None sends no user_id.
+    `user_id`: the AMQP `user_id` property stamped on every job: by default the user the
+    channel's connection logged in as (RabbitMQ refuses any other unless the user is an
+    impersonator); None sends no user_id (tests of raw input).
     """
 
     def __init__(
         self,
         channel: AbstractChannel,
         *,
-        user_id: str | None,
+        user_id: UserId = CONNECTION_USER,
         exchange: str = DEFAULT_EXCHANGE,
         routing_key: str = DEFAULT_ROUTING_KEY,
         publish_timeout: float = 10.0,
@@ -105,6 +134,7 @@ class BlockClient:
     ) -> None:
         self._channel = channel
         self._user_id = user_id
+        self.user = ""  # the connection's user, known after start()
         self._exchange_name = exchange
         self._routing_key = routing_key
         self._publish_timeout = publish_timeout
@@ -138,7 +168,7 @@ class BlockClient:
             channel = await connection.channel(on_return_raises=True)
             client = cls(
                 channel,
-                user_id=amqp_user(amqp_url) if stamp_user_id else None,
+                user_id=CONNECTION_USER if stamp_user_id else None,
                 exchange=exchange,
                 routing_key=routing_key,
                 publish_timeout=publish_timeout,
@@ -148,6 +178,10 @@ class BlockClient:
                 yield client
             finally:
                 await client.close()
+
+    @property
+    def channel(self) -> AbstractChannel:
+        return self._channel
 
     @property
     def reply_queue(self) -> str:
@@ -162,6 +196,9 @@ class BlockClient:
 
     async def start(self, reply_queue: str | None = None) -> None:
         """Consume results: on a private exclusive queue, or on the named durable one."""
+        self.user = await connection_user(self._channel)
+        if self._user_id is CONNECTION_USER:
+            self._user_id = self.user
         if reply_queue:
             self._queue = await self._channel.declare_queue(
                 reply_queue, durable=True, timeout=self._publish_timeout
@@ -195,10 +232,20 @@ class BlockClient:
         expect_reply: bool = True,
         message_id: str | None = None,
         timestamp: float | None = None,
+        user_id: str | Literal[_Sender.CLIENT_SETTING] | None = CLIENT_SETTING,
     ) -> str:
         """Publish one job (a dict, a contract model, or raw bytes) and wait for RabbitMQ's
-        confirm. Returns the correlation id its result will carry."""
+        confirm. Returns the correlation id its result will carry. `user_id` overrides the
+        client's for this job (None: none at all)."""
         body, job_id = _body(job)
+        stamped: str | None
+        if user_id is not CLIENT_SETTING:
+            stamped = user_id
+        elif self._user_id is CONNECTION_USER:
+            stamped = self.user = await connection_user(self._channel)
+            self._user_id = stamped
+        else:
+            stamped = self._user_id
         correlation = correlation_id or job_id or uuid.uuid4().hex
         if expect_reply:
             self._waiting[correlation] = asyncio.get_running_loop().create_future()
@@ -210,7 +257,7 @@ class BlockClient:
             reply_to=self.reply_queue if expect_reply else None,
             timestamp=time.time() if timestamp is None else timestamp,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            user_id=self._user_id,
+            user_id=stamped,
         )
         try:
             exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)

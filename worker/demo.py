@@ -15,7 +15,7 @@ from typing import Any
 from worker.app import Worker
 from worker.client import BlockClient
 from worker.config import Settings
-from worker.reach import amqp_user, connect_amqp, endpoint
+from worker.reach import connect_amqp, endpoint
 from worker.render import render_result, table
 from worker.runtime import topology
 from worker.simulator.testing import (
@@ -188,7 +188,6 @@ async def run_demo(amqp_url: str | None) -> int:
             worker = Worker(settings)
             client = BlockClient(
                 await connection.channel(on_return_raises=True),
-                user_id=amqp_user(url),
                 exchange=settings.request_exchange,
                 routing_key=settings.request_routing_key,
             )

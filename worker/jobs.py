@@ -1,8 +1,11 @@
-"""One block job, top to bottom: read it, check it, check its deadline and account, call
-Salesforce, and say what to answer. RabbitMQ (receiving, replying, acking) is runtime/'s job."""
+"""One block job, top to bottom: read it, check it, check who sent it (the tenant), check its
+deadline and account, call Salesforce, and say what to answer. RabbitMQ (receiving, replying,
+acking) is runtime/'s job."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,7 @@ from worker.contract import (
     AnyJob,
     BlockResult,
     ErrorCode,
+    InsertJob,
     Operation,
     ResultError,
     Status,
@@ -25,7 +29,11 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
+from worker.stores.base import ResultStore
+from worker.stores.memory import MemoryResultStore
+from worker.tenancy import check, store_key
 
+log = logging.getLogger(__name__)
 _OPERATIONS = {op.value for op in Operation}
 
 
@@ -38,6 +46,7 @@ class Incoming:
     correlation_id: str | None = None
     reply_to: str | None = None
     timestamp: float | None = None  # AMQP timestamp, unix seconds
+    user_id: str | None = None  # AMQP user_id, validated by the broker: who published it
     received_wall: float = 0.0
     received_mono: float = 0.0
 
@@ -48,6 +57,17 @@ class Decoded:
 
     job_id: str
     job: AnyJob | None = None
+    refusal: BlockResult | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A valid job after the tenancy check: the job to run (its tenant the publisher's) and
+    the key of its result in the store; or the refusal to answer, and why."""
+
+    job: AnyJob
+    key: str
     refusal: BlockResult | None = None
     reason: str = ""
 
@@ -129,11 +149,44 @@ class JobRunner:
         client: SalesforceClient,
         settings: Settings,
         metrics: Metrics,
+        store: ResultStore | None = None,
     ) -> None:
         self._accounts = accounts
         self._client = client
         self._settings = settings
         self._metrics = metrics
+        self._store: ResultStore = store or MemoryResultStore(
+            settings.result_cache_size, settings.result_cache_ttl_seconds
+        )
+
+    def admit(self, job: AnyJob, incoming: Incoming) -> Admission:
+        """Who sent it: the tenancy check (worker/tenancy.py), before the result store, the
+        account or Salesforce are touched. A refusal is counted and logged here."""
+        verdict = check(self._accounts, incoming.user_id, job.account, job.tenant)
+        if verdict.refused is None:
+            if verdict.tenant != job.tenant:
+                job = job.model_copy(update={"tenant": verdict.tenant})
+            return Admission(job, store_key(self._accounts, verdict.tenant, job.job_id))
+        self._metrics.tenant_refusals.labels(verdict.refused.value, verdict.tenant or "").inc()
+        log.warning(
+            "job refused: not this publisher's tenant or account",
+            extra={
+                "job_id": job.job_id,
+                "reason": verdict.refused.value,
+                "user_id": incoming.user_id or "",
+                "tenant": verdict.tenant or "",
+                "account": job.account or "",
+                "job_tenant": job.tenant or "",
+            },
+        )
+        refusal = failed(
+            job.job_id,
+            ErrorCode.FORBIDDEN_ACCOUNT,
+            verdict.message,
+            operation=Operation(job.operation),
+            account=job.account,
+        )
+        return Admission(job, job.job_id, refusal=refusal, reason=verdict.refused.value)
 
     def deadline(self, job: AnyJob, incoming: Incoming) -> Deadline:
         """The budget counts from sent_at, else the AMQP timestamp, else receipt. An AMQP
@@ -186,8 +239,24 @@ class JobRunner:
                 operation=operation,
                 account=account.name,
             )
+        before_send = None
+        if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
+            # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
+            # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
+            key = store_key(self._accounts, job.tenant, job.job_id)
+            if await self._store.insert_sent(key):
+                return failed(
+                    job.job_id,
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "an earlier delivery of this insert was sent to Salesforce and its worker "
+                    "stopped before answering; Salesforce may or may not have created the "
+                    "record, so it is not sent again",
+                    operation=operation,
+                    account=account.name,
+                )
+            before_send = functools.partial(self._store.mark_insert_sent, key)
         try:
-            outcome = await self._client.execute(job, account, deadline)
+            outcome = await self._client.execute(job, account, deadline, before_send=before_send)
         except BindingError as exc:
             return failed(
                 job.job_id,

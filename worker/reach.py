@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq.exceptions
@@ -31,15 +31,6 @@ def endpoint(url: str) -> str:
         return "?"
     host = parts.hostname or "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def amqp_user(url: str) -> str:
-    """The user an AMQP URL logs in as (RabbitMQ's default `guest` when the URL names none)."""
-    try:
-        username = urlsplit(url).username
-    except ValueError:
-        username = None
-    return unquote(username) if username else "guest"
 
 
 def _reason(exc: BaseException) -> str:

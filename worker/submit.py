@@ -1,29 +1,35 @@
 """`sfworker submit` (an admin's test run of a block) and `JobClient`, the tests' view of
 `worker.client.BlockClient` that keeps results as plain dicts (every one received in `results`).
+
+Every job carries `user_id`, the RabbitMQ user the connection authenticated as: the broker
+vouches for it, and a worker with tenant tables runs the job for that user's tenant.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aio_pika.abc import AbstractChannel
 
-from worker.client import BlockClient
+from worker.client import (
+    CLIENT_SETTING,
+    CONNECTION_USER,
+    BlockClient,
+    _Sender,
+    connection_user,
+)
 from worker.config import Settings
 from worker.contract import BlockResult
-from worker.reach import amqp_user
+
+__all__ = ["CONNECTION_USER", "JobClient", "connection_user", "submit_one"]
 
 
 class JobClient:
     """BlockClient on the settings' topology, answering raw result dicts."""
 
-    def __init__(
-        self, channel: AbstractChannel, settings: Settings, *, stamp_user_id: bool = True
-    ) -> None:
-        url = settings.amqp_url.get_secret_value()
+    def __init__(self, channel: AbstractChannel, settings: Settings) -> None:
         self.client = BlockClient(
             channel,
-            user_id=amqp_user(url) if stamp_user_id else None,
             exchange=settings.request_exchange,
             routing_key=settings.request_routing_key,
             publish_timeout=settings.publish_timeout_seconds,
@@ -35,7 +41,14 @@ class JobClient:
     def reply_queue(self) -> str:
         return self.client.reply_queue
 
+    @property
+    def user(self) -> str:
+        """The user the connection authenticated as (known after start())."""
+        return self.client.user
+
     async def start(self, durable_queue: str | None = None) -> None:
+        """Consume results on a private exclusive queue, or on a named durable one (which
+        survives a broker restart, for callers that must not lose a result)."""
         await self.client.start(durable_queue)
 
     async def publish(
@@ -46,15 +59,18 @@ class JobClient:
         reply: bool = True,
         message_id: str | None = None,
         timestamp: float | None = None,
+        user_id: str | Literal[_Sender.CONNECTION_USER] | None = CONNECTION_USER,
     ) -> str:
         """Publish one job (a dict, or raw bytes for tests of bad input); returns the
-        correlation id its result will carry."""
+        correlation id its result will carry. `user_id` is the connection's user unless given
+        (None: no user_id at all, for tests of what a worker does without one)."""
         return await self.client.publish(
             job,
             correlation_id=correlation_id,
             expect_reply=reply,
             message_id=message_id,
             timestamp=timestamp,
+            user_id=CLIENT_SETTING if user_id is CONNECTION_USER else user_id,
         )
 
     async def result(self, correlation_id: str, wait: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker.contract import ErrorCode, Operation, Status
+from worker.tenancy import Reason
 
 # Why a message was refused before execution (jobs.decode): metric label values.
 REFUSAL_REASONS = ("too_large", "not_json", "not_object", "bad_version", "invalid")
@@ -66,7 +67,8 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "sfworker_rate_limited_total",
-            "Salesforce REQUEST_LIMIT_EXCEEDED answers, by kind (daily or concurrent)",
+            "Jobs refused for the API limit, by kind: daily or concurrent (Salesforce's "
+            "REQUEST_LIMIT_EXCEEDED), reserve (held back by api_reserve_percent, not sent)",
             ["account", "kind"],
             registry=r,
         )
@@ -85,7 +87,7 @@ class Metrics:
         )
         self.token_waits = Counter(
             "sfworker_token_waits_total",
-            "Jobs that waited on a token request made by another job (single-flight joins)",
+            "Jobs that waited on a token request made by another job or another worker",
             ["account"],
             registry=r,
         )
@@ -149,6 +151,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.tenant_refusals = Counter(
+            "sfworker_tenant_refusals_total",
+            "Jobs refused FORBIDDEN_ACCOUNT by tenant isolation, by reason and the publisher's "
+            "tenant ('' when unknown)",
+            ["reason", "tenant"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "sfworker_dead_lettered_total",
             "Messages sent to the dead-letter queue by this worker",
@@ -160,6 +169,17 @@ class Metrics:
             "Unexpected errors while handling a delivery (the message is requeued)",
             registry=r,
         )
+        self.redis_fallback = Gauge(
+            "sfworker_redis_fallback",
+            "1 while Redis is configured but unreachable (the worker uses in-process state)",
+            registry=r,
+        )
+        self.limits_probes = Counter(
+            "sfworker_limits_probes_total",
+            "Reads of Salesforce /limits (first use of an account, or while it is held back)",
+            ["account", "outcome"],
+            registry=r,
+        )
         self.amqp_reconnects = Counter(
             "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
         )
@@ -169,9 +189,9 @@ class Metrics:
             registry=r,
         )
 
-    def initialise(self, accounts: Iterable[tuple[str, str]]) -> None:
+    def initialise(self, accounts: Iterable[tuple[str, str]], tenants: Iterable[str] = ()) -> None:
         """Create the label sets up front so dashboards and rate() see zeros, not gaps.
-        `accounts` are (name, flow) pairs."""
+        `accounts` are (name, flow) pairs, `tenants` the names of the tenant tables."""
         for op in Operation:
             for status in Status:
                 self.job_duration.labels(op.value, status.value)
@@ -180,14 +200,23 @@ class Metrics:
             for code in ErrorCode:
                 self.jobs.labels(op.value, Status.FAILED.value, code.value)
         for account, flow in accounts:
-            for kind in ("daily", "concurrent"):
+            for kind in ("daily", "concurrent", "reserve"):
                 self.rate_limited.labels(account, kind)
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
             self.token_waits.labels(account)
+            for outcome in ("ok", "error"):
+                self.limits_probes.labels(account, outcome)
         for reason in REFUSAL_REASONS:
             self.invalid_requests.labels(reason)
             self.dead_lettered.labels(reason)
+        for why in Reason:
+            self.dead_lettered.labels(why.value)
+        self.tenant_refusals.labels(Reason.NO_USER_ID.value, "")
+        self.tenant_refusals.labels(Reason.UNKNOWN_USER.value, "")
+        for tenant in tenants:
+            self.tenant_refusals.labels(Reason.TENANT_MISMATCH.value, tenant)
+            self.tenant_refusals.labels(Reason.FOREIGN_ACCOUNT.value, tenant)
         for destination in ("reply_to", "results_exchange"):
             self.results_published.labels(destination)
