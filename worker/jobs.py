@@ -4,6 +4,7 @@ acking) is runtime/'s job."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -35,6 +36,7 @@ from worker.tenancy import check, store_key
 
 log = logging.getLogger(__name__)
 _OPERATIONS = {op.value for op in Operation}
+_SENDER_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,19 @@ class JobRunner:
         self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 
+    async def _result_of_sender(
+        self, key: str, sender: str, deadline: Deadline
+    ) -> BlockResult | None:
+        """The result of an earlier delivery still running in another live worker (its channel
+        died, the broker redelivered the job here): wait for it within the deadline."""
+        while True:
+            stored = await self._store.get(key)
+            if stored is not None:
+                return BlockResult.model_validate_json(stored)
+            if deadline.remaining() <= _SENDER_POLL or not await self._store.sender_alive(sender):
+                return None
+            await asyncio.sleep(_SENDER_POLL)
+
     async def run(self, job: AnyJob, incoming: Incoming) -> BlockResult:
         operation = Operation(job.operation)
         deadline = self.deadline(job, incoming)
@@ -244,7 +259,11 @@ class JobRunner:
             # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
             # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
             key = store_key(self._accounts, job.tenant, job.job_id)
-            if await self._store.insert_sent(key):
+            sender = await self._store.insert_sender(key)
+            if sender is not None:
+                earlier = await self._result_of_sender(key, sender, deadline)
+                if earlier is not None:
+                    return earlier
                 return failed(
                     job.job_id,
                     ErrorCode.OUTCOME_UNKNOWN,
