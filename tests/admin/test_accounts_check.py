@@ -40,8 +40,8 @@ async def test_a_working_account_shows_user_org_and_api_usage(
     done = await sfworker("accounts", "check", "main", env=env_for(accounts))
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    # The check's own /limits call is one more request of the org's day.
-    assert "12,346 of 67,890 (18%)" in out
+    # Usage as it stood before the check's own /limits call.
+    assert "12,345 of 67,890 (18%)" in out
     assert DEFAULT_USERNAME in out
     assert simulator.state.org_id in out
     assert "client_credentials" in out
@@ -51,7 +51,8 @@ async def test_a_working_account_shows_user_org_and_api_usage(
     as_json = await sfworker("accounts", "check", "--json", env=env_for(accounts))
     assert as_json.returncode == 0
     [report] = json.loads(as_json.stdout)
-    assert report["api_usage"] == {"used": 12_347, "limit": 67_890, "percent": 18}
+    # The first check's /limits call is part of the org's usage now.
+    assert report["api_usage"] == {"used": 12_346, "limit": 67_890, "percent": 18}
     assert (report["username"], report["org_id"]) == (DEFAULT_USERNAME, simulator.state.org_id)
     assert report["user_id"].startswith("005")
 
@@ -114,3 +115,35 @@ async def test_objects_name_the_blocks_that_will_fail(
     assert case["verdict"] == (
         "read only: Insert, Update, Upsert and Delete blocks on Case will fail"
     )
+
+
+async def test_a_check_of_a_rotating_fleet_account_never_spends_the_fleets_refresh_token(
+    simulator: SimulatorClient, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """With refresh-token rotation and a fleet whose workers already rotated the token, a check
+    refreshes with the fleet's newest token under its lock and stores the rotated one: the
+    chain is never revoked, and the fleet can go on refreshing."""
+    from worker.simulator.testing import DEFAULT_REFRESH_TOKEN
+
+    await simulator.set_client(
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        rotation=True,
+        refresh_tokens=[DEFAULT_REFRESH_TOKEN],
+    )
+    accounts = write_accounts(tmp_path / "accounts.toml", simulator.base_url, flow="refresh_token")
+    env = {
+        **env_for(accounts),
+        "SFWORKER_REDIS_URL": redis_url,
+        "SFWORKER_REDIS_PREFIX": redis_prefix,
+    }
+    for _ in range(3):  # the file's token is rotated out after the first
+        done = await sfworker("accounts", "check", "main", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert_no_secret(done.stdout + done.stderr)
+    counters = await simulator.counters()
+    assert counters["token_requests"] == {"refresh_token": 3}
+    assert counters["oauth_events"] == {}  # no replay, no revocation
+    valid = await simulator.refresh_tokens(DEFAULT_CLIENT_ID)
+    assert len(valid) == 1
+    assert valid != [DEFAULT_REFRESH_TOKEN]

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from pydantic import SecretStr
 
 from worker.admin.hints import auth_hint
 from worker.admin.org import (
@@ -26,12 +27,15 @@ from worker.admin.org import (
     identity,
     object_access,
 )
-from worker.config import Account, Accounts, ConfigError, Settings
+from worker.config import Account, Accounts, ConfigError, Flow, Settings
 from worker.contract import ErrorCode
+from worker.observability.metrics import Metrics
 from worker.reach import endpoint
 from worker.render import table
+from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, request_token
+from worker.stores.link import RedisLink, RedisUnavailable
 
 CONCURRENT_ACCOUNTS = 4
 
@@ -97,17 +101,48 @@ def verdict(access: ObjectAccess) -> str:
     return f"{reason}: {_join(failing)} blocks on {access.name} will fail"
 
 
-async def _token(session: aiohttp.ClientSession, account: Account, within: float) -> Grant:
+async def _token(
+    session: aiohttp.ClientSession, account: Account, within: float, fleet: RedisLink | None
+) -> Grant:
+    if fleet is not None and account.flow is Flow.REFRESH_TOKEN:
+        return await _fleet_token(session, account, within, fleet)
     async with asyncio.timeout(within):
         return await request_token(session, account, refresh_token=account.refresh_token)
 
 
+async def _fleet_token(
+    session: aiohttp.ClientSession, account: Account, within: float, fleet: RedisLink
+) -> Grant:
+    """A refresh-token account of a fleet: refresh under the fleet's lock with its newest refresh
+    token, and store a rotated one for the workers (never spend theirs)."""
+    grants: list[Grant] = []
+
+    async def fetch(account: Account, refresh_token: SecretStr | None) -> Grant:
+        grants.append(await request_token(session, account, refresh_token=refresh_token))
+        return grants[-1]
+
+    tokens = RedisTokenManager(fleet, fetch, Metrics(), request_timeout=within)
+    try:
+        await tokens.state(account).refresh_now()
+    except RedisUnavailable:
+        raise AuthError(
+            f"Redis ({fleet.where}) does not answer: the fleet's refresh token is there, and "
+            "refreshing with the accounts file's one could revoke it; check Redis first",
+            code=ErrorCode.SALESFORCE_UNAVAILABLE,
+        ) from None
+    return grants[-1]
+
+
 async def check_account(
-    session: aiohttp.ClientSession, account: Account, objects: list[str], within: float
+    session: aiohttp.ClientSession,
+    account: Account,
+    objects: list[str],
+    within: float,
+    fleet: RedisLink | None = None,
 ) -> AccountReport:
     report = AccountReport(account)
     try:
-        grant = await _token(session, account, within)
+        grant = await _token(session, account, within, fleet)
     except TimeoutError:
         report.status = "UNREACHABLE"
         report.hint = (
@@ -128,7 +163,7 @@ async def check_account(
             report.error, report.error_description = exc.error, exc.description
             report.hint = auth_hint(account, exc.error, exc.description)
         return report
-    if grant.refresh_token is not None:
+    if grant.refresh_token is not None and fleet is None:
         report.warnings.append(
             "Salesforce rotated the refresh token: the one in the accounts file is spent now; "
             f"run `sfworker accounts authorize {account.name}` before the workers need it"
@@ -158,15 +193,26 @@ async def check_accounts(
     within = settings.token_timeout_seconds
     limit = asyncio.Semaphore(CONCURRENT_ACCOUNTS)
     session = create_session(settings)
+    fleet = None
+    if settings.redis_url is not None:
+        fleet = RedisLink(
+            settings.redis_url.get_secret_value(),
+            settings.redis_prefix,
+            Metrics(),
+            timeout=settings.redis_timeout_seconds,
+        )
+        await fleet.start()
 
     async def one(account: Account) -> AccountReport:
         async with limit:
-            return await check_account(session, account, objects, within)
+            return await check_account(session, account, objects, within, fleet)
 
     try:
         return list(await asyncio.gather(*(one(a) for a in accounts)))
     finally:
         await session.close()
+        if fleet is not None:
+            await fleet.close()
 
 
 def select(accounts: Accounts, name: str | None) -> list[Account]:

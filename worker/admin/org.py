@@ -106,7 +106,9 @@ async def api_usage(
         raise OrgError(f"/limits: {_error_text(status, raw)}")
     daily = orjson.loads(raw).get("DailyApiRequests") or {}
     limit, remaining = int(daily.get("Max", 0)), int(daily.get("Remaining", 0))
-    return ApiUsage(used=limit - remaining, limit=limit)
+    # The /limits call counts itself (every REST call but the versions list does): report the
+    # org's usage as it stood before this check, i.e. what the org's own traffic used.
+    return ApiUsage(used=max(0, limit - remaining - 1), limit=limit)
 
 
 async def object_access(
