@@ -47,6 +47,7 @@ async def open_harness(
     """A Harness on the accounts of `accounts_file`, wired as in worker.app; closed on exit."""
     accounts = load_accounts(accounts_file, allow_insecure_localhost=True)
     metrics = Metrics()
+    metrics.initialise((a.name, a.flow.value) for a in accounts.by_name.values())
     session = create_session(settings)
     tokens = token_manager(session, settings, metrics)
     client = SalesforceClient(session, tokens, settings, metrics)
