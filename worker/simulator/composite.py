@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
-from . import rest_query, rest_sobjects
+from . import rest_describe, rest_query, rest_sobjects
 from .composite_refs import REFERENCE_ID_RE, References, Unresolved
 from .errors import SfError, json_response, not_found
 from .routing import Handler, Route, SfHandler, drop_connection, state_of
@@ -33,8 +33,8 @@ from .routing import Handler, Route, SfHandler, drop_connection, state_of
 MAX_SUBREQUESTS = 25
 MAX_QUERIES = 5
 QUERY_ROUTES = frozenset({"query", "query_all", "query_more"})
-# The resources a subrequest may reach (sObject rows and rows by external id, query, queryAll,
-# query more); everything else (search, limits, versions, composite itself) is refused.
+# The resources a subrequest may reach (sObject rows, rows by external id and describe, query,
+# queryAll, query more); everything else (search, limits, versions, composite itself) is refused.
 HANDLERS: dict[str, SfHandler] = {
     "query": rest_query.query,
     "query_all": rest_query.query_all,
@@ -45,6 +45,7 @@ HANDLERS: dict[str, SfHandler] = {
     "sobject_delete": rest_sobjects.delete,
     "sobject_get_by_external_id": rest_sobjects.get_by_external_id,
     "sobject_upsert": rest_sobjects.upsert,
+    "sobject_describe": rest_describe.describe,
 }
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _INHERITED_HEADERS = frozenset({"accept", "authorization", "content-type"})
@@ -287,7 +288,10 @@ class _Run:
             path=parts.path,
             match_info=match.params,
             query=query,
-            headers=CIMultiDict(sub.headers),
+            # Subrequests run as the composite request's user: its Authorization is theirs.
+            headers=CIMultiDict(
+                {**sub.headers, "Authorization": self._request.headers.get("Authorization", "")}
+            ),
             body=orjson.dumps(body) if sub.has_body else b"",
         )
         try:

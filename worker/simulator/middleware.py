@@ -21,6 +21,7 @@ from .errors import (
 )
 from .routing import (
     Handler,
+    SfRequest,
     api_version,
     drop_connection,
     is_control,
@@ -35,7 +36,7 @@ LIMIT_HEADER = "Sforce-Limit-Info"
 QUERY_ROUTES = frozenset({"query", "query_all", "search"})
 
 
-def bearer_token(request: web.Request) -> str | None:
+def bearer_token(request: SfRequest) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() not in ("bearer", "oauth") or not token.strip():

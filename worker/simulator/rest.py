@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import composite, rest_query, rest_sobjects
+from . import composite, rest_describe, rest_query, rest_sobjects
 from .errors import json_response
 from .routing import MAX_VERSION, MIN_VERSION, Handler, Route, V, add_route, state_of
 
@@ -77,6 +77,7 @@ def routes() -> list[Route]:
     get(f"{V}/queryAll/{{cursor}}", rest_query.query_more, "query_more", slash=False)
     get(f"{V}/search", rest_query.search, "search")
     sobject = f"{V}/sobjects/{{sobject}}"
+    get(f"{sobject}/describe", rest_describe.describe, "sobject_describe")
     by_ext = f"{sobject}/{{field}}/{{value}}"
     table += [
         Route("POST", sobject, rest_sobjects.create, "sobject_create"),
