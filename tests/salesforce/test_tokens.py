@@ -4,6 +4,7 @@ compare-and-invalidate after 401s, rotation without revocation, errors without s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,19 @@ async def test_500_concurrent_searches_cause_one_token_request_each_time(
     assert invalidated == 1
 
 
+@pytest.fixture
+async def sf_alone(sf_settings: Settings, account_file: Path) -> AsyncIterator[Harness]:
+    """Coalescing off: every job makes its own call (and reads the token itself)."""
+    async with open_harness(
+        sf_settings.model_copy(update={"coalesce_wait_ms": 0}), account_file
+    ) as h:
+        yield h
+
+
 async def test_jobs_that_join_another_jobs_token_request_are_counted_as_waits(
-    sf: Harness, simulator: SimulatorClient
+    sf_alone: Harness, simulator: SimulatorClient
 ) -> None:
+    sf = sf_alone
     waits = {"account": "main"}
     assert sf.metrics.registry.get_sample_value("sfworker_token_waits_total", waits) == 0
     await simulator.set_latency(0, token_ms=500)
