@@ -31,10 +31,14 @@ async def paced(
     harness: Harness, jobs: list[dict[str, Any]], per_second: float
 ) -> list[BlockResult]:
     """Start the jobs at a steady rate (as a busy contact center sends them); all results."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     tasks = []
-    for job in jobs:
+    for i, job in enumerate(jobs):
+        ahead = start + i / per_second - loop.time()  # on schedule, whatever sleep overshoots
+        if ahead > 0:
+            await asyncio.sleep(ahead)
         tasks.append(asyncio.create_task(harness.run(**job)))
-        await asyncio.sleep(1 / per_second)
     return list(await asyncio.gather(*tasks))
 
 
