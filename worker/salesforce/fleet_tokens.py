@@ -199,9 +199,16 @@ class FleetAccountTokens:
         """After an outage: a refresh token the local manager rotated meanwhile is the only live
         one; put it where the fleet reads it."""
         rotated = self._local.refresh_token
-        if rotated is None or rotated == self._latest_refresh:
+        if rotated is None or self.account.flow is not Flow.REFRESH_TOKEN:
             return
         key, value, seed = self._keys["refresh"], rotated.get_secret_value(), self._seed
+        if rotated == self._latest_refresh:
+            # Nothing rotated here meanwhile; but a Redis that came back empty (restarted
+            # without persistence) would send the fleet back to the file's rotated-out token.
+            if rotated == self.account.refresh_token:
+                return
+            if await self._link.call(lambda r: r.hexists(key, "value")):
+                return
         await self._link.call(lambda r: r.hset(key, mapping={"value": value, "seed": seed}))
         self._latest_refresh = rotated
         log.warning(
@@ -341,8 +348,6 @@ class FleetAccountTokens:
     async def _publish(self, holder: str, grant: Grant) -> AccessToken:
         """Write the new token (and a rotated refresh token) for the fleet, fenced by the lock."""
         rotated = grant.refresh_token
-        if rotated is not None:
-            self._latest_refresh = rotated
         k = self._keys
         keys = [k["lock"], k["token"], k["gen"], k["refresh"], k["error"], k["failures"]]
         args: list[str | int] = [
@@ -372,6 +377,9 @@ class FleetAccountTokens:
             token = AccessToken(grant.access_token, next_generation(), grant.issued_at)
             self._local.adopt(token, rotated)
             return token
+        if rotated is not None:
+            # Only now is it the fleet's: had the write failed, the restore hook writes it back.
+            self._latest_refresh = rotated
         token = AccessToken(grant.access_token, generation, grant.issued_at, source=FLEET)
         self._token = token
         self._local.adopt(token, rotated)
