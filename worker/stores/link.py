@@ -21,9 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.observability.metrics import Metrics
 
@@ -98,7 +96,9 @@ class RedisLink:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 return await command(self.client)
-        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        except (RedisError, TimeoutError, OSError) as exc:
+            # Not only refused or slow: a Redis that answers READONLY (a demoted primary after
+            # a failover) or OOM (full, noeviction) cannot hold the fleet's state either.
             self._fall_back(exc)
             raise RedisUnavailable(self.where) from None
 
@@ -120,9 +120,11 @@ class RedisLink:
         self._wake.set()
 
     async def _ping(self) -> bool:
+        """Redis answers and takes writes (a PING alone passes on a read-only replica)."""
+        key = self.key("ping")
         try:
             async with asyncio.timeout(self._timeout * 2):
-                return bool(await self.client.ping())
+                return bool(await self.client.set(key, b"1", px=60_000))
         except (RedisError, TimeoutError, OSError):
             return False
 
