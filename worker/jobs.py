@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,7 +255,7 @@ class JobRunner:
                     operation=operation,
                     account=account.name,
                 )
-            before_send = functools.partial(self._store.mark_insert_sent, key)
+            before_send = functools.partial(self._store.mark_insert_sent, key, uuid.uuid4().hex)
         try:
             outcome = await self._client.execute(job, account, deadline, before_send=before_send)
         except BindingError as exc:

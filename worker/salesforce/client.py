@@ -38,7 +38,7 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import bind_soql, bind_sosl
 from worker.salesforce.errors import Classified, Verdict, classify
-from worker.salesforce.http import SendState
+from worker.salesforce.http import SendRefused, SendState
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.slots import LocalSlots, Slots
@@ -75,7 +75,7 @@ class CallFailed(Exception):
         self.http_status = http_status
 
 
-BeforeSend = Callable[[], Awaitable[None]]
+BeforeSend = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -378,6 +378,15 @@ class SalesforceClient:
                     _outcome_unknown("the deadline passed"), call.http_status
                 ) from None
             raise _timeout_error(call) from None
+        except SendRefused:
+            raise CallFailed(
+                _error(
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "another delivery of this insert (same job_id) is being sent by another "
+                    "worker; Salesforce may or may not create the record, so it is not sent again",
+                ),
+                call.http_status,
+            ) from None
         except aiohttp.ClientError as exc:
             self._count(account.name, operation, "error", started)
             lost = f"connection lost ({type(exc).__name__})"

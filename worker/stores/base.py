@@ -14,8 +14,10 @@ class ResultStore(Protocol):
 
     async def put(self, job_id: str, result: bytes) -> None: ...
 
-    async def mark_insert_sent(self, job_id: str) -> None:
-        """Written just before an insert's request leaves the process."""
+    async def mark_insert_sent(self, job_id: str, owner: str) -> bool:
+        """Written just before an insert's request leaves the process, by one delivery
+        (`owner`). False when another delivery of the same insert marked it first: this one
+        must not send."""
         ...
 
     async def insert_sent(self, job_id: str) -> bool:

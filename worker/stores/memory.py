@@ -55,8 +55,12 @@ class MemoryResultStore:
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
 
-    async def mark_insert_sent(self, job_id: str) -> None:
-        self._inserts.put(job_id, b"1")
+    async def mark_insert_sent(self, job_id: str, owner: str) -> bool:
+        marked = self._inserts.get(job_id)
+        if marked is not None and marked != owner.encode():
+            return False
+        self._inserts.put(job_id, owner.encode())
+        return True
 
     async def insert_sent(self, job_id: str) -> bool:
         return self._inserts.get(job_id) is not None
