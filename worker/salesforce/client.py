@@ -355,6 +355,7 @@ class SalesforceClient:
         try:
             async with asyncio.timeout_at(call.deadline.at):
                 async with self._slots.hold(account):
+                    self._check_reserve(call)  # again: the reserve may be reached meanwhile
                     token = await self._token(call)
                     headers["Authorization"] = token.bearer
                     call.attempts += 1
