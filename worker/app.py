@@ -92,6 +92,7 @@ class Fleet:
     async def start(self) -> None:
         if self.link is not None:
             await self.link.start()
+        await self.store.start()
 
     async def close(self) -> None:
         if isinstance(self.slots, FleetSlots):

@@ -4,10 +4,10 @@ acking) is runtime/'s job."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +30,14 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.http import SendRefused
 from worker.stores.base import ResultStore
 from worker.stores.memory import MemoryResultStore
 from worker.tenancy import check, store_key
 
 log = logging.getLogger(__name__)
 _OPERATIONS = {op.value for op in Operation}
+_SENDER_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,19 @@ class JobRunner:
         self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 
+    async def _result_of_sender(
+        self, key: str, sender: str, deadline: Deadline
+    ) -> BlockResult | None:
+        """The result of an earlier delivery still running in another live worker (its channel
+        died, the broker redelivered the job here): wait for it within the deadline."""
+        while True:
+            stored = await self._store.get(key)
+            if stored is not None:
+                return BlockResult.model_validate_json(stored)
+            if deadline.remaining() <= _SENDER_POLL or not await self._store.sender_alive(sender):
+                return None
+            await asyncio.sleep(_SENDER_POLL)
+
     async def run(self, job: AnyJob, incoming: Incoming) -> BlockResult:
         operation = Operation(job.operation)
         deadline = self.deadline(job, incoming)
@@ -245,7 +260,11 @@ class JobRunner:
             # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
             # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
             key = store_key(self._accounts, job.tenant, job.job_id)
-            if await self._store.insert_sent(key):
+            sender = await self._store.insert_sender(key)
+            if sender is not None:
+                earlier = await self._result_of_sender(key, sender, deadline)
+                if earlier is not None:
+                    return earlier
                 return failed(
                     job.job_id,
                     ErrorCode.OUTCOME_UNKNOWN,
@@ -255,9 +274,25 @@ class JobRunner:
                     operation=operation,
                     account=account.name,
                 )
-            before_send = functools.partial(self._store.mark_insert_sent, key, uuid.uuid4().hex)
+            before_send = functools.partial(self._store.mark_insert_sent, key)
         try:
             outcome = await self._client.execute(job, account, deadline, before_send=before_send)
+        except SendRefused:
+            # The same insert, delivered twice, runs in another worker that marked it first:
+            # its answer is this one's.
+            sender = await self._store.insert_sender(key)
+            earlier = await self._result_of_sender(key, sender, deadline) if sender else None
+            if earlier is not None:
+                return earlier
+            return failed(
+                job.job_id,
+                ErrorCode.OUTCOME_UNKNOWN,
+                "another delivery of this insert was being sent by another worker, whose "
+                "answer did not come in time; Salesforce may or may not have created the "
+                "record, so it is not sent again",
+                operation=operation,
+                account=account.name,
+            )
         except BindingError as exc:
             return failed(
                 job.job_id,

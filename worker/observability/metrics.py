@@ -132,6 +132,11 @@ class Metrics:
             "Results the broker could not route (the caller's queue is gone)",
             registry=r,
         )
+        self.last_job = Gauge(
+            "sfworker_last_job_timestamp_seconds",
+            "Unix time at which this process last answered a job (0 until the first)",
+            registry=r,
+        )
         self.results_replayed = Counter(
             "sfworker_results_replayed_total",
             "Redelivered jobs answered from the result store instead of executing again",

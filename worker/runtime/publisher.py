@@ -70,6 +70,8 @@ class ResultPublisher:
                 "result could not be routed; the caller is gone",
                 extra={"job_id": reply.job_id, "destination": destination},
             )
+            self._metrics.last_job.set_to_current_time()
             return Published.UNROUTABLE
         self._metrics.results_published.labels(destination).inc()
+        self._metrics.last_job.set_to_current_time()
         return Published.CONFIRMED

@@ -31,6 +31,7 @@ from aio_pika.abc import (
 
 from worker.config import ConfigError, Settings
 from worker.observability.metrics import Metrics
+from worker.reach import endpoint
 from worker.runtime import topology
 from worker.runtime.publisher import ResultPublisher
 
@@ -78,8 +79,10 @@ class RabbitService:
                 break
             except (ConnectionError, OSError, aio_pika.exceptions.AMQPError) as exc:
                 if loop.time() + delay > give_up:
+                    where = endpoint(self._settings.amqp_url.get_secret_value())
                     raise ConnectionError(
-                        f"RabbitMQ unreachable after {startup_timeout:.0f} s: {type(exc).__name__}"
+                        f"cannot reach RabbitMQ at {where} for {startup_timeout:.0f} s "
+                        f"({type(exc).__name__}): start it, or fix SFWORKER_AMQP_URL"
                     ) from None
                 log.warning(
                     "RabbitMQ not reachable yet; retrying",

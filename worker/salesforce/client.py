@@ -38,7 +38,7 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import bind_soql, bind_sosl
 from worker.salesforce.errors import Classified, Verdict, classify
-from worker.salesforce.http import SendRefused, SendState
+from worker.salesforce.http import SendState
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.slots import LocalSlots, Slots
@@ -149,7 +149,8 @@ class SalesforceClient:
         before_send: BeforeSend | None = None,
     ) -> Outcome:
         """Run the job's operation; never raises for anything Salesforce or the network does.
-        `before_send` is awaited just before each request leaves the process (insert markers).
+        `before_send` is awaited just before each request leaves the process (insert markers);
+        when it answers False the request is not sent and SendRefused is raised.
         """
         call = _Call(account, Operation(job.operation), deadline, before_send=before_send)
         try:
@@ -379,15 +380,6 @@ class SalesforceClient:
                     _outcome_unknown("the deadline passed"), call.http_status
                 ) from None
             raise _timeout_error(call) from None
-        except SendRefused:
-            raise CallFailed(
-                _error(
-                    ErrorCode.OUTCOME_UNKNOWN,
-                    "another delivery of this insert (same job_id) is being sent by another "
-                    "worker; Salesforce may or may not create the record, so it is not sent again",
-                ),
-                call.http_status,
-            ) from None
         except aiohttp.ClientError as exc:
             self._count(account.name, operation, "error", started)
             lost = f"connection lost ({type(exc).__name__})"

@@ -190,6 +190,27 @@ class FleetAccountTokens:
         if not task.cancelled():
             task.exception()
 
+    async def refresh_now(self) -> None:
+        """Make one token request under the fleet's lock, with the fleet's newest refresh token,
+        and store what it returns for the fleet (`sfworker accounts check`: a check must never
+        spend a refresh token behind the workers' back)."""
+        give_up = self._clock() + self._lease_ms / 1000 + self._request_timeout + 1.0
+        while True:
+            holder = uuid.uuid4().hex
+            if await self._take_lock(holder):
+                try:
+                    await self._refresh(holder)
+                    return
+                finally:
+                    await self._release_lock(holder)
+            if self._clock() > give_up:
+                raise AuthError(
+                    "another worker's token request did not finish in time",
+                    code=ErrorCode.SALESFORCE_UNAVAILABLE,
+                    retryable=True,
+                )
+            await asyncio.sleep(_POLL_SECONDS)
+
     # --- in-process fallback ---------------------------------------------------------------
 
     async def _local_get(self) -> AccessToken:
@@ -415,7 +436,7 @@ class RedisTokenManager:
         self._accounts: dict[str, FleetAccountTokens] = {}
         link.on_restore(self._write_back)
 
-    def _state(self, account: Account) -> FleetAccountTokens:
+    def state(self, account: Account) -> FleetAccountTokens:
         state = self._accounts.get(account.name)
         if state is None:
             state = FleetAccountTokens(
@@ -432,10 +453,10 @@ class RedisTokenManager:
         return state
 
     async def get(self, account: Account) -> AccessToken:
-        return await self._state(account).get()
+        return await self.state(account).get()
 
     async def invalidate(self, account: Account, token: AccessToken) -> bool:
-        return await self._state(account).invalidate(token)
+        return await self.state(account).invalidate(token)
 
     async def _write_back(self) -> None:
         for state in self._accounts.values():

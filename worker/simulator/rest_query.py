@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .cursors import clamp_batch
 from .errors import SfError, json_response
+from .rest_describe import session_username
 from .routing import Handler, state_of
 from .schema import ObjectDef, Record
 from .search import run_sosl
@@ -15,6 +16,7 @@ from .soql import parse_soql
 from .soql_eval import UrlFor, run_soql
 from .sosl import parse_sosl
 from .state import SimulatorState
+from .users import invalid_type
 
 __all__ = ["Handler", "query", "query_all", "query_more", "search", "url_for"]
 
@@ -64,10 +66,13 @@ def _statement(request: web.Request, error_code: str, kind: str) -> str:
 async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamResponse:
     state = state_of(request)
     version = request.match_info["version"]
+    parsed = parse_soql(_statement(request, "MALFORMED_QUERY", "query"))
+    if not state.users.permissions(session_username(request), parsed.sobject).read:
+        raise invalid_type(parsed.sobject)
     result = run_soql(
         state.schema,
         state.records,
-        parse_soql(_statement(request, "MALFORMED_QUERY", "query")),
+        parsed,
         include_deleted=include_deleted,
         url_for=url_for(version),
     )

@@ -19,6 +19,7 @@ from .faults import FaultBook
 from .ids import IdFactory, to_18
 from .records import RecordStore
 from .schema import Schema, default_schema
+from .users import Users
 
 __all__ = [
     "Counters",
@@ -54,6 +55,7 @@ class Counters:
     oauth_events: Counter[str] = field(default_factory=Counter)  # revocations, rejections
     in_flight: int = 0
     max_concurrency: int = 0
+    pkce_verified: int = 0
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -71,6 +73,7 @@ class Counters:
             "responses": dict(self.responses),
             "oauth_events": dict(self.oauth_events),
             "max_concurrency": self.max_concurrency,
+            "pkce_verified": self.pkce_verified,
             "in_flight": self.in_flight,
             "queries": list(self.queries),
             "api_usage": {"used": limits.used, "max": limits.daily_max},
@@ -90,6 +93,7 @@ class SimulatorState:
     limits: Limits = field(default_factory=Limits)
     counters: Counters = field(default_factory=Counters)
     faults: FaultBook = field(default_factory=FaultBook)
+    users: Users = field(default_factory=Users)
     session_timeout_seconds: float = 7200.0
     records: RecordStore = field(init=False)
     auth: AuthState = field(init=False)
