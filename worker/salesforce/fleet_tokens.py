@@ -157,7 +157,7 @@ class FleetAccountTokens:
     async def get(self) -> AccessToken:
         if self._token is not None:
             return self._token
-        if not self._link.available:
+        if not self._link.available and not self._rotates:
             return await self._local_get()
         if self._inflight is not None:
             self._metrics.token_waits.labels(self.account.name).inc()
@@ -239,13 +239,45 @@ class FleetAccountTokens:
 
     # --- the fleet protocol ----------------------------------------------------------------
 
+    @property
+    def _rotates(self) -> bool:
+        """The refresh token rotates (this process has seen it change)."""
+        return (
+            self.account.flow is Flow.REFRESH_TOKEN
+            and self._local.refresh_token != self.account.refresh_token
+        )
+
     async def _acquire(self) -> AccessToken:
         try:
             return await self._acquire_fleet()
         except RedisUnavailable:
-            return await self._local_get()
+            if not self._rotates:
+                return await self._local_get()
+        # With rotation, a worker cut off from Redis does not refresh alone: the others may
+        # spend the same refresh token (one is refused) or have rotated it already (a replay,
+        # and Salesforce revokes the chain for the whole fleet). It uses the token it holds,
+        # or waits for Redis (the jobs' deadlines bound the wait).
+        held = self._local.token
+        if held is not None:
+            return held
+        await self._link.wait_available(self._lease_ms / 1000 + self._request_timeout + 1.0)
+        try:
+            return await self._acquire_fleet()
+        except RedisUnavailable:
+            raise AuthError(
+                "no access token: Redis is out of reach and the refresh token rotates, so "
+                "this worker does not refresh it alone",
+                code=ErrorCode.SALESFORCE_UNAVAILABLE,
+                retryable=True,
+            ) from None
 
     async def _acquire_fleet(self) -> AccessToken:
+        if self.account.flow is Flow.REFRESH_TOKEN:
+            # A refresh this process started alone (Redis out of reach) may still be in flight
+            # and rotate the refresh token: let it end and give its result to the fleet first,
+            # or the fleet would refresh concurrently with it, or replay what it rotated out.
+            await self._local.settled()
+            await self.write_back()
         give_up = self._clock() + self._lease_ms / 1000 + self._request_timeout + 1.0
         waited = False
         while True:

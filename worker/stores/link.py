@@ -71,6 +71,8 @@ class RedisLink:
         self._restore_hooks: list[RestoreHook] = []
         self._monitor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._back = asyncio.Event()  # set while available
+        self._back.set()
 
     # --- keys and scripts ------------------------------------------------------------------
 
@@ -84,6 +86,13 @@ class RedisLink:
 
     @property
     def available(self) -> bool:
+        return self._available
+
+    async def wait_available(self, within: float) -> bool:
+        """Wait (at most `within` seconds) until Redis can be used; whether it can."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._back.wait()
         return self._available
 
     def on_restore(self, hook: RestoreHook) -> None:
@@ -112,6 +121,7 @@ class RedisLink:
         if not self._available:
             return
         self._available = False
+        self._back.clear()
         self._metrics.redis_fallback.set(1)
         log.warning(
             "Redis unreachable: working alone with in-process state until it answers again",
@@ -148,6 +158,7 @@ class RedisLink:
             self._restoring = False
         if restored:
             self._available = True
+            self._back.set()
             self._metrics.redis_fallback.set(0)
             log.warning("Redis answers again: fleet state back in use", extra={"redis": self.where})
 
