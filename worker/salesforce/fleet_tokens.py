@@ -58,6 +58,11 @@ _TOKEN_TTL_MS = 12 * 3600 * 1000  # a forgotten token goes eventually; a live on
 _STORE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], 'value', ARGV[3], 'seed', ARGV[4]) end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  -- A Redis that came back empty: start above every generation handed out before it.
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[3], t[1] .. string.format('%06d', tonumber(t[2])))
+end
 local gen = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[2], 'value', ARGV[2], 'gen', gen)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
