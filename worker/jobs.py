@@ -301,12 +301,11 @@ class JobRunner:
                 operation=operation,
                 account=account.name,
             )
-        return BlockResult(
+        result = BlockResult(
             job_id=job.job_id,
             operation=operation,
             account=account.name,
             status=outcome.status,
-            records=outcome.records,
             count=outcome.count,
             id=outcome.id,
             created=outcome.created,
@@ -314,9 +313,26 @@ class JobRunner:
             error=outcome.error,
             attempts=outcome.attempts,
         )
+        if outcome.records is None:
+            return result
+        # Salesforce's records as decoded from its JSON: nothing to check or convert, and
+        # validating them copies every record (milliseconds for a 2,000-record search).
+        return result.model_copy(update={"records": outcome.records})
 
 
 def finish(result: BlockResult, incoming: Incoming) -> BlockResult:
     """Stamp the duration (receipt to now) on a result about to be published."""
     elapsed_ms = int((time.monotonic() - incoming.received_mono) * 1000)
     return result.model_copy(update={"duration_ms": max(0, elapsed_ms)})
+
+
+_RESULT_FIELDS = tuple(BlockResult.model_fields)
+
+
+def result_json(result: BlockResult) -> bytes:
+    """The result as published: JSON, fields in contract order. Records go to orjson as they
+    are (plain JSON values decoded from Salesforce's answer), not through pydantic, which
+    would walk every value of every record again."""
+    data = result.model_dump(mode="json", exclude={"records"})
+    records = result.records
+    return orjson.dumps({k: records if k == "records" else data[k] for k in _RESULT_FIELDS})

@@ -27,7 +27,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.config import Settings
 from worker.contract import BlockResult, Status
-from worker.jobs import Admission, Decoded, Incoming, JobRunner, decode, finish
+from worker.jobs import Admission, Decoded, Incoming, JobRunner, decode, finish, result_json
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
 from worker.stores.base import ResultStore
@@ -265,7 +265,7 @@ class _Answer:
     @classmethod
     def from_result(cls, result: BlockResult) -> _Answer:
         return cls(
-            orjson.dumps(result.model_dump(mode="json")),
+            result_json(result),
             result.status.value,
             result.operation.value if result.operation else "",
         )

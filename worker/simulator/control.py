@@ -76,6 +76,7 @@ class LimitsBody(_Body):
     daily_max: int | None = Field(None, ge=0)
     used: int | None = Field(None, ge=0)
     login_rate_per_hour: int | None = Field(None, ge=0)
+    query_batch_max: int | None = Field(None, ge=1, le=2000)
 
 
 class FaultBody(_Body):
@@ -223,6 +224,8 @@ async def limits(request: web.Request) -> web.StreamResponse:
         lim.used = body.used
     if body.login_rate_per_hour is not None:
         lim.login_rate_per_hour = body.login_rate_per_hour
+    if body.query_batch_max is not None:
+        lim.query_batch_max = body.query_batch_max
     return json_response({"daily_max": lim.daily_max, "used": lim.used})
 
 

@@ -76,7 +76,7 @@ async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamR
         include_deleted=include_deleted,
         url_for=url_for(version),
     )
-    batch = _batch_size(request) or clamp_batch(None)
+    batch = min(_batch_size(request) or clamp_batch(None), state.limits.query_batch_max)
     return _page(state, version, result.records, 0, batch, None, result.total)
 
 
@@ -94,7 +94,7 @@ async def query_more(request: web.Request) -> web.StreamResponse:
     cursor = state.cursors.get(locator) if locator else None
     if cursor is None or not offset.isdigit() or not 0 < int(offset) < len(cursor.records):
         raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-    batch = _batch_size(request) or cursor.batch_size
+    batch = min(_batch_size(request) or cursor.batch_size, state.limits.query_batch_max)
     version = request.match_info["version"]
     records = cursor.records
     return _page(state, version, records, int(offset), batch, locator, len(records))

@@ -44,6 +44,9 @@ class Limits:
     used: int = 0
     per_app_used: Counter[str] = field(default_factory=Counter)
     login_rate_per_hour: int = 3600
+    # Largest page of a query answer: Salesforce may return fewer records per page than the
+    # batchSize asked for (wide records); lower it to make every large answer span several pages.
+    query_batch_max: int = 2000
 
 
 @dataclass

@@ -154,6 +154,9 @@ class SimulatorClient:
     async def set_login_rate(self, per_hour: int) -> None:
         await self._call("POST", "/_sim/limits", {"login_rate_per_hour": per_hour})
 
+    async def set_query_batch_max(self, records: int) -> None:
+        await self._call("POST", "/_sim/limits", {"query_batch_max": records})
+
     async def add_fault(
         self,
         *,
