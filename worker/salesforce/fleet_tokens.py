@@ -183,7 +183,8 @@ class FleetAccountTokens:
             self._token = None
             dropped = True
             self._metrics.token_invalidations.labels(self.account.name).inc()
-        self._dead_generation = token.generation
+        # Generations only grow: the newest one a 401 reported dead covers every older one.
+        self._dead_generation = max(self._dead_generation or 0, token.generation)
         key, generation = self._keys["token"], str(token.generation)
         await self._link.attempt(
             lambda r: self._invalidate(keys=[key], args=[generation], client=r)
@@ -326,7 +327,7 @@ class FleetAccountTokens:
         if not value or not gen:
             return None
         generation = int(gen)
-        if generation == self._dead_generation:
+        if self._dead_generation is not None and generation <= self._dead_generation:
             # A 401 said so but our compare-and-invalidate did not reach Redis: do it now.
             await self._link.call(lambda r: self._invalidate(keys=[key], args=[gen], client=r))
             return None

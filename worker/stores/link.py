@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from worker.observability.metrics import Metrics
 
@@ -68,6 +68,7 @@ class RedisLink:
         )
         self._available = True
         self._restoring = False
+        self._ping_error: BaseException | None = None
         self._restore_hooks: list[RestoreHook] = []
         self._monitor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -123,8 +124,12 @@ class RedisLink:
         self._available = False
         self._back.clear()
         self._metrics.redis_fallback.set(1)
+        if isinstance(exc, AuthenticationError | AuthorizationError):
+            reason = "Redis refused the user or password of SFWORKER_REDIS_URL"
+        else:
+            reason = "Redis unreachable"
         log.warning(
-            "Redis unreachable: working alone with in-process state until it answers again",
+            f"{reason}: working alone with in-process state until it answers again",
             extra={"redis": self.where, "error": type(exc).__name__},
         )
         self._wake.set()
@@ -135,7 +140,8 @@ class RedisLink:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 return bool(await self.client.set(key, b"1", px=60_000))
-        except (RedisError, TimeoutError, OSError):
+        except (RedisError, TimeoutError, OSError) as exc:
+            self._ping_error = exc
             return False
 
     async def _restore(self) -> None:
@@ -177,7 +183,7 @@ class RedisLink:
         """Check Redis once (a worker starts in fallback when it is down) and start the
         monitor."""
         if not await self._ping():
-            self._fall_back(ConnectionError("no answer at start"))
+            self._fall_back(self._ping_error or ConnectionError("no answer at start"))
         else:
             self._metrics.redis_fallback.set(0)
             log.info("fleet state in Redis", extra={"redis": self.where, "prefix": self.prefix})
