@@ -95,6 +95,8 @@ class Fleet:
         await self.store.start()
 
     async def close(self) -> None:
+        if isinstance(self.slots, FleetSlots):
+            await self.slots.close()
         await self.reserve.close()
         await self.store.close()
         if self.link is not None:

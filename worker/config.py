@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         default="sfworker:", min_length=1, description="Prefix of every Redis key the worker writes"
     )
     redis_timeout_seconds: float = Field(
-        default=0.5, gt=0, le=10, description="Timeout of one Redis command (then: fallback)"
+        default=1.0, gt=0, le=10, description="Timeout of one Redis command (then: fallback)"
     )
     redis_retry_seconds: float = Field(
         default=2.0, gt=0, le=15, description="While Redis is down, how often it is tried again"

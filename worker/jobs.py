@@ -30,6 +30,7 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.http import SendRefused
 from worker.stores.base import ResultStore
 from worker.stores.memory import MemoryResultStore
 from worker.tenancy import check, store_key
@@ -276,6 +277,22 @@ class JobRunner:
             before_send = functools.partial(self._store.mark_insert_sent, key)
         try:
             outcome = await self._client.execute(job, account, deadline, before_send=before_send)
+        except SendRefused:
+            # The same insert, delivered twice, runs in another worker that marked it first:
+            # its answer is this one's.
+            sender = await self._store.insert_sender(key)
+            earlier = await self._result_of_sender(key, sender, deadline) if sender else None
+            if earlier is not None:
+                return earlier
+            return failed(
+                job.job_id,
+                ErrorCode.OUTCOME_UNKNOWN,
+                "another delivery of this insert was being sent by another worker, whose "
+                "answer did not come in time; Salesforce may or may not have created the "
+                "record, so it is not sent again",
+                operation=operation,
+                account=account.name,
+            )
         except BindingError as exc:
             return failed(
                 job.job_id,

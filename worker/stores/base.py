@@ -14,8 +14,10 @@ class ResultStore(Protocol):
 
     async def put(self, job_id: str, result: bytes) -> None: ...
 
-    async def mark_insert_sent(self, job_id: str) -> None:
-        """Written just before an insert's request leaves the process (naming this process)."""
+    async def mark_insert_sent(self, job_id: str) -> bool:
+        """Written just before an insert's request leaves the process (naming this process).
+        False when another process marked it first (the same insert delivered twice, running
+        there): this one must not send."""
         ...
 
     async def insert_sender(self, job_id: str) -> str | None:

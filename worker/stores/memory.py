@@ -55,8 +55,11 @@ class MemoryResultStore:
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
 
-    async def mark_insert_sent(self, job_id: str) -> None:
+    async def mark_insert_sent(self, job_id: str) -> bool:
+        # Only this process writes here; deliveries running here at once are joined by the
+        # consumer, so this process's marker is always its own.
         self._inserts.put(job_id, b"self")
+        return True
 
     async def insert_sender(self, job_id: str) -> str | None:
         sender = self._inserts.get(job_id)

@@ -12,6 +12,13 @@ from worker.stores.memory import MemoryResultStore
 
 HEARTBEAT_SECONDS = 1.5
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
+# KEYS: the marker; ARGV: this process, ttl ms. Set it unless another process's is there.
+_MARK = """
+local marked = redis.call('GET', KEYS[1])
+if marked and marked ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class RedisResultStore:
@@ -22,6 +29,7 @@ class RedisResultStore:
         self._link = link
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
+        self._mark = link.script(_MARK)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -51,10 +59,18 @@ class RedisResultStore:
         key = self._link.key("result", job_id)
         await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
 
-    async def mark_insert_sent(self, job_id: str) -> None:
+    async def mark_insert_sent(self, job_id: str) -> bool:
+        """A claim, not only a note: of two deliveries of one insert running at once on two
+        workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
-        key, sender = self._link.key("insert-sent", job_id), self.sender_id.encode()
-        await self._link.attempt(lambda r: r.set(key, sender, px=self._ttl_ms))
+        key = self._link.key("insert-sent", job_id)
+        args: list[str | int] = [self.sender_id, self._ttl_ms]
+        try:
+            return bool(
+                await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+            )
+        except RedisUnavailable:
+            return True  # this process's marker only (the fallback)
 
     async def insert_sender(self, job_id: str) -> str | None:
         key = self._link.key("insert-sent", job_id)
