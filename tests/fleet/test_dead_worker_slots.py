@@ -32,7 +32,10 @@ async def test_a_killed_workers_slots_free_quickly(
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
     path = write_accounts(tmp_path / "cap.toml", simulator.base_url, extra="max_concurrency = 5\n")
-    capped = make_settings(amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix)
+    # Coalescing off: each held search is a call of its own, holding a slot of its own.
+    capped = make_settings(
+        amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix, coalesce_wait_ms=0
+    )
     doomed: WorkerProcess = spawn_worker(capped, prefetch=5)
     await doomed.wait_ready()
     assert await run_all(jobs, searches("warm", 2)) == ["ok"] * 2

@@ -28,7 +28,10 @@ async def test_calls_queued_behind_the_cap_are_not_sent_past_the_reserve(
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
     path = write_accounts(tmp_path / "cap1.toml", simulator.base_url, extra="max_concurrency = 1\n")
-    worker: WorkerProcess = spawn_worker(make_settings(amqp_url, names, path), prefetch=30)
+    # Coalescing off: one call per job, so "jobs sent" counts calls (coalesced calls are
+    # covered in tests/runtime/test_coalescing_e2e.py).
+    alone = make_settings(amqp_url, names, path, coalesce_wait_ms=0)
+    worker: WorkerProcess = spawn_worker(alone, prefetch=30)
     await worker.wait_ready()
     await simulator.set_daily_limit(1000, used=940)  # the reserve (95%) is 10 calls away
     await simulator.set_latency(100)

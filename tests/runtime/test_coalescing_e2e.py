@@ -4,9 +4,12 @@ while Salesforce sees Composite requests (one API call for several jobs)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+from tests.conftest import make_settings, write_accounts
 from tests.runtime.conftest import sample
 from worker.app import Worker
+from worker.config import Settings
 from worker.simulator.testing import SimulatorClient
 from worker.submit import JobClient
 
@@ -55,3 +58,42 @@ async def test_a_burst_through_the_queue_shares_composite_requests(
     assert counters["api_usage"]["used"] < 40
     saved = sample(worker, "sfworker_api_calls_saved_total", account="main")
     assert saved == carried - counters["requests"]["composite"]
+
+
+async def test_coalesced_calls_stop_at_the_api_reserve(
+    amqp_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+    settings: Settings,  # owns the topology teardown
+    jobs: JobClient,
+    simulator: SimulatorClient,
+) -> None:
+    """The reserve counts API calls, not jobs: Composite requests queued behind the account's
+    cap are checked again when their slot is granted, so no call goes past the reserve."""
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    path = write_accounts(tmp_path / "cap1.toml", simulator.base_url, extra="max_concurrency = 1\n")
+    worker = Worker(make_settings(amqp_url, names, path))
+    await worker.start()
+    try:
+        await simulator.set_daily_limit(1000, used=940)  # the reserve (95 %) is 10 calls away
+        await simulator.set_latency(100)
+        batch = [
+            {
+                "v": 1,
+                "job_id": f"reserve-{i}",
+                "operation": "search",
+                "soql": "SELECT Id FROM Account WHERE Name = 'Acme'",
+            }
+            for i in range(150)
+        ]
+        results = await asyncio.gather(*(jobs.call(job) for job in batch))
+    finally:
+        await worker.stop()
+    counters = await simulator.counters()
+    calls = int(counters["api_usage"]["used"]) - 940
+    ok = [r for r in results if r["status"] == "ok"]
+    limited = [r for r in results if r["error"] and r["error"]["code"] == "RATE_LIMITED"]
+    assert len(ok) + len(limited) == 150
+    assert calls <= 11, calls
+    assert len(ok) > calls  # several jobs per call
+    assert counters["requests"].get("composite", 0) >= 1

@@ -40,7 +40,7 @@ from worker.salesforce import composite
 from worker.salesforce.binding import bind_soql, bind_sosl
 from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Classified, Verdict, classify
-from worker.salesforce.http import SendState
+from worker.salesforce.http import SendRefused, SendState
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.slots import LocalSlots, Slots
@@ -111,6 +111,7 @@ class _Pending:
     sub: composite.Subrequest
     abandoned: bool = False  # its job stopped waiting (deadline, cancel): leave it out
     committed: bool = False  # its request is on its way: the job cannot take it back
+    unsent: Exception | None = None  # why it was left out of the request, as its job sees it
 
 
 _Answer = _Response | Exception  # what a coalesced call gets: its answer, or what to raise
@@ -322,10 +323,16 @@ class SalesforceClient:
             raise CallFailed(classified.to_error(), response.status)
 
     def _check_reserve(self, call: _Call) -> None:
+        refused = self._reserve_refusal(call)
+        if refused is not None:
+            raise refused
+
+    def _reserve_refusal(self, call: _Call) -> CallFailed | None:
         refusal = self.reserve.refusal(call.account)
-        if refusal is not None:
-            self._metrics.rate_limited.labels(call.account.name, "reserve").inc()
-            raise CallFailed(_error(ErrorCode.RATE_LIMITED, refusal, True), call.http_status)
+        if refusal is None:
+            return None
+        self._metrics.rate_limited.labels(call.account.name, "reserve").inc()
+        return CallFailed(_error(ErrorCode.RATE_LIMITED, refusal, True), call.http_status)
 
     async def _pause_before_retry(self, call: _Call, reason: str, error: ResultError) -> None:
         """Sleep a full-jitter backoff before the next try, or raise CallFailed(error) when the
@@ -386,26 +393,23 @@ class SalesforceClient:
 
     async def _together(self, account: Account, group: list[_Pending]) -> list[_Answer]:
         """One Composite request carrying calls of several jobs: a slot of the account's cap,
-        the token, each insert's exactly-once marker, send; then each call's own answer, or
-        what the whole request's failure means for each job."""
+        the reserve checked again, the token, each insert's exactly-once claim, send; then each
+        call's own answer, or what the whole request's failure means for each job."""
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         state = SendState()
         started = 0.0
         try:
             async with asyncio.timeout_at(max(p.call.deadline.at for p in group)):
                 async with self._slots.hold(account):
+                    for pending in group:
+                        pending.unsent = self._reserve_refusal(pending.call)
+                    if all(p.unsent is not None for p in group):
+                        return [p.unsent for p in group if p.unsent is not None]
                     token = await self._tokens.get(account)
                     headers["Authorization"] = token.bearer
-                    # From here on a job that stops waiting no longer takes its call back.
-                    sent = [p for p in group if not p.abandoned]
+                    sent = await self._claim(group)
                     if not sent:
-                        return [_timeout_error(p.call) for p in group]
-                    for pending in sent:
-                        pending.committed = True
-                    for pending in sent:
-                        if pending.call.before_send is not None:
-                            await pending.call.before_send()
-                        pending.call.attempts += 1
+                        return [p.unsent for p in group if p.unsent is not None]
                     body = composite.request_body(account, [p.sub for p in sent])
                     started = time.perf_counter()
                     async with self._session.post(
@@ -419,25 +423,26 @@ class SalesforceClient:
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
         except AuthError as exc:
-            return [_auth_failed(p.call, exc) for p in group]
+            return [p.unsent or _auth_failed(p.call, exc) for p in group]
         except TimeoutError:
             self._count(account.name, "composite", "timeout", started)
-            return [_lost(p.call, state, "the deadline passed", timeout=True) for p in group]
+            return [p.unsent or _lost(p.call, state, "the deadline passed", True) for p in group]
         except aiohttp.ClientError as exc:
             self._count(account.name, "composite", "error", started)
             lost = f"connection lost ({type(exc).__name__})"
-            return [_lost(p.call, state, lost) for p in group]
+            return [p.unsent or _lost(p.call, state, lost) for p in group]
         self._count(account.name, "composite", str(status), started)
         self._record_usage(account, limit_info)
         parsed = _decode(raw)
         answers = composite.answers(parsed, len(sent)) if status == 200 else None
         if status == 200 and answers is None:
-            return [_lost(p.call, state, "Composite answer unreadable") for p in group]
+            unreadable = "Composite answer unreadable"
+            return [p.unsent or _lost(p.call, state, unreadable) for p in group]
         results: list[_Answer] = []
         each = iter(answers or [])
         for pending in group:
-            if not pending.committed:
-                results.append(_timeout_error(pending.call))  # its job is gone
+            if pending.unsent is not None:
+                results.append(pending.unsent)
             elif answers is None:
                 # The request failed as a whole (401, the daily limit, 5xx): so did each call.
                 results.append(self._answer(pending.call, status, parsed, token))
@@ -445,6 +450,25 @@ class SalesforceClient:
                 answer = next(each)
                 results.append(self._answer(pending.call, answer.status, answer.body, token))
         return results
+
+    @staticmethod
+    async def _claim(group: list[_Pending]) -> list[_Pending]:
+        """The calls that go: not those whose job stopped waiting, nor inserts whose claim
+        another delivery holds. From here on a job that stops waiting cannot take its call
+        back (`committed`)."""
+        for pending in group:
+            if pending.unsent is None and pending.abandoned:
+                pending.unsent = _timeout_error(pending.call)
+            elif pending.unsent is None:
+                pending.committed = True
+        for pending in group:
+            hook = pending.call.before_send
+            if pending.committed and hook is not None and not await hook():
+                pending.unsent = SendRefused()  # the same insert is being sent elsewhere
+        sent = [p for p in group if p.unsent is None]
+        for pending in sent:
+            pending.call.attempts += 1
+        return sent
 
     async def _exchange(
         self,
