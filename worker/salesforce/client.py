@@ -12,8 +12,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -38,9 +36,25 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite
 from worker.salesforce.binding import bind_soql, bind_sosl
+from worker.salesforce.calls import (
+    Answer,
+    BeforeSend,
+    Call,
+    CallFailed,
+    Outcome,
+    Pending,
+    Response,
+    Retryable,
+    auth_failed,
+    decode,
+    error,
+    lost,
+    outcome_unknown,
+    timeout_error,
+)
 from worker.salesforce.coalesce import Coalescer
-from worker.salesforce.errors import Classified, Verdict, classify
-from worker.salesforce.http import SendRefused, SendState
+from worker.salesforce.errors import Verdict, classify
+from worker.salesforce.http import SendRefused, SendState, untraced
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.slots import LocalSlots, Slots
@@ -52,80 +66,6 @@ log = logging.getLogger(__name__)
 _MIN_BATCH = 200
 _MAX_BATCH = 2000
 _DEADLINE_MARGIN = 0.005
-
-
-@dataclass
-class Outcome:
-    """What an operation produced; jobs.py adds the job's identity and timing."""
-
-    status: Status
-    records: list[dict[str, Any]] | None = None
-    count: int | None = None
-    id: str | None = None
-    created: bool | None = None
-    http_status: int | None = None
-    error: ResultError | None = None
-    attempts: int = 0
-
-
-class CallFailed(Exception):
-    """The operation ends failed (the error is final for this job)."""
-
-    def __init__(self, error: ResultError, http_status: int | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.http_status = http_status
-
-
-BeforeSend = Callable[[], Awaitable[bool]]
-
-
-@dataclass
-class _Response:
-    status: int
-    body: Any
-    classified: Classified
-    token: AccessToken
-
-
-@dataclass
-class _Call:
-    """Bookkeeping of one operation: the calls it made and the last HTTP status seen."""
-
-    account: Account
-    operation: Operation
-    deadline: Deadline
-    attempts: int = 0
-    retries: int = 0
-    http_status: int | None = None
-    idempotent: bool = True
-    extra_headers: dict[str, str] = field(default_factory=dict)
-    before_send: BeforeSend | None = None
-
-
-@dataclass(eq=False)
-class _Pending:
-    """One attempt of a call waiting to travel inside a Composite request (coalesce.py)."""
-
-    call: _Call
-    sub: composite.Subrequest
-    abandoned: bool = False  # its job stopped waiting (deadline, cancel): leave it out
-    committed: bool = False  # its request is on its way: the job cannot take it back
-    unsent: Exception | None = None  # why it was left out of the request, as its job sees it
-
-
-_Answer = _Response | Exception  # what a coalesced call gets: its answer, or what to raise
-
-
-def _error(code: ErrorCode, message: str, retryable: bool = False) -> ResultError:
-    return ResultError(code=code, message=message, retryable=retryable)
-
-
-def _timeout_error(call: _Call) -> CallFailed:
-    return CallFailed(
-        _error(ErrorCode.TIMEOUT, "the job's deadline passed before Salesforce answered", True),
-        call.http_status,
-    )
 
 
 class SalesforceClient:
@@ -140,6 +80,7 @@ class SalesforceClient:
         reserve: ApiReserve | None = None,
     ) -> None:
         self._session = session
+        self._plain = untraced(session)
         self._tokens = tokens
         self._settings = settings
         self._metrics = metrics
@@ -147,12 +88,13 @@ class SalesforceClient:
         self.reserve = reserve or ApiReserve(LocalBoard(), metrics)
         self.reserve.attach(self.read_limits)
         self._usage: dict[str, ApiUsage] = {}
-        self._coalescer: Coalescer[_Pending, _Answer] = Coalescer(
+        self._coalescer: Coalescer[Pending, Answer] = Coalescer(
             settings.coalesce_wait_ms / 1000, self._together, metrics
         )
 
     async def close(self) -> None:
         await self._coalescer.close()
+        await self._plain.close()
 
     def usage(self, account: Account) -> ApiUsage:
         usage = self._usage.get(account.name)
@@ -174,7 +116,7 @@ class SalesforceClient:
         `before_send` is awaited just before each request leaves the process (insert markers);
         when it answers False the request is not sent and SendRefused is raised.
         """
-        call = _Call(account, Operation(job.operation), deadline, before_send=before_send)
+        call = Call(account, Operation(job.operation), deadline, before_send=before_send)
         try:
             await self.reserve.ensure_known(account, deadline)
             match job:
@@ -199,7 +141,7 @@ class SalesforceClient:
             )
         raise AssertionError(f"unhandled operation {job.operation}")  # pragma: no cover
 
-    async def _search(self, job: SearchJob, call: _Call) -> Outcome:
+    async def _search(self, job: SearchJob, call: Call) -> Outcome:
         base = call.account.api_base
         if job.soql is not None:
             statement = bind_soql(job.soql, job.params)
@@ -228,7 +170,7 @@ class SalesforceClient:
         status = Status.OK if found else Status.NO_DATA
         return self._outcome(call, status, records=found[: job.max_records], count=len(found))
 
-    async def _get(self, job: GetJob, call: _Call) -> Outcome:
+    async def _get(self, job: GetJob, call: Call) -> Outcome:
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{job.id}"
         params = {"fields": ",".join(job.fields)} if job.fields else None
         response = await self._request(call, "GET", url, params=params)
@@ -237,7 +179,7 @@ class SalesforceClient:
         record = response.body if isinstance(response.body, dict) else {}
         return self._outcome(call, Status.OK, records=[record])
 
-    async def _insert(self, job: InsertJob, call: _Call) -> Outcome:
+    async def _insert(self, job: InsertJob, call: Call) -> Outcome:
         key_field = call.account.idempotency_fields.get(job.sobject)
         if key_field is not None:
             return await self._insert_by_job_id(job, key_field, call)
@@ -247,7 +189,7 @@ class SalesforceClient:
         body = response.body if isinstance(response.body, dict) else {}
         return self._outcome(call, Status.OK, id=body.get("id"))
 
-    async def _insert_by_job_id(self, job: InsertJob, key_field: str, call: _Call) -> Outcome:
+    async def _insert_by_job_id(self, job: InsertJob, key_field: str, call: Call) -> Outcome:
         """Idempotency-field mode: an upsert on an external-id field keyed by the job_id, so
         Salesforce itself keeps one record per job, however often the job runs."""
         value = quote(job.job_id, safe="")
@@ -257,14 +199,14 @@ class SalesforceClient:
         body = response.body if isinstance(response.body, dict) else {}
         return self._outcome(call, Status.OK, id=body.get("id"))
 
-    async def _update(self, job: UpdateJob, call: _Call) -> Outcome:
+    async def _update(self, job: UpdateJob, call: Call) -> Outcome:
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{job.id}"
         response = await self._request(call, "PATCH", url, json=dict(job.fields))
         if response.classified.verdict is Verdict.NO_DATA:
             return self._outcome(call, Status.NO_DATA)
         return self._outcome(call, Status.OK)
 
-    async def _upsert(self, job: UpsertJob, call: _Call) -> Outcome:
+    async def _upsert(self, job: UpsertJob, call: Call) -> Outcome:
         value = quote(job.external_id, safe="")
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{job.external_id_field}/{value}"
         response = await self._request(call, "PATCH", url, json=dict(job.fields))
@@ -277,7 +219,7 @@ class SalesforceClient:
             created=bool(created) if created is not None else response.status == 201,
         )
 
-    async def _delete(self, job: DeleteJob, call: _Call) -> Outcome:
+    async def _delete(self, job: DeleteJob, call: Call) -> Outcome:
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{job.id}"
         response = await self._request(call, "DELETE", url)
         if response.classified.verdict is Verdict.NO_DATA:
@@ -285,20 +227,20 @@ class SalesforceClient:
         return self._outcome(call, Status.OK)
 
     @staticmethod
-    def _outcome(call: _Call, status: Status, **fields: Any) -> Outcome:
+    def _outcome(call: Call, status: Status, **fields: Any) -> Outcome:
         return Outcome(status, http_status=call.http_status, attempts=call.attempts, **fields)
 
     # --- one call, with token, retries and deadline -----------------------------------------
 
     async def _request(
         self,
-        call: _Call,
+        call: Call,
         method: str,
         url: str,
         *,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
-    ) -> _Response:
+    ) -> Response:
         """Send until the answer is final; return it (success or no data) or raise CallFailed."""
         body = orjson.dumps(json) if json is not None else None
         refreshed = False
@@ -306,7 +248,7 @@ class SalesforceClient:
             self._check_reserve(call)
             try:
                 response = await self._send(call, method, url, params, body)
-            except _Retryable as retry:
+            except Retryable as retry:
                 await self._pause_before_retry(call, retry.reason, retry.error)
                 continue
             classified = response.classified
@@ -322,19 +264,19 @@ class SalesforceClient:
                 continue
             raise CallFailed(classified.to_error(), response.status)
 
-    def _check_reserve(self, call: _Call) -> None:
+    def _check_reserve(self, call: Call) -> None:
         refused = self._reserve_refusal(call)
         if refused is not None:
             raise refused
 
-    def _reserve_refusal(self, call: _Call) -> CallFailed | None:
+    def _reserve_refusal(self, call: Call) -> CallFailed | None:
         refusal = self.reserve.refusal(call.account)
         if refusal is None:
             return None
         self._metrics.rate_limited.labels(call.account.name, "reserve").inc()
-        return CallFailed(_error(ErrorCode.RATE_LIMITED, refusal, True), call.http_status)
+        return CallFailed(error(ErrorCode.RATE_LIMITED, refusal, True), call.http_status)
 
-    async def _pause_before_retry(self, call: _Call, reason: str, error: ResultError) -> None:
+    async def _pause_before_retry(self, call: Call, reason: str, error: ResultError) -> None:
         """Sleep a full-jitter backoff before the next try, or raise CallFailed(error) when the
         attempts are spent or the pause would not end before the deadline."""
         s = self._settings
@@ -348,29 +290,32 @@ class SalesforceClient:
         self._metrics.sf_retries.labels(call.account.name, call.operation.value, reason).inc()
         await asyncio.sleep(delay)
 
-    async def _token(self, call: _Call) -> AccessToken:
+    async def _token(self, call: Call) -> AccessToken:
+        token = self._tokens.cached(call.account)
+        if token is not None:  # the usual case: no wait, so no timeout to arm
+            return token
         try:
             async with asyncio.timeout_at(call.deadline.at):
                 return await self._tokens.get(call.account)
         except TimeoutError:
-            raise _timeout_error(call) from None
+            raise timeout_error(call) from None
         except AuthError as exc:
-            raise _auth_failed(call, exc) from None
+            raise auth_failed(call, exc) from None
 
     async def _send(
         self,
-        call: _Call,
+        call: Call,
         method: str,
         url: str,
         params: dict[str, str] | None,
         body: bytes | None,
-    ) -> _Response:
+    ) -> Response:
         """One attempt of a call: inside a Composite request with other jobs' calls ready at
         about the same time (coalesce.py), or alone when it finds no company."""
         sub = composite.Subrequest(method, url, params, body, dict(call.extra_headers))
         account = call.account
         if self._coalescer.enabled(account) and composite.supports(account, sub):
-            pending = _Pending(call, sub)
+            pending = Pending(call, sub)
             query = composite.is_query(account, sub)
             try:
                 async with asyncio.timeout_at(call.deadline.at):
@@ -380,8 +325,8 @@ class SalesforceClient:
             except TimeoutError:
                 pending.abandoned = True
                 if pending.committed and not call.idempotent:
-                    raise CallFailed(_outcome_unknown("the deadline passed"), None) from None
-                raise _timeout_error(call) from None
+                    raise CallFailed(outcome_unknown("the deadline passed"), None) from None
+                raise timeout_error(call) from None
             except asyncio.CancelledError:
                 pending.abandoned = True
                 raise
@@ -391,7 +336,7 @@ class SalesforceClient:
                 return answer
         return await self._exchange(call, method, url, params, body)
 
-    async def _together(self, account: Account, group: list[_Pending]) -> list[_Answer]:
+    async def _together(self, account: Account, group: list[Pending]) -> list[Answer]:
         """One Composite request carrying calls of several jobs: a slot of the account's cap,
         the reserve checked again, the token, each insert's exactly-once claim, send; then each
         call's own answer, or what the whole request's failure means for each job."""
@@ -423,22 +368,22 @@ class SalesforceClient:
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
         except AuthError as exc:
-            return [p.unsent or _auth_failed(p.call, exc) for p in group]
+            return [p.unsent or auth_failed(p.call, exc) for p in group]
         except TimeoutError:
             self._count(account.name, "composite", "timeout", started)
-            return [p.unsent or _lost(p.call, state, "the deadline passed", True) for p in group]
+            return [p.unsent or lost(p.call, state, "the deadline passed", True) for p in group]
         except aiohttp.ClientError as exc:
             self._count(account.name, "composite", "error", started)
-            lost = f"connection lost ({type(exc).__name__})"
-            return [p.unsent or _lost(p.call, state, lost) for p in group]
+            what = f"connection lost ({type(exc).__name__})"
+            return [p.unsent or lost(p.call, state, what) for p in group]
         self._count(account.name, "composite", str(status), started)
         self._record_usage(account, limit_info)
-        parsed = _decode(raw)
+        parsed = decode(raw)
         answers = composite.answers(parsed, len(sent)) if status == 200 else None
         if status == 200 and answers is None:
             unreadable = "Composite answer unreadable"
-            return [p.unsent or _lost(p.call, state, unreadable) for p in group]
-        results: list[_Answer] = []
+            return [p.unsent or lost(p.call, state, unreadable) for p in group]
+        results: list[Answer] = []
         each = iter(answers or [])
         for pending in group:
             if pending.unsent is not None:
@@ -452,13 +397,13 @@ class SalesforceClient:
         return results
 
     @staticmethod
-    async def _claim(group: list[_Pending]) -> list[_Pending]:
+    async def _claim(group: list[Pending]) -> list[Pending]:
         """The calls that go: not those whose job stopped waiting, nor inserts whose claim
         another delivery holds. From here on a job that stops waiting cannot take its call
         back (`committed`)."""
         for pending in group:
             if pending.unsent is None and pending.abandoned:
-                pending.unsent = _timeout_error(pending.call)
+                pending.unsent = timeout_error(pending.call)
             elif pending.unsent is None:
                 pending.committed = True
         for pending in group:
@@ -472,12 +417,12 @@ class SalesforceClient:
 
     async def _exchange(
         self,
-        call: _Call,
+        call: Call,
         method: str,
         url: str,
         params: dict[str, str] | None,
         body: bytes | None,
-    ) -> _Response:
+    ) -> Response:
         """One HTTP call: a slot of the account's cap, then the token (read only now, so a call
         queued behind the cap never carries a token that died meanwhile), then send."""
         account, operation = call.account, call.operation.value
@@ -494,7 +439,10 @@ class SalesforceClient:
                     headers["Authorization"] = token.bearer
                     call.attempts += 1
                     started = time.perf_counter()
-                    async with self._session.request(
+                    # Whether the request left matters only for an insert's lost answer.
+                    traced = call.before_send is not None or not call.idempotent
+                    http = self._session if traced else self._plain
+                    async with http.request(
                         method,
                         url,
                         params=params,
@@ -508,16 +456,16 @@ class SalesforceClient:
                         limit_info = response.headers.get("Sforce-Limit-Info")
         except TimeoutError:
             self._count(account.name, operation, "timeout", started)
-            raise _lost(call, state, "the deadline passed", timeout=True) from None
+            raise lost(call, state, "the deadline passed", timeout=True) from None
         except aiohttp.ClientError as exc:
             self._count(account.name, operation, "error", started)
-            lost = f"connection lost ({type(exc).__name__})"
-            raise _lost(call, state, lost) from None
+            what = f"connection lost ({type(exc).__name__})"
+            raise lost(call, state, what) from None
         self._count(account.name, operation, str(status), started)
         self._record_usage(account, limit_info)
-        return self._answer(call, status, _decode(raw), token)
+        return self._answer(call, status, decode(raw), token)
 
-    def _answer(self, call: _Call, status: int, parsed: Any, token: AccessToken) -> _Response:
+    def _answer(self, call: Call, status: int, parsed: Any, token: AccessToken) -> Response:
         """What Salesforce's answer (to a single call, or to one subrequest) means for the job."""
         account, operation = call.account, call.operation.value
         call.http_status = status
@@ -536,7 +484,7 @@ class SalesforceClient:
                     "sf_error": classified.errors[0].errorCode if classified.errors else "",
                 },
             )
-        return _Response(status, parsed, classified, token)
+        return Response(status, parsed, classified, token)
 
     def _count(self, account: str, operation: str, status: str, started: float) -> None:
         self._metrics.sf_requests.labels(account, operation, status).inc()
@@ -582,7 +530,7 @@ class SalesforceClient:
             if status == 401:
                 await self._tokens.invalidate(account, token)
                 continue
-            body = _decode(raw)
+            body = decode(raw)
             daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
             if status == 200 and isinstance(daily, dict):
                 limit = int(daily.get("Max") or 0)
@@ -590,54 +538,3 @@ class SalesforceClient:
                 return UsageReading(used=max(0, limit - remaining), limit=limit)
             return parse_limit_info(header)
         return None
-
-
-class _Retryable(Exception):
-    def __init__(self, reason: str, error: ResultError) -> None:
-        super().__init__(error.message)
-        self.reason = reason
-        self.error = error
-
-
-def _lost(call: _Call, state: SendState | None, what: str, timeout: bool = False) -> Exception:
-    """A request whose answer did not come: an insert that left is OUTCOME_UNKNOWN (never
-    resent); otherwise TIMEOUT at the deadline, or a retry."""
-    sent = state is not None and state.sent
-    if sent and not call.idempotent:
-        return CallFailed(_outcome_unknown(what), call.http_status)
-    if timeout:
-        return _timeout_error(call)
-    return _Retryable(
-        "connection_lost" if sent else "connection_failed",
-        _error(ErrorCode.SALESFORCE_UNAVAILABLE, f"Salesforce: {what}", True),
-    )
-
-
-def _auth_failed(call: _Call, exc: AuthError) -> CallFailed:
-    return CallFailed(
-        ResultError(
-            code=exc.code,
-            message=exc.message,
-            retryable=exc.retryable,
-            salesforce_errors=exc.salesforce_errors(),
-        ),
-        exc.http_status or call.http_status,
-    )
-
-
-def _outcome_unknown(what: str) -> ResultError:
-    return _error(
-        ErrorCode.OUTCOME_UNKNOWN,
-        f"{what} after the insert was sent; Salesforce may or may not have created the record, "
-        "so it is not sent again",
-        False,
-    )
-
-
-def _decode(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw[:2000].decode("utf-8", errors="replace")

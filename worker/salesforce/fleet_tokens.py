@@ -159,6 +159,11 @@ class FleetAccountTokens:
 
     # --- what the client calls -------------------------------------------------------------
 
+    @property
+    def held(self) -> AccessToken | None:
+        """The fleet token this process holds now (None: `get` decides)."""
+        return self._token
+
     async def get(self) -> AccessToken:
         if self._token is not None:
             return self._token
@@ -495,6 +500,10 @@ class RedisTokenManager:
 
     async def invalidate(self, account: Account, token: AccessToken) -> bool:
         return await self.state(account).invalidate(token)
+
+    def cached(self, account: Account) -> AccessToken | None:
+        state = self._accounts.get(account.name)
+        return state.held if state is not None else None
 
     async def _write_back(self) -> None:
         for state in self._accounts.values():

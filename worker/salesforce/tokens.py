@@ -71,6 +71,10 @@ class TokenManager(Protocol):
         """Drop `token` if it is still the account's current one; True when it was dropped."""
         ...
 
+    def cached(self, account: Account) -> AccessToken | None:
+        """The token held for the account right now, without waiting (None: call `get`)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -261,6 +265,10 @@ class MemoryTokenManager:
 
     async def invalidate(self, account: Account, token: AccessToken) -> bool:
         return self.state(account).invalidate(token)
+
+    def cached(self, account: Account) -> AccessToken | None:
+        state = self._accounts.get(account.name)
+        return state.token if state is not None else None
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._accounts.values()))
