@@ -12,12 +12,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-
 from worker.app import Worker
 from worker.config import Settings
 from worker.render import render_result, table
 from worker.runtime import topology
+from worker.runtime.brokers import connect_first, node_of
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -179,9 +178,10 @@ async def run_demo(amqp_url: str | None) -> int:
                 results_exchange=f"{DEMO_PREFIX}.results",
                 startup_timeout_seconds=5,
             )
-            print(f"Salesforce simulator on {sim.base_url}; RabbitMQ at {_host_of(url)}\n")
+            nodes = ", ".join(node_of(u) for u in settings.amqp_urls())
+            print(f"Salesforce simulator on {sim.base_url}; RabbitMQ at {nodes}\n")
             worker = Worker(settings)
-            connection = await aio_pika.connect(url, timeout=10)
+            connection = await connect_first(settings.amqp_urls(), attempt_timeout=10)
             async with connection:
                 try:
                     await worker.start()
@@ -199,7 +199,3 @@ async def run_demo(amqp_url: str | None) -> int:
                     await worker.stop()
                     await topology.delete(await connection.channel(), settings)
     return 0
-
-
-def _host_of(url: str) -> str:
-    return url.rsplit("@", 1)[-1]

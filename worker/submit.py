@@ -15,6 +15,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from worker.config import Settings
+from worker.runtime.brokers import connect_first
 
 
 class JobClient:
@@ -96,7 +97,7 @@ class JobClient:
 
 
 async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> dict[str, Any]:
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
+    connection = await connect_first(settings.amqp_urls(), attempt_timeout=10)
     async with connection:
         channel = await connection.channel()
         client = JobClient(channel, settings)
