@@ -34,12 +34,14 @@ from worker.submit import JobClient
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def _reachable(url: str) -> bool:
     parts = urlsplit(url)
+    default = 6379 if parts.scheme.startswith("redis") else 5672
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default), 2):
             return True
     except OSError:
         return False
@@ -68,6 +70,46 @@ def amqp_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"no RabbitMQ for the tests and no Docker: {exc}")
         pytest.skip(f"no RabbitMQ (set SFWORKER_TEST_AMQP_URL): {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """Redis for the tests: SFWORKER_TEST_REDIS_URL, else the local server, else a
+    testcontainers one. In CI (CI=true) a missing Redis fails the run instead of skipping."""
+    url = os.environ.get("SFWORKER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _reachable(LOCAL_REDIS):
+        yield LOCAL_REDIS
+        return
+    try:
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7") as container:
+            host = container.get_container_host_ip()
+            yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+            return
+    except Exception as exc:  # Docker missing or not running
+        if os.environ.get("CI"):
+            pytest.fail(f"no Redis for the tests and no Docker: {exc}")
+        pytest.skip(f"no Redis (set SFWORKER_TEST_REDIS_URL): {exc}")
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of the test's own; its keys are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    prefix = f"sfworker-test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

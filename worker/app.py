@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -17,26 +18,86 @@ from worker.observability.metrics import Metrics
 from worker.runtime.consumer import DeliveryHandler
 from worker.runtime.service import RabbitService
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
+from worker.salesforce.reserve import ApiReserve, LocalBoard
+from worker.salesforce.slots import LocalSlots, Slots
 from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
+from worker.stores.base import ResultStore
+from worker.stores.fleet import FleetSlots, RedisUsageBoard
+from worker.stores.link import RedisLink
 from worker.stores.memory import MemoryResultStore
+from worker.stores.redis import RedisResultStore
 
 log = logging.getLogger(__name__)
 
 
 def token_manager(
-    session: aiohttp.ClientSession, settings: Settings, metrics: Metrics
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    metrics: Metrics,
+    link: RedisLink | None = None,
 ) -> TokenManager:
     async def fetch(account: Account, refresh_token: SecretStr | None) -> Grant:
         return await request_token(session, account, refresh_token=refresh_token)
 
+    backoff = Backoff(settings.token_backoff_initial_seconds, settings.token_backoff_max_seconds)
+    if link is not None:
+        return RedisTokenManager(
+            link,
+            fetch,
+            metrics,
+            backoff,
+            lease=settings.token_lock_lease_seconds,
+            request_timeout=settings.token_timeout_seconds,
+        )
     return MemoryTokenManager(
-        fetch,
-        metrics,
-        Backoff(settings.token_backoff_initial_seconds, settings.token_backoff_max_seconds),
-        request_timeout=settings.token_timeout_seconds,
+        fetch, metrics, backoff, request_timeout=settings.token_timeout_seconds
     )
+
+
+@dataclass
+class Fleet:
+    """What a process shares with the fleet (Redis), or keeps to itself (no Redis)."""
+
+    link: RedisLink | None
+    store: ResultStore
+    slots: Slots
+    reserve: ApiReserve
+
+    @classmethod
+    def create(cls, settings: Settings, metrics: Metrics) -> Fleet:
+        memory = MemoryResultStore(settings.result_cache_size, settings.result_cache_ttl_seconds)
+        timing = {
+            "share_every": settings.usage_share_seconds,
+            "probe_every": settings.limits_probe_seconds,
+        }
+        if settings.redis_url is None:
+            return cls(None, memory, LocalSlots(), ApiReserve(LocalBoard(), metrics, **timing))
+        link = RedisLink(
+            settings.redis_url.get_secret_value(),
+            settings.redis_prefix,
+            metrics,
+            timeout=settings.redis_timeout_seconds,
+            retry_every=settings.redis_retry_seconds,
+        )
+        return cls(
+            link,
+            RedisResultStore(link, memory, settings.result_cache_ttl_seconds),
+            FleetSlots(link),
+            ApiReserve(RedisUsageBoard(link), metrics, **timing),
+        )
+
+    async def start(self) -> None:
+        if self.link is not None:
+            await self.link.start()
+
+    async def close(self) -> None:
+        await self.reserve.close()
+        await self.store.close()
+        if self.link is not None:
+            await self.link.close()
 
 
 class Worker:
@@ -58,9 +119,11 @@ class Worker:
         self.service = RabbitService(settings, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None
-        self._store = MemoryResultStore(
-            settings.result_cache_size, settings.result_cache_ttl_seconds
-        )
+        self.fleet = Fleet.create(settings, self.metrics)
+        if self.fleet.link is None:
+            log.info(
+                "no SFWORKER_REDIS_URL: this worker keeps its tokens, results and limits alone"
+            )
         self._http: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -68,13 +131,22 @@ class Worker:
         if s.http_port:
             app = http.create_app(self.metrics, self.service.readiness)
             self._http = await http.start(app, s.http_host, s.http_port)
+        await self.fleet.start()
         self._session = create_session(s)
-        self._tokens = token_manager(self._session, s, self.metrics)
-        client = SalesforceClient(self._session, self._tokens, s, self.metrics)
-        runner = JobRunner(self.accounts, client, s, self.metrics)
+        self._tokens = token_manager(self._session, s, self.metrics, self.fleet.link)
+        client = SalesforceClient(
+            self._session,
+            self._tokens,
+            s,
+            self.metrics,
+            slots=self.fleet.slots,
+            reserve=self.fleet.reserve,
+        )
+        store = self.fleet.store
+        runner = JobRunner(self.accounts, client, s, self.metrics, store)
         await self.service.connect(s.startup_timeout_seconds)
         publisher = await self.service.open()
-        handler = DeliveryHandler(runner, self._store, publisher, s, self.metrics)
+        handler = DeliveryHandler(runner, store, publisher, s, self.metrics)
         await self.service.consume(handler.handle)
         log.info("worker started", extra={"accounts": len(self.accounts)})
 
@@ -85,7 +157,7 @@ class Worker:
             await self._tokens.close()
         if self._session is not None:
             await self._session.close()
-        await self._store.close()
+        await self.fleet.close()
         if self._http is not None:
             await self._http.cleanup()
         log.info("worker stopped", extra={"left_unacked": cancelled})

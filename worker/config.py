@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,7 +41,27 @@ class Settings(BaseSettings):
     http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the endpoint")
     redis_url: SecretStr | None = Field(
-        default=None, description="Redis URL for state shared across workers (reserved)"
+        default=None,
+        description="Redis URL for state shared by the fleet (tokens, results, limits); unset: "
+        "each process works alone",
+    )
+    redis_prefix: str = Field(
+        default="sfworker:", min_length=1, description="Prefix of every Redis key the worker writes"
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.5, gt=0, le=10, description="Timeout of one Redis command (then: fallback)"
+    )
+    redis_retry_seconds: float = Field(
+        default=2.0, gt=0, le=15, description="While Redis is down, how often it is tried again"
+    )
+    token_lock_lease_seconds: float = Field(
+        default=10.0, gt=0, le=30, description="Lease of the fleet-wide token refresh lock"
+    )
+    usage_share_seconds: float = Field(
+        default=1.0, gt=0, le=2, description="How often API usage is shared with the fleet"
+    )
+    limits_probe_seconds: float = Field(
+        default=5.0, gt=0, le=10, description="While an account is held back, /limits is read"
     )
     prefetch: int = Field(default=32, ge=1, le=5000, description="In-flight jobs per process")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -81,7 +102,16 @@ class Settings(BaseSettings):
     retry_cap_ms: int = Field(default=2000, ge=1, description="Backoff cap")
     token_backoff_initial_seconds: float = Field(default=1.0, gt=0)
     token_backoff_max_seconds: float = Field(default=60.0, gt=0)
-    token_timeout_seconds: float = Field(default=10.0, gt=0, description="Token endpoint call")
+    token_timeout_seconds: float = Field(default=5.0, gt=0, description="Token endpoint call")
+
+    @model_validator(mode="after")
+    def _lease_covers_the_token_request(self) -> Settings:
+        if self.token_timeout_seconds >= self.token_lock_lease_seconds:
+            raise ValueError(
+                "SFWORKER_TOKEN_TIMEOUT_SECONDS must be below SFWORKER_TOKEN_LOCK_LEASE_SECONDS "
+                "(a token request must end before its lock's lease)"
+            )
+        return self
 
     @field_validator("amqp_url")
     @classmethod
@@ -146,6 +176,8 @@ _PLAIN_KEYS = {
     "sandbox",
     "api_version",
     "max_concurrency",
+    "api_reserve_percent",
+    "idempotency_fields",
 }
 ACCOUNT_KEYS = (
     _PLAIN_KEYS
@@ -154,6 +186,11 @@ ACCOUNT_KEYS = (
     | {f"{k}_file" for k in SECRET_KEYS}
 )
 _LOCAL_HOSTS = {"localhost"}
+# Salesforce limits long (>20 s) concurrent calls to 25 per org, not short ones: the cap is a
+# guard against a slow org, set above a process's prefetch so it never throttles normal load.
+DEFAULT_MAX_CONCURRENCY = 100
+DEFAULT_API_RESERVE_PERCENT = 95.0
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 
 
 @dataclass(frozen=True)
@@ -173,7 +210,9 @@ class Account:
     tenant: str | None = None
     default: bool = False
     api_version: str = "62.0"
-    max_concurrency: int = 25
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    api_reserve_percent: float = DEFAULT_API_RESERVE_PERCENT
+    idempotency_fields: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def api_base(self) -> str:
@@ -299,6 +338,21 @@ def _api_version(name: str, raw: Any) -> str:
     return text
 
 
+def _idempotency_fields(name: str, raw: Any) -> dict[str, str]:
+    """`{ Case = "Sfworker_Job_Id__c" }`: inserts on Case become upserts keyed by job_id."""
+    where = f"account {name!r}: key 'idempotency_fields'"
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where} must be a table of object = "External_Id_Field__c"')
+    fields: dict[str, str] = {}
+    for sobject, field_name in raw.items():
+        if not _API_NAME.match(sobject):
+            raise ConfigError(f"{where}: {sobject!r} is not an object API name")
+        if not isinstance(field_name, str) or not _API_NAME.match(field_name):
+            raise ConfigError(f"{where}: the field for {sobject} must be a field API name")
+        fields[sobject] = field_name
+    return fields
+
+
 def _parse_account(
     name: str, table: Any, base_dir: Path, *, allow_insecure_localhost: bool
 ) -> Account:
@@ -346,9 +400,14 @@ def _parse_account(
     sandbox = _typed(name, table, "sandbox", bool, False)
     default_audience = "https://test.salesforce.com" if sandbox else "https://login.salesforce.com"
     api_version = _api_version(name, table.get("api_version", "62.0"))
-    max_concurrency = _typed(name, table, "max_concurrency", int, 25)
+    max_concurrency = _typed(name, table, "max_concurrency", int, DEFAULT_MAX_CONCURRENCY)
     if max_concurrency < 1:
         raise ConfigError(f"account {name!r}: key 'max_concurrency' must be at least 1")
+    reserve = table.get("api_reserve_percent", DEFAULT_API_RESERVE_PERCENT)
+    if isinstance(reserve, bool) or not isinstance(reserve, int | float) or not 0 < reserve <= 100:
+        raise ConfigError(
+            f"account {name!r}: key 'api_reserve_percent' must be a number above 0, at most 100"
+        )
     tenant = _typed(name, table, "tenant", str, None)
     return Account(
         name=name,
@@ -365,6 +424,8 @@ def _parse_account(
         default=_typed(name, table, "default", bool, False),
         api_version=api_version,
         max_concurrency=max_concurrency,
+        api_reserve_percent=float(reserve),
+        idempotency_fields=_idempotency_fields(name, table.get("idempotency_fields", {})),
     )
 
 

@@ -3,6 +3,7 @@ Salesforce, and say what to answer. RabbitMQ (receiving, replying, acking) is ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from worker.contract import (
     AnyJob,
     BlockResult,
     ErrorCode,
+    InsertJob,
     Operation,
     ResultError,
     Status,
@@ -26,6 +28,8 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
+from worker.stores.base import ResultStore
+from worker.stores.memory import MemoryResultStore
 
 _OPERATIONS = {op.value for op in Operation}
 
@@ -144,11 +148,15 @@ class JobRunner:
         client: SalesforceClient,
         settings: Settings,
         metrics: Metrics,
+        store: ResultStore | None = None,
     ) -> None:
         self._accounts = accounts
         self._client = client
         self._settings = settings
         self._metrics = metrics
+        self._store: ResultStore = store or MemoryResultStore(
+            settings.result_cache_size, settings.result_cache_ttl_seconds
+        )
 
     def deadline(self, job: AnyJob, incoming: Incoming) -> Deadline:
         """The budget counts from sent_at, else the AMQP timestamp, else receipt. An AMQP
@@ -201,8 +209,22 @@ class JobRunner:
                 operation=operation,
                 account=account.name,
             )
+        before_send = None
+        if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
+            # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
+            if await self._store.insert_sent(job.job_id):
+                return failed(
+                    job.job_id,
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "an earlier delivery of this insert was sent to Salesforce and its worker "
+                    "stopped before answering; Salesforce may or may not have created the "
+                    "record, so it is not sent again",
+                    operation=operation,
+                    account=account.name,
+                )
+            before_send = functools.partial(self._store.mark_insert_sent, job.job_id)
         try:
-            outcome = await self._client.execute(job, account, deadline)
+            outcome = await self._client.execute(job, account, deadline, before_send=before_send)
         except BindingError as exc:
             return failed(
                 job.job_id,

@@ -66,7 +66,8 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "sfworker_rate_limited_total",
-            "Salesforce REQUEST_LIMIT_EXCEEDED answers, by kind (daily or concurrent)",
+            "Jobs refused for the API limit, by kind: daily or concurrent (Salesforce's "
+            "REQUEST_LIMIT_EXCEEDED), reserve (held back by api_reserve_percent, not sent)",
             ["account", "kind"],
             registry=r,
         )
@@ -81,6 +82,12 @@ class Metrics:
             "Latency of one OAuth token request",
             ["account"],
             buckets=_CALL_BUCKETS,
+            registry=r,
+        )
+        self.token_waits = Counter(
+            "sfworker_token_waits_total",
+            "Jobs that waited on a token request made by another job or another worker",
+            ["account"],
             registry=r,
         )
         self.token_invalidations = Counter(
@@ -149,6 +156,17 @@ class Metrics:
             "Unexpected errors while handling a delivery (the message is requeued)",
             registry=r,
         )
+        self.redis_fallback = Gauge(
+            "sfworker_redis_fallback",
+            "1 while Redis is configured but unreachable (the worker uses in-process state)",
+            registry=r,
+        )
+        self.limits_probes = Counter(
+            "sfworker_limits_probes_total",
+            "Reads of Salesforce /limits (first use of an account, or while it is held back)",
+            ["account", "outcome"],
+            registry=r,
+        )
         self.amqp_reconnects = Counter(
             "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
         )
@@ -169,11 +187,14 @@ class Metrics:
             for code in ErrorCode:
                 self.jobs.labels(op.value, Status.FAILED.value, code.value)
         for account, flow in accounts:
-            for kind in ("daily", "concurrent"):
+            for kind in ("daily", "concurrent", "reserve"):
                 self.rate_limited.labels(account, kind)
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
+            self.token_waits.labels(account)
+            for outcome in ("ok", "error"):
+                self.limits_probes.labels(account, outcome)
         for reason in REFUSAL_REASONS:
             self.invalid_requests.labels(reason)
             self.dead_lettered.labels(reason)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -39,8 +40,10 @@ from worker.salesforce.binding import bind_soql, bind_sosl
 from worker.salesforce.errors import Classified, Verdict, classify
 from worker.salesforce.http import SendState
 from worker.salesforce.oauth import AuthError
+from worker.salesforce.reserve import ApiReserve, LocalBoard
+from worker.salesforce.slots import LocalSlots, Slots
 from worker.salesforce.tokens import AccessToken, TokenManager
-from worker.salesforce.usage import ApiUsage, parse_limit_info
+from worker.salesforce.usage import ApiUsage, UsageReading, parse_limit_info
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,15 @@ class CallFailed(Exception):
         self.http_status = http_status
 
 
+BeforeSend = Callable[[], Awaitable[None]]
+
+
 @dataclass
 class _Response:
     status: int
     body: Any
     classified: Classified
+    token: AccessToken
 
 
 @dataclass
@@ -91,6 +98,7 @@ class _Call:
     http_status: int | None = None
     idempotent: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict)
+    before_send: BeforeSend | None = None
 
 
 def _error(code: ErrorCode, message: str, retryable: bool = False) -> ResultError:
@@ -111,13 +119,18 @@ class SalesforceClient:
         tokens: TokenManager,
         settings: Settings,
         metrics: Metrics,
+        *,
+        slots: Slots | None = None,
+        reserve: ApiReserve | None = None,
     ) -> None:
         self._session = session
         self._tokens = tokens
         self._settings = settings
         self._metrics = metrics
+        self._slots: Slots = slots or LocalSlots()
+        self.reserve = reserve or ApiReserve(LocalBoard(), metrics)
+        self.reserve.attach(self.read_limits)
         self._usage: dict[str, ApiUsage] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
 
     def usage(self, account: Account) -> ApiUsage:
         usage = self._usage.get(account.name)
@@ -125,18 +138,22 @@ class SalesforceClient:
             usage = self._usage[account.name] = ApiUsage()
         return usage
 
-    def _slot(self, account: Account) -> asyncio.Semaphore:
-        slot = self._slots.get(account.name)
-        if slot is None:
-            slot = self._slots[account.name] = asyncio.Semaphore(account.max_concurrency)
-        return slot
-
     # --- operations ------------------------------------------------------------------------
 
-    async def execute(self, job: AnyJob, account: Account, deadline: Deadline) -> Outcome:
-        """Run the job's operation; never raises for anything Salesforce or the network does."""
-        call = _Call(account, Operation(job.operation), deadline)
+    async def execute(
+        self,
+        job: AnyJob,
+        account: Account,
+        deadline: Deadline,
+        *,
+        before_send: BeforeSend | None = None,
+    ) -> Outcome:
+        """Run the job's operation; never raises for anything Salesforce or the network does.
+        `before_send` is awaited just before each request leaves the process (insert markers).
+        """
+        call = _Call(account, Operation(job.operation), deadline, before_send=before_send)
         try:
+            await self.reserve.ensure_known(account, deadline)
             match job:
                 case SearchJob():
                     return await self._search(job, call)
@@ -198,9 +215,22 @@ class SalesforceClient:
         return self._outcome(call, Status.OK, records=[record])
 
     async def _insert(self, job: InsertJob, call: _Call) -> Outcome:
+        key_field = call.account.idempotency_fields.get(job.sobject)
+        if key_field is not None:
+            return await self._insert_by_job_id(job, key_field, call)
         call.idempotent = False
         url = f"{call.account.api_base}/sobjects/{job.sobject}"
         response = await self._request(call, "POST", url, json=dict(job.fields))
+        body = response.body if isinstance(response.body, dict) else {}
+        return self._outcome(call, Status.OK, id=body.get("id"))
+
+    async def _insert_by_job_id(self, job: InsertJob, key_field: str, call: _Call) -> Outcome:
+        """Idempotency-field mode: an upsert on an external-id field keyed by the job_id, so
+        Salesforce itself keeps one record per job, however often the job runs."""
+        value = quote(job.job_id, safe="")
+        url = f"{call.account.api_base}/sobjects/{job.sobject}/{key_field}/{value}"
+        fields = {k: v for k, v in job.fields.items() if k.lower() != key_field.lower()}
+        response = await self._request(call, "PATCH", url, json=fields)
         body = response.body if isinstance(response.body, dict) else {}
         return self._outcome(call, Status.OK, id=body.get("id"))
 
@@ -250,9 +280,9 @@ class SalesforceClient:
         body = orjson.dumps(json) if json is not None else None
         refreshed = False
         while True:
-            token = await self._token(call)
+            self._check_reserve(call)
             try:
-                response = await self._exchange(call, method, url, token.bearer, params, body)
+                response = await self._exchange(call, method, url, params, body)
             except _Retryable as retry:
                 await self._pause_before_retry(call, retry.reason, retry.error)
                 continue
@@ -262,12 +292,18 @@ class SalesforceClient:
             if classified.verdict is Verdict.REFRESH and not refreshed:
                 # Once per operation: a second INVALID_SESSION_ID with a fresh token is final.
                 refreshed = True
-                await self._tokens.invalidate(call.account, token)
+                await self._tokens.invalidate(call.account, response.token)
                 continue
             if classified.verdict is Verdict.RETRY:
                 await self._pause_before_retry(call, classified.retry_reason, classified.to_error())
                 continue
             raise CallFailed(classified.to_error(), response.status)
+
+    def _check_reserve(self, call: _Call) -> None:
+        refusal = self.reserve.refusal(call.account)
+        if refusal is not None:
+            self._metrics.rate_limited.labels(call.account.name, "reserve").inc()
+            raise CallFailed(_error(ErrorCode.RATE_LIMITED, refusal, True), call.http_status)
 
     async def _pause_before_retry(self, call: _Call, reason: str, error: ResultError) -> None:
         """Sleep a full-jitter backoff before the next try, or raise CallFailed(error) when the
@@ -305,20 +341,22 @@ class SalesforceClient:
         call: _Call,
         method: str,
         url: str,
-        bearer: str,
         params: dict[str, str] | None,
         body: bytes | None,
     ) -> _Response:
+        """One HTTP call: a slot of the account's cap, then the token (read only now, so a call
+        queued behind the cap never carries a token that died meanwhile), then send."""
         account, operation = call.account, call.operation.value
-        headers = {"Authorization": bearer, "Accept": "application/json", **call.extra_headers}
+        headers = {"Accept": "application/json", **call.extra_headers}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        state = SendState()
-        slot = self._slot(account)
+        state = SendState(call.before_send)
         started = 0.0
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                async with slot:
+                async with self._slots.hold(account):
+                    token = await self._token(call)
+                    headers["Authorization"] = token.bearer
                     call.attempts += 1
                     started = time.perf_counter()
                     async with self._session.request(
@@ -369,7 +407,7 @@ class SalesforceClient:
                     "sf_error": classified.errors[0].errorCode if classified.errors else "",
                 },
             )
-        return _Response(status, parsed, classified)
+        return _Response(status, parsed, classified, token)
 
     def _count(self, account: str, operation: str, status: str, started: float) -> None:
         self._metrics.sf_requests.labels(account, operation, status).inc()
@@ -383,11 +421,46 @@ class SalesforceClient:
         if reading is None:
             return
         self.usage(account).update(reading)
+        self.reserve.observe(account, reading)
         self._metrics.api_usage_used.labels(account.name).set(reading.used)
         self._metrics.api_usage_limit.labels(account.name).set(reading.limit)
         if reading.app_used is not None and reading.app_limit is not None:
             self._metrics.app_api_usage_used.labels(account.name).set(reading.app_used)
             self._metrics.app_api_usage_limit.labels(account.name).set(reading.app_limit)
+
+    async def read_limits(self, account: Account) -> UsageReading | None:
+        """The org's daily API usage from `/limits` (None when it cannot be read now)."""
+        url = f"{account.api_base}/limits"
+        for _ in range(2):
+            try:
+                async with asyncio.timeout(self._settings.token_timeout_seconds * 2):
+                    token = await self._tokens.get(account)
+                    async with self._session.get(
+                        url,
+                        headers={"Authorization": token.bearer, "Accept": "application/json"},
+                        allow_redirects=False,
+                    ) as response:
+                        raw = await response.read()
+                        status = response.status
+                        header = response.headers.get("Sforce-Limit-Info")
+            except (TimeoutError, aiohttp.ClientError, AuthError) as exc:
+                log.info(
+                    "reading /limits failed",
+                    extra={"account": account.name, "error": type(exc).__name__},
+                )
+                return None
+            self._metrics.sf_requests.labels(account.name, "limits", str(status)).inc()
+            if status == 401:
+                await self._tokens.invalidate(account, token)
+                continue
+            body = _decode(raw)
+            daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
+            if status == 200 and isinstance(daily, dict):
+                limit = int(daily.get("Max") or 0)
+                remaining = int(daily.get("Remaining") or 0)
+                return UsageReading(used=max(0, limit - remaining), limit=limit)
+            return parse_limit_info(header)
+        return None
 
 
 class _Retryable(Exception):

@@ -3,6 +3,7 @@ was sent (so a lost answer to an insert is told apart from a connection that nev
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import aiohttp
@@ -12,12 +13,23 @@ from worker.config import Settings
 
 
 class SendState:
-    """Per-request flag set by the trace once the request headers left this process."""
+    """Per-request state for the trace: `sent` once the request headers left this process, and
+    a hook awaited once the connection is ready, just before they leave (insert markers)."""
 
-    __slots__ = ("sent",)
+    __slots__ = ("before_send", "sent")
 
-    def __init__(self) -> None:
+    def __init__(self, before_send: Callable[[], Awaitable[None]] | None = None) -> None:
         self.sent = False
+        self.before_send = before_send
+
+
+async def _on_connection_ready(
+    _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object
+) -> None:
+    state = ctx.trace_request_ctx
+    if isinstance(state, SendState) and state.before_send is not None:
+        hook, state.before_send = state.before_send, None
+        await hook()
 
 
 async def _on_headers_sent(
@@ -33,6 +45,10 @@ async def _on_headers_sent(
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
+    # The connection is ready and the request is written right after: the last moment before
+    # it leaves (a new connection's setup would otherwise widen the window).
+    trace.on_connection_create_end.append(_on_connection_ready)
+    trace.on_connection_reuseconn.append(_on_connection_ready)
     connector = aiohttp.TCPConnector(
         limit=settings.http_pool_size,
         keepalive_timeout=30.0,

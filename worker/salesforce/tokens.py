@@ -34,11 +34,22 @@ log = logging.getLogger(__name__)
 _generations = itertools.count(1)
 
 
+def next_generation() -> int:
+    """A number for a token this process obtained (local generations)."""
+    return next(_generations)
+
+
 @dataclass(frozen=True)
 class AccessToken:
     value: SecretStr = field(repr=False)
     generation: int
     issued_at: float
+    # "local" (this process numbered it) or "fleet" (Redis numbered it): generations of the two
+    # are compared only within one source.
+    source: str = "local"
+
+    def same_as(self, other: AccessToken) -> bool:
+        return self.generation == other.generation and self.source == other.source
 
     @property
     def bearer(self) -> str:
@@ -72,7 +83,7 @@ class Backoff:
         return float(min(self.maximum, self.initial * 2.0 ** max(0, failures - 1)))
 
 
-class _AccountTokens:
+class AccountTokens:
     """Token state of one account inside one process."""
 
     def __init__(
@@ -100,7 +111,9 @@ class _AccountTokens:
     async def get(self) -> AccessToken:
         if self._token is not None:
             return self._token
-        if self._inflight is None:
+        if self._inflight is not None:
+            self._metrics.token_waits.labels(self.account.name).inc()
+        else:
             now = self._clock()
             if self._last_error is not None and now < self._retry_at:
                 raise self._backing_off(self._retry_at - now)
@@ -111,8 +124,20 @@ class _AccountTokens:
         # shield: a job that gives up (its deadline) must not cancel the shared request.
         return await asyncio.shield(self._inflight)
 
+    @property
+    def refresh_token(self) -> SecretStr | None:
+        return self._refresh_token
+
+    def adopt(self, token: AccessToken | None, refresh_token: SecretStr | None) -> None:
+        """Take over state obtained elsewhere (the fleet): the newest refresh token, and a
+        token to use while Redis is out of reach."""
+        if refresh_token is not None:
+            self._refresh_token = refresh_token
+        if token is not None:
+            self._token = token
+
     def invalidate(self, token: AccessToken) -> bool:
-        if self._token is not None and self._token.generation == token.generation:
+        if self._token is not None and self._token.same_as(token):
             self._token = None
             self._metrics.token_invalidations.labels(self.account.name).inc()
             return True
@@ -204,12 +229,12 @@ class MemoryTokenManager:
         self._metrics = metrics
         self._backoff = backoff or Backoff()
         self._clock = clock
-        self._accounts: dict[str, _AccountTokens] = {}
+        self._accounts: dict[str, AccountTokens] = {}
 
-    def _state(self, account: Account) -> _AccountTokens:
+    def state(self, account: Account) -> AccountTokens:
         state = self._accounts.get(account.name)
         if state is None:
-            state = _AccountTokens(
+            state = AccountTokens(
                 account,
                 self._fetch,
                 self._backoff,
@@ -221,10 +246,10 @@ class MemoryTokenManager:
         return state
 
     async def get(self, account: Account) -> AccessToken:
-        return await self._state(account).get()
+        return await self.state(account).get()
 
     async def invalidate(self, account: Account, token: AccessToken) -> bool:
-        return self._state(account).invalidate(token)
+        return self.state(account).invalidate(token)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._accounts.values()))

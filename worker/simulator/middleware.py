@@ -74,6 +74,7 @@ async def instrument(request: web.Request, handler: Handler) -> web.StreamRespon
         response = await handler(request)
     finally:
         state.counters.leave()  # a counters reset meanwhile carried in_flight over
+    state.counters.responses[str(response.status)] += 1
     if LIMIT_HEADER not in response.headers:
         response.headers[LIMIT_HEADER] = limit_info(state, request)
     return response
@@ -92,6 +93,10 @@ async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     state = state_of(request)
     if is_rest(request):
+        if request.can_read_body:
+            # Like Salesforce, a request that arrived whole is processed even if its client
+            # goes away meanwhile: take the body in before the simulated latency.
+            await request.read()
         delay = state.latency.ms + random.uniform(0, state.latency.jitter_ms)
         if delay > 0:
             await asyncio.sleep(delay / 1000)

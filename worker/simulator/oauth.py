@@ -132,10 +132,12 @@ async def _refresh_token(state: SimulatorState, request: web.Request, form: Form
     if not rt.active:
         if rt.rotated_out:
             auth.revoke_chain(rt.chain_id)
+            state.counters.oauth_events["replay_revoked_chain"] += 1
         await _pause(state)
         raise OAuthError("invalid_grant", EXPIRED_TOKEN)
     if token in auth.processing:
         # Today's wording; Salesforce announced "token request is already being processed".
+        state.counters.oauth_events["concurrent_refresh_rejected"] += 1
         raise OAuthError("invalid_grant", "expired authorization code")
     auth.processing.add(token)
     try:

@@ -50,6 +50,8 @@ class Counters:
     token_requests: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
     queries: list[str] = field(default_factory=list)
+    responses: Counter[str] = field(default_factory=Counter)  # REST answers by HTTP status
+    oauth_events: Counter[str] = field(default_factory=Counter)  # revocations, rejections
     in_flight: int = 0
     max_concurrency: int = 0
 
@@ -66,6 +68,8 @@ class Counters:
             "token_requests_total": sum(self.token_requests.values()),
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
+            "responses": dict(self.responses),
+            "oauth_events": dict(self.oauth_events),
             "max_concurrency": self.max_concurrency,
             "in_flight": self.in_flight,
             "queries": list(self.queries),

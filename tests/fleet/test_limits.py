@@ -1,0 +1,77 @@
+"""Issue 7, acceptance 6 and the fleet-wide concurrency cap: an org past its API reserve gets no
+call from the fleet until its limit is raised; `max_concurrency` holds for all workers together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_settings, write_accounts
+from tests.fleet.test_fleet_tokens import answers, run_all, searches, start_fleet
+from worker.config import Settings
+from worker.simulator.testing import SimulatorClient
+from worker.submit import JobClient
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_fleet_past_the_reserve_calls_nothing_and_resumes_when_raised(
+    fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
+) -> None:
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    await simulator.set_daily_limit(1000, used=960)
+    await start_fleet(spawn_worker, fleet_settings, 2)
+    batch = searches("held", 20)
+    assert await run_all(jobs, batch) == ["failed"] * 20
+    by_id = {r["job_id"]: r for r in jobs.results}
+    for body in batch:
+        error = by_id[body["job_id"]]["error"]
+        assert error["code"] == "RATE_LIMITED"
+        assert "96%" in error["message"]
+        assert error["retryable"] is True
+    counters = await simulator.counters()
+    assert counters["requests"].get("query", 0) == 0  # no call for any of them
+    assert counters["requests"].get("limits", 0) <= 2  # the fleet read /limits instead
+
+    await simulator.set_daily_limit(100_000, used=960)
+    raised = time.monotonic()
+    n = 0
+    while True:
+        n += 1
+        [status] = await run_all(jobs, searches(f"after-{n}", 1))
+        if status == "ok":
+            break
+        assert time.monotonic() - raised < 12, "work did not resume within 12 s"
+        await asyncio.sleep(0.5)
+    resumed = time.monotonic() - raised
+    print(f"\nwork resumed {resumed:.1f} s after the limit was raised")
+    assert resumed < 12
+
+
+async def test_max_concurrency_holds_for_the_whole_fleet(
+    amqp_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    settings: Settings,
+    spawn_worker: Any,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+) -> None:
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    path = write_accounts(tmp_path / "cap.toml", simulator.base_url, extra="max_concurrency = 8\n")
+    capped = make_settings(amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix)
+    await start_fleet(spawn_worker, capped, 2, prefetch=50)
+    await run_all(jobs, searches("warm", 4))
+    await simulator.set_latency(150)
+    await simulator.reset_counters()
+    batch = searches("capped", 100)
+    await asyncio.gather(*(jobs.publish(body) for body in batch))
+    assert await answers(jobs, batch) == ["ok"] * 100
+    counters = await simulator.counters()
+    assert 4 <= counters["max_concurrency"] <= 8  # both workers used it, never past the cap

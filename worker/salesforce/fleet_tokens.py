@@ -1,0 +1,441 @@
+"""The token manager of a fleet: one token request per account per expiry, whatever the number
+of worker processes, with the state in Redis.
+
+Keys (under SFWORKER_REDIS_PREFIX): `token:<account>` (the current access token and its fleet
+generation), `token-gen:<account>` (the generation counter), `token-lock:<account>` (who is
+refreshing, with a lease), `token-error:<account>` (the last refusal, kept for the backoff),
+`refresh:<account>` (the newest refresh token, and a fingerprint of the accounts file's one).
+
+- A process keeps the token it read; only when it has none, or a 401 reported the *current* one
+  dead (compare-and-invalidate in Redis: a 401 on an older token changes nothing), does it look
+  in Redis again. Inside a process, one task does that for all the jobs waiting.
+- One worker takes the lock (`SET NX PX lease`, released only by its holder through a script
+  that compares the holder's token) and calls the token endpoint; the others poll Redis every
+  50 ms for the new token and never call Salesforce. A holder that dies leaves a lock whose
+  lease runs out; the next worker then refreshes.
+- Rotation: the new refresh token is written in the same script as the access token, before the
+  lock is released, so nobody can refresh with the rotated-out one. The accounts file's refresh
+  token is only the start: a *different* one in the file (an admin authorized again) wins.
+- When Redis is unreachable, the process's own token manager takes over (seeded with the
+  newest refresh token seen); a refresh token rotated meanwhile is written back on return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pydantic import SecretStr
+
+from worker.config import Account, Flow
+from worker.contract import ErrorCode
+from worker.observability.metrics import Metrics
+from worker.salesforce.oauth import AuthError, Grant
+from worker.salesforce.tokens import (
+    AccessToken,
+    AccountTokens,
+    Backoff,
+    MemoryTokenManager,
+    TokenFetcher,
+    next_generation,
+)
+from worker.stores.link import RedisLink, RedisUnavailable, as_text
+
+log = logging.getLogger(__name__)
+
+FLEET = "fleet"
+_POLL_SECONDS = 0.05
+_TOKEN_TTL_MS = 12 * 3600 * 1000  # a forgotten token goes eventually; a live one is rewritten
+
+# KEYS: lock, token, gen, refresh, error, failures
+# ARGV: holder, access token, rotated refresh token or "", file fingerprint, token ttl ms
+_STORE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], 'value', ARGV[3], 'seed', ARGV[4]) end
+local gen = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[2], 'value', ARGV[2], 'gen', gen)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('DEL', KEYS[5], KEYS[6])
+return gen
+"""
+# KEYS: lock; ARGV: holder
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: token; ARGV: generation that a 401 reported dead
+_INVALIDATE = """
+if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def fingerprint(secret: SecretStr | None) -> str:
+    if secret is None:
+        return ""
+    return hashlib.sha256(secret.get_secret_value().encode()).hexdigest()[:24]
+
+
+def _error_payload(exc: AuthError, failures: int) -> bytes:
+    return orjson.dumps(
+        {
+            "message": exc.message,
+            "code": exc.code.value,
+            "retryable": exc.retryable,
+            "error": exc.error,
+            "description": exc.description,
+            "http_status": exc.http_status,
+            "failures": failures,
+        }
+    )
+
+
+def _error_from(raw: Any, wait_ms: int) -> AuthError:
+    data: dict[str, Any] = orjson.loads(raw)
+    return AuthError(
+        f"{data.get('message', 'token request failed')} (token requests paused for "
+        f"{max(0, wait_ms) / 1000:.1f} s after {data.get('failures', 1)} failure(s), fleet-wide)",
+        code=ErrorCode(data.get("code", ErrorCode.AUTH_FAILED.value)),
+        retryable=bool(data.get("retryable")),
+        error=str(data.get("error") or ""),
+        description=str(data.get("description") or ""),
+        http_status=data.get("http_status"),
+    )
+
+
+class FleetAccountTokens:
+    """Token state of one account in this process, backed by Redis."""
+
+    def __init__(
+        self,
+        account: Account,
+        link: RedisLink,
+        fetch: TokenFetcher,
+        local: AccountTokens,
+        metrics: Metrics,
+        backoff: Backoff,
+        *,
+        lease: float,
+        request_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.account = account
+        self._link = link
+        self._fetch = fetch
+        self._local = local
+        self._metrics = metrics
+        self._backoff = backoff
+        self._lease_ms = int(lease * 1000)
+        self._request_timeout = request_timeout
+        self._clock = clock
+        self._token: AccessToken | None = None
+        self._dead_generation: int | None = None
+        self._inflight: asyncio.Task[AccessToken] | None = None
+        self._latest_refresh: SecretStr | None = account.refresh_token
+        self._seed = fingerprint(account.refresh_token)
+        name = account.name
+        self._keys = {
+            "lock": link.key("token-lock", name),
+            "token": link.key("token", name),
+            "gen": link.key("token-gen", name),
+            "refresh": link.key("refresh", name),
+            "error": link.key("token-error", name),
+            "failures": link.key("token-failures", name),
+        }
+        self._store = link.script(_STORE)
+        self._release = link.script(_RELEASE)
+        self._invalidate = link.script(_INVALIDATE)
+
+    # --- what the client calls -------------------------------------------------------------
+
+    async def get(self) -> AccessToken:
+        if self._token is not None:
+            return self._token
+        if not self._link.available:
+            return await self._local_get()
+        if self._inflight is not None:
+            self._metrics.token_waits.labels(self.account.name).inc()
+        else:
+            self._inflight = asyncio.create_task(
+                self._acquire(), name=f"fleet-token:{self.account.name}"
+            )
+            self._inflight.add_done_callback(self._done)
+        # shield: a job that gives up (its deadline) must not cancel the shared work.
+        return await asyncio.shield(self._inflight)
+
+    async def invalidate(self, token: AccessToken) -> bool:
+        if token.source != FLEET:
+            return self._local.invalidate(token)
+        dropped = False
+        self._local.invalidate(token)  # it may hold this token for the fallback
+        if self._token is not None and self._token.same_as(token):
+            self._token = None
+            dropped = True
+            self._metrics.token_invalidations.labels(self.account.name).inc()
+        self._dead_generation = token.generation
+        key, generation = self._keys["token"], str(token.generation)
+        await self._link.attempt(
+            lambda r: self._invalidate(keys=[key], args=[generation], client=r)
+        )
+        return dropped
+
+    def _done(self, task: asyncio.Task[AccessToken]) -> None:
+        self._inflight = None
+        if not task.cancelled():
+            task.exception()
+
+    # --- in-process fallback ---------------------------------------------------------------
+
+    async def _local_get(self) -> AccessToken:
+        return await self._local.get()
+
+    async def write_back(self) -> None:
+        """After an outage: a refresh token the local manager rotated meanwhile is the only live
+        one; put it where the fleet reads it."""
+        rotated = self._local.refresh_token
+        if rotated is None or rotated == self._latest_refresh:
+            return
+        key, value, seed = self._keys["refresh"], rotated.get_secret_value(), self._seed
+        await self._link.call(lambda r: r.hset(key, mapping={"value": value, "seed": seed}))
+        self._latest_refresh = rotated
+        log.warning(
+            "refresh token rotated during the Redis outage written back",
+            extra={"account": self.account.name},
+        )
+
+    # --- the fleet protocol ----------------------------------------------------------------
+
+    async def _acquire(self) -> AccessToken:
+        try:
+            return await self._acquire_fleet()
+        except RedisUnavailable:
+            return await self._local_get()
+
+    async def _acquire_fleet(self) -> AccessToken:
+        give_up = self._clock() + self._lease_ms / 1000 + self._request_timeout + 1.0
+        waited = False
+        while True:
+            token = await self._read_shared()
+            if token is not None:
+                return token
+            await self._raise_shared_error()
+            holder = uuid.uuid4().hex
+            if await self._take_lock(holder):
+                try:
+                    token = await self._read_shared()  # refreshed while we asked for the lock?
+                    if token is not None:
+                        return token
+                    return await self._refresh(holder)
+                finally:
+                    await self._release_lock(holder)
+            if not waited:
+                waited = True
+                log.debug("waiting for another worker's token request", extra=self._extra())
+            if self._clock() > give_up:
+                raise AuthError(
+                    "no access token: another worker's token request did not finish in time",
+                    code=ErrorCode.SALESFORCE_UNAVAILABLE,
+                    retryable=True,
+                )
+            await asyncio.sleep(_POLL_SECONDS)
+
+    async def _take_lock(self, holder: str) -> bool:
+        lock, lease = self._keys["lock"], self._lease_ms
+        return bool(await self._link.call(lambda r: r.set(lock, holder, nx=True, px=lease)))
+
+    async def _release_lock(self, holder: str) -> None:
+        """Only the holder's own lock is deleted; if Redis is gone, the lease ends it."""
+        lock = self._keys["lock"]
+        await self._link.attempt(lambda r: self._release(keys=[lock], args=[holder], client=r))
+
+    async def _read_shared(self) -> AccessToken | None:
+        key = self._keys["token"]
+        data = await self._link.call(lambda r: r.hgetall(key))
+        value, gen = as_text(data.get(b"value")), as_text(data.get(b"gen"))
+        if not value or not gen:
+            return None
+        generation = int(gen)
+        if generation == self._dead_generation:
+            # A 401 said so but our compare-and-invalidate did not reach Redis: do it now.
+            await self._link.call(lambda r: self._invalidate(keys=[key], args=[gen], client=r))
+            return None
+        token = AccessToken(SecretStr(value), generation, time.time(), source=FLEET)
+        self._token = token
+        self._local.adopt(token, None)
+        if self.account.flow is Flow.REFRESH_TOKEN:
+            # Keep the newest refresh token at hand, should Redis go away later.
+            await self._refresh_token_now()
+        return token
+
+    async def _raise_shared_error(self) -> None:
+        key = self._keys["error"]
+        raw = await self._link.call(lambda r: r.get(key))
+        if raw is None:
+            return
+        wait_ms = await self._link.call(lambda r: r.pttl(key))
+        raise _error_from(raw, int(wait_ms))
+
+    async def _refresh_token_now(self) -> SecretStr | None:
+        """The refresh token to use: the fleet's newest, unless the accounts file now holds a
+        different one than the one the fleet started from."""
+        if self.account.flow is not Flow.REFRESH_TOKEN:
+            return None
+        key = self._keys["refresh"]
+        data = await self._link.call(lambda r: r.hgetall(key))
+        value, seed = as_text(data.get(b"value")), as_text(data.get(b"seed"))
+        if value and seed == self._seed:
+            self._latest_refresh = SecretStr(value)
+        else:
+            self._latest_refresh = self.account.refresh_token
+        self._local.adopt(None, self._latest_refresh)
+        return self._latest_refresh
+
+    async def _refresh(self, holder: str) -> AccessToken:
+        refresh_token = await self._refresh_token_now()
+        flow = self.account.flow.value
+        started = time.perf_counter()
+        try:
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    grant = await self._fetch(self.account, refresh_token)
+            except TimeoutError:
+                raise AuthError(
+                    f"token endpoint did not answer within {self._request_timeout:.1f} s",
+                    code=ErrorCode.SALESFORCE_UNAVAILABLE,
+                    retryable=True,
+                ) from None
+        except AuthError as exc:
+            await self._record_failure(exc)
+            raise
+        finally:
+            self._metrics.token_request_duration.labels(self.account.name).observe(
+                time.perf_counter() - started
+            )
+        self._metrics.token_requests.labels(self.account.name, flow, "ok").inc()
+        return await self._publish(holder, grant)
+
+    async def _record_failure(self, exc: AuthError) -> None:
+        flow = self.account.flow.value
+        self._metrics.token_requests.labels(self.account.name, flow, "error").inc()
+        failures_key, error_key = self._keys["failures"], self._keys["error"]
+        try:
+            failures = int(await self._link.call(lambda r: r.incr(failures_key)))
+            delay = self._backoff.delay(failures)
+            ttl = int(self._backoff.maximum * 4000)
+            payload = _error_payload(exc, failures)
+            await self._link.call(lambda r: r.pexpire(failures_key, ttl))
+            await self._link.call(lambda r: r.set(error_key, payload, px=int(delay * 1000)))
+        except RedisUnavailable:
+            delay = self._backoff.initial
+        log.warning(
+            "token request failed",
+            extra={**self._extra(), "error": exc.message, "retry_in_s": round(delay, 2)},
+        )
+
+    async def _publish(self, holder: str, grant: Grant) -> AccessToken:
+        """Write the new token (and a rotated refresh token) for the fleet, fenced by the lock."""
+        rotated = grant.refresh_token
+        if rotated is not None:
+            self._latest_refresh = rotated
+        k = self._keys
+        keys = [k["lock"], k["token"], k["gen"], k["refresh"], k["error"], k["failures"]]
+        args: list[str | int] = [
+            holder,
+            grant.access_token.get_secret_value(),
+            rotated.get_secret_value() if rotated is not None else "",
+            self._seed,
+            _TOKEN_TTL_MS,
+        ]
+        try:
+            generation = int(
+                await self._link.call(lambda r: self._store(keys=keys, args=args, client=r))
+            )
+        except RedisUnavailable:
+            # Only this process knows the new tokens now: keep them for the fallback, and the
+            # restore hook writes a rotated refresh token back.
+            local = AccessToken(grant.access_token, next_generation(), grant.issued_at)
+            self._local.adopt(local, rotated)
+            self._token = None
+            return local
+        if generation < 0:
+            log.error(
+                "token lock lease ran out during the token request; raise "
+                "SFWORKER_TOKEN_LOCK_LEASE_SECONDS or lower SFWORKER_TOKEN_TIMEOUT_SECONDS",
+                extra=self._extra(),
+            )
+            token = AccessToken(grant.access_token, next_generation(), grant.issued_at)
+            self._local.adopt(token, rotated)
+            return token
+        token = AccessToken(grant.access_token, generation, grant.issued_at, source=FLEET)
+        self._token = token
+        self._local.adopt(token, rotated)
+        log.info("access token obtained for the fleet", extra=self._extra())
+        return token
+
+    def _extra(self) -> dict[str, str]:
+        return {"account": self.account.name, "flow": self.account.flow.value}
+
+
+class RedisTokenManager:
+    """TokenManager whose refreshes are single-flight across every process sharing Redis."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        fetch: TokenFetcher,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+        *,
+        lease: float = 10.0,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self._link = link
+        self._fetch = fetch
+        self._metrics = metrics
+        self._backoff = backoff or Backoff()
+        self._lease = lease
+        self._request_timeout = request_timeout
+        self._local = MemoryTokenManager(
+            fetch, metrics, self._backoff, request_timeout=request_timeout
+        )
+        self._accounts: dict[str, FleetAccountTokens] = {}
+        link.on_restore(self._write_back)
+
+    def _state(self, account: Account) -> FleetAccountTokens:
+        state = self._accounts.get(account.name)
+        if state is None:
+            state = FleetAccountTokens(
+                account,
+                self._link,
+                self._fetch,
+                self._local.state(account),
+                self._metrics,
+                self._backoff,
+                lease=self._lease,
+                request_timeout=self._request_timeout,
+            )
+            self._accounts[account.name] = state
+        return state
+
+    async def get(self, account: Account) -> AccessToken:
+        return await self._state(account).get()
+
+    async def invalidate(self, account: Account, token: AccessToken) -> bool:
+        return await self._state(account).invalidate(token)
+
+    async def _write_back(self) -> None:
+        for state in self._accounts.values():
+            await state.write_back()
+
+    async def close(self) -> None:
+        tasks = [s._inflight for s in self._accounts.values() if s._inflight is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._local.close()

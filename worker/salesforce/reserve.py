@@ -1,0 +1,208 @@
+"""The API reserve: when an org has used `api_reserve_percent` of its daily API allowance, its
+jobs are answered RATE_LIMITED without calling Salesforce, keeping the rest for the agents' own
+use of the org.
+
+Usage comes from every response's `Sforce-Limit-Info` and, with Redis, from the whole fleet
+(each worker shares its newest reading every `SFWORKER_USAGE_SHARE_SECONDS` and reads the
+others'). While an account is held back, one worker of the fleet reads `/limits` every
+`SFWORKER_LIMITS_PROBE_SECONDS`, so a raised limit or the rolling 24-hour window ending lets work
+resume. With Redis, a worker that knows nothing of an account yet reads the fleet's reading, or
+`/limits` once, before its first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from worker.config import Account
+from worker.deadline import Deadline
+from worker.observability.metrics import Metrics
+from worker.salesforce.usage import UsageReading
+
+log = logging.getLogger(__name__)
+
+LimitsProbe = Callable[[Account], Awaitable[UsageReading | None]]
+_FIRST_READ_WAIT = 3.0  # at most this long does a first job wait to learn the usage
+
+
+class UsageBoard(Protocol):
+    """Where readings are shared: nowhere (one process) or Redis (the fleet)."""
+
+    @property
+    def shared(self) -> bool: ...
+
+    async def publish(self, account: str, reading: UsageReading, at: float) -> None: ...
+
+    async def read(self, account: str) -> tuple[UsageReading, float] | None: ...
+
+    async def claim_probe(self, account: str, lease: float) -> bool: ...
+
+
+class LocalBoard:
+    shared = False
+
+    async def publish(self, account: str, reading: UsageReading, at: float) -> None:
+        return None
+
+    async def read(self, account: str) -> tuple[UsageReading, float] | None:
+        return None
+
+    async def claim_probe(self, account: str, lease: float) -> bool:
+        return True
+
+
+def held_back(account: Account, reading: UsageReading) -> bool:
+    return reading.limit > 0 and reading.used * 100 >= account.api_reserve_percent * reading.limit
+
+
+class ApiReserve:
+    def __init__(
+        self,
+        board: UsageBoard,
+        metrics: Metrics,
+        *,
+        share_every: float = 1.0,
+        probe_every: float = 5.0,
+    ) -> None:
+        self._board = board
+        self._metrics = metrics
+        self._share_every = share_every
+        self._probe_every = probe_every
+        self._probe: LimitsProbe | None = None
+        self._known: dict[str, tuple[UsageReading, float]] = {}
+        self._accounts: dict[str, Account] = {}
+        self._dirty: set[str] = set()
+        self._last_probe: dict[str, float] = {}
+        self._first_reads: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, probe: LimitsProbe) -> None:
+        """The call that reads /limits (the Salesforce client's)."""
+        self._probe = probe
+
+    # --- read by the client ----------------------------------------------------------------
+
+    def observe(self, account: Account, reading: UsageReading) -> None:
+        self._remember(account, reading, time.time())
+        self._dirty.add(account.name)
+        self._ensure_running()
+
+    def refusal(self, account: Account) -> str | None:
+        """Why a call for this account must not be sent now, or None."""
+        known = self._known.get(account.name)
+        if known is None or not held_back(account, known[0]):
+            return None
+        reading = known[0]
+        percent = reading.used * 100 / reading.limit
+        return (
+            f"the org has used {percent:.0f}% of its daily API requests ({reading.used:,} of "
+            f"{reading.limit:,}); sfworker keeps the last {100 - account.api_reserve_percent:g}% "
+            f"for the org's other users (api_reserve_percent = {account.api_reserve_percent:g}), "
+            "so Salesforce was not called"
+        )
+
+    async def ensure_known(self, account: Account, deadline: Deadline) -> None:
+        """With a fleet: before the first call for an account, learn its usage (bounded)."""
+        if not self._board.shared or account.name in self._known:
+            return
+        task = self._first_reads.get(account.name)
+        if task is None:
+            task = asyncio.create_task(self._first_read(account), name=f"usage:{account.name}")
+            self._first_reads[account.name] = task
+        wait = min(_FIRST_READ_WAIT, deadline.remaining())
+        if wait > 0:
+            await asyncio.wait({task}, timeout=wait)
+
+    # --- fleet sharing ---------------------------------------------------------------------
+
+    def _remember(self, account: Account, reading: UsageReading, at: float) -> None:
+        self._accounts[account.name] = account
+        previous = self._known.get(account.name)
+        if previous is not None and previous[1] > at:
+            return
+        was_held = previous is not None and held_back(account, previous[0])
+        self._known[account.name] = (reading, at)
+        now_held = held_back(account, reading)
+        if now_held != was_held:
+            log.warning(
+                "API reserve reached: jobs answered RATE_LIMITED without calling Salesforce"
+                if now_held
+                else "API usage back under the reserve: calling Salesforce again",
+                extra={
+                    "account": account.name,
+                    "used": reading.used,
+                    "limit": reading.limit,
+                    "reserve_percent": account.api_reserve_percent,
+                },
+            )
+
+    async def _first_read(self, account: Account) -> None:
+        self._accounts[account.name] = account
+        self._ensure_running()
+        try:
+            shared = await self._board.read(account.name)
+            if shared is not None:
+                self._remember(account, *shared)
+                return
+            if await self._board.claim_probe(account.name, self._probe_every):
+                await self._read_limits(account)
+                return
+            # Another worker is reading /limits: its reading will be on the board.
+            give_up = time.monotonic() + _FIRST_READ_WAIT
+            while time.monotonic() < give_up and account.name not in self._known:
+                await asyncio.sleep(0.05)
+                shared = await self._board.read(account.name)
+                if shared is not None:
+                    self._remember(account, *shared)
+        except Exception:
+            log.exception("reading the API usage failed", extra={"account": account.name})
+
+    async def _read_limits(self, account: Account) -> None:
+        self._last_probe[account.name] = time.monotonic()
+        if self._probe is None:
+            return
+        reading = await self._probe(account)
+        outcome = "ok" if reading is not None else "error"
+        self._metrics.limits_probes.labels(account.name, outcome).inc()
+        if reading is not None:
+            at = time.time()
+            self._remember(account, reading, at)
+            await self._board.publish(account.name, reading, at)
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="api-reserve")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._share_every)
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("sharing the API usage failed")
+
+    async def _tick(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for name in dirty:
+            reading, at = self._known[name]
+            await self._board.publish(name, reading, at)
+        for name, account in list(self._accounts.items()):
+            shared = await self._board.read(name)
+            if shared is not None:
+                self._remember(account, *shared)
+            known = self._known.get(name)
+            if known is None or not held_back(account, known[0]):
+                continue
+            due = self._last_probe.get(name, 0.0) + self._probe_every
+            if time.monotonic() >= due and await self._board.claim_probe(name, self._probe_every):
+                await self._read_limits(account)
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._first_reads.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

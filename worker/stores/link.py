@@ -1,0 +1,187 @@
+"""The one Redis connection of a process: its key prefix, its timeouts and the fallback switch.
+
+Every fleet store goes through `RedisLink.call`. When Redis does not answer (refused, reset, or
+slower than `SFWORKER_REDIS_TIMEOUT_SECONDS`), the link switches to fallback: the gauge
+`sfworker_redis_fallback` reads 1, one warning is logged, and callers get `RedisUnavailable` at
+once (no command is tried) so they use their in-process state. A monitor pings Redis every
+`SFWORKER_REDIS_RETRY_SECONDS`; when it answers, the link is available again, the restore hooks
+run (e.g. a refresh token rotated during the outage is written back), and the gauge reads 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Redis = aioredis.Redis
+RestoreHook = Callable[[], Awaitable[None]]
+
+
+class RedisUnavailable(Exception):
+    """Redis cannot be used right now: use the in-process state instead."""
+
+
+def describe(url: str) -> str:
+    """host:port/db of a Redis URL, never its credentials."""
+    parts = urlsplit(url)
+    db = parts.path.lstrip("/") or "0"
+    return f"{parts.hostname or '?'}:{parts.port or 6379}/{db}"
+
+
+class RedisLink:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        metrics: Metrics,
+        *,
+        timeout: float = 0.5,
+        retry_every: float = 2.0,
+    ) -> None:
+        self.prefix = prefix
+        self.where = describe(url)
+        self._metrics = metrics
+        self._timeout = timeout
+        self._retry_every = retry_every
+        self.client: Redis = aioredis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=200,
+        )
+        self._available = True
+        self._restoring = False
+        self._restore_hooks: list[RestoreHook] = []
+        self._monitor: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # --- keys and scripts ------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def script(self, source: str) -> AsyncScript:
+        return self.client.register_script(source)
+
+    # --- the switch ------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    def on_restore(self, hook: RestoreHook) -> None:
+        self._restore_hooks.append(hook)
+
+    async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run one command (or script) on Redis; RedisUnavailable when it cannot be used."""
+        if not (self._available or self._restoring):
+            raise RedisUnavailable(self.where)
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                return await command(self.client)
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            self._fall_back(exc)
+            raise RedisUnavailable(self.where) from None
+
+    async def attempt(self, command: Callable[[Redis], Awaitable[Any]]) -> None:
+        """Run a write that may be lost with Redis (a lease or a TTL covers it)."""
+        with contextlib.suppress(RedisUnavailable):
+            await self.call(command)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self._restoring = False
+        if not self._available:
+            return
+        self._available = False
+        self._metrics.redis_fallback.set(1)
+        log.warning(
+            "Redis unreachable: working alone with in-process state until it answers again",
+            extra={"redis": self.where, "error": type(exc).__name__},
+        )
+        self._wake.set()
+
+    async def _ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                return bool(await self.client.ping())
+        except (RedisError, TimeoutError, OSError):
+            return False
+
+    async def _restore(self) -> None:
+        """Run the restore hooks (they may use Redis; nothing else does yet), then switch."""
+        # Connections of the pool opened before the outage are dead: drop them all at once, not
+        # one failed command (and one more fallback) each.
+        with contextlib.suppress(Exception):
+            await self.client.connection_pool.disconnect()
+        self._restoring = True
+        try:
+            for hook in self._restore_hooks:
+                try:
+                    await hook()
+                except RedisUnavailable:
+                    return  # it went away again; the monitor goes on
+                except Exception:
+                    log.exception("a Redis restore step failed")
+        finally:
+            restored = self._restoring
+            self._restoring = False
+        if restored:
+            self._available = True
+            self._metrics.redis_fallback.set(0)
+            log.warning("Redis answers again: fleet state back in use", extra={"redis": self.where})
+
+    async def _watch(self) -> None:
+        while True:
+            if self._available:
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(self._retry_every)
+            if not self._available and await self._ping():
+                await self._restore()
+
+    # --- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check Redis once (a worker starts in fallback when it is down) and start the
+        monitor."""
+        if not await self._ping():
+            self._fall_back(ConnectionError("no answer at start"))
+        else:
+            self._metrics.redis_fallback.set(0)
+            log.info("fleet state in Redis", extra={"redis": self.where, "prefix": self.prefix})
+        self._monitor = asyncio.create_task(self._watch(), name="redis-monitor")
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def as_text(value: Any) -> str | None:
+    """A Redis reply (bytes) as text, None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
