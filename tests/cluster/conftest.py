@@ -131,11 +131,22 @@ def cluster_names() -> dict[str, str]:
 
 @pytest.fixture
 async def cluster_settings(
-    rabbit_cluster: Cluster, cluster_names: dict[str, str], accounts_file: Path
+    rabbit_cluster: Cluster,
+    cluster_names: dict[str, str],
+    accounts_file: Path,
+    redis_url: str,
+    redis_prefix: str,
 ) -> AsyncIterator[Settings]:
-    """Settings on the cluster (every node listed); the topology is declared here, so its
-    quorum queues exist before any worker starts, and deleted after the test."""
-    made = make_settings(rabbit_cluster.urls(), cluster_names, accounts_file)
+    """Settings on the cluster (every node listed) and the fleet's Redis (the test's own key
+    prefix); the topology is declared here, so its quorum queues exist before any worker
+    starts, and deleted after the test."""
+    made = make_settings(
+        rabbit_cluster.urls(),
+        cluster_names,
+        accounts_file,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+    )
     connection = await aio_pika.connect(rabbit_cluster.url(1), timeout=10)
     async with connection:
         await topology.declare(await connection.channel(), made)
