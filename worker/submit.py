@@ -57,6 +57,7 @@ class JobClient:
         reply: bool = True,
         message_id: str | None = None,
         timestamp: float | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> str:
         """Publish one job (a dict, or raw bytes for tests of bad input); returns the
         correlation id its result will carry."""
@@ -76,6 +77,7 @@ class JobClient:
                 reply_to=self.reply_queue if reply else None,
                 timestamp=time.time() if timestamp is None else timestamp,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers=headers,
             ),
             routing_key=self._settings.request_routing_key,
         )

@@ -13,7 +13,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from worker.contract import ErrorCode, Operation, Status
 
 # Why a message was refused before execution (jobs.decode): metric label values.
-REFUSAL_REASONS = ("too_large", "not_json", "not_object", "bad_version", "invalid")
+REFUSAL_REASONS = (
+    "too_large",
+    "not_json",
+    "not_object",
+    "bad_version",
+    "invalid",
+    "forged_x_death",
+)
 
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 _CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 
 from worker.observability.metrics import Metrics
@@ -38,11 +38,13 @@ class ResultPublisher:
         results: AbstractExchange,
         metrics: Metrics,
         timeout: float,
+        dead_letter_queue: str = "",
     ) -> None:
         self._channel = channel
         self._results = results
         self._metrics = metrics
         self._timeout = timeout
+        self._dead_letter_queue = dead_letter_queue
 
     async def publish(self, reply: Reply) -> Published:
         """Publish and wait for the broker's confirm. Unroutable -> UNROUTABLE (the caller is
@@ -73,3 +75,25 @@ class ResultPublisher:
             return Published.UNROUTABLE
         self._metrics.results_published.labels(destination).inc()
         return Published.CONFIRMED
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Put a copy of `message` in the dead-letter queue, for a message RabbitMQ must not
+        dead-letter itself: without its `x-death` header, with `x-sfworker-dead-letter-reason`.
+        Raises like `publish` when the copy is not confirmed (the original must then stay)."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k != "x-death"}
+        headers["x-sfworker-dead-letter-reason"] = reason
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._channel.default_exchange.publish(
+            copy, routing_key=self._dead_letter_queue, mandatory=True, timeout=self._timeout
+        )

@@ -30,7 +30,7 @@ from aio_pika.abc import (
 
 from worker.config import ConfigError, Settings
 from worker.observability.metrics import Metrics
-from worker.runtime import brokers, topology
+from worker.runtime import amqp_decoding, brokers, topology
 from worker.runtime.publisher import ResultPublisher
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 class RabbitService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        amqp_decoding.install()
         self._settings = settings
         self._metrics = metrics
         self._connection: brokers.FailoverConnection | None = None
@@ -117,6 +118,7 @@ class RabbitService:
             declared.results,
             self._metrics,
             self._settings.publish_timeout_seconds,
+            dead_letter_queue=self._settings.dead_letter_queue,
         )
         return self.publisher
 
