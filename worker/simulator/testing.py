@@ -144,6 +144,8 @@ class SimulatorClient:
         path_contains: str | None = None,
         grant_type: str | None = None,
         headers: dict[str, str] | None = None,
+        body_contains: str | None = None,
+        delay_ms: int = 0,
     ) -> None:
         await self._call(
             "POST",
@@ -158,6 +160,8 @@ class SimulatorClient:
                 "path_contains": path_contains,
                 "grant_type": grant_type,
                 "headers": headers or {},
+                "body_contains": body_contains,
+                "delay_ms": delay_ms,
             },
         )
 
