@@ -165,6 +165,11 @@ class SimulatorClient:
             },
         )
 
+    async def faults(self) -> list[dict[str, Any]]:
+        """The fault rules not used up yet."""
+        data = await self._call("GET", "/_sim/faults")
+        return list(data["faults"])
+
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/_sim/faults")
 
