@@ -11,6 +11,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -108,7 +109,15 @@ def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
         if os.environ.get("CI"):
             pytest.fail("the cluster tests need the installed rabbitmq-server")
         pytest.skip("needs the installed rabbitmq-server")
-    cluster = Cluster(_free_base(), tmp_path_factory.mktemp("rabbit-cluster"))
+    # .ci/run names a folder for the clusters, so that it can remove them even if the tests
+    # are killed before their finalizers run.
+    root = os.environ.get("SFWORKER_TEST_CLUSTER_ROOT")
+    directory = (
+        Path(tempfile.mkdtemp(prefix="cluster-", dir=root))
+        if root
+        else tmp_path_factory.mktemp("rabbit-cluster")
+    )
+    cluster = Cluster(_free_base(), directory)
     try:
         cluster.run("start")
         yield cluster
