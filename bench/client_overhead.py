@@ -4,6 +4,8 @@ The Salesforce simulator runs in a separate process (its CPU is not counted) on 
 zero latency, so what this process spends per call is the client's own work: building the
 request, the HTTP stack, decoding the answer and its bookkeeping. The same query is sent by:
 
+- raw aiohttp (the floor): one GET with a fixed token and the answer decoded, nothing else:
+  the least any client can cost;
 - sfworker: `SalesforceClient.execute` with a `SearchJob` (sequential, and 50 in flight);
 - simple-salesforce (sync, requests): `Salesforce.query`;
 - aiosalesforce (async, httpx): `Salesforce.query`, the async generator consumed fully.
@@ -36,8 +38,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Protocol, cast
 
+import aiohttp
 import aiosalesforce
 import httpx
+import orjson
 from simple_salesforce import Salesforce as SimpleSalesforce
 
 from worker.app import token_manager
@@ -282,6 +286,30 @@ class SfworkerClient(_AsyncClient):
         self._loop.run(self._close())
 
 
+class AiohttpFloorClient(_AsyncClient):
+    """The floor: a bare aiohttp GET of the query with a fixed token, the body decoded with
+    orjson. No deadline, retries, token manager, classification or metrics."""
+
+    def __init__(self, loop: asyncio.Runner, sim: Simulator) -> None:
+        super().__init__("raw aiohttp (floor)", loop, 1)
+        self._url = f"{sim.base_url}/services/data/v{API_VERSION}/query"
+        self._headers = {"Authorization": f"Bearer {sim.token()}", "Accept": "application/json"}
+        self._session: aiohttp.ClientSession = loop.run(self._open())
+
+    async def _open(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    async def _one(self) -> int:
+        async with self._session.get(
+            self._url, params={"q": SOQL}, headers=self._headers
+        ) as response:
+            body = orjson.loads(await response.read())
+        return len(body["records"])
+
+    def close(self) -> None:
+        self._loop.run(self._session.close())
+
+
 class SimpleSalesforceClient:
     """simple-salesforce with a token from a plain POST; base_url re-pointed to http://."""
 
@@ -410,6 +438,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         try:
             clients.append(SfworkerClient(loop, sim.base_url))
             clients.append(SfworkerClient(loop, sim.base_url, CONCURRENCY))
+            clients.append(AiohttpFloorClient(loop, sim))
             clients.append(SimpleSalesforceClient(sim))
             clients.append(AiosalesforceClient(loop, sim))
             if args.aio_concurrent:
@@ -449,7 +478,16 @@ def _version(package: str) -> str:
 
 def report(rows: list[Row], args: argparse.Namespace) -> None:
     base = rows[0]
-    headers = ["client", "calls", "CPU µs/call", "wall µs/call", "calls/s", "CPU ratio vs sfworker"]
+    floor = next((r for r in rows if r.label.startswith("raw aiohttp")), base)
+    headers = [
+        "client",
+        "calls",
+        "CPU µs/call",
+        "wall µs/call",
+        "calls/s",
+        "CPU ratio vs sfworker",
+        f"CPU {TIMES} floor",
+    ]
     table = [
         [
             row.label,
@@ -458,6 +496,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.wall_us:.1f}",
             f"{row.per_second:,.0f}",
             f"{row.cpu_us / base.cpu_us:.2f}{TIMES}",
+            f"{row.cpu_us / floor.cpu_us:.2f}{TIMES}",
         ]
         for row in rows
     ]
@@ -482,7 +521,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         print(line(cells))
     print()
     for row in rows:
-        if row.label.startswith("sfworker") or "concurrent" in row.label:
+        if row.label.startswith(("sfworker", "raw aiohttp")) or "concurrent" in row.label:
             continue
         ratio = row.cpu_us / base.cpu_us
         if ratio >= 1:
@@ -501,6 +540,10 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         f"  sfworker: SalesforceClient.execute(SearchJob) on a client_credentials account, "
         f"Deadline.after(60) per call; max_concurrency={CONCURRENCY} for the account so the "
         f"concurrent variant really has {CONCURRENCY} in flight (asyncio.gather + semaphore)."
+    )
+    print(
+        "  raw aiohttp (floor): aiohttp.ClientSession() defaults, one GET of /query with a fixed "
+        "token, the body decoded with orjson; the least any client can cost per call."
     )
     for note in NOTES:
         print(f"  {note}")

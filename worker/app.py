@@ -92,8 +92,11 @@ class Fleet:
     async def start(self) -> None:
         if self.link is not None:
             await self.link.start()
+        await self.store.start()
 
     async def close(self) -> None:
+        if isinstance(self.slots, FleetSlots):
+            await self.slots.close()
         await self.reserve.close()
         await self.store.close()
         if self.link is not None:
@@ -114,8 +117,24 @@ class Worker:
                     "account uses plain http (loopback only; the simulator)",
                     extra={"account": account.name, "instance_url": account.instance_url},
                 )
+        if self.accounts.strict:
+            log.info(
+                "jobs are authenticated per tenant by their RabbitMQ user_id",
+                extra={"tenants": sorted(self.accounts.tenants)},
+            )
+        else:
+            # A warning where it matters: accounts of several tenants in one fleet.
+            several = len({a.tenant for a in self.accounts.by_name.values()}) > 1
+            log.log(
+                logging.WARNING if several else logging.INFO,
+                "jobs are not authenticated per tenant (no [tenants.NAME] table in the accounts "
+                "file): whoever can publish a job may use any account",
+            )
         self.metrics = Metrics()
-        self.metrics.initialise((a.name, a.flow.value) for a in self.accounts.by_name.values())
+        self.metrics.initialise(
+            ((a.name, a.flow.value) for a in self.accounts.by_name.values()),
+            tenants=self.accounts.tenants,
+        )
         self.service = RabbitService(settings, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None

@@ -12,8 +12,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from worker.client import PublishFailed
 from worker.config import ConfigError, Settings, load_accounts
 from worker.observability.logging import configure
+from worker.reach import Unreachable
 
 EXIT_CONFIG = 2
 
@@ -108,9 +110,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     job = _job_from_args(args)
     wait = max(args.wait, job.get("timeout_ms", 8000) / 1000 + 5)
     try:
-        result = asyncio.run(submit_one(settings, job, wait))
+        result = asyncio.run(submit_one(settings, job, wait)).model_dump(mode="json")
     except TimeoutError:
-        print(f"no result within {wait:.0f} s: is a worker running?", file=sys.stderr)
+        print(f"sfworker: no result within {wait:.0f} s: is a worker running?", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -133,8 +135,21 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(inspect_dead_letters(settings, limit=args.limit, requeue=args.requeue))
 
 
-def _cmd_accounts(_args: argparse.Namespace) -> int:
+def _cmd_accounts(args: argparse.Namespace) -> int:
     settings = _settings()
+    if args.accounts_command == "check":
+        return _accounts_check(settings, args)
+    if args.accounts_command == "authorize":
+        from worker.admin import authorize
+
+        return authorize.run(
+            settings,
+            args.name,
+            args.port,
+            Path(args.out),
+            open_browser=not args.no_browser,
+            wait=args.wait,
+        )
     accounts = load_accounts(
         settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
     )
@@ -145,7 +160,50 @@ def _cmd_accounts(_args: argparse.Namespace) -> int:
             f"tenant={account.tenant or '-'} api=v{account.api_version} "
             f"max_concurrency={account.max_concurrency}"
         )
+    for tenant in accounts.tenants.values():
+        print(f"tenant {tenant.name}: amqp_users={','.join(sorted(tenant.amqp_users))}")
     return 0
+
+
+def _accounts_check(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.admin import check
+
+    accounts = load_accounts(
+        settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
+    )
+    selected = check.select(accounts, args.name)
+    objects = [o.strip() for o in (args.objects or "").split(",") if o.strip()]
+    reports = asyncio.run(check.check_accounts(settings, selected, objects))
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(check.as_json(reports), option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+    else:
+        print(check.render(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _add_accounts(sub: Any) -> None:
+    accounts = sub.add_parser(
+        "accounts", help="list the accounts file; check an account; authorize one"
+    )
+    commands = accounts.add_subparsers(dest="accounts_command")
+    check = commands.add_parser(
+        "check", help="get a token for each account and show its user, org, API usage, access"
+    )
+    check.add_argument("name", nargs="?", help="one account (default: every account)")
+    check.add_argument("--objects", help="comma-separated objects to describe, e.g. Contact,Case")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    auth = commands.add_parser(
+        "authorize", help="web-server flow: obtain a refresh token for a refresh_token account"
+    )
+    auth.add_argument("name", help="the account (flow refresh_token)")
+    auth.add_argument(
+        "--port", type=int, default=1717, help="callback port on localhost (default 1717)"
+    )
+    auth.add_argument("--out", required=True, help="file to write the refresh token to (0600)")
+    auth.add_argument("--no-browser", action="store_true", help="only print the URL")
+    auth.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the callback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--limit", type=int, default=20)
     dlq.add_argument("--requeue", action="store_true", help="send them back to the queue")
 
-    sub.add_parser("accounts", help="check the accounts file and list the accounts")
+    _add_accounts(sub)
     return parser
 
 
@@ -213,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sfworker: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (Unreachable, PublishFailed) as exc:
+        print(f"sfworker: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         default="sfworker:", min_length=1, description="Prefix of every Redis key the worker writes"
     )
     redis_timeout_seconds: float = Field(
-        default=0.5, gt=0, le=10, description="Timeout of one Redis command (then: fallback)"
+        default=1.0, gt=0, le=10, description="Timeout of one Redis command (then: fallback)"
     )
     redis_retry_seconds: float = Field(
         default=2.0, gt=0, le=15, description="While Redis is down, how often it is tried again"
@@ -186,6 +186,8 @@ ACCOUNT_KEYS = (
     | {f"{k}_file" for k in SECRET_KEYS}
 )
 _LOCAL_HOSTS = {"localhost"}
+TENANT_KEYS = {"amqp_users"}
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Salesforce limits long (>20 s) concurrent calls to 25 per org, not short ones: the cap is a
 # guard against a slow org, set above a process's prefetch so it never throttles normal load.
 DEFAULT_MAX_CONCURRENCY = 100
@@ -220,8 +222,26 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Tenant:
+    """A tenant of the fleet and the RabbitMQ users that publish its jobs."""
+
+    name: str
+    amqp_users: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Accounts:
     by_name: Mapping[str, Account]
+    tenants: Mapping[str, Tenant] = field(default_factory=dict)
+
+    @property
+    def strict(self) -> bool:
+        """With [tenants.NAME] tables, a job's tenant is the one its validated user_id
+        publishes for (worker/tenancy.py); without, jobs are not authenticated per tenant."""
+        return bool(self.tenants)
+
+    def tenant_of_user(self, user: str) -> Tenant | None:
+        return next((t for t in self.tenants.values() if user in t.amqp_users), None)
 
     def resolve(self, name: str | None, tenant: str | None) -> Account | None:
         """The named account; else the default of the job's tenant; else (no tenant) the
@@ -429,9 +449,74 @@ def _parse_account(
     )
 
 
+def _parse_tenants(data: Any) -> dict[str, Tenant]:
+    """The [tenants.NAME] tables; each RabbitMQ user publishes for one tenant at most."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not data:
+        raise ConfigError("accounts file: [tenants] needs at least one [tenants.NAME] table")
+    tenants: dict[str, Tenant] = {}
+    owner: dict[str, str] = {}
+    for name, table in data.items():
+        if not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(
+                f"tenant {name!r}: a tenant name is letters, digits, '.', '_' and '-' "
+                "(at most 128, starting with a letter or digit)"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"tenant {name!r}: [tenants.{name}] must be a table")
+        unknown = sorted(set(table) - TENANT_KEYS)
+        if unknown:
+            raise ConfigError(f"tenant {name!r}: unknown key {unknown[0]!r}")
+        users = table.get("amqp_users")
+        if users is None:
+            raise ConfigError(f"tenant {name!r}: missing key 'amqp_users'")
+        if not isinstance(users, list) or not users or not all(isinstance(u, str) for u in users):
+            raise ConfigError(
+                f"tenant {name!r}: key 'amqp_users' must be a non-empty list of RabbitMQ user names"
+            )
+        for user in users:
+            if not user.strip() or user != user.strip():
+                raise ConfigError(
+                    f"tenant {name!r}: key 'amqp_users': {user!r} is not a RabbitMQ user name"
+                )
+            if owner.get(user, name) != name:
+                raise ConfigError(
+                    f"tenant {name!r}: key 'amqp_users': user {user!r} already publishes for "
+                    f"tenant {owner[user]!r}"
+                )
+            owner[user] = name
+        tenants[name] = Tenant(name=name, amqp_users=frozenset(users))
+    return tenants
+
+
+def _check_tenants(accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]) -> None:
+    """With tenant tables, every account belongs to one of them."""
+    if not tenants:
+        return
+    for account in accounts.values():
+        if account.tenant is None:
+            raise ConfigError(
+                f"account {account.name!r}: missing key 'tenant' (every account needs one when "
+                "the file has [tenants.NAME] tables)"
+            )
+        if account.tenant not in tenants:
+            raise ConfigError(
+                f"account {account.name!r}: key 'tenant': no [tenants.{account.tenant}] table"
+            )
+
+
 def parse_accounts(
     data: Mapping[str, Any], base_dir: Path, *, allow_insecure_localhost: bool = False
 ) -> Accounts:
+    unknown = sorted(set(data) - {"accounts", "tenants"})
+    if unknown:
+        # A misspelt [tenant.acme] must not silently turn tenant isolation off.
+        raise ConfigError(
+            f"accounts file: unknown table or key {unknown[0]!r} "
+            "(the file holds [accounts.NAME] and [tenants.NAME] tables)"
+        )
+    tenants = _parse_tenants(data.get("tenants"))
     tables = data.get("accounts")
     if not isinstance(tables, dict) or not tables:
         raise ConfigError("accounts file: needs at least one [accounts.NAME] table")
@@ -452,7 +537,8 @@ def parse_accounts(
                 + (f" of tenant {account.tenant!r}" if account.tenant else "")
             )
         seen_default[account.tenant] = account.name
-    return Accounts(by_name=accounts)
+    _check_tenants(accounts, tenants)
+    return Accounts(by_name=accounts, tenants=tenants)
 
 
 def load_accounts(path: Path, *, allow_insecure_localhost: bool = False) -> Accounts:

@@ -1,5 +1,5 @@
-"""Generate contracts/ from the models: JSON Schemas of the request and the result, and one
-example per operation and per error code.
+"""Generate contracts/ from the models: JSON Schemas of the request and the result, one example
+per operation and per error code, and the AsyncAPI 3.0 document (asyncapi.yaml).
 
     python -m worker.contract_gen            # rewrite contracts/
     python -m worker.contract_gen --check    # exit 1 when contracts/ differs from the models
@@ -23,6 +23,7 @@ from worker.contract import (
     SalesforceErrorItem,
     Status,
 )
+from worker.contract_asyncapi import SCHEMA_REF, asyncapi_document
 
 ROOT = Path(__file__).resolve().parent.parent / "contracts"
 SCHEMA_BASE = "https://github.com/sfworker/sfworker/contracts/v1"
@@ -240,11 +241,32 @@ def result_schema() -> dict[str, Any]:
     }
 
 
+def asyncapi_yaml() -> bytes:
+    import yaml  # a dev dependency: only the generator and its check need it
+
+    document = asyncapi_document(
+        JOB_ADAPTER.json_schema(by_alias=True, ref_template=SCHEMA_REF),
+        BlockResult.model_json_schema(by_alias=True, mode="serialization", ref_template=SCHEMA_REF),
+        REQUESTS,
+        {name: r.model_dump(mode="json") for name, r in {**RESULTS, **error_results()}.items()},
+    )
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:  # no &anchors: plain, diffable YAML
+            return True
+
+    text = yaml.dump(document, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
+    return (
+        b"# Generated from worker/contract.py by `python -m worker.contract_gen`.\n" + text.encode()
+    )
+
+
 def generated_files() -> dict[str, bytes]:
     """Every file of contracts/, by path relative to it."""
     files = {
         "request.schema.json": _dump(request_schema()),
         "result.schema.json": _dump(result_schema()),
+        "asyncapi.yaml": asyncapi_yaml(),
     }
     for name, request in REQUESTS.items():
         JOB_ADAPTER.validate_python(request)  # an example that does not validate is a bug here
@@ -268,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         extra = [
             str(p.relative_to(args.out))
-            for p in args.out.rglob("*.json")
+            for p in [*args.out.rglob("*.json"), *args.out.rglob("*.yaml")]
             if str(p.relative_to(args.out)) not in files
         ]
         for name in stale + extra:

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from worker.app import Worker
+from worker.client import BlockClient
 from worker.config import Settings
+from worker.reach import connect_amqp, endpoint
 from worker.render import render_result, table
 from worker.runtime import topology
-from worker.runtime.brokers import connect_first, node_of
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     SimulatorClient,
     running_simulator,
 )
-from worker.submit import JobClient
 
 DEMO_PREFIX = "sfworker.demo"
 
@@ -150,9 +150,27 @@ def _metric_rows(worker: Worker) -> list[list[Any]]:
     return rows
 
 
+def _settings(url: str, accounts_file: Path) -> Settings:
+    return Settings(
+        amqp_url=url,
+        accounts_file=accounts_file,
+        http_port=0,
+        allow_insecure_localhost=True,
+        request_exchange=f"{DEMO_PREFIX}.blocks",
+        request_routing_key=f"{DEMO_PREFIX}.blocks",
+        request_queue=f"{DEMO_PREFIX}.blocks",
+        dead_letter_exchange=f"{DEMO_PREFIX}.blocks.dlx",
+        dead_letter_queue=f"{DEMO_PREFIX}.blocks.dead",
+        results_exchange=f"{DEMO_PREFIX}.results",
+        startup_timeout_seconds=5,
+    )
+
+
 async def run_demo(amqp_url: str | None) -> int:
     url = amqp_url or os.environ.get("SFWORKER_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
-    async with running_simulator() as sim:
+    # RabbitMQ first: without it, one line saying so (worker.reach.Unreachable) and nothing else.
+    connection = await connect_amqp(url)
+    async with connection, running_simulator() as sim:
         ids = await _seed(sim)
         with tempfile.TemporaryDirectory() as tmp:
             accounts_file = Path(tmp) / "accounts.toml"
@@ -165,37 +183,26 @@ async def run_demo(amqp_url: str | None) -> int:
                 f'client_secret = "{DEFAULT_CLIENT_SECRET}"\n',
                 encoding="utf-8",
             )
-            settings = Settings(
-                amqp_url=url,
-                accounts_file=accounts_file,
-                http_port=0,
-                allow_insecure_localhost=True,
-                request_exchange=f"{DEMO_PREFIX}.blocks",
-                request_routing_key=f"{DEMO_PREFIX}.blocks",
-                request_queue=f"{DEMO_PREFIX}.blocks",
-                dead_letter_exchange=f"{DEMO_PREFIX}.blocks.dlx",
-                dead_letter_queue=f"{DEMO_PREFIX}.blocks.dead",
-                results_exchange=f"{DEMO_PREFIX}.results",
-                startup_timeout_seconds=5,
-            )
-            nodes = ", ".join(node_of(u) for u in settings.amqp_urls())
-            print(f"Salesforce simulator on {sim.base_url}; RabbitMQ at {nodes}\n")
+            settings = _settings(url, accounts_file)
+            print(f"Salesforce simulator on {sim.base_url}; RabbitMQ at {endpoint(url)}\n")
             worker = Worker(settings)
-            connection = await connect_first(settings.amqp_urls(), attempt_timeout=10)
-            async with connection:
-                try:
-                    await worker.start()
-                    channel = await connection.channel()
-                    client = JobClient(channel, settings)
-                    await client.start()
-                    for title, job in _jobs(ids):
-                        result = await client.call(job, wait=20)
-                        print(f"== {title}")
-                        print(render_result(result))
-                        print()
-                    print("== Key metrics")
-                    print(table(_metric_rows(worker), ["metric", "labels", "value"]))
-                finally:
-                    await worker.stop()
-                    await topology.delete(await connection.channel(), settings)
+            client = BlockClient(
+                await connection.channel(on_return_raises=True),
+                exchange=settings.request_exchange,
+                routing_key=settings.request_routing_key,
+            )
+            await client.start()
+            try:
+                await worker.start()
+                for title, job in _jobs(ids):
+                    result = await client.call(job, wait=20)
+                    print(f"== {title}")
+                    print(render_result(result.model_dump(mode="json")))
+                    print()
+                print("== Key metrics")
+                print(table(_metric_rows(worker), ["metric", "labels", "value"]))
+            finally:
+                await client.close()
+                await worker.stop()
+                await topology.delete(await connection.channel(), settings)
     return 0

@@ -8,8 +8,8 @@ import aio_pika
 import orjson
 
 from worker.config import ConfigError, Settings
+from worker.reach import connect_amqp
 from worker.render import table
-from worker.runtime.brokers import connect_first
 
 
 def _death(headers: dict[str, Any]) -> tuple[str, str, int]:
@@ -39,7 +39,7 @@ def _job_id(body: bytes) -> str:
 async def inspect_dead_letters(settings: Settings, *, limit: int, requeue: bool) -> int:
     """Print up to `limit` dead letters; with `requeue`, publish them back to the request
     exchange (the x-death history stays in their headers) and remove them from the DLQ."""
-    connection = await connect_first(settings.amqp_urls(), attempt_timeout=10)
+    connection = await connect_amqp(settings.amqp_url.get_secret_value())
     rows: list[list[Any]] = []
     async with connection:
         channel = await connection.channel()

@@ -1,8 +1,10 @@
-"""One block job, top to bottom: read it, check it, check its deadline and account, call
-Salesforce, and say what to answer. RabbitMQ (receiving, replying, acking) is runtime/'s job."""
+"""One block job, top to bottom: read it, check it, check who sent it (the tenant), check its
+deadline and account, call Salesforce, and say what to answer. RabbitMQ (receiving, replying,
+acking) is runtime/'s job."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -28,10 +30,14 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.http import SendRefused
 from worker.stores.base import ResultStore
 from worker.stores.memory import MemoryResultStore
+from worker.tenancy import check, store_key
 
+log = logging.getLogger(__name__)
 _OPERATIONS = {op.value for op in Operation}
+_SENDER_POLL = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ class Incoming:
     correlation_id: str | None = None
     reply_to: str | None = None
     timestamp: float | None = None  # AMQP timestamp, unix seconds
+    user_id: str | None = None  # AMQP user_id, validated by the broker: who published it
     received_wall: float = 0.0
     received_mono: float = 0.0
 
@@ -55,6 +62,17 @@ class Decoded:
 
     job_id: str
     job: AnyJob | None = None
+    refusal: BlockResult | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A valid job after the tenancy check: the job to run (its tenant the publisher's) and
+    the key of its result in the store; or the refusal to answer, and why."""
+
+    job: AnyJob
+    key: str
     refusal: BlockResult | None = None
     reason: str = ""
 
@@ -158,6 +176,35 @@ class JobRunner:
             settings.result_cache_size, settings.result_cache_ttl_seconds
         )
 
+    def admit(self, job: AnyJob, incoming: Incoming) -> Admission:
+        """Who sent it: the tenancy check (worker/tenancy.py), before the result store, the
+        account or Salesforce are touched. A refusal is counted and logged here."""
+        verdict = check(self._accounts, incoming.user_id, job.account, job.tenant)
+        if verdict.refused is None:
+            if verdict.tenant != job.tenant:
+                job = job.model_copy(update={"tenant": verdict.tenant})
+            return Admission(job, store_key(self._accounts, verdict.tenant, job.job_id))
+        self._metrics.tenant_refusals.labels(verdict.refused.value, verdict.tenant or "").inc()
+        log.warning(
+            "job refused: not this publisher's tenant or account",
+            extra={
+                "job_id": job.job_id,
+                "reason": verdict.refused.value,
+                "user_id": incoming.user_id or "",
+                "tenant": verdict.tenant or "",
+                "account": job.account or "",
+                "job_tenant": job.tenant or "",
+            },
+        )
+        refusal = failed(
+            job.job_id,
+            ErrorCode.FORBIDDEN_ACCOUNT,
+            verdict.message,
+            operation=Operation(job.operation),
+            account=job.account,
+        )
+        return Admission(job, job.job_id, refusal=refusal, reason=verdict.refused.value)
+
     def deadline(self, job: AnyJob, incoming: Incoming) -> Deadline:
         """The budget counts from sent_at, else the AMQP timestamp, else receipt. An AMQP
         timestamp has whole-second resolution: the budget then counts from the end of that
@@ -172,6 +219,19 @@ class JobRunner:
             start = incoming.received_wall
         self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
+
+    async def _result_of_sender(
+        self, key: str, sender: str, deadline: Deadline
+    ) -> BlockResult | None:
+        """The result of an earlier delivery still running in another live worker (its channel
+        died, the broker redelivered the job here): wait for it within the deadline."""
+        while True:
+            stored = await self._store.get(key)
+            if stored is not None:
+                return BlockResult.model_validate_json(stored)
+            if deadline.remaining() <= _SENDER_POLL or not await self._store.sender_alive(sender):
+                return None
+            await asyncio.sleep(_SENDER_POLL)
 
     async def run(self, job: AnyJob, incoming: Incoming) -> BlockResult:
         operation = Operation(job.operation)
@@ -212,7 +272,13 @@ class JobRunner:
         before_send = None
         if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
             # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
-            if await self._store.insert_sent(job.job_id):
+            # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
+            key = store_key(self._accounts, job.tenant, job.job_id)
+            sender = await self._store.insert_sender(key)
+            if sender is not None:
+                earlier = await self._result_of_sender(key, sender, deadline)
+                if earlier is not None:
+                    return earlier
                 return failed(
                     job.job_id,
                     ErrorCode.OUTCOME_UNKNOWN,
@@ -222,9 +288,25 @@ class JobRunner:
                     operation=operation,
                     account=account.name,
                 )
-            before_send = functools.partial(self._store.mark_insert_sent, job.job_id)
+            before_send = functools.partial(self._store.mark_insert_sent, key)
         try:
             outcome = await self._client.execute(job, account, deadline, before_send=before_send)
+        except SendRefused:
+            # The same insert, delivered twice, runs in another worker that marked it first:
+            # its answer is this one's.
+            sender = await self._store.insert_sender(key)
+            earlier = await self._result_of_sender(key, sender, deadline) if sender else None
+            if earlier is not None:
+                return earlier
+            return failed(
+                job.job_id,
+                ErrorCode.OUTCOME_UNKNOWN,
+                "another delivery of this insert was being sent by another worker, whose "
+                "answer did not come in time; Salesforce may or may not have created the "
+                "record, so it is not sent again",
+                operation=operation,
+                account=account.name,
+            )
         except BindingError as exc:
             return failed(
                 job.job_id,
@@ -233,12 +315,11 @@ class JobRunner:
                 operation=operation,
                 account=account.name,
             )
-        return BlockResult(
+        result = BlockResult(
             job_id=job.job_id,
             operation=operation,
             account=account.name,
             status=outcome.status,
-            records=outcome.records,
             count=outcome.count,
             id=outcome.id,
             created=outcome.created,
@@ -246,9 +327,26 @@ class JobRunner:
             error=outcome.error,
             attempts=outcome.attempts,
         )
+        if outcome.records is None:
+            return result
+        # Salesforce's records as decoded from its JSON: nothing to check or convert, and
+        # validating them copies every record (milliseconds for a 2,000-record search).
+        return result.model_copy(update={"records": outcome.records})
 
 
 def finish(result: BlockResult, incoming: Incoming) -> BlockResult:
     """Stamp the duration (receipt to now) on a result about to be published."""
     elapsed_ms = int((time.monotonic() - incoming.received_mono) * 1000)
     return result.model_copy(update={"duration_ms": max(0, elapsed_ms)})
+
+
+_RESULT_FIELDS = tuple(BlockResult.model_fields)
+
+
+def result_json(result: BlockResult) -> bytes:
+    """The result as published: JSON, fields in contract order. Records go to orjson as they
+    are (plain JSON values decoded from Salesforce's answer), not through pydantic, which
+    would walk every value of every record again."""
+    data = result.model_dump(mode="json", exclude={"records"})
+    records = result.records
+    return orjson.dumps({k: records if k == "records" else data[k] for k in _RESULT_FIELDS})

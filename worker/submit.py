@@ -1,53 +1,55 @@
-"""Publishing block jobs and waiting for their results, as the contact-center runtime does.
+"""`sfworker submit` (an admin's test run of a block) and `JobClient`, the tests' view of
+`worker.client.BlockClient` that keeps results as plain dicts (every one received in `results`).
 
-Used by `sfworker submit` (an admin's test run of a block), by `sfworker demo`, and by tests.
+Every job carries `user_id`, the RabbitMQ user the connection authenticated as: the broker
+vouches for it, and a worker with tenant tables runs the job for that user's tenant.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-from typing import Any
+from typing import Any, Literal
 
-import aio_pika
-import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel
 
+from worker.client import (
+    CLIENT_SETTING,
+    CONNECTION_USER,
+    BlockClient,
+    _Sender,
+    connection_user,
+)
 from worker.config import Settings
-from worker.runtime.brokers import connect_first
+from worker.contract import BlockResult
+
+__all__ = ["CONNECTION_USER", "JobClient", "connection_user", "submit_one"]
 
 
 class JobClient:
-    """Publishes jobs to the request exchange and collects results on a private reply queue."""
+    """BlockClient on the settings' topology, answering raw result dicts."""
 
     def __init__(self, channel: AbstractChannel, settings: Settings) -> None:
-        self._channel = channel
-        self._settings = settings
-        self._queue: AbstractQueue | None = None
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.client = BlockClient(
+            channel,
+            exchange=settings.request_exchange,
+            routing_key=settings.request_routing_key,
+            publish_timeout=settings.publish_timeout_seconds,
+        )
         self.results: list[dict[str, Any]] = []
+        self.client.add_listener(self.results.append)
 
     @property
     def reply_queue(self) -> str:
-        assert self._queue is not None
-        return self._queue.name
+        return self.client.reply_queue
+
+    @property
+    def user(self) -> str:
+        """The user the connection authenticated as (known after start())."""
+        return self.client.user
 
     async def start(self, durable_queue: str | None = None) -> None:
         """Consume results on a private exclusive queue, or on a named durable one (which
         survives a broker restart, for callers that must not lose a result)."""
-        if durable_queue:
-            self._queue = await self._channel.declare_queue(durable_queue, durable=True)
-        else:
-            self._queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
-        await self._queue.consume(self._on_result, no_ack=True)
-
-    async def _on_result(self, message: AbstractIncomingMessage) -> None:
-        result: dict[str, Any] = orjson.loads(message.body)
-        self.results.append(result)
-        future = self._waiting.pop(message.correlation_id or "", None)
-        if future is not None and not future.done():
-            future.set_result(result)
+        await self.client.start(durable_queue)
 
     async def publish(
         self,
@@ -57,51 +59,40 @@ class JobClient:
         reply: bool = True,
         message_id: str | None = None,
         timestamp: float | None = None,
-        headers: dict[str, Any] | None = None,
+        user_id: str | Literal[_Sender.CONNECTION_USER] | None = CONNECTION_USER,
     ) -> str:
         """Publish one job (a dict, or raw bytes for tests of bad input); returns the
-        correlation id its result will carry."""
-        body = job if isinstance(job, bytes) else orjson.dumps(job)
-        job_id = job.get("job_id") if isinstance(job, dict) else None
-        correlation = correlation_id or (job_id if isinstance(job_id, str) else None)
-        correlation = correlation or uuid.uuid4().hex
-        if reply:
-            self._waiting[correlation] = asyncio.get_running_loop().create_future()
-        exchange = await self._channel.get_exchange(self._settings.request_exchange, ensure=False)
-        await exchange.publish(
-            aio_pika.Message(
-                body=body,
-                content_type="application/json",
-                message_id=message_id or (job_id if isinstance(job_id, str) else None),
-                correlation_id=correlation,
-                reply_to=self.reply_queue if reply else None,
-                timestamp=time.time() if timestamp is None else timestamp,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=headers,
-            ),
-            routing_key=self._settings.request_routing_key,
+        correlation id its result will carry. `user_id` is the connection's user unless given
+        (None: no user_id at all, for tests of what a worker does without one)."""
+        return await self.client.publish(
+            job,
+            correlation_id=correlation_id,
+            expect_reply=reply,
+            message_id=message_id,
+            timestamp=timestamp,
+            user_id=CLIENT_SETTING if user_id is CONNECTION_USER else user_id,
         )
-        return correlation
 
     async def result(self, correlation_id: str, wait: float) -> dict[str, Any]:
-        """The result for `correlation_id`, waiting at most `wait` seconds (TimeoutError)."""
-        future = self._waiting.get(correlation_id)
-        if future is None:
-            for result in self.results:
-                if result.get("job_id") == correlation_id:
-                    return result
-            raise KeyError(correlation_id)
-        async with asyncio.timeout(wait):
-            return await asyncio.shield(future)
+        """The result for `correlation_id`, waiting at most `wait` seconds; a job id whose
+        result was already handed out and is not awaited again is answered from `results`."""
+        if not self.client.awaiting(correlation_id):
+            answered = [r for r in self.results if r.get("job_id") == correlation_id]
+            if answered:
+                return answered[-1]
+        return await self.client.raw_result(correlation_id, wait)
 
     async def call(self, job: dict[str, Any], wait: float = 30.0) -> dict[str, Any]:
         return await self.result(await self.publish(job), wait)
 
 
-async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> dict[str, Any]:
-    connection = await connect_first(settings.amqp_urls(), attempt_timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        client = JobClient(channel, settings)
-        await client.start()
+async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> BlockResult:
+    """Publish `job` on the settings' topology and return its result (TimeoutError after
+    `wait` seconds; worker.reach.Unreachable when RabbitMQ cannot be reached)."""
+    async with BlockClient.connect(
+        settings.amqp_url.get_secret_value(),
+        exchange=settings.request_exchange,
+        routing_key=settings.request_routing_key,
+        publish_timeout=settings.publish_timeout_seconds,
+    ) as client:
         return await client.call(job, wait)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError
 
 from tests.conftest import free_port, make_settings, wait_until
 from worker.config import Settings
@@ -34,9 +35,10 @@ async def fleet_settings(
 class PrivateRedis:
     """A redis-server of the test's own on a free port, to kill and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,6 +59,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -70,6 +73,8 @@ class PrivateRedis:
         async def answers() -> bool:
             try:
                 return bool(await client.ping())
+            except AuthenticationError:
+                return True  # it answers: it wants a password
             except Exception:
                 return False
 

@@ -112,12 +112,29 @@ FORGED = [["not a table"], [{"queue": "q", "reason": "rejected"}, None]]
 
 @pytest.mark.parametrize("deaths", FORGED, ids=["string entry", "null entry"])
 async def test_a_forged_x_death_header_is_refused(
-    worker: Worker, jobs: JobClient, deaths: list[Any]
+    worker: Worker,
+    jobs: JobClient,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    settings: Settings,
+    deaths: list[Any],
 ) -> None:
-    await jobs.publish(
-        {**GOOD, "job_id": "forged"}, correlation_id="forged", headers={"x-death": deaths}
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(settings.request_exchange)
+    await exchange.publish(
+        aio_pika.Message(
+            body=orjson.dumps({**GOOD, "job_id": "forged"}),
+            headers={"x-death": deaths},
+            reply_to=jobs.reply_queue,
+            correlation_id="forged",
+        ),
+        routing_key=settings.request_routing_key,
     )
-    result = await jobs.result("forged", 10)
+
+    async def answered() -> bool:
+        return any(r["job_id"] == "forged" for r in jobs.results)
+
+    await wait_until(answered, 10, "the answer to the forged message")
+    (result,) = [r for r in jobs.results if r["job_id"] == "forged"]
     assert result["error"]["code"] == "INVALID_REQUEST"
     assert "x-death" in result["error"]["message"]
     assert result["operation"] == "search"

@@ -19,6 +19,7 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.simulator.testing import SimulatorClient
+from worker.stores.base import ResultStore
 
 
 class Harness:
@@ -40,14 +41,17 @@ class Harness:
 
 
 @asynccontextmanager
-async def open_harness(settings: Settings, accounts_file: Path) -> AsyncIterator[Harness]:
+async def open_harness(
+    settings: Settings, accounts_file: Path, store: ResultStore | None = None
+) -> AsyncIterator[Harness]:
     """A Harness on the accounts of `accounts_file`, wired as in worker.app; closed on exit."""
     accounts = load_accounts(accounts_file, allow_insecure_localhost=True)
     metrics = Metrics()
+    metrics.initialise((a.name, a.flow.value) for a in accounts.by_name.values())
     session = create_session(settings)
     tokens = token_manager(session, settings, metrics)
     client = SalesforceClient(session, tokens, settings, metrics)
-    runner = JobRunner(accounts, client, settings, metrics)
+    runner = JobRunner(accounts, client, settings, metrics, store)
     try:
         yield Harness(runner, client, metrics, accounts)
     finally:

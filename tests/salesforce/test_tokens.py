@@ -51,6 +51,20 @@ async def test_500_concurrent_searches_cause_one_token_request_each_time(
     assert invalidated == 1
 
 
+async def test_jobs_that_join_another_jobs_token_request_are_counted_as_waits(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    waits = {"account": "main"}
+    assert sf.metrics.registry.get_sample_value("sfworker_token_waits_total", waits) == 0
+    await simulator.set_latency(0, token_ms=500)
+    assert await burst(sf, 20) == ["no_data"] * 20
+    assert await token_requests(simulator) == 1
+    # One job made the request; the other 19 joined it while it was in flight.
+    assert sf.metrics.registry.get_sample_value("sfworker_token_waits_total", waits) == 19
+    assert await burst(sf, 5) == ["no_data"] * 5  # the token is cached now: nobody waits
+    assert sf.metrics.registry.get_sample_value("sfworker_token_waits_total", waits) == 19
+
+
 async def test_refresh_token_flow_with_rotation_never_revokes(
     sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
 ) -> None:

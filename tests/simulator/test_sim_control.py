@@ -33,6 +33,15 @@ async def test_reset_restores_a_fresh_org(api: Api, sim: SimulatorClient) -> Non
     assert (await api.get("limits")).status == 200  # no faults left
 
 
+async def test_counters_count_rest_answers_by_status(api: Api, sim: SimulatorClient) -> None:
+    await sim.reset_counters()
+    assert (await api.get("limits")).status == 200
+    assert (await api.get("limits", token="not-a-session")).status == 401
+    await sim.expire_sessions()
+    assert (await api.get("limits")).status == 401
+    assert (await sim.counters())["responses"] == {"200": 1, "401": 2}
+
+
 async def test_custom_object_schema(api: Api, sim: SimulatorClient) -> None:
     await sim.add_schema(
         "Invoice__c",

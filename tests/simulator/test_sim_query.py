@@ -186,6 +186,25 @@ async def test_batch_size_header(api: Api, sim: SimulatorClient) -> None:
     assert (len(rest.body["records"]), rest.body["done"]) == (150, True)
 
 
+async def test_query_batch_max_makes_smaller_pages(api: Api, sim: SimulatorClient) -> None:
+    await sim.seed("Account", [{"Name": f"A{i:04d}"} for i in range(1100)])
+    await sim.set_query_batch_max(500)
+    reply = await api.query(
+        "SELECT Id, Name FROM Account ORDER BY Name",
+        headers={"Sforce-Query-Options": "batchSize=2000"},
+    )
+    sizes, seen = [], []
+    while True:
+        assert reply.status == 200, reply.body
+        sizes.append(len(reply.body["records"]))
+        seen.extend(names(reply.body))
+        if reply.body["done"]:
+            break
+        reply = await api.get(reply.body["nextRecordsUrl"])
+    assert sizes == [500, 500, 100]
+    assert seen == [f"A{i:04d}" for i in range(1100)]
+
+
 async def test_invalid_query_locator(api: Api) -> None:
     for cursor in ("01gD0000002HU6KIAW-2000", "garbage"):
         reply = await api.get(f"query/{cursor}")

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import rsa_key_pair
 from worker.config import ConfigError, Flow, Settings, load_accounts
@@ -141,6 +142,29 @@ client_id = "3MVG9-acme"
             f'flow = "client_credentials"\nclient_id = "x"\nclient_secret = "{SECRET}"\n',
             "instance_url",
         ),
+        (
+            BASE
+            + f'flow = "client_credentials"\nclient_secret = "{SECRET}"\napi_reserve_percent = 0\n',
+            "api_reserve_percent",
+        ),
+        (
+            BASE
+            + f'flow = "client_credentials"\nclient_secret = "{SECRET}"\n'
+            + 'api_reserve_percent = "95"\n',
+            "api_reserve_percent",
+        ),
+        (
+            BASE
+            + f'flow = "client_credentials"\nclient_secret = "{SECRET}"\n'
+            + 'idempotency_fields = { Case = "bad field" }\n',
+            "idempotency_fields",
+        ),
+        (
+            BASE
+            + f'flow = "client_credentials"\nclient_secret = "{SECRET}"\n'
+            + 'idempotency_fields = "Sfworker_Job_Id__c"\n',
+            "idempotency_fields",
+        ),
     ],
 )
 def test_a_bad_file_names_the_account_and_the_key_and_no_secret(
@@ -219,3 +243,21 @@ def test_settings_come_from_sfworker_env_vars(monkeypatch: pytest.MonkeyPatch) -
     assert settings.delivery_limit == 5
     assert "pw-secret" not in repr(settings)
     assert settings.amqp_url.get_secret_value().startswith("amqp://u:pw-secret@")
+
+
+def test_fleet_keys_of_an_account_and_their_defaults(tmp_path: Path) -> None:
+    body = BASE + f'flow = "client_credentials"\nclient_secret = "{SECRET}"\n'
+    plain = next(iter(load(write(tmp_path, body)).by_name.values()))
+    assert (plain.max_concurrency, plain.api_reserve_percent) == (100, 95.0)
+    assert dict(plain.idempotency_fields) == {}
+    tuned = body + (
+        'api_reserve_percent = 90\nidempotency_fields = { Case = "Sfworker_Job_Id__c" }\n'
+    )
+    account = next(iter(load(write(tmp_path, tuned)).by_name.values()))
+    assert account.api_reserve_percent == 90.0
+    assert dict(account.idempotency_fields) == {"Case": "Sfworker_Job_Id__c"}
+
+
+def test_the_token_timeout_must_be_below_the_lock_lease() -> None:
+    with pytest.raises(ValidationError, match="TOKEN_LOCK_LEASE"):
+        Settings(token_timeout_seconds=10, token_lock_lease_seconds=10)

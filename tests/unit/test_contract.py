@@ -22,7 +22,8 @@ def _load(name: str) -> Any:
 
 def test_committed_contracts_match_the_models() -> None:
     generated = generated_files()
-    committed = {str(p.relative_to(CONTRACTS)): p.read_bytes() for p in CONTRACTS.rglob("*.json")}
+    files = [*CONTRACTS.rglob("*.json"), *CONTRACTS.rglob("*.yaml")]
+    committed = {str(p.relative_to(CONTRACTS)): p.read_bytes() for p in files}
     drifted = sorted(n for n in generated if committed.get(n) != generated[n])
     stray = sorted(set(committed) - set(generated))
     assert not drifted, f"regenerate with `python -m worker.contract_gen`: {drifted}"

@@ -48,6 +48,12 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    # Neither format shows the caller's file and line, thread or process: skip gathering them
+    # for every record (the logging HOWTO's "Optimization"; a few µs of each job's log line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

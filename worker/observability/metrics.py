@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker.contract import ErrorCode, Operation, Status
+from worker.tenancy import Reason
 
 # Why a message was refused before execution (jobs.decode): metric label values.
 REFUSAL_REASONS = (
@@ -138,6 +139,11 @@ class Metrics:
             "Results the broker could not route (the caller's queue is gone)",
             registry=r,
         )
+        self.last_job = Gauge(
+            "sfworker_last_job_timestamp_seconds",
+            "Unix time at which this process last answered a job (0 until the first)",
+            registry=r,
+        )
         self.results_replayed = Counter(
             "sfworker_results_replayed_total",
             "Redelivered jobs answered from the result store instead of executing again",
@@ -150,6 +156,13 @@ class Metrics:
             "sfworker_invalid_requests_total",
             "Messages refused before execution, by reason",
             ["reason"],
+            registry=r,
+        )
+        self.tenant_refusals = Counter(
+            "sfworker_tenant_refusals_total",
+            "Jobs refused FORBIDDEN_ACCOUNT by tenant isolation, by reason and the publisher's "
+            "tenant ('' when unknown)",
+            ["reason", "tenant"],
             registry=r,
         )
         self.dead_lettered = Counter(
@@ -183,9 +196,9 @@ class Metrics:
             registry=r,
         )
 
-    def initialise(self, accounts: Iterable[tuple[str, str]]) -> None:
+    def initialise(self, accounts: Iterable[tuple[str, str]], tenants: Iterable[str] = ()) -> None:
         """Create the label sets up front so dashboards and rate() see zeros, not gaps.
-        `accounts` are (name, flow) pairs."""
+        `accounts` are (name, flow) pairs, `tenants` the names of the tenant tables."""
         for op in Operation:
             for status in Status:
                 self.job_duration.labels(op.value, status.value)
@@ -205,5 +218,12 @@ class Metrics:
         for reason in REFUSAL_REASONS:
             self.invalid_requests.labels(reason)
             self.dead_lettered.labels(reason)
+        for why in Reason:
+            self.dead_lettered.labels(why.value)
+        self.tenant_refusals.labels(Reason.NO_USER_ID.value, "")
+        self.tenant_refusals.labels(Reason.UNKNOWN_USER.value, "")
+        for tenant in tenants:
+            self.tenant_refusals.labels(Reason.TENANT_MISMATCH.value, tenant)
+            self.tenant_refusals.labels(Reason.FOREIGN_ACCOUNT.value, tenant)
         for destination in ("reply_to", "results_exchange"):
             self.results_published.labels(destination)

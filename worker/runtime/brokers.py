@@ -75,23 +75,3 @@ async def connect_robust(
             await connection.close()
         raise
     return connection
-
-
-async def connect_first(
-    urls: Sequence[str], *, attempt_timeout: float
-) -> aio_pika.abc.AbstractConnection:
-    """A plain connection to the first address that answers (for short-lived commands)."""
-    last: BaseException | None = None
-    for url in urls:
-        try:
-            return await aio_pika.connect(url, timeout=attempt_timeout)
-        except CONNECTION_ERRORS as exc:
-            log.info(
-                "RabbitMQ node not reachable",
-                extra={"node": node_of(url), "error": type(exc).__name__},
-            )
-            last = exc
-    assert last is not None
-    raise ConnectionError(
-        f"no RabbitMQ node answered ({', '.join(node_of(u) for u in urls)}): {type(last).__name__}"
-    ) from None

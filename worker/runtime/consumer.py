@@ -3,6 +3,8 @@ with a confirm, and only then ack. Nothing is acked unanswered.
 
 - Bad input (not JSON, not an object, not v1, too large) is answered INVALID_REQUEST and acked;
   without a reply_to it is rejected to the dead-letter queue.
+- A job its publisher may not send (tenant isolation, worker/tenancy.py) is answered
+  FORBIDDEN_ACCOUNT the same way, before the result store or Salesforce are touched.
 - A redelivered job whose result is known (the ack was lost) is answered from the store.
 - A job already running in this process (its channel died, the broker redelivered it) is not run
   twice: the redelivery waits for the running one and answers with its result.
@@ -29,7 +31,16 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.config import Settings
 from worker.contract import BlockResult, ErrorCode, Operation, Status
-from worker.jobs import Decoded, Incoming, JobRunner, decode, failed, finish
+from worker.jobs import (
+    Admission,
+    Decoded,
+    Incoming,
+    JobRunner,
+    decode,
+    failed,
+    finish,
+    result_json,
+)
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
 from worker.stores.base import ResultStore
@@ -45,6 +56,7 @@ def to_incoming(message: AbstractIncomingMessage) -> Incoming:
         correlation_id=message.correlation_id,
         reply_to=message.reply_to or None,
         timestamp=stamp.timestamp() if stamp is not None else None,
+        user_id=message.user_id or None,
         received_wall=time.time(),
         received_mono=time.monotonic(),
     )
@@ -153,33 +165,42 @@ class DeliveryHandler:
         if message.redelivered or message.headers:
             _log_history(message, decoded.job_id)
         if decoded.job is None:
-            await self._refuse(message, incoming, decoded)
+            self._invalid(decoded)
+            assert decoded.refusal is not None
+            await self._refuse(message, incoming, decoded.refusal, decoded.reason)
+            return
+        admission = self._runner.admit(decoded.job, incoming)
+        if admission.refusal is not None:
+            await self._refuse(message, incoming, admission.refusal, admission.reason)
             return
         job_id = decoded.job_id
-        stored = await self._store.get(job_id)
+        stored = await self._store.get(admission.key)
         if stored is not None:
             self._metrics.results_replayed.inc()
             log.info("answering a redelivered job from the result store", extra={"job_id": job_id})
             answer = _Answer.of(stored)
         else:
-            answer = await self._execute_once(decoded, incoming)
+            answer = await self._execute_once(admission, incoming)
         await self._answer(message, incoming, job_id, answer)
 
-    async def _execute_once(self, decoded: Decoded, incoming: Incoming) -> _Answer:
-        """Run the job, or join the run already going on in this process for the same job_id."""
-        assert decoded.job is not None
-        job_id = decoded.job_id
-        running = self._running.get(job_id)
+    async def _execute_once(self, admission: Admission, incoming: Incoming) -> _Answer:
+        """Run the job, or join the run already going on in this process for the same job
+        (same job_id, and in strict tenant mode the same tenant)."""
+        key = admission.key
+        running = self._running.get(key)
         if running is not None:
-            log.info("job already running here; waiting for its result", extra={"job_id": job_id})
+            log.info(
+                "job already running here; waiting for its result",
+                extra={"job_id": admission.job.job_id},
+            )
             return await asyncio.shield(running)
         future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._running[job_id] = future
+        self._running[key] = future
         self._metrics.jobs_in_flight.inc()
         try:
-            result = finish(await self._runner.run(decoded.job, incoming), incoming)
+            result = finish(await self._runner.run(admission.job, incoming), incoming)
             answer = _Answer.from_result(result)
-            await self._store.put(job_id, answer.body)
+            await self._store.put(key, answer.body)
             self._observe(result)
             future.set_result(answer)
             return answer
@@ -192,7 +213,7 @@ class DeliveryHandler:
             raise
         finally:
             self._metrics.jobs_in_flight.dec()
-            del self._running[job_id]
+            del self._running[key]
 
     def _observe(self, result: BlockResult) -> None:
         operation = result.operation.value if result.operation else ""
@@ -215,9 +236,7 @@ class DeliveryHandler:
             },
         )
 
-    async def _refuse(
-        self, message: AbstractIncomingMessage, incoming: Incoming, decoded: Decoded
-    ) -> None:
+    def _invalid(self, decoded: Decoded) -> None:
         self._metrics.invalid_requests.labels(decoded.reason).inc()
         assert decoded.refusal is not None
         log.warning(
@@ -228,28 +247,37 @@ class DeliveryHandler:
                 "error": decoded.refusal.error.message if decoded.refusal.error else "",
             },
         )
+
+    async def _refuse(
+        self,
+        message: AbstractIncomingMessage,
+        incoming: Incoming,
+        refusal: BlockResult,
+        reason: str,
+    ) -> None:
+        """Answer a job refused before execution, or dead-letter it when it has no reply_to."""
         if not incoming.reply_to:
             # Nobody to tell: keep it for a human in the dead-letter queue.
-            self._metrics.dead_lettered.labels(decoded.reason).inc()
-            if decoded.reason == FORGED_DEATH:
-                await self._move_to_dead_letters(message, decoded)
+            self._metrics.dead_lettered.labels(reason).inc()
+            if reason == FORGED_DEATH:
+                await self._move_to_dead_letters(message, refusal.job_id, reason)
             else:
                 await _settle(message, requeue=False)
             return
-        result = finish(decoded.refusal, incoming)
+        result = finish(refusal, incoming)
         self._observe(result)
-        await self._answer(message, incoming, decoded.job_id, _Answer.from_result(result))
+        await self._answer(message, incoming, refusal.job_id, _Answer.from_result(result))
 
     async def _move_to_dead_letters(
-        self, message: AbstractIncomingMessage, decoded: Decoded
+        self, message: AbstractIncomingMessage, job_id: str, reason: str
     ) -> None:
         """Dead-letter a message RabbitMQ cannot dead-letter: a copy, confirmed, then the ack."""
         try:
-            await self._publisher.dead_letter(message, decoded.reason)
+            await self._publisher.dead_letter(message, reason)
         except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
             log.warning(
                 "could not move the message to the dead-letter queue; requeued",
-                extra={"job_id": decoded.job_id, "error": type(exc).__name__},
+                extra={"job_id": job_id, "error": type(exc).__name__},
             )
             await _settle(message, requeue=True)
             return
@@ -258,7 +286,7 @@ class DeliveryHandler:
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             log.warning(
                 "ack lost with the channel after the dead-letter copy",
-                extra={"job_id": decoded.job_id, "error": type(exc).__name__},
+                extra={"job_id": job_id, "error": type(exc).__name__},
             )
 
     async def _answer(
@@ -310,7 +338,7 @@ class _Answer:
     @classmethod
     def from_result(cls, result: BlockResult) -> _Answer:
         return cls(
-            orjson.dumps(result.model_dump(mode="json")),
+            result_json(result),
             result.status.value,
             result.operation.value if result.operation else "",
         )

@@ -1,5 +1,9 @@
 """Publishing results: to the request's reply_to through the default exchange, or to the results
-exchange with routing key `<status>.<operation>`; always with publisher confirms."""
+exchange with routing key `<status>.<operation>`; always with publisher confirms.
+
+One result per job is the hot path: the frame's properties are built directly and sent on the
+channel's underlying aiormq channel (what aio-pika's Exchange.publish does, without building an
+aio_pika.Message first: that object alone cost about a fifth of a publish's CPU)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ from enum import Enum
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
+from aiormq import spec
+from aiormq.exceptions import ChannelInvalidStateError
 
 from worker.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_PERSISTENT = 2  # AMQP delivery mode
 
 
 class Published(Enum):
@@ -49,31 +57,44 @@ class ResultPublisher:
     async def publish(self, reply: Reply) -> Published:
         """Publish and wait for the broker's confirm. Unroutable -> UNROUTABLE (the caller is
         gone); a nack, a timeout or a lost channel raise (the request must not be acked)."""
-        message = aio_pika.Message(
-            body=reply.body,
+        properties = spec.Basic.Properties(
             content_type="application/json",
             correlation_id=reply.correlation_id,
             message_id=reply.job_id,
-            type="sfworker.result.v1",
+            message_type="sfworker.result.v1",
             # Persistent: a durable reply queue keeps the result across a broker restart.
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=_PERSISTENT,
         )
         if reply.reply_to:
-            exchange, key, destination = self._channel.default_exchange, reply.reply_to, "reply_to"
+            exchange, key, destination = "", reply.reply_to, "reply_to"  # the default exchange
         else:
-            exchange = self._results
+            exchange = self._results.name
             key = f"{reply.status}.{reply.operation or 'unknown'}"
             destination = "results_exchange"
+        if self._channel.is_closed:
+            raise ChannelInvalidStateError("the publishing channel is closed")
+        channel = await self._channel.get_underlay_channel()
         try:
-            await exchange.publish(message, routing_key=key, mandatory=True, timeout=self._timeout)
+            # Raises PublishError when returned (mandatory, on_return_raises), DeliveryError on
+            # a nack, TimeoutError without a confirm in time: as aio-pika's Exchange.publish.
+            await channel.basic_publish(
+                reply.body,
+                exchange=exchange,
+                routing_key=key,
+                properties=properties,
+                mandatory=True,
+                timeout=self._timeout,
+            )
         except PublishError:
             self._metrics.replies_unroutable.inc()
             log.warning(
                 "result could not be routed; the caller is gone",
                 extra={"job_id": reply.job_id, "destination": destination},
             )
+            self._metrics.last_job.set_to_current_time()
             return Published.UNROUTABLE
         self._metrics.results_published.labels(destination).inc()
+        self._metrics.last_job.set_to_current_time()
         return Published.CONFIRMED
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:

@@ -83,8 +83,10 @@ class RabbitService:
                 break
             except brokers.CONNECTION_ERRORS as exc:
                 if loop.time() + delay > give_up:
+                    where = ", ".join(brokers.node_of(u) for u in urls)
                     raise ConnectionError(
-                        f"RabbitMQ unreachable after {startup_timeout:.0f} s: {type(exc).__name__}"
+                        f"cannot reach RabbitMQ at {where} for {startup_timeout:.0f} s "
+                        f"({type(exc).__name__}): start it, or fix SFWORKER_AMQP_URL"
                     ) from None
                 log.warning(
                     "RabbitMQ not reachable yet; retrying",

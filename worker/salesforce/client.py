@@ -75,7 +75,7 @@ class CallFailed(Exception):
         self.http_status = http_status
 
 
-BeforeSend = Callable[[], Awaitable[None]]
+BeforeSend = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -149,7 +149,8 @@ class SalesforceClient:
         before_send: BeforeSend | None = None,
     ) -> Outcome:
         """Run the job's operation; never raises for anything Salesforce or the network does.
-        `before_send` is awaited just before each request leaves the process (insert markers).
+        `before_send` is awaited just before each request leaves the process (insert markers);
+        when it answers False the request is not sent and SendRefused is raised.
         """
         call = _Call(account, Operation(job.operation), deadline, before_send=before_send)
         try:
@@ -355,6 +356,7 @@ class SalesforceClient:
         try:
             async with asyncio.timeout_at(call.deadline.at):
                 async with self._slots.hold(account):
+                    self._check_reserve(call)  # again: the reserve may be reached meanwhile
                     token = await self._token(call)
                     headers["Authorization"] = token.bearer
                     call.attempts += 1

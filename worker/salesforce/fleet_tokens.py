@@ -58,6 +58,11 @@ _TOKEN_TTL_MS = 12 * 3600 * 1000  # a forgotten token goes eventually; a live on
 _STORE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], 'value', ARGV[3], 'seed', ARGV[4]) end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  -- A Redis that came back empty: start above every generation handed out before it.
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[3], t[1] .. string.format('%06d', tonumber(t[2])))
+end
 local gen = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[2], 'value', ARGV[2], 'gen', gen)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -157,7 +162,7 @@ class FleetAccountTokens:
     async def get(self) -> AccessToken:
         if self._token is not None:
             return self._token
-        if not self._link.available:
+        if not self._link.available and not self._rotates:
             return await self._local_get()
         if self._inflight is not None:
             self._metrics.token_waits.labels(self.account.name).inc()
@@ -178,7 +183,8 @@ class FleetAccountTokens:
             self._token = None
             dropped = True
             self._metrics.token_invalidations.labels(self.account.name).inc()
-        self._dead_generation = token.generation
+        # Generations only grow: the newest one a 401 reported dead covers every older one.
+        self._dead_generation = max(self._dead_generation or 0, token.generation)
         key, generation = self._keys["token"], str(token.generation)
         await self._link.attempt(
             lambda r: self._invalidate(keys=[key], args=[generation], client=r)
@@ -190,6 +196,27 @@ class FleetAccountTokens:
         if not task.cancelled():
             task.exception()
 
+    async def refresh_now(self) -> None:
+        """Make one token request under the fleet's lock, with the fleet's newest refresh token,
+        and store what it returns for the fleet (`sfworker accounts check`: a check must never
+        spend a refresh token behind the workers' back)."""
+        give_up = self._clock() + self._lease_ms / 1000 + self._request_timeout + 1.0
+        while True:
+            holder = uuid.uuid4().hex
+            if await self._take_lock(holder):
+                try:
+                    await self._refresh(holder)
+                    return
+                finally:
+                    await self._release_lock(holder)
+            if self._clock() > give_up:
+                raise AuthError(
+                    "another worker's token request did not finish in time",
+                    code=ErrorCode.SALESFORCE_UNAVAILABLE,
+                    retryable=True,
+                )
+            await asyncio.sleep(_POLL_SECONDS)
+
     # --- in-process fallback ---------------------------------------------------------------
 
     async def _local_get(self) -> AccessToken:
@@ -199,9 +226,16 @@ class FleetAccountTokens:
         """After an outage: a refresh token the local manager rotated meanwhile is the only live
         one; put it where the fleet reads it."""
         rotated = self._local.refresh_token
-        if rotated is None or rotated == self._latest_refresh:
+        if rotated is None or self.account.flow is not Flow.REFRESH_TOKEN:
             return
         key, value, seed = self._keys["refresh"], rotated.get_secret_value(), self._seed
+        if rotated == self._latest_refresh:
+            # Nothing rotated here meanwhile; but a Redis that came back empty (restarted
+            # without persistence) would send the fleet back to the file's rotated-out token.
+            if rotated == self.account.refresh_token:
+                return
+            if await self._link.call(lambda r: r.hexists(key, "value")):
+                return
         await self._link.call(lambda r: r.hset(key, mapping={"value": value, "seed": seed}))
         self._latest_refresh = rotated
         log.warning(
@@ -211,13 +245,45 @@ class FleetAccountTokens:
 
     # --- the fleet protocol ----------------------------------------------------------------
 
+    @property
+    def _rotates(self) -> bool:
+        """The refresh token rotates (this process has seen it change)."""
+        return (
+            self.account.flow is Flow.REFRESH_TOKEN
+            and self._local.refresh_token != self.account.refresh_token
+        )
+
     async def _acquire(self) -> AccessToken:
         try:
             return await self._acquire_fleet()
         except RedisUnavailable:
-            return await self._local_get()
+            if not self._rotates:
+                return await self._local_get()
+        # With rotation, a worker cut off from Redis does not refresh alone: the others may
+        # spend the same refresh token (one is refused) or have rotated it already (a replay,
+        # and Salesforce revokes the chain for the whole fleet). It uses the token it holds,
+        # or waits for Redis (the jobs' deadlines bound the wait).
+        held = self._local.token
+        if held is not None:
+            return held
+        await self._link.wait_available(self._lease_ms / 1000 + self._request_timeout + 1.0)
+        try:
+            return await self._acquire_fleet()
+        except RedisUnavailable:
+            raise AuthError(
+                "no access token: Redis is out of reach and the refresh token rotates, so "
+                "this worker does not refresh it alone",
+                code=ErrorCode.SALESFORCE_UNAVAILABLE,
+                retryable=True,
+            ) from None
 
     async def _acquire_fleet(self) -> AccessToken:
+        if self.account.flow is Flow.REFRESH_TOKEN:
+            # A refresh this process started alone (Redis out of reach) may still be in flight
+            # and rotate the refresh token: let it end and give its result to the fleet first,
+            # or the fleet would refresh concurrently with it, or replay what it rotated out.
+            await self._local.settled()
+            await self.write_back()
         give_up = self._clock() + self._lease_ms / 1000 + self._request_timeout + 1.0
         waited = False
         while True:
@@ -261,7 +327,7 @@ class FleetAccountTokens:
         if not value or not gen:
             return None
         generation = int(gen)
-        if generation == self._dead_generation:
+        if self._dead_generation is not None and generation <= self._dead_generation:
             # A 401 said so but our compare-and-invalidate did not reach Redis: do it now.
             await self._link.call(lambda r: self._invalidate(keys=[key], args=[gen], client=r))
             return None
@@ -341,8 +407,6 @@ class FleetAccountTokens:
     async def _publish(self, holder: str, grant: Grant) -> AccessToken:
         """Write the new token (and a rotated refresh token) for the fleet, fenced by the lock."""
         rotated = grant.refresh_token
-        if rotated is not None:
-            self._latest_refresh = rotated
         k = self._keys
         keys = [k["lock"], k["token"], k["gen"], k["refresh"], k["error"], k["failures"]]
         args: list[str | int] = [
@@ -372,6 +436,9 @@ class FleetAccountTokens:
             token = AccessToken(grant.access_token, next_generation(), grant.issued_at)
             self._local.adopt(token, rotated)
             return token
+        if rotated is not None:
+            # Only now is it the fleet's: had the write failed, the restore hook writes it back.
+            self._latest_refresh = rotated
         token = AccessToken(grant.access_token, generation, grant.issued_at, source=FLEET)
         self._token = token
         self._local.adopt(token, rotated)
@@ -407,7 +474,7 @@ class RedisTokenManager:
         self._accounts: dict[str, FleetAccountTokens] = {}
         link.on_restore(self._write_back)
 
-    def _state(self, account: Account) -> FleetAccountTokens:
+    def state(self, account: Account) -> FleetAccountTokens:
         state = self._accounts.get(account.name)
         if state is None:
             state = FleetAccountTokens(
@@ -424,10 +491,10 @@ class RedisTokenManager:
         return state
 
     async def get(self, account: Account) -> AccessToken:
-        return await self._state(account).get()
+        return await self.state(account).get()
 
     async def invalidate(self, account: Account, token: AccessToken) -> bool:
-        return await self._state(account).invalidate(token)
+        return await self.state(account).invalidate(token)
 
     async def _write_back(self) -> None:
         for state in self._accounts.values():

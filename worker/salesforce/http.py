@@ -12,13 +12,17 @@ import orjson
 from worker.config import Settings
 
 
+class SendRefused(Exception):
+    """The hook said no: another delivery of the same insert is being sent."""
+
+
 class SendState:
     """Per-request state for the trace: `sent` once the request headers left this process, and
     a hook awaited once the connection is ready, just before they leave (insert markers)."""
 
     __slots__ = ("before_send", "sent")
 
-    def __init__(self, before_send: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, before_send: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.sent = False
         self.before_send = before_send
 
@@ -29,7 +33,8 @@ async def _on_connection_ready(
     state = ctx.trace_request_ctx
     if isinstance(state, SendState) and state.before_send is not None:
         hook, state.before_send = state.before_send, None
-        await hook()
+        if not await hook():
+            raise SendRefused
 
 
 async def _on_headers_sent(

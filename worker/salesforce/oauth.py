@@ -57,6 +57,8 @@ class Grant:
     access_token: SecretStr = field(repr=False)
     issued_at: float
     refresh_token: SecretStr | None = field(default=None, repr=False)
+    identity_url: str | None = None  # the response's `id`: who the token belongs to
+    instance_url: str | None = None
 
 
 def _jwt_assertion(account: Account) -> str:
@@ -112,9 +114,16 @@ async def request_token(
 
     The caller bounds it with a timeout (a TimeoutError then passes through)."""
     form = await _form(account, refresh_token)
+    return await post_token_form(session, account.token_url, form, account.flow.value)
+
+
+async def post_token_form(
+    session: aiohttp.ClientSession, token_url: str, form: dict[str, str], flow: str
+) -> Grant:
+    """POST `form` to the token endpoint; the Grant, or AuthError naming Salesforce's error."""
     try:
         async with session.post(
-            account.token_url,
+            token_url,
             data=form,
             headers={"Accept": "application/json"},
             allow_redirects=False,
@@ -144,7 +153,7 @@ async def request_token(
             )
         detail = f"{error}: {description}" if description else error or f"HTTP {status}"
         raise AuthError(
-            f"token request refused ({account.flow.value}): {detail}",
+            f"token request refused ({flow}): {detail}",
             error=error or f"HTTP_{status}",
             description=description,
             http_status=status,
@@ -157,8 +166,12 @@ async def request_token(
     except (TypeError, ValueError):
         issued_at = time.time()
     rotated = body.get("refresh_token")
+    identity = body.get("id")
+    instance = body.get("instance_url")
     return Grant(
         access_token=SecretStr(body["access_token"]),
         issued_at=issued_at,
         refresh_token=SecretStr(rotated) if isinstance(rotated, str) and rotated else None,
+        identity_url=identity if isinstance(identity, str) else None,
+        instance_url=instance if isinstance(instance, str) else None,
     )

@@ -128,6 +128,17 @@ class AccountTokens:
     def refresh_token(self) -> SecretStr | None:
         return self._refresh_token
 
+    @property
+    def token(self) -> AccessToken | None:
+        """The token held now, if any (no request made)."""
+        return self._token
+
+    async def settled(self) -> None:
+        """Wait for this process's token request in flight, if any, whatever its outcome."""
+        task = self._inflight
+        if task is not None:
+            await asyncio.wait({task})
+
     def adopt(self, token: AccessToken | None, refresh_token: SecretStr | None) -> None:
         """Take over state obtained elsewhere (the fleet): the newest refresh token, and a
         token to use while Redis is out of reach."""

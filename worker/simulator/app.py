@@ -8,7 +8,7 @@ import sys
 
 from aiohttp import web
 
-from . import control, oauth, rest
+from . import control, identity, oauth, rest
 from .middleware import MIDDLEWARES
 from .routing import ROUTE_NAMES_KEY, STATE_KEY
 from .state import SimulatorState
@@ -19,6 +19,7 @@ def create_app(state: SimulatorState | None = None) -> web.Application:
     app[STATE_KEY] = state if state is not None else SimulatorState()
     app[ROUTE_NAMES_KEY] = {}
     oauth.register(app)
+    identity.register(app)
     rest.register(app)
     control.register(app)
     return app

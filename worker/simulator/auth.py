@@ -35,6 +35,10 @@ class Client:
     rotation: bool = False
     usernames: list[str] = field(default_factory=lambda: [DEFAULT_USERNAME])
     jwt_public_key_pem: str | None = None
+    # The app's Callback URLs; None accepts any redirect_uri (the simulator's lenient default).
+    callback_urls: list[str] | None = None
+    # External Client Apps require PKCE by default; the simulator's default client does not.
+    require_pkce: bool = False
 
     @property
     def run_as_user(self) -> str:
@@ -89,6 +93,10 @@ class AuthState:
         self.processing: set[str] = set()
         self.logins: dict[str, deque[float]] = {}
         self._chains = 0
+        # What the admin does on the authorize page: approve (as `consent_username`, else the
+        # client's first user) or deny.
+        self.consent_approve = True
+        self.consent_username: str | None = None
 
     # ---- clients and users -------------------------------------------------------------------
     def set_client(self, client: Client, refresh_tokens: list[str]) -> None:
@@ -106,6 +114,9 @@ class AuthState:
         if username not in self.users:
             self.users[username] = self.ids.new("005")
         return self.users[username]
+
+    def username_of(self, user_id: str) -> str | None:
+        return next((name for name, uid in self.users.items() if uid == user_id), None)
 
     # ---- tokens ------------------------------------------------------------------------------
     def new_chain(self) -> str:
@@ -197,7 +208,7 @@ class AuthState:
             code="aPrx" + _random(_ALNUM, 60),
             client_id=client.client_id,
             redirect_uri=redirect_uri,
-            username=client.run_as_user,
+            username=self.consent_username or client.run_as_user,
             scope=scope,
             code_challenge=challenge,
             code_challenge_method=method,

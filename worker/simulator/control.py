@@ -17,6 +17,7 @@ from .faults import FaultRule
 from .routing import Handler, add_route, state_of
 from .schema import ObjectDef, SchemaError
 from .state import SimulatorState
+from .users import SYSTEM_ADMINISTRATOR
 
 
 class _Body(BaseModel):
@@ -46,6 +47,19 @@ class ClientBody(_Body):
     refresh_tokens: list[str] = Field(default_factory=list)
     usernames: list[str] = Field(default_factory=list)
     jwt_public_key_pem: str | None = None
+    callback_urls: list[str] | None = None
+    require_pkce: bool = False
+
+
+class UserBody(_Body):
+    username: str
+    profile: str = SYSTEM_ADMINISTRATOR
+    objects: dict[str, dict[str, bool]] = Field(default_factory=dict)
+
+
+class ConsentBody(_Body):
+    approve: bool = True
+    username: str | None = None
 
 
 class LatencyBody(_Body):
@@ -62,6 +76,7 @@ class LimitsBody(_Body):
     daily_max: int | None = Field(None, ge=0)
     used: int | None = Field(None, ge=0)
     login_rate_per_hour: int | None = Field(None, ge=0)
+    query_batch_max: int | None = Field(None, ge=1, le=2000)
 
 
 class FaultBody(_Body):
@@ -150,8 +165,27 @@ async def clients(request: web.Request) -> web.StreamResponse:
         rotation=body.rotation,
         usernames=body.usernames or [DEFAULT_USERNAME],
         jwt_public_key_pem=body.jwt_public_key_pem,
+        callback_urls=body.callback_urls,
+        require_pkce=body.require_pkce,
     )
     state_of(request).auth.set_client(client, body.refresh_tokens)
+    return json_response(OK)
+
+
+async def users(request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, UserBody)
+    try:
+        state_of(request).users.set(body.username, body.profile, body.objects)
+    except ValueError as err:
+        raise ControlError(str(err)) from None
+    return json_response(OK)
+
+
+async def consent(request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, ConsentBody)
+    auth = state_of(request).auth
+    auth.consent_approve = body.approve
+    auth.consent_username = body.username
     return json_response(OK)
 
 
@@ -192,6 +226,8 @@ async def limits(request: web.Request) -> web.StreamResponse:
         lim.used = body.used
     if body.login_rate_per_hour is not None:
         lim.login_rate_per_hour = body.login_rate_per_hour
+    if body.query_batch_max is not None:
+        lim.query_batch_max = body.query_batch_max
     return json_response({"daily_max": lim.daily_max, "used": lim.used})
 
 
@@ -238,6 +274,8 @@ def register(app: web.Application) -> None:
         ("GET", "/_sim/records/{object}", records, "control_records"),
         ("POST", "/_sim/clients", clients, "control_clients"),
         ("GET", "/_sim/clients/{client_id}/refresh_tokens", refresh_tokens, "control_tokens"),
+        ("POST", "/_sim/users", users, "control_users"),
+        ("POST", "/_sim/consent", consent, "control_consent"),
         ("POST", "/_sim/latency", latency, "control_latency"),
         ("POST", "/_sim/sessions/expire", expire_sessions, "control_expire"),
         ("POST", "/_sim/session_timeout", session_timeout, "control_timeout"),

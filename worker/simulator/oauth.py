@@ -187,6 +187,7 @@ async def _authorization_code(
         verifier = _field(form, "code_verifier")
         if not verifier or not _pkce_ok(verifier, code.code_challenge, code.code_challenge_method):
             raise OAuthError("invalid_grant", "invalid code verifier")
+        state.counters.pkce_verified += 1
     if REFRESH_SCOPES.isdisjoint(code.scope.split()):
         at = state.auth.new_access(client, code.username, code.scope)
         return token_body(state, request, client, at)
@@ -281,36 +282,50 @@ async def token(request: web.Request) -> web.StreamResponse:
 
 
 # ---- authorize / introspect / revoke -------------------------------------------------------
+def _redirect(redirect_uri: str, params: dict[str, str]) -> web.HTTPFound:
+    separator = "&" if "?" in redirect_uri else "?"
+    return web.HTTPFound(f"{redirect_uri}{separator}{urlencode(params)}")
+
+
 async def authorize(request: web.Request) -> web.StreamResponse:
-    """Auto-approves: 302 to redirect_uri?code=...&state=..."""
+    """The authorize page: the admin logs in and approves (or denies, see the control API's
+    consent switch); then 302 to redirect_uri?code=...&state=... (or ?error=access_denied).
+
+    An unknown client or a redirect_uri that is not one of the app's Callback URLs is shown on
+    the page itself (400) and never redirected."""
     state = state_of(request)
     query = request.query
     client = state.auth.clients.get(query.get("client_id", ""))
     redirect_uri = query.get("redirect_uri", "")
     if client is None:
         raise OAuthError("invalid_client_id", "client identifier invalid")
-    if not redirect_uri:
+    if not redirect_uri or (
+        client.callback_urls is not None and redirect_uri not in client.callback_urls
+    ):
         raise OAuthError("redirect_uri_mismatch", "redirect_uri must match configuration")
-    params: dict[str, str] = {}
+    params: dict[str, str]
+    challenge = query.get("code_challenge") or None
     if query.get("response_type") != "code":
         params = {
             "error": "unsupported_response_type",
             "error_description": "response type not supported",
         }
+    elif client.require_pkce and challenge is None:
+        params = {
+            "error": "invalid_request",
+            "error_description": "missing required code challenge",
+        }
+    elif not state.auth.consent_approve:
+        params = {"error": "access_denied", "error_description": "end-user denied authorization"}
     else:
         method = query.get("code_challenge_method", "S256")
         code = state.auth.new_code(
-            client,
-            redirect_uri,
-            query.get("scope", "api refresh_token"),
-            query.get("code_challenge") or None,
-            method,
+            client, redirect_uri, query.get("scope", "api refresh_token"), challenge, method
         )
         params = {"code": code.code}
     if "state" in query:
         params["state"] = query["state"]
-    separator = "&" if "?" in redirect_uri else "?"
-    raise web.HTTPFound(f"{redirect_uri}{separator}{urlencode(params)}")
+    raise _redirect(redirect_uri, params)
 
 
 def _introspection(

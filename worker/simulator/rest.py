@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import rest_query, rest_sobjects
+from . import rest_describe, rest_query, rest_sobjects
 from .errors import json_response
 from .routing import MAX_VERSION, MIN_VERSION, add_route, state_of
 
@@ -75,6 +75,7 @@ def register(app: web.Application) -> None:
     get(f"{V}/queryAll/{{cursor}}", rest_query.query_more, "query_more", slash=False)
     get(f"{V}/search", rest_query.search, "search")
     sobject = f"{V}/sobjects/{{sobject}}"
+    get(f"{sobject}/describe", rest_describe.describe, "sobject_describe")
     add_route(app, "POST", sobject, rest_sobjects.create, "sobject_create")
     add_route(app, "POST", sobject + "/", rest_sobjects.create, "sobject_create")
     add_route(app, "GET", f"{sobject}/{{id}}", rest_sobjects.get, "sobject_get")

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .cursors import clamp_batch
 from .errors import SfError, json_response
+from .rest_describe import session_username
 from .routing import Handler, state_of
 from .schema import ObjectDef, Record
 from .search import run_sosl
@@ -15,6 +16,7 @@ from .soql import parse_soql
 from .soql_eval import UrlFor, run_soql
 from .sosl import parse_sosl
 from .state import SimulatorState
+from .users import invalid_type
 
 __all__ = ["Handler", "query", "query_all", "query_more", "search", "url_for"]
 
@@ -64,14 +66,17 @@ def _statement(request: web.Request, error_code: str, kind: str) -> str:
 async def _run_query(request: web.Request, include_deleted: bool) -> web.StreamResponse:
     state = state_of(request)
     version = request.match_info["version"]
+    parsed = parse_soql(_statement(request, "MALFORMED_QUERY", "query"))
+    if not state.users.permissions(session_username(request), parsed.sobject).read:
+        raise invalid_type(parsed.sobject)
     result = run_soql(
         state.schema,
         state.records,
-        parse_soql(_statement(request, "MALFORMED_QUERY", "query")),
+        parsed,
         include_deleted=include_deleted,
         url_for=url_for(version),
     )
-    batch = _batch_size(request) or clamp_batch(None)
+    batch = min(_batch_size(request) or clamp_batch(None), state.limits.query_batch_max)
     return _page(state, version, result.records, 0, batch, None, result.total)
 
 
@@ -89,7 +94,7 @@ async def query_more(request: web.Request) -> web.StreamResponse:
     cursor = state.cursors.get(locator) if locator else None
     if cursor is None or not offset.isdigit() or not 0 < int(offset) < len(cursor.records):
         raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-    batch = _batch_size(request) or cursor.batch_size
+    batch = min(_batch_size(request) or cursor.batch_size, state.limits.query_batch_max)
     version = request.match_info["version"]
     records = cursor.records
     return _page(state, version, records, int(offset), batch, locator, len(records))

@@ -10,20 +10,24 @@ from aiohttp import web
 
 from .errors import SfError, json_parser_error, json_response, not_found
 from .ids import normalize_id
+from .rest_describe import session_username
 from .rest_query import url_for
 from .routing import api_version, state_of
 from .schema import FieldDef, FieldType, ObjectDef, Record
 from .soql_eval import no_column
 from .soql_lexer import located
 from .state import SimulatorState
+from .users import require
 
 UPSERT_200_SINCE = 46
 
 
-def _object(state: SimulatorState, request: web.Request) -> ObjectDef:
+def _object(state: SimulatorState, request: web.Request, action: str = "read") -> ObjectDef:
+    """The URL's sObject, when the session's user may `action` its records."""
     obj = state.schema.get(request.match_info["sobject"])
     if obj is None:
         raise not_found()
+    require(state.users, session_username(request), obj.name, action)
     return obj
 
 
@@ -84,7 +88,7 @@ def _render(request: web.Request, obj: ObjectDef, record: Record) -> Record:
 
 async def create(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    obj = _object(state, request)
+    obj = _object(state, request, "create")
     record_id = state.records.insert(obj, await _json_body(request))
     return json_response({"id": record_id, "success": True, "errors": []}, status=201)
 
@@ -98,7 +102,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 
 async def update(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    obj = _object(state, request)
+    obj = _object(state, request, "edit")
     record_id = _record_id(obj, request.match_info["id"])
     body = await _json_body(request)
     state.records.update(obj, record_id, body)
@@ -107,7 +111,7 @@ async def update(request: web.Request) -> web.StreamResponse:
 
 async def delete(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    obj = _object(state, request)
+    obj = _object(state, request, "delete")
     state.records.delete(obj, _record_id(obj, request.match_info["id"]))
     return web.Response(status=204)
 
@@ -169,6 +173,7 @@ async def upsert(request: web.Request) -> web.StreamResponse:
     found = _matches(state, request, obj, fd)
     if len(found) > 1:
         return _multiple_choices(request, obj, found)
+    require(state.users, session_username(request), obj.name, "edit" if found else "create")
     if found:
         record_id = found[0]["Id"]
         state.records.update(obj, record_id, body)

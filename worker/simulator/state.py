@@ -19,6 +19,7 @@ from .faults import FaultBook
 from .ids import IdFactory, to_18
 from .records import RecordStore
 from .schema import Schema, default_schema
+from .users import Users
 
 __all__ = [
     "Counters",
@@ -43,6 +44,9 @@ class Limits:
     used: int = 0
     per_app_used: Counter[str] = field(default_factory=Counter)
     login_rate_per_hour: int = 3600
+    # Largest page of a query answer: Salesforce may return fewer records per page than the
+    # batchSize asked for (wide records); lower it to make every large answer span several pages.
+    query_batch_max: int = 2000
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Counters:
     oauth_events: Counter[str] = field(default_factory=Counter)  # revocations, rejections
     in_flight: int = 0
     max_concurrency: int = 0
+    pkce_verified: int = 0
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -71,6 +76,7 @@ class Counters:
             "responses": dict(self.responses),
             "oauth_events": dict(self.oauth_events),
             "max_concurrency": self.max_concurrency,
+            "pkce_verified": self.pkce_verified,
             "in_flight": self.in_flight,
             "queries": list(self.queries),
             "api_usage": {"used": limits.used, "max": limits.daily_max},
@@ -90,6 +96,7 @@ class SimulatorState:
     limits: Limits = field(default_factory=Limits)
     counters: Counters = field(default_factory=Counters)
     faults: FaultBook = field(default_factory=FaultBook)
+    users: Users = field(default_factory=Users)
     session_timeout_seconds: float = 7200.0
     records: RecordStore = field(init=False)
     auth: AuthState = field(init=False)

@@ -95,6 +95,8 @@ class SimulatorClient:
         usernames: Sequence[str] = (),
         jwt_public_key_pem: str | None = None,
         app_name: str = DEFAULT_APP_NAME,
+        callback_urls: Sequence[str] | None = None,
+        require_pkce: bool = False,
     ) -> None:
         await self._call(
             "POST",
@@ -108,8 +110,28 @@ class SimulatorClient:
                 "refresh_tokens": list(refresh_tokens),
                 "usernames": list(usernames),
                 "jwt_public_key_pem": jwt_public_key_pem,
+                "callback_urls": list(callback_urls) if callback_urls is not None else None,
+                "require_pkce": require_pkce,
             },
         )
+
+    async def set_user(
+        self,
+        username: str,
+        profile: str = "System Administrator",
+        objects: dict[str, dict[str, bool]] | None = None,
+    ) -> None:
+        """Give `username` a profile ("System Administrator", "Standard User", "Read Only") and
+        per-object overrides, e.g. {"Case": {"delete": False}}."""
+        await self._call(
+            "POST",
+            "/_sim/users",
+            {"username": username, "profile": profile, "objects": objects or {}},
+        )
+
+    async def set_consent(self, approve: bool, username: str | None = None) -> None:
+        """What the admin does on the authorize page: approve (as `username`) or deny."""
+        await self._call("POST", "/_sim/consent", {"approve": approve, "username": username})
 
     async def refresh_tokens(self, client_id: str) -> list[str]:
         data = await self._call("GET", f"/_sim/clients/{client_id}/refresh_tokens")
@@ -131,6 +153,9 @@ class SimulatorClient:
 
     async def set_login_rate(self, per_hour: int) -> None:
         await self._call("POST", "/_sim/limits", {"login_rate_per_hour": per_hour})
+
+    async def set_query_batch_max(self, records: int) -> None:
+        await self._call("POST", "/_sim/limits", {"query_batch_max": records})
 
     async def add_fault(
         self,

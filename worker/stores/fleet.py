@@ -16,7 +16,9 @@ from worker.salesforce.slots import LocalSlots
 from worker.salesforce.usage import UsageReading
 from worker.stores.link import RedisLink, RedisUnavailable
 
-SLOT_LEASE_MS = 60_000  # longer than any job's budget: a dead worker's slots free after it
+# A dead worker's slots free within a lease; a living one renews the leases of its slots.
+SLOT_LEASE_MS = 6_000
+_RENEW_SECONDS = SLOT_LEASE_MS / 3000
 
 # KEYS: the account's slot set; ARGV: lease ms, cap, member. Server time: no clock skew.
 _TAKE_SLOT = """
@@ -30,6 +32,16 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 0
 """
+# KEYS: the account's slot set; ARGV: lease ms, members still held. Expired ones stay out.
+_RENEW_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 0
+"""
 
 
 class FleetSlots:
@@ -41,17 +53,40 @@ class FleetSlots:
         self._link = link
         self._local = LocalSlots()
         self._take = link.script(_TAKE_SLOT)
+        self._renew = link.script(_RENEW_SLOTS)
+        self._held: dict[str, set[str]] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def hold(self, account: Account) -> AsyncIterator[None]:
         async with self._local.hold(account):
             key = self._link.key("slots", account.name)
             member = await self._acquire(key, account.max_concurrency)
+            if member is not None:
+                self._held.setdefault(key, set()).add(member)
+                if self._renewer is None:
+                    self._renewer = asyncio.create_task(self._renew_leases(), name="slot-leases")
             try:
                 yield
             finally:
                 if member is not None:  # if Redis is gone, the lease frees it
+                    self._held[key].discard(member)
                     await self._link.attempt(lambda r: r.zrem(key, member))
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(_RENEW_SECONDS)
+            for key, members in list(self._held.items()):
+                if members:
+                    await self._renew_one(key, [SLOT_LEASE_MS, *members])
+
+    async def _renew_one(self, key: str, args: list[str | int]) -> None:
+        await self._link.attempt(lambda r: self._renew(keys=[key], args=args, client=r))
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
 
     async def _acquire(self, key: str, cap: int) -> str | None:
         """A fleet slot (its member id), or None when Redis is out of reach (local cap only).

@@ -21,9 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from worker.observability.metrics import Metrics
 
@@ -70,9 +68,12 @@ class RedisLink:
         )
         self._available = True
         self._restoring = False
+        self._ping_error: BaseException | None = None
         self._restore_hooks: list[RestoreHook] = []
         self._monitor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._back = asyncio.Event()  # set while available
+        self._back.set()
 
     # --- keys and scripts ------------------------------------------------------------------
 
@@ -88,6 +89,13 @@ class RedisLink:
     def available(self) -> bool:
         return self._available
 
+    async def wait_available(self, within: float) -> bool:
+        """Wait (at most `within` seconds) until Redis can be used; whether it can."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._back.wait()
+        return self._available
+
     def on_restore(self, hook: RestoreHook) -> None:
         self._restore_hooks.append(hook)
 
@@ -98,7 +106,9 @@ class RedisLink:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 return await command(self.client)
-        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        except (RedisError, TimeoutError, OSError) as exc:
+            # Not only refused or slow: a Redis that answers READONLY (a demoted primary after
+            # a failover) or OOM (full, noeviction) cannot hold the fleet's state either.
             self._fall_back(exc)
             raise RedisUnavailable(self.where) from None
 
@@ -112,18 +122,26 @@ class RedisLink:
         if not self._available:
             return
         self._available = False
+        self._back.clear()
         self._metrics.redis_fallback.set(1)
+        if isinstance(exc, AuthenticationError | AuthorizationError):
+            reason = "Redis refused the user or password of SFWORKER_REDIS_URL"
+        else:
+            reason = "Redis unreachable"
         log.warning(
-            "Redis unreachable: working alone with in-process state until it answers again",
+            f"{reason}: working alone with in-process state until it answers again",
             extra={"redis": self.where, "error": type(exc).__name__},
         )
         self._wake.set()
 
     async def _ping(self) -> bool:
+        """Redis answers and takes writes (a PING alone passes on a read-only replica)."""
+        key = self.key("ping")
         try:
             async with asyncio.timeout(self._timeout * 2):
-                return bool(await self.client.ping())
-        except (RedisError, TimeoutError, OSError):
+                return bool(await self.client.set(key, b"1", px=60_000))
+        except (RedisError, TimeoutError, OSError) as exc:
+            self._ping_error = exc
             return False
 
     async def _restore(self) -> None:
@@ -146,6 +164,7 @@ class RedisLink:
             self._restoring = False
         if restored:
             self._available = True
+            self._back.set()
             self._metrics.redis_fallback.set(0)
             log.warning("Redis answers again: fleet state back in use", extra={"redis": self.where})
 
@@ -164,7 +183,7 @@ class RedisLink:
         """Check Redis once (a worker starts in fallback when it is down) and start the
         monitor."""
         if not await self._ping():
-            self._fall_back(ConnectionError("no answer at start"))
+            self._fall_back(self._ping_error or ConnectionError("no answer at start"))
         else:
             self._metrics.redis_fallback.set(0)
             log.info("fleet state in Redis", extra={"redis": self.where, "prefix": self.prefix})

@@ -55,11 +55,23 @@ class MemoryResultStore:
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
 
-    async def mark_insert_sent(self, job_id: str) -> None:
-        self._inserts.put(job_id, b"1")
+    async def mark_insert_sent(self, job_id: str) -> bool:
+        # Only this process writes here; deliveries running here at once are joined by the
+        # consumer, so this process's marker is always its own.
+        self._inserts.put(job_id, b"self")
+        return True
 
-    async def insert_sent(self, job_id: str) -> bool:
-        return self._inserts.get(job_id) is not None
+    async def insert_sender(self, job_id: str) -> str | None:
+        sender = self._inserts.get(job_id)
+        return sender.decode() if sender is not None else None
+
+    async def sender_alive(self, sender: str) -> bool:
+        # Only this process writes here, and a delivery running here is joined by the consumer
+        # before it gets this far: an earlier run with no result has ended.
+        return False
+
+    async def start(self) -> None:
+        return None
 
     def __len__(self) -> int:
         return len(self._results)

@@ -3,8 +3,22 @@ behind them for when Redis is down (see link.py)."""
 
 from __future__ import annotations
 
-from worker.stores.link import RedisLink, RedisUnavailable
+import asyncio
+import contextlib
+import uuid
+
+from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
+
+HEARTBEAT_SECONDS = 1.5
+HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
+# KEYS: the marker; ARGV: this process, ttl ms. Set it unless another process's is there.
+_MARK = """
+local marked = redis.call('GET', KEYS[1])
+if marked and marked ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class RedisResultStore:
@@ -15,6 +29,20 @@ class RedisResultStore:
         self._link = link
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
+        self._mark = link.script(_MARK)
+        self.sender_id = uuid.uuid4().hex[:16]
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Beat `alive:<id>` while this process lives, so the fleet can tell an insert still
+        being answered here from one whose worker died."""
+        self._heartbeat = asyncio.create_task(self._beat(), name="result-store-heartbeat")
+
+    async def _beat(self) -> None:
+        key = self._link.key("alive", self.sender_id)
+        while True:
+            await self._link.attempt(lambda r: r.set(key, b"1", px=HEARTBEAT_TTL_MS))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def get(self, job_id: str) -> bytes | None:
         key = self._link.key("result", job_id)
@@ -31,18 +59,43 @@ class RedisResultStore:
         key = self._link.key("result", job_id)
         await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
 
-    async def mark_insert_sent(self, job_id: str) -> None:
+    async def mark_insert_sent(self, job_id: str) -> bool:
+        """A claim, not only a note: of two deliveries of one insert running at once on two
+        workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
         key = self._link.key("insert-sent", job_id)
-        await self._link.attempt(lambda r: r.set(key, b"1", px=self._ttl_ms))
+        args: list[str | int] = [self.sender_id, self._ttl_ms]
+        try:
+            return bool(
+                await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+            )
+        except RedisUnavailable:
+            return True  # this process's marker only (the fallback)
 
-    async def insert_sent(self, job_id: str) -> bool:
+    async def insert_sender(self, job_id: str) -> str | None:
         key = self._link.key("insert-sent", job_id)
         try:
-            found = await self._link.call(lambda r: r.exists(key))
+            sender = as_text(await self._link.call(lambda r: r.get(key)))
         except RedisUnavailable:
-            return await self._memory.insert_sent(job_id)
-        return bool(found) or await self._memory.insert_sent(job_id)
+            sender = None
+        if sender is None or sender == self.sender_id:
+            return await self._memory.insert_sender(job_id) or sender
+        return sender
+
+    async def sender_alive(self, sender: str) -> bool:
+        if sender == self.sender_id:
+            return False  # this process; the consumer joins a run still going here
+        key = self._link.key("alive", sender)
+        try:
+            return bool(await self._link.call(lambda r: r.exists(key)))
+        except RedisUnavailable:
+            return False
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            key = self._link.key("alive", self.sender_id)
+            with contextlib.suppress(Exception):
+                await self._link.attempt(lambda r: r.delete(key))
         await self._memory.close()

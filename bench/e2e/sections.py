@@ -1,0 +1,185 @@
+"""The six sections: which systems run which trials, alternating inside each repetition."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.e2e.profile import profile_trial
+from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
+from bench.e2e.systems import (
+    PREFETCH,
+    AioSalesforce,
+    Baseline,
+    CelerySimpleSalesforce,
+    Context,
+    Sfworker,
+    SfworkerOptions,
+    System,
+    Workload,
+)
+
+SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "profile")
+SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
+LARGE_RECORDS = 2000
+LARGE_PAGE = 500
+LARGE = Workload(
+    "SELECT Id, FirstName, LastName, Email, Phone FROM Contact WHERE LastName = 'Bulk'",
+    expected=LARGE_RECORDS,
+    max_records=LARGE_RECORDS,
+)
+BIG_PREFETCH = 1024
+STORM_LATENCY_MS = 100
+SCALING_LATENCY_MS = 100
+
+
+@dataclass(frozen=True)
+class Counts:
+    repeat: int
+    jobs: int  # throughput runs (queue loaded before the start)
+    paced_0ms: int
+    paced_100ms: int
+    rate_0ms: float
+    rate_100ms: float
+    storm_jobs: int
+    large_jobs: int
+    latencies: tuple[int, ...]
+    processes: tuple[int, ...]
+
+
+Trial = dict[str, Any]
+Record = Callable[[Trial], None]
+
+
+def _progress(trial: Trial) -> None:
+    keys = ("jobs_per_s", "p99_ms", "token_requests", "cpu_us_per_record")
+    shown = ", ".join(f"{k}={trial[k]:.1f}" for k in keys if isinstance(trial.get(k), float))
+    if "paced" in trial:
+        shown += f", paced p99={trial['paced']['p99_ms']:.1f} ms"
+    print(
+        f"  {trial['section']} rep {trial['rep']}: {trial['system']} "
+        f"{trial.get('latency_ms', '')} ms -> {shown}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def run_sections(
+    lab: Lab, ctx: Context, chosen: list[str], counts: Counts, record: Record, results: Path
+) -> None:
+    """Run the chosen sections; `record` gets every trial as it ends."""
+
+    async def trial(section: str, rep: int, run: Awaitable[Trial], **extra: Any) -> None:
+        result = await run
+        result.update(section=section, rep=rep, **extra)
+        record(result)
+        _progress(result)
+
+    def paced(latency: int) -> tuple[int, float]:
+        if latency == 0:
+            return counts.paced_0ms, counts.rate_0ms
+        return counts.paced_100ms, counts.rate_100ms
+
+    pipeline: list[Callable[[], System]] = []
+    if "limit" in chosen:
+        pipeline.append(lambda: Baseline(ctx))
+    if "limit" in chosen or "peers" in chosen:
+        pipeline.append(lambda: Sfworker(ctx, "sfworker"))
+    if "peers" in chosen:
+        pipeline += [lambda: CelerySimpleSalesforce(ctx), lambda: AioSalesforce(ctx)]
+
+    for rep in range(1, counts.repeat + 1):
+        print(f"repetition {rep}/{counts.repeat}", file=sys.stderr, flush=True)
+        for latency in counts.latencies if pipeline else ():
+            for make in pipeline:
+                jobs, rate = paced(latency)
+                run = throughput_trial(
+                    lab, make(), SEARCH, latency, counts.jobs, paced_jobs=jobs, rate=rate
+                )
+                await trial("pipeline", rep, run)
+
+        if "redis" in chosen:
+            for latency in counts.latencies:
+                for redis in (False, True):
+                    system = Sfworker(ctx, f"redis-{int(redis)}", SfworkerOptions(redis=redis))
+                    jobs, rate = paced(latency)
+                    run = throughput_trial(
+                        lab, system, SEARCH, latency, counts.jobs, paced_jobs=jobs, rate=rate
+                    )
+                    await trial("redis", rep, run, redis=redis)
+
+        if "storm" in chosen:
+            storm_systems: list[tuple[str, Callable[[], System]]] = [
+                ("sfworker x1", lambda: Sfworker(ctx, "storm-1")),
+                (
+                    "sfworker x4 (Redis)",
+                    lambda: Sfworker(ctx, "storm-4", SfworkerOptions(processes=4, redis=True)),
+                ),
+                ("Celery + simple-salesforce", lambda: CelerySimpleSalesforce(ctx, "storm-c")),
+                ("aio-pika + aiosalesforce", lambda: AioSalesforce(ctx, "storm-a")),
+            ]
+            for label, make in storm_systems:
+                for expire in (False, True):
+                    run = storm_trial(
+                        lab, make(), SEARCH, STORM_LATENCY_MS, counts.storm_jobs, expire
+                    )
+                    await trial("storm", rep, run, label=label)
+
+        if "scaling" in chosen:
+            for n in counts.processes:
+                system = Sfworker(ctx, f"scale-{n}", SfworkerOptions(processes=n))
+                run = throughput_trial(lab, system, SEARCH, SCALING_LATENCY_MS, counts.jobs)
+                await trial("scaling", rep, run, processes=n)
+            for prefetch in (PREFETCH, BIG_PREFETCH):
+                options = SfworkerOptions(
+                    env={
+                        "SFWORKER_PREFETCH": str(prefetch),
+                        "SFWORKER_HTTP_POOL_SIZE": str(max(100, prefetch)),
+                    },
+                    max_concurrency=prefetch,
+                )
+                system = Sfworker(ctx, f"mem-{prefetch}", options)
+                run = throughput_trial(
+                    lab, system, SEARCH, SCALING_LATENCY_MS, max(counts.jobs, 3 * prefetch)
+                )
+                await trial("memory", rep, run, prefetch=prefetch)
+
+        if "large" in chosen:
+            for make in (lambda: Baseline(ctx, "large-b"), lambda: Sfworker(ctx, "large-s")):
+                run = sequential_trial(lab, make(), LARGE, 0, counts.large_jobs)
+                await trial("large", rep, run)
+
+    if "profile" in chosen:  # once: a profile is read, not averaged
+        out = results / f"profile-{ctx.run_id}.txt"
+        run = profile_trial(lab, Sfworker(ctx, "profile"), SEARCH, counts.jobs, out)
+        await trial("profile", 1, run)
+
+
+async def seed(lab: Lab) -> None:
+    """Five Accounts (three named Acme) and 2,000 Contacts named Bulk, sent back in pages of
+    500 (as Salesforce does with wide records), so a large search spans four pages."""
+    await lab.sim.seed(
+        "Account",
+        [
+            {"Name": "Acme", "Phone": "+1 555 0100"},
+            {"Name": "Acme", "Phone": "+1 555 0101"},
+            {"Name": "Acme", "Phone": "+1 555 0102"},
+            {"Name": "Globex", "Phone": "+1 555 0200"},
+            {"Name": "Initech", "Phone": "+1 555 0300"},
+        ],
+    )
+    contacts = [
+        {
+            "FirstName": f"Caller{i:04d}",
+            "LastName": "Bulk",
+            "Email": f"caller{i:04d}@example.com",
+            "Phone": f"+1 415 555 {i:04d}",
+        }
+        for i in range(LARGE_RECORDS)
+    ]
+    await lab.sim.seed("Contact", contacts)
+    await lab.sim.set_query_batch_max(LARGE_PAGE)
+    await lab.sim.set_daily_limit(1_000_000_000)

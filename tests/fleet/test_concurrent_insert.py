@@ -1,0 +1,46 @@
+"""Two deliveries of the same insert running at once on two workers (a publisher that re-sent a
+job whose confirm it missed; a redelivery after a channel died while the first delivery still
+runs): the insert's request leaves once. The marker is a claim: the delivery that did not take
+it sends nothing and answers with the other one's result."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.conftest import WorkerProcess, wait_until
+from tests.fleet.test_exactly_once import insert
+from worker.config import Settings
+from worker.simulator.testing import SimulatorClient
+from worker.submit import JobClient
+
+pytestmark = pytest.mark.slow
+
+
+async def test_the_same_insert_on_two_workers_at_once_is_sent_once(
+    fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
+) -> None:
+    # Fresh workers wait for the fleet's first token: both deliveries of each job are past
+    # their marker check when it arrives.
+    await simulator.set_latency(50, token_ms=1000)
+    workers: list[WorkerProcess] = [spawn_worker(fleet_settings, prefetch=50) for _ in range(2)]
+    for worker in workers:
+        await worker.wait_ready()
+    batch = [insert(f"twice-{i}", timeout_ms=20000) for i in range(10)]
+    for body in batch:
+        await jobs.publish(body)
+        await jobs.publish(body)
+
+    async def all_answered() -> bool:
+        return len(jobs.results) >= 2 * len(batch)
+
+    await wait_until(all_answered, 60, "both deliveries of every insert answered")
+    records = [r for r in await simulator.records("Case") if r["Subject"].startswith("twice-")]
+    assert sorted(Counter(r["Subject"] for r in records).values()) == [1] * len(batch)
+    assert (await simulator.counters())["requests"]["sobject_create"] == len(batch)
+    ids = {r["Subject"]: r["Id"] for r in records}
+    for result in jobs.results:  # both deliveries answer with the one record's id
+        assert result["status"] == "ok", result
+        assert result["id"] == ids[result["job_id"]]

@@ -1,0 +1,56 @@
+"""A worker killed while it holds slots of an account's fleet-wide cap does not starve the rest
+of the fleet: its slots free within a few seconds (leases the living renew), not after the
+longest job budget."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
+from tests.fleet.test_fleet_tokens import answers, run_all, searches
+from worker.config import Settings
+from worker.simulator.testing import SimulatorClient
+from worker.submit import JobClient
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_killed_workers_slots_free_quickly(
+    amqp_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    settings: Settings,
+    spawn_worker: Any,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+) -> None:
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    path = write_accounts(tmp_path / "cap.toml", simulator.base_url, extra="max_concurrency = 5\n")
+    capped = make_settings(amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix)
+    doomed: WorkerProcess = spawn_worker(capped, prefetch=5)
+    await doomed.wait_ready()
+    assert await run_all(jobs, searches("warm", 2)) == ["ok"] * 2
+    await simulator.set_latency(30_000)  # its calls hold every slot of the cap
+    for body in searches("held", 5, timeout_ms=60_000):
+        await jobs.publish(body)
+
+    async def cap_in_use() -> bool:
+        return int((await simulator.counters())["in_flight"]) == 5
+
+    await wait_until(cap_in_use, 15, "the cap's 5 slots in use")
+    doomed.proc.send_signal(signal.SIGKILL)
+    assert await doomed.wait_exit(10) == -signal.SIGKILL
+
+    await simulator.set_latency(0)
+    survivor: WorkerProcess = spawn_worker(capped, prefetch=20)
+    await survivor.wait_ready()
+    batch = searches("after", 10, timeout_ms=15_000)
+    for body in batch:
+        await jobs.publish(body)
+    assert await answers(jobs, batch) == ["ok"] * 10

@@ -1,0 +1,39 @@
+"""The API reserve is checked when a call's slot is granted, not only before it queues for one:
+calls waiting behind the account's cap when the reserve is reached are not sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import WorkerProcess, make_settings, write_accounts
+from tests.fleet.test_fleet_tokens import run_all, searches
+from worker.config import Settings
+from worker.simulator.testing import SimulatorClient
+from worker.submit import JobClient
+
+pytestmark = pytest.mark.slow
+
+
+async def test_calls_queued_behind_the_cap_are_not_sent_past_the_reserve(
+    amqp_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+    settings: Settings,
+    spawn_worker: Any,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+) -> None:
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    path = write_accounts(tmp_path / "cap1.toml", simulator.base_url, extra="max_concurrency = 1\n")
+    worker: WorkerProcess = spawn_worker(make_settings(amqp_url, names, path), prefetch=30)
+    await worker.wait_ready()
+    await simulator.set_daily_limit(1000, used=940)  # the reserve (95%) is 10 calls away
+    await simulator.set_latency(100)
+    statuses = await run_all(jobs, searches("queued", 30))
+    used = (await simulator.counters())["api_usage"]
+    sent = statuses.count("ok")
+    assert statuses.count("failed") == 30 - sent
+    assert sent <= 11, f"{sent} calls sent; usage {used}"

@@ -1,0 +1,335 @@
+"""Issue 12: tenant isolation the broker vouches for, against the real RabbitMQ with real users
+(created with rabbitmqctl for each test and deleted after it): `rt-acme-<run>` and
+`rt-globex-<run>` publish for tenants acme and globex, and the worker itself runs as
+`sfworker-<run>`, each with the permissions of the recipe in deploy/README.md. Acme's account
+`main` and globex's account `globex` talk to two separate simulators (two orgs)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiormq
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from tests.broker_users import (
+    BrokerUsers,
+    require_rabbitmqctl,
+    tenant_permissions,
+    worker_permissions,
+)
+from tests.conftest import settings_env, wait_until, write_accounts
+from tests.runtime.conftest import sample, sfworker
+from worker.app import Worker
+from worker.config import Settings
+from worker.simulator.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    SimulatorClient,
+    running_simulator,
+)
+from worker.submit import JobClient
+
+
+@dataclass(frozen=True)
+class Users:
+    acme: str
+    acme_url: str
+    globex: str
+    globex_url: str
+    worker: str
+    worker_url: str
+
+
+@pytest.fixture
+def users(amqp_url: str, names: dict[str, str]) -> Iterator[Users]:
+    require_rabbitmqctl(amqp_url)
+    topology = Settings(**names)
+    made = BrokerUsers(amqp_url)
+    try:
+        acme, globex, worker = (made.name(n) for n in ("rt-acme", "rt-globex", "sfworker"))
+        yield Users(
+            acme=acme,
+            acme_url=made.add(acme, tenant_permissions(topology, acme)),
+            globex=globex,
+            globex_url=made.add(globex, tenant_permissions(topology, globex)),
+            worker=worker,
+            worker_url=made.add(worker, worker_permissions(topology)),
+        )
+    finally:
+        made.delete_all()
+
+
+@pytest.fixture
+async def globex_sim() -> AsyncIterator[SimulatorClient]:
+    async with running_simulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def accounts_file(
+    tmp_path: Path, simulator: SimulatorClient, globex_sim: SimulatorClient, users: Users
+) -> Path:
+    """Strict mode: account `main` (tenant acme, default) and `globex` (tenant globex)."""
+    return write_accounts(
+        tmp_path / "accounts.toml",
+        simulator.base_url,
+        extra=f"""
+[accounts.globex]
+tenant = "globex"
+default = true
+instance_url = "{globex_sim.base_url}"
+flow = "client_credentials"
+client_id = "{DEFAULT_CLIENT_ID}"
+client_secret = "{DEFAULT_CLIENT_SECRET}"
+
+[tenants.acme]
+amqp_users = ["{users.acme}"]
+
+[tenants.globex]
+amqp_users = ["{users.globex}"]
+""",
+    )
+
+
+@pytest.fixture
+async def worker(settings: Settings, users: Users) -> AsyncIterator[Worker]:
+    """The worker, connected as its own user with the recipe's permissions."""
+    running = Worker(settings.model_copy(update={"amqp_url": SecretStr(users.worker_url)}))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@asynccontextmanager
+async def client_as(url: str, settings: Settings) -> AsyncIterator[JobClient]:
+    """A runtime publishing with its own connection (so as its own RabbitMQ user)."""
+    connection = await aio_pika.connect(url, timeout=10)
+    async with connection:
+        client = JobClient(await connection.channel(), settings)
+        await client.start()
+        yield client
+
+
+def search(job_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "job_id": job_id,
+        "operation": "search",
+        "soql": "SELECT Id, Name FROM Contact",
+        **fields,
+    }
+
+
+def found(result: dict[str, Any]) -> tuple[str, str | None, list[str]]:
+    return result["status"], result["account"], [r["Name"] for r in result["records"] or []]
+
+
+def refusal(result: dict[str, Any]) -> tuple[str, str]:
+    assert result["status"] == "failed", result
+    return result["error"]["code"], result["error"]["message"]
+
+
+async def untouched(*sims: SimulatorClient) -> bool:
+    """No token request and no REST call reached any of these orgs."""
+    for sim in sims:
+        counters = await sim.counters()
+        if counters["token_requests_total"] or counters["requests_total"]:
+            return False
+    return True
+
+
+def jobs_answered(worker: Worker) -> float:
+    return sum(
+        s.value
+        for metric in worker.metrics.registry.collect()
+        if metric.name == "sfworker_jobs"
+        for s in metric.samples
+        if s.name == "sfworker_jobs_total"
+    )
+
+
+async def test_each_tenant_runs_on_its_own_account_and_only_there(
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    simulator: SimulatorClient,
+    globex_sim: SimulatorClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await simulator.seed("Contact", [{"FirstName": "Ada", "LastName": "Acme"}])
+    await globex_sim.seed("Contact", [{"FirstName": "Grace", "LastName": "Globex"}])
+    async with (
+        client_as(users.acme_url, settings) as acme,
+        client_as(users.globex_url, settings) as globex,
+    ):
+        assert (acme.user, globex.user) == (users.acme, users.globex)
+        assert found(await acme.call(search("acme-1"))) == ("ok", "main", ["Ada Acme"])
+        named = await acme.call(search("acme-2", account="main", tenant="acme"))
+        assert found(named) == ("ok", "main", ["Ada Acme"])
+        theirs = await globex.call(search("same-job-id"))
+        assert found(theirs) == ("ok", "globex", ["Grace Globex"])
+        # A job_id another tenant used: acme's own job runs, it never gets globex's result.
+        reused = await acme.call(search("same-job-id"))
+        assert found(reused) == ("ok", "main", ["Ada Acme"])
+
+        await globex_sim.reset_counters()
+        caplog.clear()
+        foreign = await acme.call(search("acme-3", account="globex"))
+        claimed = await acme.call(search("acme-4", tenant="globex"))
+    assert refusal(foreign) == (
+        "FORBIDDEN_ACCOUNT",
+        "account 'globex' does not belong to tenant 'acme'",
+    )
+    assert refusal(claimed) == (
+        "FORBIDDEN_ACCOUNT",
+        f"the job claims tenant 'globex' but '{users.acme}' publishes for tenant 'acme'",
+    )
+    assert await untouched(globex_sim), await globex_sim.counters()
+
+    refusals = "sfworker_tenant_refusals_total"
+    assert sample(worker, refusals, reason="foreign_account", tenant="acme") == 1
+    assert sample(worker, refusals, reason="tenant_mismatch", tenant="acme") == 1
+    assert sample(worker, refusals, reason="foreign_account", tenant="globex") == 0
+    forbidden = {"operation": "search", "status": "failed", "code": "FORBIDDEN_ACCOUNT"}
+    assert sample(worker, "sfworker_jobs_total", **forbidden) == 2
+    logged = [
+        (r.__dict__["job_id"], r.__dict__["user_id"], r.__dict__["account"], r.levelno)
+        for r in caplog.records
+        if r.getMessage().startswith("job refused")
+    ]
+    assert logged == [
+        ("acme-3", users.acme, "globex", logging.WARNING),
+        ("acme-4", users.acme, "", logging.WARNING),
+    ]
+
+
+async def test_a_forged_user_id_is_refused_by_the_broker(
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    simulator: SimulatorClient,
+    globex_sim: SimulatorClient,
+) -> None:
+    async with client_as(users.acme_url, settings) as acme:
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as refused:
+            await acme.publish(search("forged", account="globex"), user_id=users.globex)
+    assert (
+        f"PRECONDITION_FAILED - user_id property set to '{users.globex}' but authenticated "
+        f"user was '{users.acme}'"
+    ) in str(refused.value)
+
+    # The queue is FIFO: once a job published after it is answered, the forged one would
+    # have been taken first. The worker answered exactly one job: the later one.
+    async with client_as(users.acme_url, settings) as acme:
+        assert found(await acme.call(search("after-forged"))) == ("no_data", "main", [])
+    assert jobs_answered(worker) == 1
+    assert await untouched(globex_sim)
+
+
+async def test_no_user_id_or_a_user_of_no_tenant_is_forbidden(
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    jobs: JobClient,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    simulator: SimulatorClient,
+    globex_sim: SimulatorClient,
+) -> None:
+    # `jobs` publishes as guest: a real user, but one no tenant lists.
+    assert jobs.user == "guest"
+    assert refusal(await jobs.call(search("by-guest"))) == (
+        "FORBIDDEN_ACCOUNT",
+        "RabbitMQ user 'guest' publishes for no tenant",
+    )
+    async with client_as(users.acme_url, settings) as acme:
+        anonymous = await acme.result(await acme.publish(search("anonymous"), user_id=None), 10)
+        code, message = refusal(anonymous)
+        assert (code, message.startswith("the message has no user_id")) == (
+            "FORBIDDEN_ACCOUNT",
+            True,
+        )
+        # Without reply_to nobody can be told: the job goes to the dead-letter queue.
+        await acme.publish(search("nobody-to-tell"), user_id=None, reply=False)
+
+    channel = await amqp.channel()
+    dead = await channel.get_queue(settings.dead_letter_queue)
+    held: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def dead_lettered() -> bool:
+        message = await dead.get(no_ack=True, fail=False)
+        if message is not None:
+            held.append(message)
+        return bool(held)
+
+    await wait_until(dead_lettered, 10, "the job without reply_to in the dead-letter queue")
+    assert orjson.loads(held[0].body)["job_id"] == "nobody-to-tell"
+
+    refusals = "sfworker_tenant_refusals_total"
+    assert sample(worker, refusals, reason="unknown_user", tenant="") == 1
+    assert sample(worker, refusals, reason="no_user_id", tenant="") == 2
+    assert sample(worker, "sfworker_dead_lettered_total", reason="no_user_id") == 1
+    assert await untouched(simulator, globex_sim)
+
+
+async def test_sfworker_submit_runs_as_the_user_of_its_url(
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    simulator: SimulatorClient,
+    globex_sim: SimulatorClient,
+) -> None:
+    await simulator.seed("Contact", [{"FirstName": "Ada", "LastName": "Acme"}])
+    await globex_sim.seed("Contact", [{"FirstName": "Grace", "LastName": "Globex"}])
+    env = settings_env(settings)
+    args = ("submit", "--operation", "search", "--soql", "SELECT Name FROM Contact", "--json")
+    outcomes = []
+    for url in (users.acme_url, users.globex_url):
+        done = await sfworker(*args, env={**env, "SFWORKER_AMQP_URL": url})
+        assert done.returncode == 0, done.stderr
+        outcomes.append(found(orjson.loads(done.stdout)))
+    assert outcomes == [("ok", "main", ["Ada Acme"]), ("ok", "globex", ["Grace Globex"])]
+
+
+async def test_the_recipe_keeps_a_tenant_to_the_request_exchange_and_its_own_queues(
+    worker: Worker, settings: Settings, users: Users, simulator: SimulatorClient
+) -> None:
+    connection = await aio_pika.connect(users.acme_url, timeout=10)
+    async with connection:
+        # Its own named, durable reply queue: declared, read, deleted by the tenant's user.
+        client = JobClient(await connection.channel(), settings)
+        await client.start(durable_queue=f"{users.acme}.replies")
+        assert (await client.call(search("on-a-named-queue")))["status"] == "no_data"
+        channel = await connection.channel()
+        await channel.queue_delete(f"{users.acme}.replies")
+
+        forbidden = {
+            "read the request queue": lambda ch: _get(ch, settings.request_queue),
+            "read the dead letters": lambda ch: _get(ch, settings.dead_letter_queue),
+            "declare another tenant's queue": lambda ch: ch.declare_queue(
+                f"{users.globex}.replies"
+            ),
+            "publish to the results exchange": lambda ch: _publish(ch, settings.results_exchange),
+        }
+        refused = {}
+        for what, attempt in forbidden.items():
+            with pytest.raises(aiormq.exceptions.ChannelAccessRefused) as denied:
+                await attempt(await connection.channel())
+            refused[what] = "ACCESS_REFUSED" in str(denied.value)
+        assert all(refused.values()), refused
+
+
+async def _get(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+    await (await channel.get_queue(queue, ensure=False)).get(fail=False)
+
+
+async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str) -> None:
+    target = await channel.get_exchange(exchange, ensure=False)
+    await target.publish(aio_pika.Message(b"{}"), routing_key="ok.search")

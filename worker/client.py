@@ -1,0 +1,337 @@
+"""The runtime's client: publish block jobs to sfworker and await their results.
+
+    from worker.client import BlockClient
+    from worker.contract import Status
+
+    async with BlockClient.connect("amqp://runtime:secret@rabbitmq:5672/") as client:
+        result = await client.call(
+            {"v": 1, "job_id": "call-7f3a-search", "operation": "search",
+             "soql": "SELECT Id, Name FROM Contact WHERE Phone = :ani",
+             "params": {"ani": "+1 415 555 0123"}, "timeout_ms": 5000},
+            wait=7,
+        )
+        if result.status is Status.OK:
+            ...
+
+What it does for every job (contracts/asyncapi.yaml describes the same on the wire):
+- publishes it persistent, with publisher confirms, to the request exchange (`salesforce.blocks`,
+  routing key `salesforce.blocks`), `content_type` application/json, `message_id` = the job id,
+  `correlation_id` (the job id unless given), `reply_to` = this client's reply queue, `timestamp`
+  (the worker counts the job's budget from it when the job has no `sent_at`), and `user_id` = the
+  user the connection logged in as, so that RabbitMQ vouches for who published the job;
+- collects results on a private exclusive queue (gone with the connection), or on a named durable
+  queue (`reply_queue=...`) that keeps results across a restart of the caller or the broker;
+- returns them as `worker.contract.BlockResult`, matched by correlation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from enum import Enum
+from typing import Any, Final, Literal
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import BaseModel, ValidationError
+
+from worker.contract import BlockResult
+from worker.reach import connect_amqp
+
+DEFAULT_EXCHANGE = "salesforce.blocks"
+DEFAULT_ROUTING_KEY = "salesforce.blocks"
+
+__all__ = [
+    "CONNECTION_USER",
+    "BlockClient",
+    "ClientClosed",
+    "InvalidResult",
+    "PublishFailed",
+    "connection_user",
+]
+
+Job = Mapping[str, Any] | BaseModel | bytes
+
+
+class InvalidResult(ValueError):
+    """A reply that is not a contract v1 result (`raw` holds its decoded body, if any)."""
+
+    def __init__(self, correlation_id: str, reason: str, raw: Any = None) -> None:
+        super().__init__(f"result {correlation_id!r} is not a v1 result: {reason}")
+        self.correlation_id = correlation_id
+        self.raw = raw
+
+
+class PublishFailed(RuntimeError):
+    """RabbitMQ did not take the job (no such exchange, unroutable, refused, no confirm)."""
+
+
+class ClientClosed(RuntimeError):
+    """The client was closed while a result was awaited."""
+
+
+class _Sender(Enum):
+    CONNECTION_USER = "connection user"
+    CLIENT_SETTING = "client setting"
+
+
+CONNECTION_USER: Final = _Sender.CONNECTION_USER
+"""`user_id` of published jobs: the user the client's connection authenticated as."""
+CLIENT_SETTING: Final = _Sender.CLIENT_SETTING
+"""`user_id` of one publish: whatever the client was created with."""
+
+UserId = str | None | Literal[_Sender.CONNECTION_USER]
+
+
+async def connection_user(channel: AbstractChannel) -> str:
+    """The user a channel's connection logged in as: the AMQP URL's, else RabbitMQ's default
+    `guest` (with EXTERNAL authentication, give the certificate's user as `user_id`)."""
+    underlay = await channel.get_underlay_channel()
+    return underlay.connection.url.user or "guest"
+
+
+def _body(job: Job) -> tuple[bytes, str | None]:
+    if isinstance(job, bytes):
+        return job, None
+    if isinstance(job, BaseModel):
+        data: Any = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    else:
+        data = dict(job)
+    job_id = data.get("job_id")
+    return orjson.dumps(data), job_id if isinstance(job_id, str) and job_id else None
+
+
+def _decode(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class BlockClient:
+    """Publishes block jobs and matches their results by correlation id.
+
+    `user_id`: the AMQP `user_id` property stamped on every job: by default the user the
+    channel's connection logged in as (RabbitMQ refuses any other unless the user is an
+    impersonator); None sends no user_id (tests of raw input).
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        *,
+        user_id: UserId = CONNECTION_USER,
+        exchange: str = DEFAULT_EXCHANGE,
+        routing_key: str = DEFAULT_ROUTING_KEY,
+        publish_timeout: float = 10.0,
+        max_unclaimed: int = 10_000,
+    ) -> None:
+        self._channel = channel
+        self._user_id = user_id
+        self.user = ""  # the connection's user, known after start()
+        self._exchange_name = exchange
+        self._routing_key = routing_key
+        self._publish_timeout = publish_timeout
+        self._max_unclaimed = max_unclaimed
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Results that arrived with nobody waiting (e.g. on a durable queue after a restart).
+        self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        amqp_url: str,
+        *,
+        reply_queue: str | None = None,
+        exchange: str = DEFAULT_EXCHANGE,
+        routing_key: str = DEFAULT_ROUTING_KEY,
+        stamp_user_id: bool = True,
+        connect_timeout: float = 10.0,
+        publish_timeout: float = 10.0,
+    ) -> AsyncIterator[BlockClient]:
+        """Connect, start consuming results, yield the client; close everything on exit.
+
+        Raises `worker.reach.Unreachable` (one line naming host:port) when RabbitMQ cannot be
+        reached or refuses the login."""
+        connection = await connect_amqp(amqp_url, within=connect_timeout)
+        async with connection:
+            channel = await connection.channel(on_return_raises=True)
+            client = cls(
+                channel,
+                user_id=CONNECTION_USER if stamp_user_id else None,
+                exchange=exchange,
+                routing_key=routing_key,
+                publish_timeout=publish_timeout,
+            )
+            await client.start(reply_queue)
+            try:
+                yield client
+            finally:
+                await client.close()
+
+    @property
+    def channel(self) -> AbstractChannel:
+        return self._channel
+
+    @property
+    def reply_queue(self) -> str:
+        """The queue results come back to (its name goes out as `reply_to`)."""
+        if self._queue is None:
+            raise ClientClosed("start() the client first")
+        return self._queue.name
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener` with every decoded result as it arrives (before it is matched)."""
+        self._listeners.append(listener)
+
+    async def start(self, reply_queue: str | None = None) -> None:
+        """Consume results: on a private exclusive queue, or on the named durable one."""
+        self.user = await connection_user(self._channel)
+        if self._user_id is CONNECTION_USER:
+            self._user_id = self.user
+        if reply_queue:
+            self._queue = await self._channel.declare_queue(
+                reply_queue, durable=True, timeout=self._publish_timeout
+            )
+        else:
+            self._queue = await self._channel.declare_queue(
+                exclusive=True, auto_delete=True, timeout=self._publish_timeout
+            )
+        self._consumer_tag = await self._queue.consume(self._on_result, timeout=10)
+
+    async def _on_result(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(requeue=False):
+            data = _decode(message.body)
+            correlation = message.correlation_id or (data or {}).get("job_id") or ""
+            decoded = data if data is not None else {"_undecodable": message.body[:200].hex()}
+            for listener in self._listeners:
+                listener(decoded)
+            future = self._waiting.pop(str(correlation), None)
+            if future is not None and not future.done():
+                future.set_result(decoded)
+                return
+            self._unclaimed[str(correlation)] = decoded
+            while len(self._unclaimed) > self._max_unclaimed:
+                self._unclaimed.popitem(last=False)
+
+    async def publish(
+        self,
+        job: Job,
+        *,
+        correlation_id: str | None = None,
+        expect_reply: bool = True,
+        message_id: str | None = None,
+        timestamp: float | None = None,
+        user_id: str | Literal[_Sender.CLIENT_SETTING] | None = CLIENT_SETTING,
+    ) -> str:
+        """Publish one job (a dict, a contract model, or raw bytes) and wait for RabbitMQ's
+        confirm. Returns the correlation id its result will carry. `user_id` overrides the
+        client's for this job (None: none at all)."""
+        body, job_id = _body(job)
+        stamped: str | None
+        if user_id is not CLIENT_SETTING:
+            stamped = user_id
+        elif self._user_id is CONNECTION_USER:
+            stamped = self.user = await connection_user(self._channel)
+            self._user_id = stamped
+        else:
+            stamped = self._user_id
+        correlation = correlation_id or job_id or uuid.uuid4().hex
+        if expect_reply:
+            self._waiting[correlation] = asyncio.get_running_loop().create_future()
+        message = aio_pika.Message(
+            body=body,
+            content_type="application/json",
+            message_id=message_id or job_id,
+            correlation_id=correlation,
+            reply_to=self.reply_queue if expect_reply else None,
+            timestamp=time.time() if timestamp is None else timestamp,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=stamped,
+        )
+        try:
+            exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
+            async with asyncio.timeout(self._publish_timeout):
+                await exchange.publish(message, routing_key=self._routing_key)
+        except BaseException as exc:
+            future = self._waiting.pop(correlation, None)
+            if future is not None:
+                future.cancel()
+            if isinstance(exc, aio_pika.exceptions.DeliveryError):
+                raise PublishFailed(
+                    f"exchange {self._exchange_name!r} routed the job nowhere (key "
+                    f"{self._routing_key!r}): has a worker declared its queue?"
+                ) from None
+            if isinstance(exc, aio_pika.exceptions.ChannelNotFoundEntity):
+                raise PublishFailed(
+                    f"exchange {self._exchange_name!r} does not exist: start a worker first "
+                    "(it declares the topology)"
+                ) from None
+            if isinstance(exc, TimeoutError):
+                raise PublishFailed(
+                    f"RabbitMQ did not confirm the job within {self._publish_timeout:g} s"
+                ) from None
+            raise
+        return correlation
+
+    def awaiting(self, correlation_id: str) -> bool:
+        """True while a published job's result has not arrived yet."""
+        return correlation_id in self._waiting
+
+    async def raw_result(self, correlation_id: str, wait: float) -> dict[str, Any]:
+        """The decoded result body for `correlation_id`, waiting at most `wait` seconds
+        (TimeoutError)."""
+        unclaimed = self._unclaimed.pop(correlation_id, None)
+        if unclaimed is not None:
+            return unclaimed
+        future = self._waiting.get(correlation_id)
+        if future is None:
+            if self._queue is None:
+                raise ClientClosed("the client is closed")
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[correlation_id] = future
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            # A late result then goes to the (bounded) unclaimed results, not to a dead waiter.
+            if self._waiting.get(correlation_id) is future:
+                del self._waiting[correlation_id]
+            raise
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise ClientClosed("the client was closed while waiting") from None
+            raise
+
+    async def result(self, correlation_id: str, wait: float) -> BlockResult:
+        """The result for `correlation_id` as a `BlockResult`; TimeoutError after `wait` s,
+        InvalidResult when the reply is not a v1 result."""
+        raw = await self.raw_result(correlation_id, wait)
+        try:
+            return BlockResult.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidResult(correlation_id, str(exc.errors()[0]["msg"]), raw) from None
+
+    async def call(self, job: Job, wait: float = 30.0) -> BlockResult:
+        """Publish `job` and return its result (TimeoutError after `wait` seconds)."""
+        return await self.result(await self.publish(job), wait)
+
+    async def close(self) -> None:
+        """Stop consuming; anyone still waiting gets ClientClosed."""
+        queue, self._queue = self._queue, None
+        if queue is not None and self._consumer_tag is not None and not self._channel.is_closed:
+            with suppress(aio_pika.exceptions.AMQPError, TimeoutError, ConnectionError):
+                await queue.cancel(self._consumer_tag, timeout=5)
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()

@@ -1,0 +1,79 @@
+"""Who may use which account: the tenant of a job is the one its RabbitMQ publisher works for.
+
+RabbitMQ vouches for the `user_id` property of a message (it refuses a message whose `user_id`
+differs from the user the publishing connection authenticated as), so with `[tenants.NAME]`
+tables in the accounts file (strict mode) a job's tenant is the tenant whose `amqp_users` list
+its `user_id`. A job without `user_id`, from a user no tenant lists, claiming another tenant, or
+naming another tenant's account is refused. Without tenant tables the job's own `tenant` field
+is all there is (open mode: anyone who can publish may use any account).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.config import Accounts
+
+
+class Reason(StrEnum):
+    """Why a job was refused; the `reason` label of sfworker_tenant_refusals_total."""
+
+    NO_USER_ID = "no_user_id"
+    UNKNOWN_USER = "unknown_user"
+    TENANT_MISMATCH = "tenant_mismatch"
+    FOREIGN_ACCOUNT = "foreign_account"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The tenant a job runs for (None: none, in open mode), or why it may not run."""
+
+    tenant: str | None
+    refused: Reason | None = None
+    message: str = ""
+
+
+def check(
+    accounts: Accounts, user_id: str | None, account: str | None, tenant: str | None
+) -> Verdict:
+    """May a job published by `user_id`, naming `account` and claiming `tenant`, run?
+
+    In strict mode the verdict's tenant is the publisher's: a job naming no account then gets
+    that tenant's default. An account that does not exist is not refused here: resolving it
+    answers UNKNOWN_ACCOUNT as in open mode."""
+    if not accounts.strict:
+        return Verdict(tenant)
+    if not user_id:
+        return Verdict(
+            None,
+            Reason.NO_USER_ID,
+            "the message has no user_id: jobs must be published with the user_id property set "
+            "to the RabbitMQ user of the publishing connection",
+        )
+    owner = accounts.tenant_of_user(user_id)
+    if owner is None:
+        return Verdict(
+            None, Reason.UNKNOWN_USER, f"RabbitMQ user {user_id!r} publishes for no tenant"
+        )
+    if tenant is not None and tenant != owner.name:
+        return Verdict(
+            owner.name,
+            Reason.TENANT_MISMATCH,
+            f"the job claims tenant {tenant!r} but {user_id!r} publishes for tenant {owner.name!r}",
+        )
+    named = accounts.by_name.get(account) if account is not None else None
+    if named is not None and named.tenant != owner.name:
+        return Verdict(
+            owner.name,
+            Reason.FOREIGN_ACCOUNT,
+            f"account {named.name!r} does not belong to tenant {owner.name!r}",
+        )
+    return Verdict(owner.name)
+
+
+def store_key(accounts: Accounts, tenant: str | None, job_id: str) -> str:
+    """The key of a job's result in the result store. In strict mode job ids are per tenant:
+    one tenant reusing another's job_id gets its own job run, never the other's result.
+    (A tenant name never holds '/'.)"""
+    return f"{tenant}/{job_id}" if accounts.strict else job_id
