@@ -17,6 +17,7 @@ from tests.runtime.conftest import sample
 from tests.tcp_proxy import TcpProxy
 from worker.app import Worker
 from worker.config import Settings
+from worker.reach import Unreachable, connect_amqp
 from worker.runtime.brokers import node_of
 from worker.submit import JobClient
 
@@ -72,7 +73,7 @@ async def test_the_worker_starts_on_the_first_address_that_answers(
     assert credentials not in caplog.text
 
 
-async def test_a_lost_connection_resumes_on_the_next_address(
+async def test_a_lost_connection_resumes_on_the_next_address_that_answers(
     amqp_url: str,
     names: dict[str, str],
     accounts_file: Path,
@@ -81,8 +82,10 @@ async def test_a_lost_connection_resumes_on_the_next_address(
     proxy: TcpProxy,
 ) -> None:
     through_proxy = _with_port(amqp_url, proxy.port)
-    two = make_settings(f"{through_proxy},{amqp_url}", names, accounts_file)
-    worker = Worker(two)
+    dead = _with_port(amqp_url, free_port())
+    # After the cut, the attempt on the next address fails too: the one after must be tried.
+    three = make_settings(f"{through_proxy},{dead},{amqp_url}", names, accounts_file)
+    worker = Worker(three)
     await worker.start()
     try:
         assert proxy.open_connections == 1  # on the first address
@@ -102,3 +105,16 @@ async def test_a_lost_connection_resumes_on_the_next_address(
         await wait_until(ready, 10, "/readyz ready again")
     finally:
         await worker.stop()
+
+
+async def test_commands_reach_the_first_node_that_answers(amqp_url: str) -> None:
+    dead = _with_port(amqp_url, free_port())
+    connection = await connect_amqp(f"{dead},{amqp_url}", within=5)
+    await connection.close()
+    other = _with_port(amqp_url, free_port())
+    with pytest.raises(Unreachable) as caught:
+        await connect_amqp(f"{dead}, {other}", within=5)
+    message = str(caught.value)
+    assert node_of(dead) in message
+    assert node_of(other) in message
+    assert urlsplit(amqp_url).netloc.rsplit("@", 1)[0] not in message
