@@ -34,7 +34,8 @@ class Settings(BaseSettings):
 
     amqp_url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
-        description="RabbitMQ URL (may carry credentials; never logged)",
+        description="RabbitMQ URL, or several comma-separated (the nodes of a cluster, tried in "
+        "turn); may carry credentials, never logged",
     )
     accounts_file: Path = Field(default=Path("accounts.toml"), description="TOML accounts file")
     http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
@@ -119,10 +120,40 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_urls(cls, value: SecretStr) -> SecretStr:
+        split_amqp_urls(value.get_secret_value())
+        return value
+
+    def amqp_urls(self) -> list[str]:
+        """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+
+def split_amqp_urls(raw: str) -> list[str]:
+    """The comma-separated broker URLs of a setting; ValueError (naming the position, never the
+    value: it may carry a password) when one is not an amqp:// or amqps:// URL with a host."""
+    urls = [part.strip() for part in raw.split(",")]
+    for position, url in enumerate(urls, 1):
+        parts = urlsplit(url)
+        try:
+            host_ok = bool(parts.hostname)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            host_ok = False
+        if parts.scheme not in {"amqp", "amqps"} or not host_ok:
+            where = f"address {position} of {len(urls)}" if len(urls) > 1 else "the address"
+            raise ValueError(
+                f"{where} must be an amqp:// or amqps:// URL with a host "
+                "(several addresses are separated by commas)"
+            )
+    return urls
 
 
 # --- accounts ------------------------------------------------------------------------------

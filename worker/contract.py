@@ -233,5 +233,6 @@ class BlockResult(BaseModel):
 
 
 def parse_job(data: Any) -> AnyJob:
-    """Validate a decoded JSON body as a v1 job (raises pydantic.ValidationError)."""
-    return JOB_ADAPTER.validate_python(data)
+    """Validate a decoded JSON body as a v1 job (raises pydantic.ValidationError). Strict, as
+    the JSON Schema is: `"5000"` or `true` is not an integer, a number is not a string."""
+    return JOB_ADAPTER.validate_python(data, strict=True)

@@ -22,6 +22,9 @@ def _death(headers: dict[str, Any]) -> tuple[str, str, int]:
             str(first.get("queue", "")),
             count if isinstance(count, int) else 0,
         )
+    moved = headers.get("x-sfworker-dead-letter-reason")  # moved by a worker, not the broker
+    if isinstance(moved, str | bytes):
+        return (moved.decode() if isinstance(moved, bytes) else moved), "", 1
     return "", "", 0
 
 

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 _OPERATIONS = {op.value for op in Operation}
 _SENDER_POLL = 0.1
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -128,11 +130,20 @@ def decode(incoming: Incoming, max_bytes: int) -> Decoded:
     raw_id = data.get("job_id")
     job_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else fallback_id
     raw_operation = data.get("operation")
-    operation = Operation(raw_operation) if raw_operation in _OPERATIONS else None
-    if data.get("v") != CONTRACT_VERSION:
+    # Any JSON value may stand here (a list or an object is not hashable): only a known name
+    # is an operation.
+    operation = (
+        Operation(raw_operation)
+        if isinstance(raw_operation, str) and raw_operation in _OPERATIONS
+        else None
+    )
+    version = data.get("v")
+    # `true` and `1.0` compare equal to 1 in Python; the contract wants the integer 1.
+    if type(version) is not int or version != CONTRACT_VERSION:
+        shown = repr(version)[:40]
         return refuse(
             "bad_version",
-            f"unsupported contract version v={data.get('v')!r}; this worker speaks v1",
+            f"unsupported contract version v={shown}; this worker speaks v1",
             job_id,
             operation,
         )
@@ -140,6 +151,9 @@ def decode(incoming: Incoming, max_bytes: int) -> Decoded:
         job = parse_job(data)
     except ValidationError as exc:
         return refuse("invalid", _validation_message(exc), job_id, operation)
+    except Exception:  # a validator bug must not leave the caller without an answer
+        log.exception("unexpected error while validating a request", extra={"job_id": job_id})
+        return refuse("invalid", "the request could not be validated", job_id, operation)
     return Decoded(job.job_id, job=job)
 
 

@@ -48,7 +48,24 @@ def _reason(exc: BaseException) -> str:
 
 
 async def connect_amqp(url: str, *, within: float = 10.0) -> AbstractConnection:
-    """An aio-pika connection, or Unreachable with a message that names host:port."""
+    """An aio-pika connection to the first node that answers of a comma-separated URL list
+    (SFWORKER_AMQP_URL may name a cluster's nodes), or Unreachable naming each host:port."""
+    urls = [u.strip() for u in url.split(",") if u.strip()] or [url]
+    failures: list[Unreachable] = []
+    for one in urls:
+        try:
+            return await _connect_one(one, within=within)
+        except Unreachable as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    raise Unreachable(
+        "no RabbitMQ node of SFWORKER_AMQP_URL answers: "
+        + "; ".join(str(f).split(": start")[0] for f in failures)
+    )
+
+
+async def _connect_one(url: str, *, within: float) -> AbstractConnection:
     where = endpoint(url)
     # aiormq logs a failed connect at ERROR before raising; the exception says it all.
     quiet = logging.getLogger("aiormq.connection")

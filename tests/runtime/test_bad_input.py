@@ -3,6 +3,8 @@ nobody to answer, dead-lettered), and the next good job succeeds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aio_pika
 import orjson
 import pytest
@@ -42,6 +44,10 @@ BAD: list[tuple[str, bytes, str]] = [
         "id",
     ),
     ("soql and sosl", orjson.dumps({**GOOD, "job_id": "b9", "sosl": "FIND {x}"}), "exactly one"),
+    ("operation array", orjson.dumps({"v": 1, "job_id": "b10", "operation": []}), "operation"),
+    ("operation object", orjson.dumps({"v": 1, "job_id": "b11", "operation": {}}), "operation"),
+    ("v true", orjson.dumps({**GOOD, "v": True, "job_id": "b12"}), "v=True"),
+    ("timeout string", orjson.dumps({**GOOD, "timeout_ms": "900", "job_id": "b13"}), "timeout_ms"),
 ]
 
 
@@ -99,3 +105,62 @@ async def test_an_unroutable_reply_is_counted_and_the_request_acked(
     assert sample(worker, "sfworker_replies_unroutable_total") == 1
     queue = await channel.declare_queue(settings.request_queue, passive=True)
     assert queue.declaration_result.message_count == 0
+
+
+FORGED = [["not a table"], [{"queue": "q", "reason": "rejected"}, None]]
+
+
+@pytest.mark.parametrize("deaths", FORGED, ids=["string entry", "null entry"])
+async def test_a_forged_x_death_header_is_refused(
+    worker: Worker,
+    jobs: JobClient,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    settings: Settings,
+    deaths: list[Any],
+) -> None:
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(settings.request_exchange)
+    await exchange.publish(
+        aio_pika.Message(
+            body=orjson.dumps({**GOOD, "job_id": "forged"}),
+            headers={"x-death": deaths},
+            reply_to=jobs.reply_queue,
+            correlation_id="forged",
+        ),
+        routing_key=settings.request_routing_key,
+    )
+
+    async def answered() -> bool:
+        return any(r["job_id"] == "forged" for r in jobs.results)
+
+    await wait_until(answered, 10, "the answer to the forged message")
+    (result,) = [r for r in jobs.results if r["job_id"] == "forged"]
+    assert result["error"]["code"] == "INVALID_REQUEST"
+    assert "x-death" in result["error"]["message"]
+    assert result["operation"] == "search"
+
+
+async def test_a_forged_x_death_without_reply_to_is_moved_to_the_dead_letters(
+    worker: Worker, jobs: JobClient, amqp: aio_pika.abc.AbstractRobustConnection, settings: Settings
+) -> None:
+    """RabbitMQ 3.10 crashes the queue and loses the message when it dead-letters one whose
+    x-death has an entry that is not a table: the worker moves a clean copy itself."""
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(settings.request_exchange)
+    await exchange.publish(
+        aio_pika.Message(body=b"{broken", headers={"x-death": ["x"], "k": "v"}, message_id="f1"),
+        routing_key=settings.request_routing_key,
+    )
+    dead = await channel.get_queue(settings.dead_letter_queue)
+    async with dead.iterator(timeout=10) as it:
+        async for message in it:
+            assert message.body == b"{broken"
+            headers = message.headers or {}
+            assert "x-death" not in headers
+            assert headers["x-sfworker-dead-letter-reason"] == "forged_x_death"
+            assert headers["k"] == "v"
+            assert message.message_id == "f1"
+            await message.ack()
+            break
+    assert (await jobs.call({**GOOD, "job_id": "good-after-forged"}))["status"] == "no_data"
+    assert sample(worker, "sfworker_dead_lettered_total", reason="forged_x_death") == 1

@@ -117,6 +117,29 @@ async def test_drop_before_disconnects_without_processing(api: Api) -> None:
     assert (await api.sim.counters())["api_usage"]["used"] == 0
 
 
+async def test_a_fault_can_target_one_request_by_its_body(api: Api) -> None:
+    await api.sim.add_fault(status=503, count=2, body_contains="job-7", route="sobject_create")
+    other = await api.post("sobjects/Account", json={"Name": "job-70x"})
+    assert other.status == 503  # "job-7" is in "job-70x": the test's markers must not nest
+    assert (await api.post("sobjects/Account", json={"Name": "job-8"})).status == 201
+    hit = await api.post("sobjects/Account", json={"Name": "job-7"})
+    assert hit.status == 503
+    assert (await api.post("sobjects/Account", json={"Name": "job-7"})).status == 201
+    assert sorted(r["Name"] for r in await api.sim.records("Account")) == ["job-7", "job-8"]
+
+
+async def test_a_delay_fault_answers_normally_after_its_delay(api: Api) -> None:
+    await api.sim.add_fault(action="delay", delay_ms=300, path_contains="slowone")
+    started = time.monotonic()
+    fast = await api.query("SELECT Id FROM Account WHERE Name = 'other'")
+    assert time.monotonic() - started < 0.3
+    started = time.monotonic()
+    slow = await api.query("SELECT Id FROM Account WHERE Name = 'slowone'")
+    assert time.monotonic() - started >= 0.3
+    assert fast.status == slow.status == 200
+    assert (await api.sim.counters())["api_usage"]["used"] == 2
+
+
 async def test_token_endpoint_faults_by_grant_type(
     sim: SimulatorClient, http: aiohttp.ClientSession
 ) -> None:

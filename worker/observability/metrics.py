@@ -14,7 +14,14 @@ from worker.contract import ErrorCode, Operation, Status
 from worker.tenancy import Reason
 
 # Why a message was refused before execution (jobs.decode): metric label values.
-REFUSAL_REASONS = ("too_large", "not_json", "not_object", "bad_version", "invalid")
+REFUSAL_REASONS = (
+    "too_large",
+    "not_json",
+    "not_object",
+    "bad_version",
+    "invalid",
+    "forged_x_death",
+)
 
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 _WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -11,6 +11,10 @@ with a confirm, and only then ack. Nothing is acked unanswered.
 - If the delivery's channel is gone when the result is ready, nothing is published: the broker
   redelivers the job and the stored result answers it then, so the caller gets one answer.
 - An unexpected error requeues the message; the queue's delivery limit dead-letters a poison one.
+- A message whose `x-death` header RabbitMQ did not write (an entry that is not a table, a count
+  that is not a number) is refused INVALID_REQUEST: RabbitMQ 3.x crashes the queue when it
+  dead-letters such a message, and loses it. Without a reply_to, the worker itself moves a copy
+  (without that header) to the dead-letter queue, then acks.
 """
 
 from __future__ import annotations
@@ -26,8 +30,17 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.config import Settings
-from worker.contract import BlockResult, Status
-from worker.jobs import Admission, Decoded, Incoming, JobRunner, decode, finish, result_json
+from worker.contract import BlockResult, ErrorCode, Operation, Status
+from worker.jobs import (
+    Admission,
+    Decoded,
+    Incoming,
+    JobRunner,
+    decode,
+    failed,
+    finish,
+    result_json,
+)
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
 from worker.stores.base import ResultStore
@@ -82,6 +95,40 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
 
 
+FORGED_DEATH = "forged_x_death"
+
+
+def forged_death(headers: dict[str, Any] | None) -> bool:
+    """True when an `x-death` header has what RabbitMQ never writes and cannot dead-letter: an
+    array entry that is not a table, or a `count` that is not an integer."""
+    deaths = (headers or {}).get("x-death")
+    if not isinstance(deaths, list):
+        return False  # absent, or a value RabbitMQ ignores
+    for death in deaths:
+        if not isinstance(death, dict):
+            return True
+        count = death.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            return True
+    return False
+
+
+def _refuse_forged(decoded: Decoded) -> Decoded:
+    operation: Operation | None = None
+    if decoded.job is not None:
+        operation = Operation(decoded.job.operation)
+    elif decoded.refusal is not None:
+        operation = decoded.refusal.operation
+    refusal = failed(
+        decoded.job_id,
+        ErrorCode.INVALID_REQUEST,
+        "header x-death is reserved for RabbitMQ and this one is malformed "
+        "(an entry that is not a table, or a count that is not an integer)",
+        operation=operation,
+    )
+    return Decoded(decoded.job_id, refusal=refusal, reason=FORGED_DEATH)
+
+
 class DeliveryHandler:
     def __init__(
         self,
@@ -111,6 +158,8 @@ class DeliveryHandler:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         incoming = to_incoming(message)
         decoded = decode(incoming, self._settings.max_message_bytes)
+        if forged_death(message.headers):
+            decoded = _refuse_forged(decoded)
         if message.redelivered:
             self._metrics.redeliveries.inc()
         if message.redelivered or message.headers:
@@ -210,11 +259,35 @@ class DeliveryHandler:
         if not incoming.reply_to:
             # Nobody to tell: keep it for a human in the dead-letter queue.
             self._metrics.dead_lettered.labels(reason).inc()
-            await _settle(message, requeue=False)
+            if reason == FORGED_DEATH:
+                await self._move_to_dead_letters(message, refusal.job_id, reason)
+            else:
+                await _settle(message, requeue=False)
             return
         result = finish(refusal, incoming)
         self._observe(result)
         await self._answer(message, incoming, refusal.job_id, _Answer.from_result(result))
+
+    async def _move_to_dead_letters(
+        self, message: AbstractIncomingMessage, job_id: str, reason: str
+    ) -> None:
+        """Dead-letter a message RabbitMQ cannot dead-letter: a copy, confirmed, then the ack."""
+        try:
+            await self._publisher.dead_letter(message, reason)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+            log.warning(
+                "could not move the message to the dead-letter queue; requeued",
+                extra={"job_id": job_id, "error": type(exc).__name__},
+            )
+            await _settle(message, requeue=True)
+            return
+        try:
+            await message.ack()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning(
+                "ack lost with the channel after the dead-letter copy",
+                extra={"job_id": job_id, "error": type(exc).__name__},
+            )
 
     async def _answer(
         self, message: AbstractIncomingMessage, incoming: Incoming, job_id: str, answer: _Answer

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 
-from aio_pika.abc import AbstractChannel, AbstractExchange
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
@@ -45,11 +46,13 @@ class ResultPublisher:
         results: AbstractExchange,
         metrics: Metrics,
         timeout: float,
+        dead_letter_queue: str = "",
     ) -> None:
         self._channel = channel
         self._results = results
         self._metrics = metrics
         self._timeout = timeout
+        self._dead_letter_queue = dead_letter_queue
 
     async def publish(self, reply: Reply) -> Published:
         """Publish and wait for the broker's confirm. Unroutable -> UNROUTABLE (the caller is
@@ -93,3 +96,25 @@ class ResultPublisher:
         self._metrics.results_published.labels(destination).inc()
         self._metrics.last_job.set_to_current_time()
         return Published.CONFIRMED
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Put a copy of `message` in the dead-letter queue, for a message RabbitMQ must not
+        dead-letter itself: without its `x-death` header, with `x-sfworker-dead-letter-reason`.
+        Raises like `publish` when the copy is not confirmed (the original must then stay)."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k != "x-death"}
+        headers["x-sfworker-dead-letter-reason"] = reason
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._channel.default_exchange.publish(
+            copy, routing_key=self._dead_letter_queue, mandatory=True, timeout=self._timeout
+        )

@@ -26,13 +26,11 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
-    AbstractRobustConnection,
 )
 
 from worker.config import ConfigError, Settings
 from worker.observability.metrics import Metrics
-from worker.reach import endpoint
-from worker.runtime import topology
+from worker.runtime import amqp_decoding, brokers, topology
 from worker.runtime.publisher import ResultPublisher
 
 log = logging.getLogger(__name__)
@@ -46,9 +44,10 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 class RabbitService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        amqp_decoding.install()
         self._settings = settings
         self._metrics = metrics
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: brokers.FailoverConnection | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
@@ -64,32 +63,41 @@ class RabbitService:
     # --- start -----------------------------------------------------------------------------
 
     async def connect(self, startup_timeout: float) -> None:
-        """Connect, retrying with backoff for up to `startup_timeout` seconds."""
+        """Connect to the first broker address that answers, trying them in turn with backoff
+        for up to `startup_timeout` seconds. Later losses fail over by themselves."""
+        urls = self._settings.amqp_urls()
         delay = 0.5
         loop = asyncio.get_running_loop()
         give_up = loop.time() + startup_timeout
+        attempt = 0
         while True:
+            node = brokers.node_of(urls[attempt % len(urls)])
             try:
-                self._connection = await aio_pika.connect_robust(
-                    self._settings.amqp_url.get_secret_value(),
+                self._connection = await brokers.connect_robust(
+                    urls,
+                    start=attempt,
                     reconnect_interval=self._settings.reconnect_interval_seconds,
                     client_properties={"connection_name": "sfworker"},
-                    timeout=10,
+                    attempt_timeout=10,
                 )
                 break
-            except (ConnectionError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            except brokers.CONNECTION_ERRORS as exc:
                 if loop.time() + delay > give_up:
-                    where = endpoint(self._settings.amqp_url.get_secret_value())
+                    where = ", ".join(brokers.node_of(u) for u in urls)
                     raise ConnectionError(
                         f"cannot reach RabbitMQ at {where} for {startup_timeout:.0f} s "
                         f"({type(exc).__name__}): start it, or fix SFWORKER_AMQP_URL"
                     ) from None
                 log.warning(
                     "RabbitMQ not reachable yet; retrying",
-                    extra={"error": type(exc).__name__, "retry_in_s": delay},
+                    extra={"error": type(exc).__name__, "node": node, "retry_in_s": delay},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.reconnect_interval_seconds * 4)
+                attempt += 1
+                # A cluster: the next node at once; the same node again only after backoff.
+                if attempt % len(urls) == 0:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._settings.reconnect_interval_seconds * 4)
+        log.info("connected to RabbitMQ", extra={"node": self._connection.node})
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._connection.close_callbacks.add(self._on_connection_lost)
 
@@ -112,6 +120,7 @@ class RabbitService:
             declared.results,
             self._metrics,
             self._settings.publish_timeout_seconds,
+            dead_letter_queue=self._settings.dead_letter_queue,
         )
         return self.publisher
 
@@ -167,7 +176,8 @@ class RabbitService:
 
     def _on_reconnect(self, *_args: Any) -> None:
         self._metrics.amqp_reconnects.inc()
-        log.warning("reconnected to RabbitMQ")
+        node = self._connection.node if self._connection is not None else ""
+        log.warning("reconnected to RabbitMQ", extra={"node": node})
 
     def _on_connection_lost(self, *_args: Any) -> None:
         self._consumer_ok = False

@@ -84,11 +84,13 @@ class FaultBody(_Body):
     status: int = Field(500, ge=100, le=599)
     body: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
-    action: Literal["respond", "drop_after", "drop_before"] = "respond"
+    action: Literal["respond", "drop_after", "drop_before", "delay"] = "respond"
     method: str | None = None
     route: str | None = None
     path_contains: str | None = None
     grant_type: str | None = None
+    body_contains: str | None = None
+    delay_ms: int = Field(0, ge=0)
 
 
 class ControlError(Exception):

@@ -1,4 +1,6 @@
-"""Fault rules: the next N matching requests get a canned answer or a dropped connection."""
+"""Fault rules: the next N matching requests get a canned answer, a dropped connection, or a
+delay before their normal answer. A rule may match on the method, the route, a part of the path
+and query, a part of the request body, and the token grant type."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from aiohttp import web
 
 from .errors import JSON_CONTENT_TYPE
 
-FaultAction = Literal["respond", "drop_after", "drop_before"]
+FaultAction = Literal["respond", "drop_after", "drop_before", "delay"]
 OAUTH_ROUTES = frozenset({"token", "introspect", "revoke", "authorize"})
 
 _DEFAULT_REST_ERRORS: dict[int, tuple[str, str]] = {
@@ -38,13 +40,19 @@ class FaultRule:
     route: str | None = None
     path_contains: str | None = None
     grant_type: str | None = None
+    body_contains: str | None = None
+    delay_ms: int = 0  # action "delay": answer normally after this long
 
-    def matches(self, method: str, route: str | None, paths: tuple[str, ...], grant: str) -> bool:
+    def matches(
+        self, method: str, route: str | None, paths: tuple[str, ...], grant: str, body: str = ""
+    ) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
             return False
         if self.route is not None and self.route != route:
             return False
         if self.path_contains is not None and not any(self.path_contains in p for p in paths):
+            return False
+        if self.body_contains is not None and self.body_contains not in body:
             return False
         return self.grant_type is None or self.grant_type == grant
 
@@ -90,12 +98,15 @@ class FaultBook:
     def wants_grant_type(self) -> bool:
         return any(rule.grant_type is not None for rule in self.rules)
 
+    def wants_body(self) -> bool:
+        return any(rule.body_contains is not None for rule in self.rules)
+
     def take(
-        self, method: str, route: str | None, paths: tuple[str, ...], grant: str
+        self, method: str, route: str | None, paths: tuple[str, ...], grant: str, body: str = ""
     ) -> FaultRule | None:
         """The first matching rule with count left; uses up one of its count."""
         for rule in self.rules:
-            if rule.count > 0 and rule.matches(method, route, paths, grant):
+            if rule.count > 0 and rule.matches(method, route, paths, grant, body):
                 rule.count -= 1
                 if rule.count == 0:
                     self.rules.remove(rule)

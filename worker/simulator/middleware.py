@@ -84,7 +84,8 @@ async def instrument(request: web.Request, handler: Handler) -> web.StreamRespon
 
 @web.middleware
 async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """REST latency, then the first matching fault rule (respond / drop_before / drop_after)."""
+    """REST latency, then the first matching fault rule (respond / drop_before / drop_after /
+    delay)."""
     if is_control(request):
         return await handler(request)
     state = state_of(request)
@@ -101,8 +102,14 @@ async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     if name == "token" and state.faults.wants_grant_type():
         grant = str((await request.post()).get("grant_type", ""))
     paths = (request.path_qs, request.raw_path)
-    rule = state.faults.take(request.method, name, paths, grant)
+    body = ""
+    if state.faults.wants_body() and request.body_exists:
+        body = (await request.read()).decode("utf-8", "replace")  # cached for the handler
+    rule = state.faults.take(request.method, name, paths, grant, body)
     if rule is None:
+        return await handler(request)
+    if rule.action == "delay":
+        await asyncio.sleep(rule.delay_ms / 1000)
         return await handler(request)
     if rule.action == "drop_before":
         drop_connection(request)

@@ -169,6 +169,8 @@ class SimulatorClient:
         path_contains: str | None = None,
         grant_type: str | None = None,
         headers: dict[str, str] | None = None,
+        body_contains: str | None = None,
+        delay_ms: int = 0,
     ) -> None:
         await self._call(
             "POST",
@@ -183,8 +185,15 @@ class SimulatorClient:
                 "path_contains": path_contains,
                 "grant_type": grant_type,
                 "headers": headers or {},
+                "body_contains": body_contains,
+                "delay_ms": delay_ms,
             },
         )
+
+    async def faults(self) -> list[dict[str, Any]]:
+        """The fault rules not used up yet."""
+        data = await self._call("GET", "/_sim/faults")
+        return list(data["faults"])
 
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/_sim/faults")
