@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e.profile import profile_trial
+from bench.e2e.report import NO_WAIT
 from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
 from bench.e2e.systems import (
     PREFETCH,
@@ -88,6 +89,10 @@ async def run_sections(
         pipeline.append(lambda: Baseline(ctx))
     if "limit" in chosen or "peers" in chosen:
         pipeline.append(lambda: Sfworker(ctx, "sfworker"))
+    if "limit" in chosen:
+        # The latency target is judged without the coalescing wait (issue 11).
+        no_wait = SfworkerOptions(env={"SFWORKER_COALESCE_WAIT_MS": "0"}, label=NO_WAIT)
+        pipeline.append(lambda: Sfworker(ctx, "sfworker-nowait", no_wait))
     if "peers" in chosen:
         pipeline += [lambda: CelerySimpleSalesforce(ctx), lambda: AioSalesforce(ctx)]
 

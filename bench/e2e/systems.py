@@ -268,6 +268,7 @@ class SfworkerOptions:
     redis: bool = False
     env: dict[str, str] = field(default_factory=dict)  # extra SFWORKER_* settings
     max_concurrency: int | None = None  # the account's cap; None = the default
+    label: str | None = None  # the row's name, when the settings differ from the defaults
 
 
 class Sfworker(System):
@@ -278,7 +279,7 @@ class Sfworker(System):
         super().__init__(ctx, tag)
         self.options = options or SfworkerOptions()
         self.consumers = self.options.processes
-        self.label = "sfworker" + (
+        self.label = self.options.label or "sfworker" + (
             f" x{self.options.processes}" if self.options.processes > 1 else ""
         )
         self.prefix = f"sfworker-bench-{ctx.run_id}-{tag}:"
