@@ -19,9 +19,9 @@ from typing import Any
 
 import aio_pika
 import pytest
-import redis.asyncio as aioredis
 
-from tests.conftest import ROOT, WorkerProcess, free_port, make_settings, wait_until
+from tests.conftest import ROOT, WorkerProcess, make_settings
+from tests.redis_server import RedisServer
 from worker.config import Settings
 from worker.runtime import topology
 
@@ -186,68 +186,12 @@ def cluster_workers(tmp_path: Path) -> Iterator[Any]:
         worker.stop()
 
 
-class DurableRedis:
-    """A redis-server of the test's own on a free port, with an append-only file synced at every
-    write (as a fleet's Redis would persist), so that a restart, even after SIGKILL, keeps the
-    results and insert markers."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def launch(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def start(self) -> None:
-        """Launch it and wait until it answers."""
-        self.launch()
-        client = aioredis.from_url(self.url)
-
-        async def answers() -> bool:
-            try:
-                return bool(await client.ping())
-            except Exception:
-                return False
-
-        try:
-            await wait_until(answers, 20, f"redis-server on port {self.port}")
-        finally:
-            await client.aclose()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-async def durable_redis(tmp_path: Path) -> AsyncIterator[DurableRedis]:
+async def durable_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own that keeps its data across a restart."""
     if not shutil.which("redis-server"):
         pytest.fail("the fault storm needs redis-server")
-    server = DurableRedis(tmp_path)
+    server = RedisServer(tmp_path, durable=True)
     await server.start()
     yield server
     server.kill()

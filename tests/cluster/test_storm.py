@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.cluster.conftest import Cluster, DurableRedis
+from tests.cluster.conftest import Cluster
 from tests.cluster.storm import (
     OPERATIONS,
     Caller,
@@ -37,6 +37,7 @@ from tests.cluster.storm import (
     make_plans,
 )
 from tests.conftest import ROOT, WorkerProcess, make_settings, wait_until
+from tests.redis_server import RedisServer
 from worker.runtime import brokers, topology
 from worker.simulator.testing import SimulatorClient
 
@@ -68,7 +69,7 @@ async def test_fault_storm(
     rabbit_cluster: Cluster,
     cluster_names: dict[str, str],
     accounts_file: Path,
-    durable_redis: DurableRedis,
+    durable_redis: RedisServer,
     cluster_workers: Any,
     simulator: SimulatorClient,
 ) -> None:
