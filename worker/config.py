@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,7 +55,10 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=15, description="While Redis is down, how often it is tried again"
     )
     token_lock_lease_seconds: float = Field(
-        default=10.0, gt=0, le=30, description="Lease of the fleet-wide token refresh lock"
+        default=5.0,
+        ge=1,
+        le=30,
+        description="Lease of the fleet-wide token refresh lock (renewed while its holder lives)",
     )
     usage_share_seconds: float = Field(
         default=1.0, gt=0, le=2, description="How often API usage is shared with the fleet"
@@ -110,15 +113,6 @@ class Settings(BaseSettings):
         description="How long a call waits for others of its account to share a Composite "
         "request (0: never coalesce)",
     )
-
-    @model_validator(mode="after")
-    def _lease_covers_the_token_request(self) -> Settings:
-        if self.token_timeout_seconds >= self.token_lock_lease_seconds:
-            raise ValueError(
-                "SFWORKER_TOKEN_TIMEOUT_SECONDS must be below SFWORKER_TOKEN_LOCK_LEASE_SECONDS "
-                "(a token request must end before its lock's lease)"
-            )
-        return self
 
     @field_validator("amqp_url")
     @classmethod

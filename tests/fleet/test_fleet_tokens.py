@@ -165,8 +165,7 @@ async def test_a_killed_lock_holder_is_survived_after_its_lease(
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
     await simulator.set_latency(0, token_ms=3000)
-    lease = {"token_lock_lease_seconds": 4, "token_timeout_seconds": 3.5}
-    holder: WorkerProcess = spawn_worker(fleet_settings, prefetch=100, **lease)
+    holder: WorkerProcess = spawn_worker(fleet_settings, prefetch=100)
     await holder.wait_ready()
     first = searches("held", 1)
     await jobs.publish(first[0])
@@ -175,7 +174,7 @@ async def test_a_killed_lock_holder_is_survived_after_its_lease(
         return int((await simulator.counters())["token_requests_total"]) == 1
 
     await wait_until(token_requested, 10, "the first worker's token request")
-    other: WorkerProcess = spawn_worker(fleet_settings, prefetch=100, **lease)
+    other: WorkerProcess = spawn_worker(fleet_settings, prefetch=100)
     await other.wait_ready()
     rest = searches("waiting", 99)
     for body in rest:
@@ -194,3 +193,15 @@ async def test_a_killed_lock_holder_is_survived_after_its_lease(
     statuses = await answers(jobs, first + rest)
     assert statuses == ["ok"] * 100
     assert (await simulator.counters())["token_requests_total"] == 2
+
+
+async def test_a_live_holder_keeps_the_lock_through_a_token_request_longer_than_its_lease(
+    fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
+) -> None:
+    """The token endpoint takes 7 s, longer than the 5 s lease: the holder renews its lease, so
+    the other worker keeps waiting instead of sending a second token request."""
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    await simulator.set_latency(0, token_ms=7000)
+    await start_fleet(spawn_worker, fleet_settings, 2, prefetch=50, token_timeout_seconds=15)
+    assert await run_all(jobs, searches("slow-token", 60)) == ["ok"] * 60
+    assert (await simulator.counters())["token_requests_total"] == 1

@@ -65,7 +65,10 @@ async def test_max_concurrency_holds_for_the_whole_fleet(
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
     path = write_accounts(tmp_path / "cap.toml", simulator.base_url, extra="max_concurrency = 8\n")
-    capped = make_settings(amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix)
+    # One call per job (no coalescing): the subject is the number of calls in flight.
+    capped = make_settings(
+        amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix, coalesce_wait_ms=0
+    )
     await start_fleet(spawn_worker, capped, 2, prefetch=50)
     await run_all(jobs, searches("warm", 4))
     await simulator.set_latency(150)

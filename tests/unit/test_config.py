@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from tests.conftest import rsa_key_pair
 from worker.config import ConfigError, Flow, Settings, load_accounts
@@ -256,8 +255,3 @@ def test_fleet_keys_of_an_account_and_their_defaults(tmp_path: Path) -> None:
     account = next(iter(load(write(tmp_path, tuned)).by_name.values()))
     assert account.api_reserve_percent == 90.0
     assert dict(account.idempotency_fields) == {"Case": "Sfworker_Job_Id__c"}
-
-
-def test_the_token_timeout_must_be_below_the_lock_lease() -> None:
-    with pytest.raises(ValidationError, match="TOKEN_LOCK_LEASE"):
-        Settings(token_timeout_seconds=10, token_lock_lease_seconds=10)

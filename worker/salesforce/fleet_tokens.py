@@ -11,8 +11,9 @@ refreshing, with a lease), `token-error:<account>` (the last refusal, kept for t
   in Redis again. Inside a process, one task does that for all the jobs waiting.
 - One worker takes the lock (`SET NX PX lease`, released only by its holder through a script
   that compares the holder's token) and calls the token endpoint; the others poll Redis every
-  50 ms for the new token and never call Salesforce. A holder that dies leaves a lock whose
-  lease runs out; the next worker then refreshes.
+  50 ms for the new token and never call Salesforce. The holder renews the lease while its
+  request runs; a holder that dies leaves a lock whose lease runs out within one lease, and the
+  next worker then refreshes.
 - Rotation: the new refresh token is written in the same script as the access token, before the
   lock is released, so nobody can refresh with the rotated-out one. The accounts file's refresh
   token is only the start: a *different* one in the file (an admin authorized again) wins.
@@ -72,6 +73,11 @@ return gen
 # KEYS: lock; ARGV: holder
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: lock; ARGV: holder, lease ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 # KEYS: token; ARGV: generation that a 401 reported dead
@@ -155,6 +161,7 @@ class FleetAccountTokens:
         }
         self._store = link.script(_STORE)
         self._release = link.script(_RELEASE)
+        self._renew = link.script(_RENEW)
         self._invalidate = link.script(_INVALIDATE)
 
     # --- what the client calls -------------------------------------------------------------
@@ -367,10 +374,21 @@ class FleetAccountTokens:
         self._local.adopt(None, self._latest_refresh)
         return self._latest_refresh
 
+    async def _keep_lock(self, holder: str) -> None:
+        """Renew the lock's lease while this holder's token request runs: a live holder keeps
+        the lock however long the request takes; a dead one loses it within one lease."""
+        lock, lease = self._keys["lock"], self._lease_ms
+        while True:
+            await asyncio.sleep(lease / 3000)
+            await self._link.attempt(
+                lambda r: self._renew(keys=[lock], args=[holder, lease], client=r)
+            )
+
     async def _refresh(self, holder: str) -> AccessToken:
         refresh_token = await self._refresh_token_now()
         flow = self.account.flow.value
         started = time.perf_counter()
+        keeper = asyncio.create_task(self._keep_lock(holder), name="token-lock-lease")
         try:
             try:
                 async with asyncio.timeout(self._request_timeout):
@@ -385,6 +403,8 @@ class FleetAccountTokens:
             await self._record_failure(exc)
             raise
         finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
             self._metrics.token_request_duration.labels(self.account.name).observe(
                 time.perf_counter() - started
             )
@@ -434,8 +454,9 @@ class FleetAccountTokens:
             return local
         if generation < 0:
             log.error(
-                "token lock lease ran out during the token request; raise "
-                "SFWORKER_TOKEN_LOCK_LEASE_SECONDS or lower SFWORKER_TOKEN_TIMEOUT_SECONDS",
+                "token lock lost during the token request (its lease could not be renewed: Redis "
+                "too slow, or this process stalled); check Redis or raise "
+                "SFWORKER_TOKEN_LOCK_LEASE_SECONDS",
                 extra=self._extra(),
             )
             token = AccessToken(grant.access_token, next_generation(), grant.issued_at)
@@ -464,7 +485,7 @@ class RedisTokenManager:
         metrics: Metrics,
         backoff: Backoff | None = None,
         *,
-        lease: float = 10.0,
+        lease: float = 5.0,
         request_timeout: float = 5.0,
     ) -> None:
         self._link = link
