@@ -289,18 +289,28 @@ class WorkerProcess:
         self._log.close()
 
 
-@pytest.fixture
-def spawn_worker(tmp_path: Path, settings: Settings) -> Iterator[Any]:
+@contextlib.contextmanager
+def spawning(log_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """A function that starts `sfworker run` processes (logs in `log_dir`); every one of them
+    is stopped on exit."""
     started: list[WorkerProcess] = []
 
     def spawn(settings: Settings, **overrides: Any) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", **overrides)
+        worker = WorkerProcess(settings, log_dir / f"worker-{len(started)}.log", **overrides)
         started.append(worker)
         return worker
 
-    yield spawn
-    for worker in started:
-        worker.stop()
+    try:
+        yield spawn
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path, settings: Settings) -> Iterator[Any]:
+    with spawning(tmp_path) as spawn:
+        yield spawn
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.conftest import ROOT, WorkerProcess, make_settings
+from tests.conftest import ROOT, make_settings, spawning
 from tests.redis_server import RedisServer
 from worker.config import Settings
 from worker.runtime import topology
@@ -174,16 +174,8 @@ async def cluster_settings(
 @pytest.fixture
 def cluster_workers(tmp_path: Path) -> Iterator[Any]:
     """Spawns `sfworker run` processes; kills whatever is left at the end."""
-    started: list[WorkerProcess] = []
-
-    def spawn(settings: Settings, **overrides: Any) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
-
-    yield spawn
-    for worker in started:
-        worker.stop()
+    with spawning(tmp_path) as spawn:
+        yield spawn
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ that a test may kill and restart, and readers of the workers' metrics and the si
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, write_accounts
 from tests.redis_server import RedisServer
 from worker.config import Settings
 from worker.simulator.testing import SimulatorClient
@@ -28,6 +28,31 @@ async def fleet_settings(
     return make_settings(
         amqp_url, names, accounts_file, redis_url=redis_url, redis_prefix=redis_prefix
     )
+
+
+FleetConfig = Callable[..., Settings]
+
+
+@pytest.fixture
+def fleet_config(
+    amqp_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    simulator: SimulatorClient,
+    settings: Settings,  # owns the topology teardown
+) -> FleetConfig:
+    """Settings of a fleet (the test's Redis prefix and topology) whose account `main` has
+    `extra` lines (e.g. "max_concurrency = 8") and `flow`; keywords are further settings."""
+
+    def configure(extra: str = "", flow: str = "client_credentials", **kw: Any) -> Settings:
+        path = write_accounts(tmp_path / "fleet.toml", simulator.base_url, extra=extra, flow=flow)
+        return make_settings(
+            amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix, **kw
+        )
+
+    return configure
 
 
 PrivateRedis = RedisServer  # a redis-server of the test's own

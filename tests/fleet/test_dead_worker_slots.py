@@ -5,14 +5,13 @@ longest job budget."""
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
+from tests.conftest import WorkerProcess, wait_until
+from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import answers, run_all, searches
-from worker.config import Settings
 from worker.simulator.testing import SimulatorClient
 from worker.submit import JobClient
 
@@ -20,22 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 async def test_a_killed_workers_slots_free_quickly(
-    amqp_url: str,
-    names: dict[str, str],
-    tmp_path: Path,
-    redis_url: str,
-    redis_prefix: str,
-    settings: Settings,
+    fleet_config: FleetConfig,
     spawn_worker: Any,
     jobs: JobClient,
     simulator: SimulatorClient,
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
-    path = write_accounts(tmp_path / "cap.toml", simulator.base_url, extra="max_concurrency = 5\n")
     # Coalescing off: each held search is a call of its own, holding a slot of its own.
-    capped = make_settings(
-        amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix, coalesce_wait_ms=0
-    )
+    capped = fleet_config(extra="max_concurrency = 5\n", coalesce_wait_ms=0)
     doomed: WorkerProcess = spawn_worker(capped, prefetch=5)
     await doomed.wait_ready()
     assert await run_all(jobs, searches("warm", 2)) == ["ok"] * 2

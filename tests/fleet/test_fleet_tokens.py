@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
-from tests.fleet.conftest import gauge
+from tests.conftest import WorkerProcess, wait_until
+from tests.fleet.conftest import FleetConfig, gauge
 from worker.config import Settings
 from worker.simulator.testing import (
     DEFAULT_CLIENT_ID,
@@ -98,12 +97,7 @@ async def test_four_workers_make_one_token_request_per_expiry(
 
 
 async def test_rotation_two_rounds_one_refresh_each_and_no_revocation(
-    amqp_url: str,
-    names: dict[str, str],
-    tmp_path: Path,
-    redis_url: str,
-    redis_prefix: str,
-    settings: Settings,
+    fleet_config: FleetConfig,
     spawn_worker: Any,
     jobs: JobClient,
     simulator: SimulatorClient,
@@ -115,8 +109,7 @@ async def test_rotation_two_rounds_one_refresh_each_and_no_revocation(
         refresh_tokens=[DEFAULT_REFRESH_TOKEN],
     )
     await simulator.seed("Account", [{"Name": "Acme"}])
-    path = write_accounts(tmp_path / "rotating.toml", simulator.base_url, flow="refresh_token")
-    rotating = make_settings(amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix)
+    rotating = fleet_config(flow="refresh_token")
     await start_fleet(spawn_worker, rotating, 4, prefetch=100)
     assert await run_all(jobs, searches("warm", 40)) == ["ok"] * 40
     await simulator.set_latency(300)
@@ -133,21 +126,13 @@ async def test_rotation_two_rounds_one_refresh_each_and_no_revocation(
 
 
 async def test_one_worker_500_searches_after_expiry_see_at_most_a_cap_of_401s(
-    amqp_url: str,
-    names: dict[str, str],
-    tmp_path: Path,
-    redis_url: str,
-    redis_prefix: str,
-    settings: Settings,
+    fleet_config: FleetConfig,
     spawn_worker: Any,
     jobs: JobClient,
     simulator: SimulatorClient,
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
-    path = write_accounts(
-        tmp_path / "cap50.toml", simulator.base_url, extra="max_concurrency = 50\n"
-    )
-    capped = make_settings(amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix)
+    capped = fleet_config(extra="max_concurrency = 50\n")
     await start_fleet(spawn_worker, capped, 1, prefetch=500)
     assert await run_all(jobs, searches("warm", 5)) == ["ok"] * 5
     await simulator.set_latency(100)

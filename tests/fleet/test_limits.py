@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import make_settings, write_accounts
+from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import answers, run_all, searches, start_fleet
 from worker.config import Settings
 from worker.simulator.testing import SimulatorClient
@@ -53,22 +52,14 @@ async def test_a_fleet_past_the_reserve_calls_nothing_and_resumes_when_raised(
 
 
 async def test_max_concurrency_holds_for_the_whole_fleet(
-    amqp_url: str,
-    names: dict[str, str],
-    tmp_path: Path,
-    redis_url: str,
-    redis_prefix: str,
-    settings: Settings,
+    fleet_config: FleetConfig,
     spawn_worker: Any,
     jobs: JobClient,
     simulator: SimulatorClient,
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
-    path = write_accounts(tmp_path / "cap.toml", simulator.base_url, extra="max_concurrency = 8\n")
     # One call per job (no coalescing): the subject is the number of calls in flight.
-    capped = make_settings(
-        amqp_url, names, path, redis_url=redis_url, redis_prefix=redis_prefix, coalesce_wait_ms=0
-    )
+    capped = fleet_config(extra="max_concurrency = 8\n", coalesce_wait_ms=0)
     await start_fleet(spawn_worker, capped, 2, prefetch=50)
     await run_all(jobs, searches("warm", 4))
     await simulator.set_latency(150)
