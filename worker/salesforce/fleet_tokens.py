@@ -47,6 +47,7 @@ from worker.salesforce.tokens import (
     next_generation,
 )
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
+from worker.tasks import Loop, stop
 
 log = logging.getLogger(__name__)
 
@@ -374,11 +375,11 @@ class FleetAccountTokens:
         self._local.adopt(None, self._latest_refresh)
         return self._latest_refresh
 
-    async def _keep_lock(self, holder: str) -> None:
+    async def _keep_lock(self, holder: str, loop: Loop) -> None:
         """Renew the lock's lease while this holder's token request runs: a live holder keeps
         the lock however long the request takes; a dead one loses it within one lease."""
         lock, lease = self._keys["lock"], self._lease_ms
-        while True:
+        while loop.running:
             await asyncio.sleep(lease / 3000)
             await self._link.attempt(
                 lambda r: self._renew(keys=[lock], args=[holder, lease], client=r)
@@ -388,7 +389,8 @@ class FleetAccountTokens:
         refresh_token = await self._refresh_token_now()
         flow = self.account.flow.value
         started = time.perf_counter()
-        keeper = asyncio.create_task(self._keep_lock(holder), name="token-lock-lease")
+        keeping = Loop()
+        keeper = asyncio.create_task(self._keep_lock(holder, keeping), name="token-lock-lease")
         try:
             try:
                 async with asyncio.timeout(self._request_timeout):
@@ -403,8 +405,7 @@ class FleetAccountTokens:
             await self._record_failure(exc)
             raise
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            await stop(keeper, keeping)
             self._metrics.token_request_duration.labels(self.account.name).observe(
                 time.perf_counter() - started
             )

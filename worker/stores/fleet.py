@@ -15,6 +15,7 @@ from worker.config import Account
 from worker.salesforce.slots import LocalSlots
 from worker.salesforce.usage import UsageReading
 from worker.stores.link import RedisLink, RedisUnavailable
+from worker.tasks import Loop, stop
 
 # A dead worker's slots free within a lease; a living one renews the leases of its slots.
 SLOT_LEASE_MS = 6_000
@@ -56,6 +57,7 @@ class FleetSlots:
         self._renew = link.script(_RENEW_SLOTS)
         self._held: dict[str, set[str]] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._renewing = Loop()
 
     @asynccontextmanager
     async def hold(self, account: Account) -> AsyncIterator[None]:
@@ -74,7 +76,7 @@ class FleetSlots:
                     await self._link.attempt(lambda r: r.zrem(key, member))
 
     async def _renew_leases(self) -> None:
-        while True:
+        while self._renewing.running:
             await asyncio.sleep(_RENEW_SECONDS)
             for key, members in list(self._held.items()):
                 if members:
@@ -84,9 +86,7 @@ class FleetSlots:
         await self._link.attempt(lambda r: self._renew(keys=[key], args=args, client=r))
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
+        await stop(self._renewer, self._renewing)
 
     async def _acquire(self, key: str, cap: int) -> str | None:
         """A fleet slot (its member id), or None when Redis is out of reach (local cap only).

@@ -24,6 +24,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from worker.observability.metrics import Metrics
+from worker.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,7 @@ class RedisLink:
 
     async def close(self) -> None:
         if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+            await stop(self._monitor)
         with contextlib.suppress(Exception):
             await self.client.aclose()
 

@@ -9,6 +9,7 @@ import uuid
 
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
+from worker.tasks import Loop, stop
 
 HEARTBEAT_SECONDS = 1.5
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
@@ -32,6 +33,7 @@ class RedisResultStore:
         self._mark = link.script(_MARK)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
+        self._beating = Loop()
 
     async def start(self) -> None:
         """Beat `alive:<id>` while this process lives, so the fleet can tell an insert still
@@ -40,7 +42,7 @@ class RedisResultStore:
 
     async def _beat(self) -> None:
         key = self._link.key("alive", self.sender_id)
-        while True:
+        while self._beating.running:
             await self._link.attempt(lambda r: r.set(key, b"1", px=HEARTBEAT_TTL_MS))
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
@@ -93,8 +95,7 @@ class RedisResultStore:
 
     async def close(self) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await stop(self._heartbeat, self._beating)
             key = self._link.key("alive", self.sender_id)
             with contextlib.suppress(Exception):
                 await self._link.attempt(lambda r: r.delete(key))
