@@ -24,11 +24,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 
 # (Re)install the project with its bench extra when the venv is new or pyproject.toml changed.
-wanted="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+wanted="$(cat "$root/pyproject.toml" "$root/simulator/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]]; then
     echo "bench/$me: installing sfworker[bench] into $venv" >&2
     log="$(mktemp)"
-    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root[bench]" \
+    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root[bench]" -e "$root/simulator" \
         >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"

@@ -42,6 +42,7 @@ import aiohttp
 import aiosalesforce
 import httpx
 import orjson
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from simple_salesforce import Salesforce as SimpleSalesforce
 
 from worker.app import token_manager
@@ -51,7 +52,6 @@ from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
-from worker.simulator.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

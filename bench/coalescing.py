@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
+
 from worker.app import token_manager
 from worker.config import Accounts, Settings, parse_accounts
 from worker.contract import BlockResult, parse_job
@@ -32,7 +34,6 @@ from worker.jobs import Incoming, JobRunner
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
-from worker.simulator.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -20,17 +20,17 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from worker.config import Settings
-from worker.runtime import topology
-from worker.simulator.testing import (
+from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     SimulatorClient,
     running_simulator,
 )
-from worker.submit import JobClient
+
+from tests.job_client import JobClient
+from worker.config import Settings
+from worker.runtime import topology
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"

@@ -22,13 +22,13 @@ from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
 from worker.salesforce.reserve import ApiReserve, LocalBoard
-from worker.salesforce.slots import LocalSlots, Slots
 from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
 from worker.stores.base import ResultStore
 from worker.stores.fleet import FleetSlots, RedisUsageBoard
 from worker.stores.link import RedisLink
 from worker.stores.memory import MemoryResultStore
 from worker.stores.redis import RedisResultStore
+from worker.stores.slots import LocalSlots, Slots
 
 log = logging.getLogger(__name__)
 

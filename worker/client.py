@@ -41,7 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
 from worker.contract import BlockResult
-from worker.reach import connect_amqp
+from worker.runtime.reach import Unreachable, connect_amqp
 
 DEFAULT_EXCHANGE = "salesforce.blocks"
 DEFAULT_ROUTING_KEY = "salesforce.blocks"
@@ -52,6 +52,7 @@ __all__ = [
     "ClientClosed",
     "InvalidResult",
     "PublishFailed",
+    "Unreachable",
     "connection_user",
 ]
 
@@ -161,8 +162,8 @@ class BlockClient:
     ) -> AsyncIterator[BlockClient]:
         """Connect, start consuming results, yield the client; close everything on exit.
 
-        Raises `worker.reach.Unreachable` (one line naming host:port) when RabbitMQ cannot be
-        reached or refuses the login."""
+        Raises `worker.runtime.reach.Unreachable` (one line naming host:port) when RabbitMQ
+        cannot be reached or refuses the login."""
         connection = await connect_amqp(amqp_url, within=connect_timeout)
         async with connection:
             channel = await connection.channel(on_return_raises=True)

@@ -22,6 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from sfsim.testing import SimulatorClient
+
 from bench.e2e import procs
 from bench.e2e.broker import Broker
 from bench.e2e.procs import ROOT, Child
@@ -29,7 +31,6 @@ from bench.e2e.report import render
 from bench.e2e.runs import Lab
 from bench.e2e.sections import SECTIONS, Counts, run_sections, seed
 from bench.e2e.systems import Context, clear_redis
-from worker.simulator.testing import SimulatorClient
 
 PACKAGES = (
     "sfworker",

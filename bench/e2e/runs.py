@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sfsim.testing import SimulatorClient
+
 from bench.e2e.broker import Broker, Replies
 from bench.e2e.procs import Child
 from bench.e2e.systems import System, Workload
-from worker.simulator.testing import SimulatorClient
 
 START_TIMEOUT = 90.0
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import aio_pika
 import orjson
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 from bench.e2e.broker import Broker, Checker, Encoder
 from bench.e2e.procs import Child, cpu_seconds, peak_rss_mb
-from worker.simulator.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 PREFETCH = 32  # sfworker's default prefetch; the baseline and the peers get the same
 

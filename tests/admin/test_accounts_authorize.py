@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from tests.conftest import ROOT, free_port, write_accounts
 from tests.runtime.conftest import sfworker
-from worker.simulator.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 ADMIN = "admin@acme.example"
 

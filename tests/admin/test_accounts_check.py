@@ -8,14 +8,15 @@ import json
 import os
 from pathlib import Path
 
-from tests.conftest import free_port, write_accounts
-from tests.runtime.conftest import sfworker
-from worker.simulator.testing import (
+from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_USERNAME,
     SimulatorClient,
 )
+
+from tests.conftest import free_port, write_accounts
+from tests.runtime.conftest import sfworker
 
 
 def env_for(accounts: Path) -> dict[str, str]:
@@ -123,7 +124,7 @@ async def test_a_check_of_a_rotating_fleet_account_never_spends_the_fleets_refre
     """With refresh-token rotation and a fleet whose workers already rotated the token, a check
     refreshes with the fleet's newest token under its lock and stores the rotated one: the
     chain is never revoked, and the fleet can go on refreshing."""
-    from worker.simulator.testing import DEFAULT_REFRESH_TOKEN
+    from sfsim.testing import DEFAULT_REFRESH_TOKEN
 
     await simulator.set_client(
         DEFAULT_CLIENT_ID,

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 import aio_pika
 import orjson
 import pytest
+from sfsim.testing import SimulatorClient
 
 from worker.app import Worker
 from worker.client import BlockClient, InvalidResult, PublishFailed
 from worker.config import Settings
 from worker.contract import BlockResult, ErrorCode, SearchJob, Status
-from worker.reach import Unreachable
-from worker.simulator.testing import SimulatorClient
+from worker.runtime.reach import Unreachable
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.submit import JobClient
+from tests.job_client import JobClient
 
 
 def metric(text: str, name: str) -> float:

@@ -14,9 +14,9 @@ from typing import Any
 import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from sfsim.testing import SimulatorClient
 
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
 
 OPERATIONS = ("search", "get", "insert", "update", "upsert", "delete")
 KINDS = (

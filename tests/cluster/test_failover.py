@@ -14,13 +14,13 @@ from typing import Any
 import aio_pika
 import aiohttp
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.cluster.conftest import Cluster
 from tests.cluster.helpers import Stream, differing_duplicates, metric
 from tests.conftest import WorkerProcess, wait_until
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

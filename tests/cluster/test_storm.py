@@ -24,6 +24,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.cluster.conftest import Cluster
 from tests.cluster.storm import (
@@ -39,7 +40,6 @@ from tests.cluster.storm import (
 from tests.conftest import ROOT, WorkerProcess, make_settings, wait_until
 from tests.redis_server import RedisServer
 from worker.runtime import brokers, topology
-from worker.simulator.testing import SimulatorClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.submit import JobClient
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"\bsfworker_[a-z0-9_]+")

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import make_settings, write_accounts
 from tests.redis_server import RedisServer
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
 
 
 @pytest.fixture

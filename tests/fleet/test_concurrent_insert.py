@@ -9,12 +9,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import WorkerProcess, wait_until
 from tests.fleet.test_exactly_once import insert
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
 

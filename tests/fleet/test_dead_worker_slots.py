@@ -8,12 +8,12 @@ import signal
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import WorkerProcess, wait_until
 from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import answers, run_all, searches
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
+from tests.job_client import JobClient
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import aio_pika
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
+from tests.job_client import JobClient
 from tests.runtime.test_faults import queue_depth
 from worker.app import Worker
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 
 def insert(job_id: str, timeout_ms: int = 60000) -> dict[str, Any]:

@@ -9,17 +9,17 @@ import signal
 from typing import Any
 
 import pytest
-
-from tests.conftest import WorkerProcess, wait_until
-from tests.fleet.conftest import FleetConfig, gauge
-from worker.config import Settings
-from worker.simulator.testing import (
+from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     SimulatorClient,
 )
-from worker.submit import JobClient
+
+from tests.conftest import WorkerProcess, wait_until
+from tests.fleet.conftest import FleetConfig, gauge
+from tests.job_client import JobClient
+from worker.config import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import WorkerProcess, make_settings, wait_until
 from tests.fleet.conftest import PrivateRedis, gauge
 from tests.fleet.test_fleet_tokens import answers, run_all, searches
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
 

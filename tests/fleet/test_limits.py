@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import answers, run_all, searches, start_fleet
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import WorkerProcess, make_settings, wait_until
 from tests.fleet.conftest import PrivateRedis, gauge
 from tests.fleet.test_fleet_tokens import answers
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
 

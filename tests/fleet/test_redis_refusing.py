@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import WorkerProcess, make_settings, wait_until
 from tests.fleet.conftest import PrivateRedis, gauge
 from tests.fleet.test_fleet_tokens import run_all
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
 

@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
-from tests.fleet.conftest import PrivateRedis, gauge
-from tests.fleet.test_fleet_tokens import answers, run_all, searches
-from worker.config import Settings
-from worker.simulator.testing import (
+from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     SimulatorClient,
 )
-from worker.submit import JobClient
+
+from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
+from tests.fleet.conftest import PrivateRedis, gauge
+from tests.fleet.test_fleet_tokens import answers, run_all, searches
+from tests.job_client import JobClient
+from worker.config import Settings
 
 pytestmark = pytest.mark.slow
 

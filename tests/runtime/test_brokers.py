@@ -13,13 +13,13 @@ import pytest
 from pydantic import ValidationError
 
 from tests.conftest import free_port, make_settings, wait_until
+from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from tests.tcp_proxy import TcpProxy
 from worker.app import Worker
 from worker.config import Settings
-from worker.reach import Unreachable, connect_amqp
 from worker.runtime.brokers import node_of
-from worker.submit import JobClient
+from worker.runtime.reach import Unreachable, connect_amqp
 
 SEARCH = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 

@@ -7,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from sfsim.testing import SimulatorClient
+
 from tests.conftest import settings_env
 from tests.runtime.conftest import sfworker
 from worker.app import Worker
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
 
 
 async def test_submit_from_flags_and_from_a_file(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from sfsim.testing import SimulatorClient
+
 from tests.conftest import make_settings, write_accounts
+from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from worker.app import Worker
 from worker.config import Settings
-from worker.simulator.testing import SimulatorClient
-from worker.submit import JobClient
 
 
 async def test_a_burst_through_the_queue_shares_composite_requests(

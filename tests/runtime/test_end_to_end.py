@@ -9,13 +9,13 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from sfsim.testing import DEFAULT_CLIENT_ID, SimulatorClient
 
 from tests.conftest import make_settings, write_accounts
+from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from worker.app import Worker
 from worker.config import Settings
-from worker.simulator.testing import DEFAULT_CLIENT_ID, SimulatorClient
-from worker.submit import JobClient
 
 LOCKED = [{"errorCode": "SERVER_UNAVAILABLE", "message": "server too busy"}]
 

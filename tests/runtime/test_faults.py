@@ -13,11 +13,11 @@ from typing import Any
 
 import aio_pika
 import pytest
+from sfsim.testing import DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from tests.conftest import LOCAL_AMQP, WorkerProcess, wait_until
+from tests.job_client import JobClient
 from worker.config import Settings
-from worker.simulator.testing import DEFAULT_CLIENT_SECRET, SimulatorClient
-from worker.submit import JobClient
 
 pytestmark = pytest.mark.slow
 

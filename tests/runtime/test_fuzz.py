@@ -28,14 +28,14 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from sfsim.faults import OAUTH_ROUTES
+from sfsim.testing import SimulatorClient
 
 from tests.cluster.helpers import metric
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.raw_amqp import raw_encoding
 from tests.runtime.fuzz_messages import NONE, ODD, OURS, Fuzzed, messages
 from worker.config import Settings
-from worker.simulator.faults import OAUTH_ROUTES
-from worker.simulator.testing import SimulatorClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -11,11 +11,11 @@ import orjson
 import pytest
 
 from tests.conftest import wait_until
+from tests.job_client import JobClient
 from tests.raw_amqp import RawStr, RawTimestamp, raw_encoding
 from tests.runtime.conftest import sample
 from worker.app import Worker
 from worker.config import Settings
-from worker.submit import JobClient
 
 JOB = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 

@@ -18,6 +18,12 @@ import aiormq
 import orjson
 import pytest
 from pydantic import SecretStr
+from sfsim.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    SimulatorClient,
+    running_simulator,
+)
 
 from tests.broker_users import (
     BrokerUsers,
@@ -26,16 +32,10 @@ from tests.broker_users import (
     worker_permissions,
 )
 from tests.conftest import settings_env, wait_until, write_accounts
+from tests.job_client import JobClient
 from tests.runtime.conftest import sample, sfworker
 from worker.app import Worker
 from worker.config import Settings
-from worker.simulator.testing import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    SimulatorClient,
-    running_simulator,
-)
-from worker.submit import JobClient
 
 
 @dataclass(frozen=True)

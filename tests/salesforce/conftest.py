@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import write_accounts
 from worker.app import token_manager
@@ -18,7 +19,6 @@ from worker.jobs import Incoming, JobRunner
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
-from worker.simulator.testing import SimulatorClient
 from worker.stores.base import ResultStore
 
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from tests.conftest import write_accounts
 from tests.salesforce.conftest import Harness, open_harness
 from worker.config import Settings
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming
-from worker.simulator.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 PHONE_SOQL = "SELECT Id, LastName, Phone FROM Contact WHERE Phone = :p"
 

@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sfsim.soql import parse_soql
+from sfsim.sosl import parse_sosl
+from sfsim.testing import SimulatorClient, running_simulator
 
 from tests.conftest import write_accounts
 from tests.salesforce.conftest import Harness, open_harness
 from worker.config import Settings
-from worker.simulator.soql import parse_soql
-from worker.simulator.sosl import parse_sosl
-from worker.simulator.testing import SimulatorClient, running_simulator
 
 T = TypeVar("T")
 NASTY = [

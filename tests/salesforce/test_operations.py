@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.salesforce.conftest import Harness
-from worker.simulator.testing import SimulatorClient
 
 
 @dataclass

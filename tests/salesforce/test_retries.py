@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from sfsim.testing import SimulatorClient
+
 from tests.salesforce.conftest import Harness
-from worker.simulator.testing import SimulatorClient
 
 UNAVAILABLE = [{"errorCode": "SERVER_UNAVAILABLE", "message": "server too busy"}]
 LOCKED = [{"errorCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access"}]

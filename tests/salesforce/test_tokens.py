@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import rsa_key_pair, write_accounts
-from tests.salesforce.conftest import Harness, open_harness
-from worker.config import Settings
-from worker.simulator.testing import (
+from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     DEFAULT_USERNAME,
     SimulatorClient,
 )
+
+from tests.conftest import rsa_key_pair, write_accounts
+from tests.salesforce.conftest import Harness, open_harness
+from worker.config import Settings
 
 SOQL = "SELECT Id, Name FROM Account WHERE Name = :n"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sfsim.testing import SimulatorClient, running_simulator
 
-from worker.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from worker.simulator.testing import SimulatorClient, running_simulator
+from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 VERSION = "v62.0"
 

@@ -8,10 +8,10 @@ import hashlib
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+from sfsim.testing import SimulatorClient
 
+from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_USERNAME
 from tests.simulator.conftest import Api, token_request
-from worker.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_USERNAME
-from worker.simulator.testing import SimulatorClient
 
 CALLBACK = "http://localhost:1717/callback"
 VERIFIER = "pkce-verifier-" + "x" * 40

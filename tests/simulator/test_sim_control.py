@@ -9,8 +9,7 @@ import time
 
 import aiohttp
 import pytest
-
-from worker.simulator.testing import SimulatorClient, SimulatorControlError
+from sfsim.testing import SimulatorClient, SimulatorControlError
 
 from .conftest import Api, client_credentials_token
 
@@ -160,7 +159,7 @@ async def test_bad_control_bodies(sim: SimulatorClient, http: aiohttp.ClientSess
 
 
 async def test_run_simulator_process() -> None:
-    code = "from worker.simulator import run_simulator; run_simulator('127.0.0.1', 0)"
+    code = "from sfsim import run_simulator; run_simulator('127.0.0.1', 0)"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
     )

@@ -8,9 +8,9 @@ import time
 
 import aiohttp
 import pytest
+from sfsim.testing import SimulatorClient
 
-from worker.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from worker.simulator.testing import SimulatorClient
+from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 from .conftest import Api, token_request
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from worker.simulator.ids import IdFactory, normalize_id, to_18
+from sfsim.ids import IdFactory, normalize_id, to_18
 
 
 def test_to_18_matches_salesforce_checksum() -> None:

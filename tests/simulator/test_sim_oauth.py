@@ -13,15 +13,15 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import jwt
 import pytest
+from sfsim.testing import SimulatorClient
 
-from tests.conftest import rsa_key_pair
-from worker.simulator import (
+from sfsim import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     DEFAULT_USERNAME,
 )
-from worker.simulator.testing import SimulatorClient
+from tests.conftest import rsa_key_pair
 
 from .conftest import VERSION, token_request
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from worker.simulator.testing import SimulatorClient
+from sfsim.testing import SimulatorClient
 
 from .conftest import VERSION, Api
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from worker.simulator.ids import to_18
-from worker.simulator.testing import SimulatorClient
+from sfsim.ids import to_18
+from sfsim.testing import SimulatorClient
 
 from .conftest import VERSION, Api
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from worker.simulator import SoslError, parse_sosl
+from sfsim import SoslError, parse_sosl
 
 RESERVED = set("?&|!{}[]()^~*:\\\"'+-")
 CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from worker import contract_gen
 from worker.contract import BlockResult
+from worker.contract import gen as contract_gen
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "contracts" / "asyncapi.yaml"

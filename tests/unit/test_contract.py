@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.contract import BlockResult, ErrorCode, parse_job
-from worker.contract_gen import generated_files
+from worker.contract.gen import generated_files
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 
@@ -26,7 +26,7 @@ def test_committed_contracts_match_the_models() -> None:
     committed = {str(p.relative_to(CONTRACTS)): p.read_bytes() for p in files}
     drifted = sorted(n for n in generated if committed.get(n) != generated[n])
     stray = sorted(set(committed) - set(generated))
-    assert not drifted, f"regenerate with `python -m worker.contract_gen`: {drifted}"
+    assert not drifted, f"regenerate with `python -m worker.contract.gen`: {drifted}"
     assert not stray, f"files in contracts/ the models do not produce: {stray}"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.broker_users import rabbitmqctl_lines, tenant_permissions, worker_permissions
 from worker.app import Worker
-from worker.cli import main
+from worker.commands.cli import main
 from worker.config import Accounts, ConfigError, Settings, load_accounts
 from worker.observability.metrics import Metrics
 from worker.tenancy import Reason, Verdict, check, store_key

@@ -57,9 +57,10 @@ from worker.salesforce.errors import Verdict, classify
 from worker.salesforce.http import SendRefused, SendState, untraced
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve, LocalBoard
-from worker.salesforce.slots import LocalSlots, Slots
 from worker.salesforce.tokens import AccessToken, TokenManager
-from worker.salesforce.usage import ApiUsage, UsageReading, parse_limit_info
+from worker.salesforce.usage import ApiUsage, parse_limit_info
+from worker.stores.slots import LocalSlots, Slots
+from worker.stores.usage import UsageReading
 
 log = logging.getLogger(__name__)
 

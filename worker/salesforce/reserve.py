@@ -21,7 +21,7 @@ from typing import Protocol
 from worker.config import Account
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
-from worker.salesforce.usage import UsageReading
+from worker.stores.usage import UsageReading
 
 log = logging.getLogger(__name__)
 

@@ -7,27 +7,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from worker.stores.usage import UsageReading
 
 _API_USAGE = re.compile(r"(?<![-\w])api-usage=(\d+)/(\d+)")
 _PER_APP = re.compile(r"per-app-api-usage=(\d+)/(\d+)\(appName=([^)]*)\)")
-
-
-@dataclass(frozen=True)
-class UsageReading:
-    used: int
-    limit: int
-    app_used: int | None = None
-    app_limit: int | None = None
-    app_name: str | None = None
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.used)
-
-    @property
-    def fraction_used(self) -> float:
-        return self.used / self.limit if self.limit else 0.0
 
 
 def parse_limit_info(header: str | None) -> UsageReading | None:

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 import orjson
 
 from worker.config import Account
-from worker.salesforce.slots import LocalSlots
-from worker.salesforce.usage import UsageReading
 from worker.stores.link import RedisLink, RedisUnavailable
+from worker.stores.slots import LocalSlots
+from worker.stores.usage import UsageReading
 from worker.tasks import Loop, stop
 
 # A dead worker's slots free within a lease; a living one renews the leases of its slots.

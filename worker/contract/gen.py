@@ -1,8 +1,8 @@
 """Generate contracts/ from the models: JSON Schemas of the request and the result, one example
 per operation and per error code, and the AsyncAPI 3.0 document (asyncapi.yaml).
 
-    python -m worker.contract_gen            # rewrite contracts/
-    python -m worker.contract_gen --check    # exit 1 when contracts/ differs from the models
+    python -m worker.contract.gen            # rewrite contracts/
+    python -m worker.contract.gen --check    # exit 1 when contracts/ differs from the models
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from worker.contract import (
     SalesforceErrorItem,
     Status,
 )
-from worker.contract_asyncapi import SCHEMA_REF, asyncapi_document
+from worker.contract.asyncapi import SCHEMA_REF, asyncapi_document
 
-ROOT = Path(__file__).resolve().parent.parent / "contracts"
+ROOT = Path(__file__).resolve().parents[2] / "contracts"
 SCHEMA_BASE = "https://github.com/sfworker/sfworker/contracts/v1"
 
 ACCOUNT_ID = "001Hs00003Lq9TxIAJ"
@@ -257,7 +257,8 @@ def asyncapi_yaml() -> bytes:
 
     text = yaml.dump(document, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
     return (
-        b"# Generated from worker/contract.py by `python -m worker.contract_gen`.\n" + text.encode()
+        b"# Generated from worker/contract/models.py by `python -m worker.contract.gen`.\n"
+        + text.encode()
     )
 
 
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale + extra:
             print(f"contracts/{name} differs from the models", file=sys.stderr)
         if stale or extra:
-            print("run: python -m worker.contract_gen", file=sys.stderr)
+            print("run: python -m worker.contract.gen", file=sys.stderr)
         return 1 if stale or extra else 0
     for name, content in files.items():
         path = args.out / name

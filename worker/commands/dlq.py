@@ -7,9 +7,9 @@ from typing import Any
 import aio_pika
 import orjson
 
+from worker.commands.render import table
 from worker.config import ConfigError, Settings
-from worker.reach import connect_amqp
-from worker.render import table
+from worker.runtime.reach import connect_amqp
 
 
 def _death(headers: dict[str, Any]) -> tuple[str, str, int]:

@@ -54,3 +54,14 @@ def run_simulator(host: str, port: int) -> None:
         asyncio.run(_serve(host, port))
     except KeyboardInterrupt:  # pragma: no cover - signal arrived before handlers were set
         sys.exit(130)
+
+
+def main() -> None:
+    """`sfsim [--host H] [--port P]`: the simulator alone (as `sfworker simulator`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="sfsim", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8900)
+    args = parser.parse_args()
+    run_simulator(args.host, args.port)

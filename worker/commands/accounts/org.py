@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from worker.config import Account
-from worker.reach import endpoint
+from worker.runtime.reach import endpoint
 from worker.salesforce.oauth import Grant
 
 

@@ -1,5 +1,5 @@
-"""`sfworker submit` (an admin's test run of a block) and `JobClient`, the tests' view of
-`worker.client.BlockClient` that keeps results as plain dicts (every one received in `results`).
+"""`JobClient`: the tests' view of `worker.client.BlockClient` that keeps results as plain dicts
+(every one received in `results`).
 
 Every job carries `user_id`, the RabbitMQ user the connection authenticated as: the broker
 vouches for it, and a worker with tenant tables runs the job for that user's tenant.
@@ -19,9 +19,8 @@ from worker.client import (
     connection_user,
 )
 from worker.config import Settings
-from worker.contract import BlockResult
 
-__all__ = ["CONNECTION_USER", "JobClient", "connection_user", "submit_one"]
+__all__ = ["CONNECTION_USER", "JobClient", "connection_user"]
 
 
 class JobClient:
@@ -84,15 +83,3 @@ class JobClient:
 
     async def call(self, job: dict[str, Any], wait: float = 30.0) -> dict[str, Any]:
         return await self.result(await self.publish(job), wait)
-
-
-async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> BlockResult:
-    """Publish `job` on the settings' topology and return its result (TimeoutError after
-    `wait` seconds; worker.reach.Unreachable when RabbitMQ cannot be reached)."""
-    async with BlockClient.connect(
-        settings.amqp_url.get_secret_value(),
-        exchange=settings.request_exchange,
-        routing_key=settings.request_routing_key,
-        publish_timeout=settings.publish_timeout_seconds,
-    ) as client:
-        return await client.call(job, wait)

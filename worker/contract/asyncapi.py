@@ -1,6 +1,6 @@
 """contracts/asyncapi.yaml: the AsyncAPI 3.0 description of sfworker on RabbitMQ (request exchange
 and queue, reply and results, dead letters, message properties, both payloads), built from the
-same models as contracts/*.schema.json by `python -m worker.contract_gen`.
+same models as contracts/*.schema.json by `python -m worker.contract.gen`.
 
 The document describes the worker as the application: it receives block jobs and sends results.
 """
@@ -243,8 +243,8 @@ def asyncapi_document(
                 "Contact-center scenarios publish block jobs (Search by SOQL or SOSL, Get, "
                 "Insert, Update, Upsert, Delete); sfworker runs them against the Salesforce "
                 "REST API and answers each with a result: status ok, no_data or failed (with an "
-                "error code). Generated from worker/contract.py by `python -m "
-                "worker.contract_gen`; the payloads are also in contracts/*.schema.json. Names "
+                "error code). Generated from worker/contract/models.py by `python -m "
+                "worker.contract.gen`; the payloads are also in contracts/*.schema.json. Names "
                 "are the defaults of the SFWORKER_* settings (docs/configuration.md)."
             ),
             "license": {"name": "Apache-2.0"},

@@ -1,7 +1,7 @@
 """`sfworker demo`: the Salesforce simulator, a worker, and one job of each operation.
 
 Everything runs in this process against the local RabbitMQ, on queues of its own
-(`sfworker.demo.*`, deleted at the end) so that it never disturbs a real deployment.
+(`sfworker.commands.demo.*`, deleted at the end) so that it never disturbs a real deployment.
 """
 
 from __future__ import annotations
@@ -12,20 +12,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from worker.app import Worker
-from worker.client import BlockClient
-from worker.config import Settings
-from worker.reach import connect_amqp, endpoint
-from worker.render import render_result, table
-from worker.runtime import topology
-from worker.simulator.testing import (
+from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     SimulatorClient,
     running_simulator,
 )
 
-DEMO_PREFIX = "sfworker.demo"
+from worker.app import Worker
+from worker.client import BlockClient
+from worker.commands.render import render_result, table
+from worker.config import Settings
+from worker.runtime import topology
+from worker.runtime.reach import connect_amqp, endpoint
+
+DEMO_PREFIX = "sfworker.commands.demo"
 
 
 async def _seed(sim: SimulatorClient) -> dict[str, str]:
@@ -168,7 +169,7 @@ def _settings(url: str, accounts_file: Path) -> Settings:
 
 async def run_demo(amqp_url: str | None) -> int:
     url = amqp_url or os.environ.get("SFWORKER_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
-    # RabbitMQ first: without it, one line saying so (worker.reach.Unreachable) and nothing else.
+    # RabbitMQ first: without it, one line saying so (worker.runtime.reach.Unreachable), no more.
     connection = await connect_amqp(url)
     async with connection, running_simulator() as sim:
         ids = await _seed(sim)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from worker.client import PublishFailed
 from worker.config import ConfigError, Settings, load_accounts
 from worker.observability.logging import configure
-from worker.reach import Unreachable
+from worker.runtime.reach import Unreachable
 
 EXIT_CONFIG = 2
 
@@ -45,11 +45,21 @@ def _cmd_run(_args: argparse.Namespace) -> int:
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
-    from worker.simulator import run_simulator
+    try:
+        from sfsim import run_simulator
+    except ImportError:
+        print(SIMULATOR_MISSING, file=sys.stderr)
+        return 2
 
     configure("INFO", "text")
     run_simulator(args.host, args.port)
     return 0
+
+
+SIMULATOR_MISSING = (
+    "sfworker: the Salesforce simulator is not installed here (it is a development tool, not part "
+    "of the worker): from a checkout, `pip install -e ./simulator` or run ./scripts/demo"
+)
 
 
 def _parse_pair(text: str) -> tuple[str, Any]:
@@ -103,8 +113,8 @@ def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from worker.render import render_result
-    from worker.submit import submit_one
+    from worker.commands.render import render_result
+    from worker.commands.submit import submit_one
 
     settings = _settings()
     job = _job_from_args(args)
@@ -122,14 +132,20 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    try:
+        from worker.commands.demo import run_demo
+    except ImportError as exc:
+        if exc.name != "sfsim":
+            raise
+        print(SIMULATOR_MISSING, file=sys.stderr)
+        return 2
 
     configure("WARNING", "text")
     return asyncio.run(run_demo(args.amqp_url))
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from worker.dlq import inspect_dead_letters
+    from worker.commands.dlq import inspect_dead_letters
 
     settings = _settings()
     return asyncio.run(inspect_dead_letters(settings, limit=args.limit, requeue=args.requeue))
@@ -140,7 +156,7 @@ def _cmd_accounts(args: argparse.Namespace) -> int:
     if args.accounts_command == "check":
         return _accounts_check(settings, args)
     if args.accounts_command == "authorize":
-        from worker.admin import authorize
+        from worker.commands.accounts import authorize
 
         return authorize.run(
             settings,
@@ -166,7 +182,7 @@ def _cmd_accounts(args: argparse.Namespace) -> int:
 
 
 def _accounts_check(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.admin import check
+    from worker.commands.accounts import check
 
     accounts = load_accounts(
         settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost

@@ -1,7 +1,7 @@
 """Wire contract v1: the block job the runtime publishes and the result the worker answers.
 
 These pydantic models are the single source of the contract: `contracts/*.schema.json` and
-`contracts/examples/` are generated from them (`python -m worker.contract_gen`), and a test fails
+`contracts/examples/` are generated from them (`python -m worker.contract.gen`), and a test fails
 when the committed files drift from the models.
 """
 

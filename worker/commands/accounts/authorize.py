@@ -26,8 +26,8 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from aiohttp import web
 
-from worker.admin.hints import auth_hint
-from worker.admin.org import OrgError, identity
+from worker.commands.accounts.hints import auth_hint
+from worker.commands.accounts.org import OrgError, identity
 from worker.config import Account, ConfigError, Flow, Settings, parse_accounts
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, post_token_form

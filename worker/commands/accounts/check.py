@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import SecretStr
 
-from worker.admin.hints import auth_hint
-from worker.admin.org import (
+from worker.commands.accounts.hints import auth_hint
+from worker.commands.accounts.org import (
     ApiUsage,
     Identity,
     ObjectAccess,
@@ -27,11 +27,11 @@ from worker.admin.org import (
     identity,
     object_access,
 )
+from worker.commands.render import table
 from worker.config import Account, Accounts, ConfigError, Flow, Settings
 from worker.contract import ErrorCode
 from worker.observability.metrics import Metrics
-from worker.reach import endpoint
-from worker.render import table
+from worker.runtime.reach import endpoint
 from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, request_token

@@ -1,0 +1,23 @@
+"""`sfworker submit`: an admin's test run of a block through `worker.client.BlockClient`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.client import BlockClient
+from worker.config import Settings
+from worker.contract import BlockResult
+
+__all__ = ["submit_one"]
+
+
+async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> BlockResult:
+    """Publish `job` on the settings' topology and return its result (TimeoutError after
+    `wait` seconds; worker.runtime.reach.Unreachable when RabbitMQ cannot be reached)."""
+    async with BlockClient.connect(
+        settings.amqp_url.get_secret_value(),
+        exchange=settings.request_exchange,
+        routing_key=settings.request_routing_key,
+        publish_timeout=settings.publish_timeout_seconds,
+    ) as client:
+        return await client.call(job, wait)
