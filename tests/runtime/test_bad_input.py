@@ -47,7 +47,11 @@ BAD: list[tuple[str, bytes, str]] = [
     ("operation array", orjson.dumps({"v": 1, "job_id": "b10", "operation": []}), "operation"),
     ("operation object", orjson.dumps({"v": 1, "job_id": "b11", "operation": {}}), "operation"),
     ("v true", orjson.dumps({**GOOD, "v": True, "job_id": "b12"}), "v=True"),
-    ("timeout string", orjson.dumps({**GOOD, "timeout_ms": "900", "job_id": "b13"}), "timeout_ms: "),
+    (
+        "timeout string",
+        orjson.dumps({**GOOD, "timeout_ms": "900", "job_id": "b13"}),
+        "timeout_ms: ",
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ import pytest
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from tests.conftest import write_accounts
+from tests.metrics import metric as read_metric
 from tests.salesforce.conftest import Harness, open_harness
 from worker.config import Settings
 from worker.contract import BlockResult, parse_job
@@ -23,8 +24,8 @@ PHONE_SOQL = "SELECT Id, LastName, Phone FROM Contact WHERE Phone = :p"
 
 
 def metric(harness: Harness, name: str, **labels: str) -> float:
-    value = harness.metrics.registry.get_sample_value(name, {"account": "main", **labels})
-    return value or 0.0
+    """`name{account="main", labels}` in the harness's metrics (tests.metrics)."""
+    return read_metric(harness.metrics, name, account="main", **labels)
 
 
 async def paced(

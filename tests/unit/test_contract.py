@@ -87,9 +87,7 @@ _ABSENT = object()
         (_SEARCH, "operation", "merge"),
     ],
 )
-def test_schema_rejects_what_the_model_rejects(
-    good: dict[str, Any], key: str, bad: object
-) -> None:
+def test_schema_rejects_what_the_model_rejects(good: dict[str, Any], key: str, bad: object) -> None:
     """The good twin passes both, so the bad one fails for its one changed key."""
     schema = _load("request.schema.json")
     jsonschema.validate(good, schema)
