@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -35,7 +34,7 @@ from worker.contract import (
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite
-from worker.salesforce.binding import bind_soql, bind_sosl
+from worker.salesforce.binding import bind_soql, bind_sosl, path_segment
 from worker.salesforce.calls import (
     Answer,
     BeforeSend,
@@ -56,6 +55,7 @@ from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Verdict, classify
 from worker.salesforce.http import SendRefused, SendState, untraced
 from worker.salesforce.oauth import AuthError
+from worker.salesforce.paging import next_page_url
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import AccessToken, TokenManager
 from worker.salesforce.usage import ApiUsage, parse_limit_info
@@ -154,9 +154,17 @@ class SalesforceClient:
             total = int(body.get("totalSize") or 0)
             next_url = body.get("nextRecordsUrl")
             while next_url and not body.get("done", True) and len(records) < job.max_records:
-                response = await self._request(
-                    call, "GET", f"{call.account.instance_url}{next_url}"
-                )
+                url = next_page_url(call.account, next_url)
+                if url is None:
+                    raise CallFailed(
+                        error(
+                            ErrorCode.SALESFORCE_ERROR,
+                            "Salesforce's answer named a next page that is not a path under "
+                            "/services/data/ on the account's instance; it was not followed",
+                        ),
+                        call.http_status,
+                    )
+                response = await self._request(call, "GET", url)
                 body = response.body if isinstance(response.body, dict) else {}
                 records.extend(body.get("records") or [])
                 next_url = body.get("nextRecordsUrl")
@@ -193,7 +201,7 @@ class SalesforceClient:
     async def _insert_by_job_id(self, job: InsertJob, key_field: str, call: Call) -> Outcome:
         """Idempotency-field mode: an upsert on an external-id field keyed by the job_id, so
         Salesforce itself keeps one record per job, however often the job runs."""
-        value = quote(job.job_id, safe="")
+        value = path_segment(job.job_id, "job_id (the idempotency field's value)")
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{key_field}/{value}"
         fields = {k: v for k, v in job.fields.items() if k.lower() != key_field.lower()}
         response = await self._request(call, "PATCH", url, json=fields)
@@ -208,7 +216,7 @@ class SalesforceClient:
         return self._outcome(call, Status.OK)
 
     async def _upsert(self, job: UpsertJob, call: Call) -> Outcome:
-        value = quote(job.external_id, safe="")
+        value = path_segment(job.external_id, "external_id")
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{job.external_id_field}/{value}"
         response = await self._request(call, "PATCH", url, json=dict(job.fields))
         body = response.body if isinstance(response.body, dict) else {}
