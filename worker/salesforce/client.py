@@ -265,8 +265,8 @@ class SalesforceClient:
                 return response
             if classified.verdict is Verdict.REFRESH and not refreshed:
                 # Once per operation: a second INVALID_SESSION_ID with a fresh token is final.
+                # The token was invalidated when the 401 came in, before its slot was freed.
                 refreshed = True
-                await self._tokens.invalidate(call.account, response.token)
                 continue
             if classified.verdict is Verdict.RETRY:
                 await self._pause_before_retry(call, classified.retry_reason, classified.to_error())
@@ -376,6 +376,10 @@ class SalesforceClient:
                         raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                    parsed = decode(raw)
+                    answers = composite.answers(parsed, len(sent)) if status == 200 else None
+                    if _session_died(status, parsed, answers):
+                        await self._tokens.invalidate(account, token)
         except AuthError as exc:
             return [p.unsent or auth_failed(p.call, exc) for p in group]
         except TimeoutError:
@@ -387,8 +391,6 @@ class SalesforceClient:
             return [p.unsent or lost(p.call, state, what) for p in group]
         self._count(account.name, "composite", str(status), started)
         self._record_usage(account, limit_info)
-        parsed = decode(raw)
-        answers = composite.answers(parsed, len(sent)) if status == 200 else None
         if status == 200 and answers is None:
             unreadable = "Composite answer unreadable"
             return [p.unsent or lost(p.call, state, unreadable) for p in group]
@@ -463,6 +465,9 @@ class SalesforceClient:
                         raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                    parsed = decode(raw)
+                    if _session_died(status, parsed, None):
+                        await self._tokens.invalidate(account, token)
         except TimeoutError:
             self._count(account.name, operation, "timeout", started)
             raise lost(call, state, "the deadline passed", timeout=True) from None
@@ -472,7 +477,7 @@ class SalesforceClient:
             raise lost(call, state, what) from None
         self._count(account.name, operation, str(status), started)
         self._record_usage(account, limit_info)
-        return self._answer(call, status, decode(raw), token)
+        return self._answer(call, status, parsed, token)
 
     def _answer(self, call: Call, status: int, parsed: Any, token: AccessToken) -> Response:
         """What Salesforce's answer (to a single call, or to one subrequest) means for the job."""
@@ -547,3 +552,15 @@ class SalesforceClient:
                 return UsageReading(used=max(0, limit - remaining), limit=limit)
             return parse_limit_info(header)
         return None
+
+
+def _session_died(status: int, parsed: Any, answers: list[composite.SubAnswer] | None) -> bool:
+    """Salesforce said INVALID_SESSION_ID (to the request, or to one of its subrequests): the
+    token must be dropped before the slot is freed, or a call granted that slot next would
+    start with it."""
+    if status == 401:
+        return classify(status, parsed, Operation.SEARCH).verdict is Verdict.REFRESH
+    return any(
+        a.status == 401 and classify(a.status, a.body, Operation.SEARCH).verdict is Verdict.REFRESH
+        for a in answers or ()
+    )
