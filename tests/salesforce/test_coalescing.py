@@ -371,6 +371,23 @@ async def test_a_body_naming_a_reference_goes_alone_and_is_stored_as_typed(
     assert counters["subrequests"] == {"sobject_create": 2}
 
 
+async def test_a_reference_percent_encoded_in_the_url_goes_alone(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    """Issue 16.3: the guard reads the decoded URL: `@{` travels as `%40%7B` in a query
+    parameter, and Salesforce decodes it before it resolves references."""
+    jobs = [
+        {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "@{c1.records[0].Id}"}},
+        {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "1"}},
+        {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "2"}},
+    ]
+    results = await burst(sf, jobs)
+    assert [r.status for r in results] == ["no_data"] * 3
+    counters = await simulator.counters()
+    assert counters["requests"]["query"] == 1
+    assert counters["subrequests"] == {"query": 2}
+
+
 async def test_coalesce_false_sends_every_call_alone(
     no_coalesce: Harness, simulator: SimulatorClient
 ) -> None:
