@@ -224,6 +224,16 @@ class Metrics:
         self.amqp_reconnects = Counter(
             "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
         )
+        self.amqp_silent_links = Counter(
+            "sfworker_amqp_silent_links_total",
+            "Connections to RabbitMQ closed by the worker after two heartbeats without a frame",
+            registry=r,
+        )
+        self.amqp_blocked = Gauge(
+            "sfworker_amqp_blocked",
+            "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
+            registry=r,
+        )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
             "Consumers cancelled by the broker (then re-established by the channel or watchdog)",
