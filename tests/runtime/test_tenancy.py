@@ -244,18 +244,23 @@ async def test_a_forged_user_id_is_refused_by_the_broker(
 async def test_no_user_id_or_a_user_of_no_tenant_is_forbidden(
     worker: Worker,
     settings: Settings,
+    amqp_url: str,
     users: Users,
     jobs: JobClient,
     amqp: aio_pika.abc.AbstractRobustConnection,
     simulator: SimulatorClient,
     globex_sim: SimulatorClient,
 ) -> None:
-    # `jobs` publishes as guest: a real user, but one no tenant lists.
+    # `jobs` publishes as guest: a real user, but one no tenant lists. (Its connection is
+    # robust: aio-pika names its private queue `amq_...` itself, a name the reply rule does
+    # not allow; a plain connection gets a server-named `amq.gen-...` one.)
     assert jobs.user == "guest"
-    assert refusal(await jobs.call(search("by-guest"))) == (
-        "FORBIDDEN_ACCOUNT",
-        "RabbitMQ user 'guest' publishes for no tenant",
-    )
+    async with client_as(amqp_url, settings) as guest:
+        assert guest.reply_queue.startswith("amq.gen-")
+        assert refusal(await guest.call(search("by-guest"))) == (
+            "FORBIDDEN_ACCOUNT",
+            "RabbitMQ user 'guest' publishes for no tenant",
+        )
     async with client_as(users.acme_url, settings) as acme:
         anonymous = await acme.result(await acme.publish(search("anonymous"), user_id=None), 10)
         code, message = refusal(anonymous)
