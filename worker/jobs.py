@@ -27,6 +27,7 @@ from worker.contract import (
     parse_job,
 )
 from worker.deadline import Deadline
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
@@ -217,7 +218,9 @@ class JobRunner:
                 start = min(start + 1.0, incoming.received_wall)
         else:
             start = incoming.received_wall
-        self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
+        waited = max(0.0, incoming.received_wall - start)
+        self._metrics.job_queue_wait.observe(waited)
+        tracing.active.queue_wait(waited)
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 
     async def _result_of_sender(

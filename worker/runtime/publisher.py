@@ -17,6 +17,7 @@ from aio_pika.exceptions import PublishError
 from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
 
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,21 @@ class ResultPublisher:
             raise ChannelInvalidStateError("the publishing channel is closed")
         channel = await self._channel.get_underlay_channel()
         try:
-            # Raises PublishError when returned (mandatory, on_return_raises), DeliveryError on
-            # a nack, TimeoutError without a confirm in time: as aio-pika's Exchange.publish.
-            await channel.basic_publish(
-                reply.body,
-                exchange=exchange,
-                routing_key=key,
-                properties=properties,
-                mandatory=True,
-                timeout=self._timeout,
-            )
+            # The PRODUCER span, with the confirm; the result carries its W3C trace context.
+            with tracing.active.publish(exchange or key, key) as trace_headers:
+                if trace_headers:
+                    properties.headers = trace_headers
+                # Raises PublishError when returned (mandatory, on_return_raises),
+                # DeliveryError on a nack, TimeoutError without a confirm in time: as
+                # aio-pika's Exchange.publish.
+                await channel.basic_publish(
+                    reply.body,
+                    exchange=exchange,
+                    routing_key=key,
+                    properties=properties,
+                    mandatory=True,
+                    timeout=self._timeout,
+                )
         except PublishError:
             self._metrics.replies_unroutable.inc()
             log.warning(
