@@ -264,6 +264,7 @@ class JobRunner:
                 operation=operation,
                 account=job.account,
             )
+        tracing.active.account(account.name, account.tenant)
         if job.tenant is not None and account.tenant != job.tenant:
             return failed(
                 job.job_id,

@@ -234,6 +234,12 @@ class OtelTracer(Tracer):
         if job.tenant:
             span.set_attribute("sfworker.tenant", job.tenant)
 
+    def account(self, name: str, tenant: str | None) -> None:
+        span = trace.get_current_span()
+        span.set_attribute("sfworker.account", name)
+        if tenant:
+            span.set_attribute("sfworker.tenant", tenant)
+
     def queue_wait(self, seconds: float) -> None:
         trace.get_current_span().set_attribute("sfworker.queue.wait_ms", round(seconds * 1000, 3))
 

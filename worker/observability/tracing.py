@@ -220,6 +220,9 @@ class Tracer:
     def queue_wait(self, seconds: float) -> None:
         return None
 
+    def account(self, name: str, tenant: str | None) -> None:
+        return None
+
     def job_done(self, result: BlockResult) -> None:
         return None
 
