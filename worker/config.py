@@ -14,12 +14,13 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +80,16 @@ class Settings(BaseSettings):
     dead_letter_queue: str = "salesforce.blocks.dead"
     results_exchange: str = "salesforce.results"
     delivery_limit: int = Field(default=5, ge=1, description="Quorum x-delivery-limit")
+    dead_letter_max_age: float = Field(
+        default=7 * 86400.0,
+        ge=1,
+        le=365 * 86400.0,
+        description="Seconds a dead letter is kept (x-message-ttl of the dead-letter queue); "
+        "also `7d`, `12h`, `30m`, `P7D`",
+    )
+    dead_letter_max_length: int = Field(
+        default=100_000, ge=1, description="Dead letters kept at most (oldest dropped first)"
+    )
 
     max_message_bytes: int = Field(default=1_048_576, ge=1024, description="Larger -> rejected")
     shutdown_grace_seconds: float = Field(default=25.0, ge=0, description="Drain time on SIGTERM")
@@ -124,10 +135,28 @@ class Settings(BaseSettings):
         """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order."""
         return split_amqp_urls(self.amqp_url.get_secret_value())
 
+    @field_validator("dead_letter_max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text[:1] in ("P", "p"):
+            return _DURATION.validate_python(text.upper()).total_seconds()
+        found = _SECONDS.fullmatch(text)
+        if found is None:
+            raise ValueError("a duration: seconds, or a number with s, m, h or d, or ISO 8601")
+        return float(found[1]) * _UNITS[found[2].lower()]
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+
+_SECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*([smhdSMHD]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
 
 
 def split_amqp_urls(raw: str) -> list[str]:

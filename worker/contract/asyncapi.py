@@ -157,7 +157,11 @@ def _channels() -> dict[str, Any]:
             "description": (
                 f"Jobs that could not be answered (unreadable, too large, or past the delivery "
                 f"limit) go through the fanout exchange `{dlx}` to the quorum queue `{dlq}`, "
-                "unchanged, with RabbitMQ's `x-death` header. `sfworker dlq` lists and requeues "
+                "unchanged, with RabbitMQ's `x-death` header. Kept at most "
+                f"`x-message-ttl: {int(_default('dead_letter_max_age') * 1000)}` ms (7 days, "
+                "SFWORKER_DEAD_LETTER_MAX_AGE) and `x-max-length: "
+                f"{_default('dead_letter_max_length')}` messages, oldest dropped first. "
+                "`sfworker dlq` lists them (without spending their delivery count) and requeues "
                 "them."
             ),
             "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
