@@ -19,6 +19,8 @@ What it does for every job (contracts/asyncapi.yaml describes the same on the wi
   `correlation_id` (the job id unless given), `reply_to` = this client's reply queue, `timestamp`
   (the worker counts the job's budget from it when the job has no `sent_at`), and `user_id` = the
   user the connection logged in as, so that RabbitMQ vouches for who published the job;
+  and the W3C trace context of the caller's current OpenTelemetry span (headers `traceparent`,
+  `tracestate`) when opentelemetry-api is installed and a span is current;
 - collects results on a private exclusive queue (gone with the connection), or on a named durable
   queue (`reply_queue=...`) that keeps results across a restart of the caller or the broker;
 - returns them as `worker.contract.BlockResult`, matched by correlation id;
@@ -41,10 +43,11 @@ from typing import Any, Final, Literal
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
 from pydantic import BaseModel, ValidationError
 
 from worker.contract import BlockResult
+from worker.observability.tracing import outgoing_headers
 from worker.runtime.reach import Unreachable, connect_amqp
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,13 @@ __all__ = [
 ]
 
 Job = Mapping[str, Any] | BaseModel | bytes
+
+
+def _trace_headers(given: Mapping[str, str] | None) -> dict[str, FieldValue] | None:
+    """The headers a job goes with: those given, else the caller's current trace context."""
+    headers: dict[str, FieldValue] = {}
+    headers.update(given if given is not None else outgoing_headers())
+    return headers or None
 
 
 class InvalidResult(ValueError):
@@ -260,10 +270,12 @@ class BlockClient:
         message_id: str | None = None,
         timestamp: float | None = None,
         user_id: str | Literal[_Sender.CLIENT_SETTING] | None = CLIENT_SETTING,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Publish one job (a dict, a contract model, or raw bytes) and wait for RabbitMQ's
         confirm. Returns the correlation id its result will carry. `user_id` overrides the
-        client's for this job (None: none at all)."""
+        client's for this job (None: none at all). `headers` (e.g. `traceparent`) go with the
+        job; without them, the current OpenTelemetry span's trace context does."""
         body, job_id = _body(job)
         stamped: str | None
         if user_id is not CLIENT_SETTING:
@@ -285,6 +297,7 @@ class BlockClient:
             timestamp=time.time() if timestamp is None else timestamp,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             user_id=stamped,
+            headers=_trace_headers(headers),
         )
         try:
             exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)

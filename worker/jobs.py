@@ -27,6 +27,7 @@ from worker.contract import (
     parse_job,
 )
 from worker.deadline import Deadline
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
@@ -239,7 +240,9 @@ class JobRunner:
                 start = min(start + 1.0, incoming.received_wall)
         else:
             start = incoming.received_wall
-        self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
+        waited = max(0.0, incoming.received_wall - start)
+        self._metrics.job_queue_wait.observe(waited)
+        tracing.active.queue_wait(waited)
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 
     async def _result_of_sender(
@@ -283,6 +286,7 @@ class JobRunner:
                 operation=operation,
                 account=job.account,
             )
+        tracing.active.account(account.name, account.tenant)
         if job.tenant is not None and account.tenant != job.tenant:
             return failed(
                 job.job_id,

@@ -44,6 +44,7 @@ from worker.jobs import (
     finish,
     result_json,
 )
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
 from worker.stores.base import ResultStore
@@ -150,14 +151,17 @@ class DeliveryHandler:
         self._running: dict[str, asyncio.Future[_Answer]] = {}
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await self._handle(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._metrics.handler_crashes.inc()
-            log.exception("unexpected error while handling a delivery; requeued")
-            await _settle(message, requeue=True)
+        with tracing.active.consume(
+            message.headers, self._settings.request_queue, message.message_id, message.routing_key
+        ):
+            try:
+                await self._handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._metrics.handler_crashes.inc()
+                log.exception("unexpected error while handling a delivery; requeued")
+                await _settle(message, requeue=True)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         incoming = to_incoming(message)
@@ -178,6 +182,7 @@ class DeliveryHandler:
             assert decoded.refusal is not None
             await self._refuse(message, incoming, decoded.refusal, decoded.reason)
             return
+        tracing.active.job_started(decoded.job)
         admission = self._runner.admit(decoded.job, incoming)
         if admission.refusal is not None:
             await self._refuse(message, incoming, admission.refusal, admission.reason)
@@ -229,8 +234,9 @@ class DeliveryHandler:
         code = result.error.code.value if result.error else ""
         self._metrics.jobs.labels(operation, result.status.value, code).inc()
         self._metrics.job_duration.labels(operation, result.status.value).observe(
-            result.duration_ms / 1000
+            result.duration_ms / 1000, tracing.exemplar()
         )
+        tracing.active.job_done(result)
         log.info(
             "job answered",
             extra={

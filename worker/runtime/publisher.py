@@ -18,6 +18,7 @@ from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,21 @@ class ResultPublisher:
             key = f"{reply.status}.{reply.operation or 'unknown'}"
             destination = "results_exchange"
         try:
-            # Raises PublishError when returned (mandatory, on_return_raises), DeliveryError on
-            # a nack, TimeoutError without a confirm in time: as aio-pika's Exchange.publish.
-            await channel.basic_publish(
-                reply.body,
-                exchange=exchange,
-                routing_key=key,
-                properties=properties,
-                mandatory=True,
-                timeout=self._timeout,
-            )
+            # The PRODUCER span, with the confirm; the result carries its W3C trace context.
+            with tracing.active.publish(exchange or key, key) as trace_headers:
+                if trace_headers:
+                    properties.headers = trace_headers
+                # Raises PublishError when returned (mandatory, on_return_raises),
+                # DeliveryError on a nack, TimeoutError without a confirm in time: as
+                # aio-pika's Exchange.publish.
+                await channel.basic_publish(
+                    reply.body,
+                    exchange=exchange,
+                    routing_key=key,
+                    properties=properties,
+                    mandatory=True,
+                    timeout=self._timeout,
+                )
         except PublishError:
             self._metrics.replies_unroutable.inc()
             log.warning(
