@@ -23,12 +23,16 @@ What it does for every job (contracts/asyncapi.yaml describes the same on the wi
   `tracestate`) when opentelemetry-api is installed and a span is current;
 - collects results on a private exclusive queue (gone with the connection), or on a named durable
   queue (`reply_queue=...`) that keeps results across a restart of the caller or the broker;
-- returns them as `worker.contract.BlockResult`, matched by correlation id.
+- returns them as `worker.contract.BlockResult`, matched by correlation id;
+- with `worker_user` (the RabbitMQ user the workers connect as), accepts only replies whose
+  `user_id` is that user (RabbitMQ vouches for it): anything else some other publisher put in
+  the reply queue is dropped and counted in `foreign_replies`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -45,6 +49,8 @@ from pydantic import BaseModel, ValidationError
 from worker.contract import BlockResult
 from worker.observability.tracing import outgoing_headers
 from worker.runtime.reach import Unreachable, connect_amqp
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE = "salesforce.blocks"
 DEFAULT_ROUTING_KEY = "salesforce.blocks"
@@ -131,6 +137,10 @@ class BlockClient:
     `user_id`: the AMQP `user_id` property stamped on every job: by default the user the
     channel's connection logged in as (RabbitMQ refuses any other unless the user is an
     impersonator); None sends no user_id (tests of raw input).
+
+    `worker_user`: the RabbitMQ user the workers publish results as. When given, a reply is
+    accepted only if its `user_id` is that user; others are dropped (counted in
+    `foreign_replies`, logged). None (the client does not know it): every reply is accepted.
     """
 
     def __init__(
@@ -142,9 +152,12 @@ class BlockClient:
         routing_key: str = DEFAULT_ROUTING_KEY,
         publish_timeout: float = 10.0,
         max_unclaimed: int = 10_000,
+        worker_user: str | None = None,
     ) -> None:
         self._channel = channel
         self._user_id = user_id
+        self._worker_user = worker_user or None
+        self.foreign_replies = 0  # replies dropped: not published by worker_user
         self.user = ""  # the connection's user, known after start()
         self._exchange_name = exchange
         self._routing_key = routing_key
@@ -169,6 +182,7 @@ class BlockClient:
         stamp_user_id: bool = True,
         connect_timeout: float = 10.0,
         publish_timeout: float = 10.0,
+        worker_user: str | None = None,
     ) -> AsyncIterator[BlockClient]:
         """Connect, start consuming results, yield the client; close everything on exit.
 
@@ -183,6 +197,7 @@ class BlockClient:
                 exchange=exchange,
                 routing_key=routing_key,
                 publish_timeout=publish_timeout,
+                worker_user=worker_user,
             )
             await client.start(reply_queue)
             try:
@@ -222,6 +237,17 @@ class BlockClient:
 
     async def _on_result(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False):
+            if self._worker_user is not None and message.user_id != self._worker_user:
+                self.foreign_replies += 1
+                log.warning(
+                    "reply dropped: not published by the workers' RabbitMQ user",
+                    extra={
+                        "user_id": message.user_id or "",
+                        "worker_user": self._worker_user,
+                        "correlation_id": message.correlation_id or "",
+                    },
+                )
+                return
             data = _decode(message.body)
             correlation = message.correlation_id or (data or {}).get("job_id") or ""
             decoded = data if data is not None else {"_undecodable": message.body[:200].hex()}

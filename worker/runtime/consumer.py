@@ -5,6 +5,9 @@ with a confirm, and only then ack. Nothing is acked unanswered.
   without a reply_to it is rejected to the dead-letter queue.
 - A job its publisher may not send (tenant isolation, worker/tenancy.py) is answered
   FORBIDDEN_ACCOUNT the same way, before the result store or Salesforce are touched.
+- In strict tenant mode, a message whose reply_to is not a queue its publisher may read is not
+  run nor answered (not even refused: that too would land in someone else's queue): the worker
+  moves it to the dead-letter queue with reason `forbidden_reply_to`, then acks it.
 - A redelivered job whose result is known (the ack was lost) is answered from the store.
 - A job already running in this process (its channel died, the broker redelivered it) is not run
   twice: the redelivery waits for the running one and answers with its result.
@@ -45,6 +48,7 @@ from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
 from worker.stores.base import ResultStore
+from worker.tenancy import Reason
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +172,11 @@ class DeliveryHandler:
             self._metrics.redeliveries.inc()
         if message.redelivered or message.headers:
             _log_history(message, decoded.job_id)
+        if not self._runner.may_reply(decoded.job_id, incoming):
+            reason = Reason.FORBIDDEN_REPLY_TO.value
+            self._metrics.dead_lettered.labels(reason).inc()
+            await self._move_to_dead_letters(message, decoded.job_id, reason)
+            return
         if decoded.job is None:
             self._invalid(decoded)
             assert decoded.refusal is not None
