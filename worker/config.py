@@ -217,7 +217,7 @@ ACCOUNT_KEYS = (
     | {f"{k}_file" for k in SECRET_KEYS}
 )
 _LOCAL_HOSTS = {"localhost"}
-TENANT_KEYS = {"amqp_users"}
+TENANT_KEYS = {"amqp_users", "reply_to"}
 _TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Salesforce limits long (>20 s) concurrent calls to 25 per org, not short ones: the cap is a
 # guard against a slow org, set above a process's prefetch so it never throttles normal load.
@@ -259,6 +259,9 @@ class Tenant:
 
     name: str
     amqp_users: frozenset[str]
+    # Extra queue names (regexes, whole name) its jobs may name as reply_to in strict mode,
+    # besides `<user_id>.<anything>`, `amq.gen-...` and direct reply-to (worker/tenancy.py).
+    reply_to: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -519,8 +522,28 @@ def _parse_tenants(data: Any) -> dict[str, Tenant]:
                     f"tenant {owner[user]!r}"
                 )
             owner[user] = name
-        tenants[name] = Tenant(name=name, amqp_users=frozenset(users))
+        tenants[name] = Tenant(
+            name=name, amqp_users=frozenset(users), reply_to=_reply_patterns(name, table)
+        )
     return tenants
+
+
+def _reply_patterns(name: str, table: Mapping[str, Any]) -> tuple[re.Pattern[str], ...]:
+    """A tenant's `reply_to`: regexes a reply queue's whole name may match."""
+    raw = table.get("reply_to", [])
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
+        raise ConfigError(
+            f"tenant {name!r}: key 'reply_to' must be a list of regexes of queue names"
+        )
+    patterns = []
+    for pattern in raw:
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(
+                f"tenant {name!r}: key 'reply_to': {pattern!r} is not a regex ({exc})"
+            ) from None
+    return tuple(patterns)
 
 
 def _check_tenants(accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]) -> None:
