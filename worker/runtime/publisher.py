@@ -94,7 +94,8 @@ class ResultPublisher:
             destination = "results_exchange"
         try:
             # The PRODUCER span, with the confirm; the result carries its W3C trace context.
-            with tracing.active.publish(exchange or key, key) as trace_headers:
+            # A reply queue's name is the caller's own (often generated): the span says reply_to.
+            with tracing.active.publish(exchange or destination, key) as trace_headers:
                 if trace_headers:
                     properties.headers = trace_headers
                 # Raises PublishError when returned (mandatory, on_return_raises),
