@@ -7,6 +7,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 
+def compact(value: bytes) -> bytes:
+    """A copy of `value` that holds only its length. orjson.dumps returns bytes whose memory
+    block stays at its 4 KiB write buffer however short the JSON: 10,000 cached results of a
+    few hundred bytes held 40 MB (RSS rising by that much in the first minute at 150 jobs/s)."""
+    return bytes(memoryview(value))
+
+
 class _Lru:
     """At most `size` values, each kept at most `ttl` seconds, least recently used out first."""
 
@@ -30,7 +37,7 @@ class _Lru:
     def put(self, key: str, value: bytes) -> None:
         if self._size == 0:
             return
-        self._items[key] = (self._clock() + self._ttl, value)
+        self._items[key] = (self._clock() + self._ttl, compact(value))
         self._items.move_to_end(key)
         while len(self._items) > self._size:
             self._items.popitem(last=False)

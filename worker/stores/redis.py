@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections import OrderedDict
 
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
 
+log = logging.getLogger(__name__)
+
 HEARTBEAT_SECONDS = 1.5
+WRITE_BACK_MAX = 10_000  # results and insert markers kept for Redis while it is away
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
 # KEYS: the marker; ARGV: this process, ttl ms. Set it unless another process's is there.
 _MARK = """
@@ -34,6 +39,11 @@ class RedisResultStore:
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
         self._beating = Loop()
+        # What Redis did not take while it was away (fallback, or a write that timed out: a
+        # claim the worker could not write is not a claim the fleet can see), written back when
+        # it answers again, so that a redelivery to another worker is answered, not resent.
+        self._unwritten: OrderedDict[tuple[str, str], bytes | None] = OrderedDict()
+        link.on_restore(self._write_back)
 
     async def start(self) -> None:
         """Beat `alive:<id>` while this process lives, so the fleet can tell an insert still
@@ -45,6 +55,16 @@ class RedisResultStore:
         while self._beating.running:
             await self._link.attempt(lambda r: r.set(key, b"1", px=HEARTBEAT_TTL_MS))
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _write_result(self, job_id: str, value: bytes) -> None:
+        key = self._link.key("result", job_id)
+        await self._link.call(lambda r: r.set(key, value, px=self._ttl_ms, nx=True))
+
+    async def _write_marker(self, job_id: str) -> bool:
+        """This process's insert marker; False when another process's is there."""
+        key = self._link.key("insert-sent", job_id)
+        args: list[str | int] = [self.sender_id, self._ttl_ms]
+        return bool(await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r)))
 
     async def get(self, job_id: str) -> bytes | None:
         key = self._link.key("result", job_id)
@@ -59,7 +79,35 @@ class RedisResultStore:
     async def put(self, job_id: str, result: bytes) -> None:
         await self._memory.put(job_id, result)
         key = self._link.key("result", job_id)
-        await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
+        try:
+            await self._link.call(lambda r: r.set(key, result, px=self._ttl_ms))
+        except RedisUnavailable:
+            self._keep("result", job_id, result)
+
+    def _keep(self, kind: str, job_id: str, value: bytes | None) -> None:
+        self._unwritten[(kind, job_id)] = value
+        while len(self._unwritten) > WRITE_BACK_MAX:
+            self._unwritten.popitem(last=False)
+
+    async def _write_back(self) -> None:
+        """A restore hook: write what Redis missed, oldest first. A result another worker
+        already stored stays; an insert marker of another worker means both sent the insert
+        during the outage (logged: the record may exist twice)."""
+        written = 0
+        while self._unwritten:
+            (kind, job_id), value = next(iter(self._unwritten.items()))
+            if kind == "result" and value is not None:
+                await self._write_result(job_id, value)
+            elif not await self._write_marker(job_id):
+                log.warning(
+                    "an insert was sent by another worker too while Redis was away; the "
+                    "record may exist twice",
+                    extra={"job_id": job_id},
+                )
+            self._unwritten.pop((kind, job_id), None)
+            written += 1
+        if written:
+            log.info("results and insert markers written back to Redis", extra={"count": written})
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
@@ -72,7 +120,9 @@ class RedisResultStore:
                 await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
             )
         except RedisUnavailable:
-            return True  # this process's marker only (the fallback)
+            # This process's marker only (the fallback) until Redis takes it.
+            self._keep("insert", job_id, None)
+            return True
 
     async def insert_sender(self, job_id: str) -> str | None:
         key = self._link.key("insert-sent", job_id)
