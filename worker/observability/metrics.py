@@ -183,6 +183,11 @@ class Metrics:
             "Redelivered jobs answered from the result store instead of executing again",
             registry=r,
         )
+        self.job_id_reused = Counter(
+            "sfworker_job_id_reused_total",
+            "Jobs answered JOB_ID_REUSED: their job_id was still bound to another job",
+            registry=r,
+        )
         self.redeliveries = Counter(
             "sfworker_redeliveries_total", "Deliveries flagged redelivered", registry=r
         )
