@@ -45,7 +45,8 @@ def test_every_field_that_changes_the_request_is_named_when_it_differs(
 ) -> None:
     first, second = print_of(UPSERT), print_of({**UPSERT, **change})
     assert differences(first, second) == [part]
-    assert b"Byron" not in second and b"E-2" not in second  # digests, never values
+    assert b"Byron" not in second  # digests, never values
+    assert b"E-2" not in second
 
 
 def test_another_account_or_operation_is_named() -> None:

@@ -199,8 +199,8 @@ class Metrics:
         )
         self.tenant_refusals = Counter(
             "sfworker_tenant_refusals_total",
-            "Jobs refused FORBIDDEN_ACCOUNT by tenant isolation, by reason and the publisher's "
-            "tenant ('' when unknown)",
+            "Jobs refused by tenant isolation (answered FORBIDDEN_ACCOUNT; forbidden_reply_to: "
+            "dead-lettered), by reason and the publisher's tenant ('' when unknown)",
             ["reason", "tenant"],
             registry=r,
         )
@@ -228,6 +228,16 @@ class Metrics:
         )
         self.amqp_reconnects = Counter(
             "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
+        )
+        self.amqp_silent_links = Counter(
+            "sfworker_amqp_silent_links_total",
+            "Connections to RabbitMQ closed by the worker after two heartbeats without a frame",
+            registry=r,
+        )
+        self.amqp_blocked = Gauge(
+            "sfworker_amqp_blocked",
+            "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
+            registry=r,
         )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
@@ -267,5 +277,6 @@ class Metrics:
         for tenant in tenants:
             self.tenant_refusals.labels(Reason.TENANT_MISMATCH.value, tenant)
             self.tenant_refusals.labels(Reason.FOREIGN_ACCOUNT.value, tenant)
+            self.tenant_refusals.labels(Reason.FORBIDDEN_REPLY_TO.value, tenant)
         for destination in ("reply_to", "results_exchange"):
             self.results_published.labels(destination)

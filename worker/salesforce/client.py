@@ -32,6 +32,7 @@ from worker.contract import (
     UpsertJob,
 )
 from worker.deadline import Deadline
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite
 from worker.salesforce.binding import bind_soql, bind_sosl, path_segment
@@ -90,7 +91,7 @@ class SalesforceClient:
         self.reserve.attach(self.read_limits)
         self._usage: dict[str, ApiUsage] = {}
         self._coalescer: Coalescer[Pending, Answer] = Coalescer(
-            settings.coalesce_wait_ms / 1000, self._together, metrics
+            settings.coalesce_wait_ms / 1000, tracing.composite(self._together), metrics
         )
 
     async def close(self) -> None:
@@ -296,6 +297,7 @@ class SalesforceClient:
         if delay >= call.deadline.remaining() - _DEADLINE_MARGIN:
             raise CallFailed(error, call.http_status)
         call.retries += 1
+        tracing.active.event("retry", {"reason": reason, "delay_ms": round(delay * 1000, 1)})
         self._metrics.sf_retries.labels(call.account.name, call.operation.value, reason).inc()
         await asyncio.sleep(delay)
 
@@ -305,7 +307,8 @@ class SalesforceClient:
             return token
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                return await self._tokens.get(call.account)
+                with tracing.active.span("token wait"):
+                    return await self._tokens.get(call.account)
         except TimeoutError:
             raise timeout_error(call) from None
         except AuthError as exc:
@@ -328,9 +331,10 @@ class SalesforceClient:
             query = composite.is_query(account, sub)
             try:
                 async with asyncio.timeout_at(call.deadline.at):
-                    answer = await self._coalescer.join(
-                        account, pending, deadline=call.deadline, query=query
-                    )
+                    with tracing.active.coalescing() as pending.trace:
+                        answer = await self._coalescer.join(
+                            account, pending, deadline=call.deadline, query=query
+                        )
             except TimeoutError:
                 pending.abandoned = True
                 if pending.committed and not call.idempotent:
@@ -354,7 +358,7 @@ class SalesforceClient:
         started = 0.0
         try:
             async with asyncio.timeout_at(max(p.call.deadline.at for p in group)):
-                async with self._slots.hold(account):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
                     for pending in group:
                         pending.unsent = self._reserve_refusal(pending.call)
                     if all(p.unsent is not None for p in group):
@@ -444,7 +448,7 @@ class SalesforceClient:
         started = 0.0
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                async with self._slots.hold(account):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
                     self._check_reserve(call)  # again: the reserve may be reached meanwhile
                     token = await self._token(call)
                     headers["Authorization"] = token.bearer
@@ -504,7 +508,7 @@ class SalesforceClient:
         self._metrics.sf_requests.labels(account, operation, status).inc()
         if started:
             self._metrics.sf_request_duration.labels(account, operation).observe(
-                time.perf_counter() - started
+                time.perf_counter() - started, tracing.exemplar()
             )
 
     def _record_usage(self, account: Account, header: str | None) -> None:
