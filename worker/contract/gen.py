@@ -195,6 +195,13 @@ _ERRORS: dict[ErrorCode, tuple[str, bool, int | None, list[SalesforceErrorItem]]
         None,
         [],
     ),
+    ErrorCode.JOB_ID_REUSED: (
+        "this job_id was first used for another job (it differs in: operation); Salesforce "
+        "was not called and the first job's result is kept. Give each job its own job_id",
+        False,
+        None,
+        [],
+    ),
 }
 
 

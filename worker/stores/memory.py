@@ -6,6 +6,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from worker.stores.base import CLAIM_MARGIN_SECONDS
+
 
 class _Lru:
     """At most `size` values, each kept at most `ttl` seconds, least recently used out first."""
@@ -48,12 +50,19 @@ class MemoryResultStore:
     def __init__(self, size: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._results = _Lru(size, ttl, clock)
         self._inserts = _Lru(size, ttl, clock)
+        self._claims = _Lru(size, ttl + CLAIM_MARGIN_SECONDS, clock)
 
     async def get(self, job_id: str) -> bytes | None:
         return self._results.get(job_id)
 
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
+
+    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
+        held = self._claims.get(job_id)
+        if held is None:
+            self._claims.put(job_id, fingerprint)
+        return held
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         # Only this process writes here; deliveries running here at once are joined by the
@@ -79,3 +88,4 @@ class MemoryResultStore:
     async def close(self) -> None:
         self._results.clear()
         self._inserts.clear()
+        self._claims.clear()
