@@ -228,7 +228,7 @@ class SimulatorClient:
         data = await self._call("GET", "/_sim/holds")
         return dict(data["holds"])
 
-    async def wait_held(self, name: str = "default", count: int = 1, within: float = 10) -> None:
+    async def wait_held(self, name: str = "default", count: int = 1, within: float = 30) -> None:
         """Return once `count` requests are waiting at hold `name`; AssertionError after
         `within` seconds with what did arrive."""
         deadline = time.monotonic() + within
