@@ -117,6 +117,20 @@ class Settings(BaseSettings):
 
     result_cache_size: int = Field(default=10_000, ge=0, description="Results kept for replay")
     result_cache_ttl_seconds: float = Field(default=900.0, gt=0, description="How long")
+    result_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Bytes of results kept in memory at most"
+    )
+    max_response_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="A Salesforce response body larger than this is not read further",
+    )
+    max_result_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=16 * 1024,
+        description="A result larger than this is answered RESULT_TOO_LARGE (below RabbitMQ's "
+        "max_message_size: 16 MiB by default in 4.x, 128 MiB in 3.x)",
+    )
 
     http_pool_size: int = Field(default=100, ge=1, description="Connections to Salesforce")
     http_connect_timeout_seconds: float = Field(default=3.0, gt=0)

@@ -176,7 +176,9 @@ class JobRunner:
         self._settings = settings
         self._metrics = metrics
         self._store: ResultStore = store or MemoryResultStore(
-            settings.result_cache_size, settings.result_cache_ttl_seconds
+            settings.result_cache_size,
+            settings.result_cache_ttl_seconds,
+            max_bytes=settings.result_cache_max_bytes,
         )
 
     def admit(self, job: AnyJob, incoming: Incoming) -> Admission:
@@ -378,6 +380,25 @@ def reused(admission: Admission, first: bytes) -> BlockResult:
         "was not called and the first job's result is kept. Give each job its own job_id",
         operation=Operation(job.operation),
         account=job.account,
+    )
+
+
+def too_large(result: BlockResult, size: int, limit: int) -> BlockResult:
+    """RESULT_TOO_LARGE in place of a result of `size` bytes, over the `limit` a result may have
+    (a message the broker would refuse, or one a caller would choke on)."""
+    records = len(result.records or [])
+    return result.model_copy(
+        update={
+            "status": Status.FAILED,
+            "records": None,
+            "error": ResultError(
+                code=ErrorCode.RESULT_TOO_LARGE,
+                message=f"the result is {size:,} bytes for {records:,} records, more than the "
+                f"{limit:,} a result may have (SFWORKER_MAX_RESULT_BYTES); ask for fewer "
+                "records (max_records) or fewer fields",
+                retryable=False,
+            ),
+        }
     )
 
 

@@ -45,6 +45,7 @@ from worker.jobs import (
     finish,
     result_json,
     reused,
+    too_large,
 )
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
@@ -247,6 +248,10 @@ class DeliveryHandler:
         try:
             result = finish(await self._runner.run(admission.job, incoming), incoming)
             answer = _Answer.from_result(result)
+            limit = self._settings.max_result_bytes
+            if len(answer.body) > limit:
+                result = too_large(result, len(answer.body), limit)
+                answer = _Answer.from_result(result)
             await self._store.put(key, pack_result(admission.fingerprint, answer.body))
             self._observe(result)
             future.set_result(answer)
