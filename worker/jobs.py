@@ -183,7 +183,11 @@ class JobRunner:
         if verdict.refused is None:
             if verdict.tenant != job.tenant:
                 job = job.model_copy(update={"tenant": verdict.tenant})
-            return Admission(job, store_key(self._accounts, verdict.tenant, job.job_id))
+            account = self._accounts.resolve(job.account, verdict.tenant)
+            key = store_key(self._accounts, verdict.tenant, job.job_id, account)
+            # A job whose account does not resolve (answered UNKNOWN_ACCOUNT) is kept apart
+            # from every scoped key, which starts with 16 hex digits.
+            return Admission(job, key if account is not None else f"none/{key}")
         self._metrics.tenant_refusals.labels(verdict.refused.value, verdict.tenant or "").inc()
         log.warning(
             "job refused: not this publisher's tenant or account",
@@ -273,7 +277,7 @@ class JobRunner:
         if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
             # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
             # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
-            key = store_key(self._accounts, job.tenant, job.job_id)
+            key = store_key(self._accounts, job.tenant, job.job_id, account)
             sender = await self._store.insert_sender(key)
             if sender is not None:
                 earlier = await self._result_of_sender(key, sender, deadline)
