@@ -83,7 +83,8 @@ def test_an_unreadable_value_is_logged_once_per_key_id_never_its_content(
         assert seal.open(TOKEN_KEY, SECRET) is None  # plain text where a sealed value belongs
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
-    assert "key id k1" in lines[0] and "k3" in lines[0]
+    assert "key id k1" in lines[0]
+    assert "k3" in lines[0]
     assert "not sealed" in lines[1]
     assert not any("access-token" in line for line in lines)
 
@@ -109,7 +110,8 @@ def test_a_bad_key_fails_at_start_naming_the_setting_never_the_value(text: str) 
     with pytest.raises(ConfigError) as caught:
         parse_keys(text, "SFWORKER_REDIS_ENCRYPTION_KEY")
     assert "SFWORKER_REDIS_ENCRYPTION_KEY" in str(caught.value)
-    assert NEW not in str(caught.value) and OLD not in str(caught.value)
+    assert NEW not in str(caught.value)
+    assert OLD not in str(caught.value)
 
 
 def test_a_hex_key_is_accepted() -> None:
