@@ -51,6 +51,7 @@ from worker.salesforce.tokens import (
     next_generation,
 )
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
+from worker.stores.sealing import MAGIC
 from worker.tasks import Loop, stop
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,15 @@ redis.call('HSET', KEYS[2], 'value', ARGV[2], 'gen', gen)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('DEL', KEYS[5], KEYS[6])
 return gen
+"""
+# KEYS: refresh, legacy refresh; ARGV: sealed value, seed, ttl ms
+_CARRY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'value', ARGV[1], 'seed', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+redis.call('DEL', KEYS[2])
+return 0
 """
 # KEYS: lock; ARGV: holder
 _RELEASE = """
@@ -188,6 +198,7 @@ class FleetAccountTokens:
         self._release = link.script(_RELEASE)
         self._renew = link.script(_RENEW)
         self._invalidate = link.script(_INVALIDATE)
+        self._carry = link.script(_CARRY)
 
     # --- what the client calls -------------------------------------------------------------
 
@@ -394,6 +405,8 @@ class FleetAccountTokens:
             return None
         key = self._keys["refresh"]
         data = await self._link.call(lambda r: r.hgetall(key))
+        if not data:
+            data = await self._carry_over()
         raw, seed = data.get(b"value"), as_text(data.get(b"seed"))
         value = self._seal.open_text(key, raw)
         if raw is not None and value is None and seed == self._seed:
@@ -406,6 +419,21 @@ class FleetAccountTokens:
             self._latest_refresh = self.account.refresh_token
         self._local.adopt(None, self._latest_refresh)
         return self._latest_refresh
+
+    async def _carry_over(self) -> dict[Any, Any]:
+        """A refresh token rotated by a version before sealing, under the key named by account
+        alone and in plain text: moved (sealed) to this account's key, unless the fleet wrote
+        one there meanwhile. Without it, an upgrade would replay the file's spent token."""
+        legacy, key = self._link.key("refresh", self.account.name), self._keys["refresh"]
+        data = await self._link.call(lambda r: r.hgetall(legacy))
+        value, seed = data.get(b"value"), data.get(b"seed")
+        if not isinstance(value, bytes) or not isinstance(seed, bytes) or value.startswith(MAGIC):
+            return {}
+        args: list[bytes | int] = [self._seal.seal(key, value), seed, self._refresh_ttl_ms]
+        await self._link.call(lambda r: self._carry(keys=[key, legacy], args=args, client=r))
+        log.warning("refresh token of the previous version carried over", extra=self._extra())
+        carried: dict[Any, Any] = await self._link.call(lambda r: r.hgetall(key))
+        return carried
 
     async def _keep_lock(self, holder: str, loop: Loop) -> None:
         """Renew the lock's lease while this holder's token request runs: a live holder keeps
