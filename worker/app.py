@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from worker.config import Account, Accounts, Settings, load_accounts
 from worker.jobs import JobRunner
-from worker.observability import http
+from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.consumer import DeliveryHandler
 from worker.runtime.service import RabbitService
@@ -145,9 +145,14 @@ class Worker:
                 "no SFWORKER_REDIS_URL: this worker keeps its tokens, results and limits alone"
             )
         self._http: web.AppRunner | None = None
+        self._tracer: tracing.Tracer = tracing.OFF
 
     async def start(self) -> None:
         s = self.settings
+        # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the HTTP session, which takes
+        # its hooks.
+        self._tracer = tracing.from_environment()
+        tracing.install(self._tracer)
         if s.http_port:
             app = http.create_app(self.metrics, self.service.readiness)
             self._http = await http.start(app, s.http_host, s.http_port)
@@ -182,6 +187,9 @@ class Worker:
         await self.fleet.close()
         if self._http is not None:
             await self._http.cleanup()
+        await self._tracer.shutdown()
+        if tracing.active is self._tracer:
+            tracing.install(tracing.OFF)
         log.info("worker stopped", extra={"left_unacked": cancelled})
 
     async def run_until_stopped(self) -> int:

@@ -27,13 +27,14 @@ from worker.contract import (
     parse_job,
 )
 from worker.deadline import Deadline
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import SendRefused
 from worker.stores.base import ResultStore
 from worker.stores.memory import MemoryResultStore
-from worker.tenancy import check, store_key
+from worker.tenancy import Reason, check, reply_allowed, store_key
 
 log = logging.getLogger(__name__)
 _OPERATIONS = {op.value for op in Operation}
@@ -209,6 +210,28 @@ class JobRunner:
         )
         return Admission(job, job.job_id, refusal=refusal, reason=verdict.refused.value)
 
+    def may_reply(self, job_id: str, incoming: Incoming) -> bool:
+        """Where its result would go: in strict mode only to a queue its publisher may read
+        (worker/tenancy.py). Checked before anything else, refusals included, since even a
+        refusal would put a message of the publisher's making (its correlation id) into that
+        queue. A forbidden reply_to is counted and logged here; the job is dead-lettered."""
+        if reply_allowed(self._accounts, incoming.user_id, incoming.reply_to):
+            return True
+        owner = self._accounts.tenant_of_user(incoming.user_id) if incoming.user_id else None
+        tenant = owner.name if owner is not None else ""
+        self._metrics.tenant_refusals.labels(Reason.FORBIDDEN_REPLY_TO.value, tenant).inc()
+        log.warning(
+            "job refused: reply_to is not a queue of its publisher; dead-lettered, not run",
+            extra={
+                "job_id": job_id,
+                "reason": Reason.FORBIDDEN_REPLY_TO.value,
+                "user_id": incoming.user_id or "",
+                "tenant": tenant,
+                "reply_to": incoming.reply_to or "",
+            },
+        )
+        return False
+
     def deadline(self, job: AnyJob, incoming: Incoming) -> Deadline:
         """The budget counts from sent_at, else the AMQP timestamp, else receipt. An AMQP
         timestamp has whole-second resolution: the budget then counts from the end of that
@@ -221,7 +244,9 @@ class JobRunner:
                 start = min(start + 1.0, incoming.received_wall)
         else:
             start = incoming.received_wall
-        self._metrics.job_queue_wait.observe(max(0.0, incoming.received_wall - start))
+        waited = max(0.0, incoming.received_wall - start)
+        self._metrics.job_queue_wait.observe(waited)
+        tracing.active.queue_wait(waited)
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 
     async def _result_of_sender(
@@ -265,6 +290,7 @@ class JobRunner:
                 operation=operation,
                 account=job.account,
             )
+        tracing.active.account(account.name, account.tenant)
         if job.tenant is not None and account.tenant != job.tenant:
             return failed(
                 job.job_id,

@@ -84,13 +84,14 @@ class FaultBody(_Body):
     status: int = Field(500, ge=100, le=599)
     body: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
-    action: Literal["respond", "drop_after", "drop_before", "delay"] = "respond"
+    action: Literal["respond", "drop_after", "drop_before", "delay", "hold"] = "respond"
     method: str | None = None
     route: str | None = None
     path_contains: str | None = None
     grant_type: str | None = None
     body_contains: str | None = None
     delay_ms: int = Field(0, ge=0)
+    hold: str = Field("default", min_length=1)
 
 
 class ControlError(Exception):
@@ -247,6 +248,18 @@ async def clear_faults(request: web.Request) -> web.StreamResponse:
     return json_response(OK)
 
 
+async def holds(request: web.Request) -> web.StreamResponse:
+    book = state_of(request).faults
+    return json_response({"holds": {name: h.snapshot() for name, h in book.holds.items()}})
+
+
+async def release_hold(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if not state_of(request).faults.release(name):
+        raise ControlError(f"unknown hold {name!r}", status=404)
+    return json_response(OK)
+
+
 async def counters(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     return json_response(state.counters.snapshot(state.limits))
@@ -283,6 +296,8 @@ def register(app: web.Application) -> None:
         ("POST", "/_sim/faults", add_fault, "control_add_fault"),
         ("GET", "/_sim/faults", list_faults, "control_faults"),
         ("DELETE", "/_sim/faults", clear_faults, "control_clear_faults"),
+        ("GET", "/_sim/holds", holds, "control_holds"),
+        ("POST", "/_sim/holds/{name}/release", release_hold, "control_release_hold"),
         ("GET", "/_sim/counters", counters, "control_counters"),
         ("POST", "/_sim/counters/reset", reset_counters, "control_reset_counters"),
     ]

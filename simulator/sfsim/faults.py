@@ -1,9 +1,11 @@
-"""Fault rules: the next N matching requests get a canned answer, a dropped connection, or a
-delay before their normal answer. A rule may match on the method, the route, a part of the path
-and query, a part of the request body, and the token grant type."""
+"""Fault rules: the next N matching requests get a canned answer, a dropped connection, a delay
+before their normal answer, or are held until the test releases them (then answered normally).
+A rule may match on the method, the route, a part of the path and query, a part of the request
+body, and the token grant type."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from .errors import JSON_CONTENT_TYPE
 
-FaultAction = Literal["respond", "drop_after", "drop_before", "delay"]
+FaultAction = Literal["respond", "drop_after", "drop_before", "delay", "hold"]
 OAUTH_ROUTES = frozenset({"token", "introspect", "revoke", "authorize"})
 
 _DEFAULT_REST_ERRORS: dict[int, tuple[str, str]] = {
@@ -42,6 +44,7 @@ class FaultRule:
     grant_type: str | None = None
     body_contains: str | None = None
     delay_ms: int = 0  # action "delay": answer normally after this long
+    hold: str = "default"  # action "hold": the name the test releases
 
     def matches(
         self, method: str, route: str | None, paths: tuple[str, ...], grant: str, body: str = ""
@@ -84,16 +87,61 @@ def _default_body(status: int, route: str | None) -> Any:
     return [{"message": message, "errorCode": code}]
 
 
+@dataclass
+class Hold:
+    """The requests a "hold" rule stopped: they wait until the test releases the hold."""
+
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: int = 0  # requests that reached the hold, in all
+    waiting: int = 0  # of them, those still waiting
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "arrived": self.arrived,
+            "waiting": self.waiting,
+            "released": self.released.is_set(),
+        }
+
+
 class FaultBook:
     def __init__(self) -> None:
         self.rules: list[FaultRule] = []
+        self.holds: dict[str, Hold] = {}
 
     def add(self, rule: FaultRule) -> None:
-        if rule.count > 0:
-            self.rules.append(rule)
+        if rule.count <= 0:
+            return
+        if rule.action == "hold":
+            current = self.holds.get(rule.hold)
+            if current is None or current.released.is_set():
+                self.holds[rule.hold] = Hold()
+        self.rules.append(rule)
 
     def clear(self) -> None:
+        """No rules left; every held request goes on."""
         self.rules.clear()
+        self.release_all()
+
+    async def wait_for_release(self, name: str) -> None:
+        hold = self.holds.setdefault(name, Hold())
+        hold.arrived += 1
+        hold.waiting += 1
+        try:
+            await hold.released.wait()
+        finally:
+            hold.waiting -= 1
+
+    def release(self, name: str) -> bool:
+        """Let the requests held under `name` go on, and later ones through; False if unknown."""
+        hold = self.holds.get(name)
+        if hold is None:
+            return False
+        hold.released.set()
+        return True
+
+    def release_all(self) -> None:
+        for hold in self.holds.values():
+            hold.released.set()
 
     def wants_grant_type(self) -> bool:
         return any(rule.grant_type is not None for rule in self.rules)

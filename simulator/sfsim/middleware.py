@@ -85,7 +85,7 @@ async def instrument(request: web.Request, handler: Handler) -> web.StreamRespon
 @web.middleware
 async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """REST latency, then the first matching fault rule (respond / drop_before / drop_after /
-    delay)."""
+    delay / hold)."""
     if is_control(request):
         return await handler(request)
     state = state_of(request)
@@ -110,6 +110,9 @@ async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     if rule.action == "delay":
         await asyncio.sleep(rule.delay_ms / 1000)
+        return await handler(request)
+    if rule.action == "hold":
+        await state.faults.wait_for_release(rule.hold)
         return await handler(request)
     if rule.action == "drop_before":
         drop_connection(request)

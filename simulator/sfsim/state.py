@@ -116,6 +116,7 @@ class SimulatorState:
     def reset(self) -> None:
         """Back to a fresh state in place (the app holds this object). In-flight stays counted."""
         in_flight = self.counters.in_flight
+        self.faults.release_all()  # nothing stays held by a rule that no longer exists
         fresh = SimulatorState()
         for f in fields(self):
             setattr(self, f.name, getattr(fresh, f.name))

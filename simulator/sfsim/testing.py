@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -171,6 +173,7 @@ class SimulatorClient:
         headers: dict[str, str] | None = None,
         body_contains: str | None = None,
         delay_ms: int = 0,
+        hold: str = "default",
     ) -> None:
         await self._call(
             "POST",
@@ -187,8 +190,56 @@ class SimulatorClient:
                 "headers": headers or {},
                 "body_contains": body_contains,
                 "delay_ms": delay_ms,
+                "hold": hold,
             },
         )
+
+    async def hold(
+        self,
+        name: str = "default",
+        *,
+        count: int = 1,
+        method: str | None = None,
+        route: str | None = None,
+        path_contains: str | None = None,
+        grant_type: str | None = None,
+        body_contains: str | None = None,
+    ) -> None:
+        """The next `count` matching requests wait, once their latency is spent, until
+        `release(name)` (or a reset, or clear_faults); then they are answered normally."""
+        await self.add_fault(
+            action="hold",
+            hold=name,
+            count=count,
+            method=method,
+            route=route,
+            path_contains=path_contains,
+            grant_type=grant_type,
+            body_contains=body_contains,
+        )
+
+    async def holds(self) -> dict[str, dict[str, Any]]:
+        """Per hold name: `arrived` (requests that reached it), `waiting`, `released`."""
+        data = await self._call("GET", "/_sim/holds")
+        return dict(data["holds"])
+
+    async def wait_held(self, name: str = "default", count: int = 1, within: float = 10) -> None:
+        """Return once `count` requests are waiting at hold `name`; AssertionError after
+        `within` seconds with what did arrive."""
+        deadline = time.monotonic() + within
+        while True:
+            hold = (await self.holds()).get(name, {})
+            if hold.get("waiting", 0) >= count:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"{count} request(s) not held at {name!r} within {within} s: {hold}"
+                )
+            await asyncio.sleep(0.01)
+
+    async def release(self, name: str = "default") -> None:
+        """Let the requests held under `name` go on (and later matching ones straight through)."""
+        await self._call("POST", f"/_sim/holds/{name}/release")
 
     async def faults(self) -> list[dict[str, Any]]:
         """The fault rules not used up yet."""

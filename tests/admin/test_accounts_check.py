@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -16,6 +17,7 @@ from sfsim.testing import (
 )
 
 from tests.conftest import TEST_REDIS_KEY, free_port, write_accounts
+from tests.eavesdropper import eavesdropper
 from tests.runtime.conftest import sfworker
 
 
@@ -149,3 +151,32 @@ async def test_a_check_of_a_rotating_fleet_account_never_spends_the_fleets_refre
     valid = await simulator.refresh_tokens(DEFAULT_CLIENT_ID)
     assert len(valid) == 1
     assert valid != [DEFAULT_REFRESH_TOKEN]
+
+
+@pytest.mark.parametrize("shape", ["foreign_host", "plain_http_elsewhere", "userinfo"])
+async def test_a_foreign_identity_url_never_gets_the_token(
+    simulator: SimulatorClient, tmp_path: Path, shape: str
+) -> None:
+    """Issue 16.3: the token response's `id` is data from outside: the token goes to it only
+    on https to Salesforce's or the account's own host."""
+    async with eavesdropper() as spy:
+        host = spy.base_url.removeprefix("http://")
+        identity_url = {
+            "foreign_host": f"https://{host}/id/00D000000000001AAA/005000000000001AAA",
+            "plain_http_elsewhere": f"{spy.base_url}/id/00D000000000001AAA/005000000000001AAA",
+            "userinfo": f"{simulator.base_url}@{host}/id/00D000000000001AAA/005000000000001AAA",
+        }[shape]
+        grant = {
+            "access_token": "00D000000000001!AQfaketoken",
+            "instance_url": simulator.base_url,
+            "id": identity_url,
+            "token_type": "Bearer",
+            "issued_at": "1700000000000",
+        }
+        await simulator.add_fault(status=200, body=grant, route="token", count=1)
+        accounts = write_accounts(tmp_path / "accounts.toml", simulator.base_url)
+        done = await sfworker("accounts", "check", "main", env=env_for(accounts))
+        assert done.returncode != 0, done.stdout
+        assert "identity URL" in done.stdout + done.stderr
+        assert "the token was not sent" in done.stdout + done.stderr
+        assert spy.seen == []

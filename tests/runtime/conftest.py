@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import ROOT
+from tests.metrics import metric
 from worker.app import Worker
 from worker.config import Settings
 
@@ -23,8 +24,8 @@ async def worker(settings: Settings) -> AsyncIterator[Worker]:
 
 
 def sample(worker: Worker, name: str, **labels: str) -> float:
-    value = worker.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
+    """`name{labels}` in the worker's metrics, read as a scraper would (tests.metrics)."""
+    return metric(worker.metrics, name, **labels)
 
 
 async def sfworker(

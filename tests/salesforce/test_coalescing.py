@@ -14,6 +14,7 @@ import pytest
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from tests.conftest import write_accounts
+from tests.metrics import metric as read_metric
 from tests.salesforce.conftest import Harness, open_harness
 from worker.config import Settings
 from worker.contract import BlockResult, parse_job
@@ -23,8 +24,8 @@ PHONE_SOQL = "SELECT Id, LastName, Phone FROM Contact WHERE Phone = :p"
 
 
 def metric(harness: Harness, name: str, **labels: str) -> float:
-    value = harness.metrics.registry.get_sample_value(name, {"account": "main", **labels})
-    return value or 0.0
+    """`name{account="main", labels}` in the harness's metrics (tests.metrics)."""
+    return read_metric(harness.metrics, name, account="main", **labels)
 
 
 async def paced(
@@ -368,6 +369,23 @@ async def test_a_body_naming_a_reference_goes_alone_and_is_stored_as_typed(
     counters = await simulator.counters()
     assert counters["requests"]["sobject_create"] == 1
     assert counters["subrequests"] == {"sobject_create": 2}
+
+
+async def test_a_reference_percent_encoded_in_the_url_goes_alone(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    """Issue 16.3: the guard reads the decoded URL: `@{` travels as `%40%7B` in a query
+    parameter, and Salesforce decodes it before it resolves references."""
+    jobs = [
+        {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "@{c1.records[0].Id}"}},
+        {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "1"}},
+        {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "2"}},
+    ]
+    results = await burst(sf, jobs)
+    assert [r.status for r in results] == ["no_data"] * 3
+    counters = await simulator.counters()
+    assert counters["requests"]["query"] == 1
+    assert counters["subrequests"] == {"query": 2}
 
 
 async def test_coalesce_false_sends_every_call_alone(

@@ -190,3 +190,25 @@ async def test_max_concurrency_caps_calls_per_account(
         )
     assert {r.status.value for r in results} == {"no_data"}
     assert (await simulator.counters())["max_concurrency"] == concurrency
+
+
+@pytest.mark.parametrize("coalesce_wait_ms", [0, 10], ids=["alone", "coalesced"])
+async def test_no_call_starts_with_a_token_a_401_has_invalidated(
+    sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient, coalesce_wait_ms: int
+) -> None:
+    """Issue 18, point 4: 500 concurrent jobs, a cap of 50, every session expired while they
+    run: only the requests already in flight (at most the cap) carry the dead token; a call
+    whose slot is granted after the first 401 waits for the new one."""
+    path = write_accounts(tmp_path / "a.toml", simulator.base_url, extra="max_concurrency = 50\n")
+    await simulator.seed("Account", [{"Name": "Acme"}])
+    settings = sf_settings.model_copy(update={"coalesce_wait_ms": coalesce_wait_ms})
+    async with open_harness(settings, path) as sf:
+        assert await burst(sf, 5) == ["ok"] * 5  # the token is held
+        await simulator.set_latency(50, token_ms=50)
+        await simulator.expire_sessions()
+        await simulator.reset_counters()
+        assert await burst(sf, 500) == ["ok"] * 500
+    counters = await simulator.counters()
+    assert counters["token_requests_total"] == 1
+    assert counters["max_concurrency"] <= 50
+    assert 1 <= counters["responses"].get("401", 0) <= 50, counters["responses"]

@@ -8,9 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sfsim.testing import SimulatorClient, running_simulator
-
 from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from sfsim.testing import SimulatorClient, running_simulator
 
 VERSION = "v62.0"
 

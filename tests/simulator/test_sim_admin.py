@@ -8,9 +8,9 @@ import hashlib
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_USERNAME
 from sfsim.testing import SimulatorClient
 
-from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_USERNAME
 from tests.simulator.conftest import Api, token_request
 
 CALLBACK = "http://localhost:1717/callback"

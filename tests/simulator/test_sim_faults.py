@@ -8,9 +8,8 @@ import time
 
 import aiohttp
 import pytest
-from sfsim.testing import SimulatorClient
-
 from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from sfsim.testing import SimulatorClient, SimulatorControlError
 
 from .conftest import Api, token_request
 
@@ -244,3 +243,31 @@ async def test_drop_before_on_get_is_resent_once_by_aiohttp_itself(api: Api) -> 
     await api.sim.add_fault(action="drop_before", route="limits", count=2)
     with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         await api.get("limits")
+
+
+async def test_a_hold_keeps_matching_requests_until_released(api: Api) -> None:
+    await api.sim.hold("slow", count=2, path_contains="holdme")
+    held = [
+        asyncio.create_task(api.query("SELECT Id FROM Account WHERE Name = 'holdme'"))
+        for _ in range(2)
+    ]
+    await api.sim.wait_held("slow", count=2)
+    other = await api.query("SELECT Id FROM Account WHERE Name = 'other'")  # not held
+    assert other.status == 200
+    assert not any(task.done() for task in held)
+    assert (await api.sim.holds())["slow"] == {"arrived": 2, "waiting": 2, "released": False}
+    await api.sim.release("slow")
+    replies = await asyncio.gather(*held)
+    assert [r.status for r in replies] == [200, 200]
+    assert (await api.sim.holds())["slow"] == {"arrived": 2, "waiting": 0, "released": True}
+    assert (await api.query("SELECT Id FROM Account WHERE Name = 'holdme'")).status == 200
+
+
+async def test_a_reset_or_clear_lets_held_requests_go(api: Api) -> None:
+    await api.sim.hold(route="limits")
+    held = asyncio.create_task(api.get("limits"))
+    await api.sim.wait_held()
+    await api.sim.clear_faults()
+    assert (await held).status == 200
+    with pytest.raises(SimulatorControlError, match="unknown hold 'nope'"):
+        await api.sim.release("nope")

@@ -13,14 +13,14 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import jwt
 import pytest
-from sfsim.testing import SimulatorClient
-
 from sfsim import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     DEFAULT_USERNAME,
 )
+from sfsim.testing import SimulatorClient
+
 from tests.conftest import rsa_key_pair
 
 from .conftest import VERSION, token_request

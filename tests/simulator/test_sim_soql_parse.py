@@ -7,9 +7,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sfsim.soql import BoolOp, Comparison, Not
-
 from sfsim import SoqlError, parse_soql
+from sfsim.soql import BoolOp, Comparison, Not
 
 SOQL_ESCAPES = {
     "\\": "\\\\",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-
 from sfsim import SoslError, parse_sosl
 
 RESERVED = set("?&|!{}[]()^~*:\\\"'+-")

@@ -9,6 +9,7 @@ import pytest
 from worker.config import Account, Flow
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
+from worker.salesforce import composite
 from worker.salesforce.coalesce import Coalescer, CoalescerClosed
 
 ACCOUNT = Account("main", "https://x.my.salesforce.com", "https://x/token", Flow.JWT_BEARER, "id")
@@ -141,3 +142,21 @@ async def test_close_sends_waiting_calls_alone_and_fails_those_in_flight() -> No
     for task in in_flight:
         with pytest.raises(CoalescerClosed):
             await task
+
+
+@pytest.mark.parametrize(
+    ("url", "params", "body"),
+    [
+        ("/sobjects/Contact/Ext_Id__c/%40%7Bc0.id%7D", None, b'{"A__c":1}'),
+        ("/query", {"q": "SELECT Id FROM Contact WHERE Name = '@{c0.id}'"}, None),
+        ("/sobjects/Case", None, b'{"Subject":"\\u0040{c0.id}"}'),
+    ],
+)
+def test_a_reference_in_decoded_text_keeps_a_call_out_of_composite(
+    url: str, params: dict[str, str] | None, body: bytes | None
+) -> None:
+    """Issue 16.3: `@{` percent-encoded in the URL, in a parameter, or JSON-escaped in the
+    body is still a reference to Salesforce."""
+    method = "GET" if body is None else "PATCH"
+    sub = composite.Subrequest(method, ACCOUNT.api_base + url, params, body)
+    assert not composite.supports(ACCOUNT, sub)

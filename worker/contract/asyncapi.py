@@ -48,7 +48,9 @@ _JOB_PROPERTIES = {
     "correlation_id": "copied to the result; the job_id unless the caller chooses another",
     "reply_to": (
         "the caller's reply queue; omitted -> the result goes to the results exchange with "
-        "routing key <status>.<operation>"
+        "routing key <status>.<operation>. With tenant tables (strict mode) it must be a queue "
+        "the publisher may read: <user_id>.<anything>, amq.gen-..., amq.rabbitmq.reply-to..., "
+        "or a pattern of its tenant's table; any other is dead-lettered (forbidden_reply_to)"
     ),
     "timestamp": "send time (seconds); the job's budget counts from it when sent_at is absent",
     "user_id": (
@@ -63,6 +65,10 @@ _RESULT_PROPERTIES = {
     "message_id": "the job_id",
     "type": RESULT_TYPE,
     "timestamp": "when the result was published",
+    "user_id": (
+        "the RabbitMQ user the worker connects as (RabbitMQ checks it): a client that knows "
+        "that user accepts only results carrying it"
+    ),
 }
 
 
@@ -157,7 +163,11 @@ def _channels() -> dict[str, Any]:
             "description": (
                 f"Jobs that could not be answered (unreadable, too large, or past the delivery "
                 f"limit) go through the fanout exchange `{dlx}` to the quorum queue `{dlq}`, "
-                "unchanged, with RabbitMQ's `x-death` header. `sfworker dlq` lists and requeues "
+                "unchanged, with RabbitMQ's `x-death` header. Kept at most "
+                f"`x-message-ttl: {int(_default('dead_letter_max_age') * 1000)}` ms (7 days, "
+                "SFWORKER_DEAD_LETTER_MAX_AGE) and `x-max-length: "
+                f"{_default('dead_letter_max_length')}` messages, oldest dropped first. "
+                "`sfworker dlq` lists them (without spending their delivery count) and requeues "
                 "them."
             ),
             "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},

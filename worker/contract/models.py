@@ -156,11 +156,19 @@ class UpsertJob(_JobBase):
     operation: Literal["upsert"]
     sobject: ApiName = Field(alias="object")
     external_id_field: ApiName
-    external_id: str = Field(min_length=1, max_length=255)
+    external_id: str = Field(
+        min_length=1,
+        max_length=255,
+        json_schema_extra={"not": {"enum": [".", ".."]}},
+        description="The external id value; not `.` or `..` (URL normalisation would turn "
+        "them into another resource)",
+    )
     fields: dict[ApiName, FieldValue] = Field(min_length=1, max_length=800)
 
     @model_validator(mode="after")
     def _no_key_in_body(self) -> UpsertJob:
+        if self.external_id in (".", ".."):
+            raise ValueError("external_id must not be '.' or '..'")
         names = {name.lower() for name in self.fields}
         if "id" in names:
             raise ValueError("fields must not contain Id in an upsert")

@@ -194,8 +194,8 @@ class Metrics:
         )
         self.tenant_refusals = Counter(
             "sfworker_tenant_refusals_total",
-            "Jobs refused FORBIDDEN_ACCOUNT by tenant isolation, by reason and the publisher's "
-            "tenant ('' when unknown)",
+            "Jobs refused by tenant isolation (answered FORBIDDEN_ACCOUNT; forbidden_reply_to: "
+            "dead-lettered), by reason and the publisher's tenant ('' when unknown)",
             ["reason", "tenant"],
             registry=r,
         )
@@ -268,5 +268,6 @@ class Metrics:
         for tenant in tenants:
             self.tenant_refusals.labels(Reason.TENANT_MISMATCH.value, tenant)
             self.tenant_refusals.labels(Reason.FOREIGN_ACCOUNT.value, tenant)
+            self.tenant_refusals.labels(Reason.FORBIDDEN_REPLY_TO.value, tenant)
         for destination in ("reply_to", "results_exchange"):
             self.results_published.labels(destination)

@@ -5,6 +5,9 @@ with a confirm, and only then ack. Nothing is acked unanswered.
   without a reply_to it is rejected to the dead-letter queue.
 - A job its publisher may not send (tenant isolation, worker/tenancy.py) is answered
   FORBIDDEN_ACCOUNT the same way, before the result store or Salesforce are touched.
+- In strict tenant mode, a message whose reply_to is not a queue its publisher may read is not
+  run nor answered (not even refused: that too would land in someone else's queue): the worker
+  moves it to the dead-letter queue with reason `forbidden_reply_to`, then acks it.
 - A redelivered job whose result is known (the ack was lost) is answered from the store.
 - A job already running in this process (its channel died, the broker redelivered it) is not run
   twice: the redelivery waits for the running one and answers with its result.
@@ -41,9 +44,11 @@ from worker.jobs import (
     finish,
     result_json,
 )
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
 from worker.stores.base import ResultStore
+from worker.tenancy import Reason
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +151,17 @@ class DeliveryHandler:
         self._running: dict[str, asyncio.Future[_Answer]] = {}
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await self._handle(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._metrics.handler_crashes.inc()
-            log.exception("unexpected error while handling a delivery; requeued")
-            await _settle(message, requeue=True)
+        with tracing.active.consume(
+            message.headers, self._settings.request_queue, message.message_id, message.routing_key
+        ):
+            try:
+                await self._handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._metrics.handler_crashes.inc()
+                log.exception("unexpected error while handling a delivery; requeued")
+                await _settle(message, requeue=True)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         incoming = to_incoming(message)
@@ -164,11 +172,17 @@ class DeliveryHandler:
             self._metrics.redeliveries.inc()
         if message.redelivered or message.headers:
             _log_history(message, decoded.job_id)
+        if not self._runner.may_reply(decoded.job_id, incoming):
+            reason = Reason.FORBIDDEN_REPLY_TO.value
+            self._metrics.dead_lettered.labels(reason).inc()
+            await self._move_to_dead_letters(message, decoded.job_id, reason)
+            return
         if decoded.job is None:
             self._invalid(decoded)
             assert decoded.refusal is not None
             await self._refuse(message, incoming, decoded.refusal, decoded.reason)
             return
+        tracing.active.job_started(decoded.job)
         admission = self._runner.admit(decoded.job, incoming)
         if admission.refusal is not None:
             await self._refuse(message, incoming, admission.refusal, admission.reason)
@@ -220,8 +234,9 @@ class DeliveryHandler:
         code = result.error.code.value if result.error else ""
         self._metrics.jobs.labels(operation, result.status.value, code).inc()
         self._metrics.job_duration.labels(operation, result.status.value).observe(
-            result.duration_ms / 1000
+            result.duration_ms / 1000, tracing.exemplar()
         )
+        tracing.active.job_done(result)
         log.info(
             "job answered",
             extra={

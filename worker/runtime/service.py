@@ -56,6 +56,7 @@ class RabbitService:
         self._watchdog: asyncio.Task[None] | None = None
         self._consumer_ok = False
         self._draining = False
+        self._retention = True  # the dead-letter queue takes its retention arguments
         self.fatal = asyncio.Event()
         self.exit_code = 0
         self.publisher: ResultPublisher | None = None
@@ -108,7 +109,10 @@ class RabbitService:
             publisher_confirms=True, on_return_raises=True
         )
         try:
-            declared = await topology.declare(publish_channel, self._settings)
+            self._retention = await topology.dead_letter_retention(self._connection, self._settings)
+            declared = await topology.declare(
+                publish_channel, self._settings, retention=self._retention
+            )
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"the broker refused the topology: {exc.args[0] if exc.args else exc}. An "
@@ -259,7 +263,7 @@ class RabbitService:
             assert self._connection is not None
             channel = await self._connection.channel()
             try:
-                await topology.declare(channel, self._settings)
+                await topology.declare(channel, self._settings, retention=self._retention)
             finally:
                 await channel.close()
             await self._queue.declare(timeout=topology.DECLARE_TIMEOUT)

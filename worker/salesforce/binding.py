@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from urllib.parse import quote
 
 from worker.contract import ParamValue
 
@@ -232,3 +233,14 @@ def bind_sosl(statement: str, params: Mapping[str, ParamValue]) -> str:
         term = _sosl_term(name, params[name])
         tail_start = match.end()
     return head + term + _bind_soql_text(statement[tail_start:], params)
+
+
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def path_segment(value: str, what: str) -> str:
+    """`value` as one segment of a REST path (an external id value, a job id used as one).
+    `.` and `..` are refused: URL normalisation would turn them into another resource."""
+    if value in _DOT_SEGMENTS:
+        raise BindingError(f"{what} must not be {value!r}: it would name another resource")
+    return quote(value, safe="")

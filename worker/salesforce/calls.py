@@ -78,6 +78,7 @@ class Pending:
     abandoned: bool = False  # its job stopped waiting (deadline, cancel): leave it out
     committed: bool = False  # its request is on its way: the job cannot take it back
     unsent: Exception | None = None  # why it was left out of the request, as its job sees it
+    trace: object = None  # its job's wait, as tracing sees it (observability/tracing.py)
 
 
 Answer = Response | Exception  # what a coalesced call gets: its answer, or what to raise

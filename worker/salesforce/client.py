@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -33,9 +32,10 @@ from worker.contract import (
     UpsertJob,
 )
 from worker.deadline import Deadline
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite
-from worker.salesforce.binding import bind_soql, bind_sosl
+from worker.salesforce.binding import bind_soql, bind_sosl, path_segment
 from worker.salesforce.calls import (
     Answer,
     BeforeSend,
@@ -56,6 +56,7 @@ from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Verdict, classify
 from worker.salesforce.http import SendRefused, SendState, untraced
 from worker.salesforce.oauth import AuthError
+from worker.salesforce.paging import next_page_url
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import AccessToken, TokenManager
 from worker.salesforce.usage import ApiUsage, parse_limit_info
@@ -90,7 +91,7 @@ class SalesforceClient:
         self.reserve.attach(self.read_limits)
         self._usage: dict[str, ApiUsage] = {}
         self._coalescer: Coalescer[Pending, Answer] = Coalescer(
-            settings.coalesce_wait_ms / 1000, self._together, metrics
+            settings.coalesce_wait_ms / 1000, tracing.composite(self._together), metrics
         )
 
     async def close(self) -> None:
@@ -154,9 +155,17 @@ class SalesforceClient:
             total = int(body.get("totalSize") or 0)
             next_url = body.get("nextRecordsUrl")
             while next_url and not body.get("done", True) and len(records) < job.max_records:
-                response = await self._request(
-                    call, "GET", f"{call.account.instance_url}{next_url}"
-                )
+                url = next_page_url(call.account, next_url)
+                if url is None:
+                    raise CallFailed(
+                        error(
+                            ErrorCode.SALESFORCE_ERROR,
+                            "Salesforce's answer named a next page that is not a path under "
+                            "/services/data/ on the account's instance; it was not followed",
+                        ),
+                        call.http_status,
+                    )
+                response = await self._request(call, "GET", url)
                 body = response.body if isinstance(response.body, dict) else {}
                 records.extend(body.get("records") or [])
                 next_url = body.get("nextRecordsUrl")
@@ -193,7 +202,7 @@ class SalesforceClient:
     async def _insert_by_job_id(self, job: InsertJob, key_field: str, call: Call) -> Outcome:
         """Idempotency-field mode: an upsert on an external-id field keyed by the job_id, so
         Salesforce itself keeps one record per job, however often the job runs."""
-        value = quote(job.job_id, safe="")
+        value = path_segment(job.job_id, "job_id (the idempotency field's value)")
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{key_field}/{value}"
         fields = {k: v for k, v in job.fields.items() if k.lower() != key_field.lower()}
         response = await self._request(call, "PATCH", url, json=fields)
@@ -208,7 +217,7 @@ class SalesforceClient:
         return self._outcome(call, Status.OK)
 
     async def _upsert(self, job: UpsertJob, call: Call) -> Outcome:
-        value = quote(job.external_id, safe="")
+        value = path_segment(job.external_id, "external_id")
         url = f"{call.account.api_base}/sobjects/{job.sobject}/{job.external_id_field}/{value}"
         response = await self._request(call, "PATCH", url, json=dict(job.fields))
         body = response.body if isinstance(response.body, dict) else {}
@@ -257,8 +266,8 @@ class SalesforceClient:
                 return response
             if classified.verdict is Verdict.REFRESH and not refreshed:
                 # Once per operation: a second INVALID_SESSION_ID with a fresh token is final.
+                # The token was invalidated when the 401 came in, before its slot was freed.
                 refreshed = True
-                await self._tokens.invalidate(call.account, response.token)
                 continue
             if classified.verdict is Verdict.RETRY:
                 await self._pause_before_retry(call, classified.retry_reason, classified.to_error())
@@ -288,6 +297,7 @@ class SalesforceClient:
         if delay >= call.deadline.remaining() - _DEADLINE_MARGIN:
             raise CallFailed(error, call.http_status)
         call.retries += 1
+        tracing.active.event("retry", {"reason": reason, "delay_ms": round(delay * 1000, 1)})
         self._metrics.sf_retries.labels(call.account.name, call.operation.value, reason).inc()
         await asyncio.sleep(delay)
 
@@ -297,7 +307,8 @@ class SalesforceClient:
             return token
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                return await self._tokens.get(call.account)
+                with tracing.active.span("token wait"):
+                    return await self._tokens.get(call.account)
         except TimeoutError:
             raise timeout_error(call) from None
         except AuthError as exc:
@@ -320,9 +331,10 @@ class SalesforceClient:
             query = composite.is_query(account, sub)
             try:
                 async with asyncio.timeout_at(call.deadline.at):
-                    answer = await self._coalescer.join(
-                        account, pending, deadline=call.deadline, query=query
-                    )
+                    with tracing.active.coalescing() as pending.trace:
+                        answer = await self._coalescer.join(
+                            account, pending, deadline=call.deadline, query=query
+                        )
             except TimeoutError:
                 pending.abandoned = True
                 if pending.committed and not call.idempotent:
@@ -346,7 +358,7 @@ class SalesforceClient:
         started = 0.0
         try:
             async with asyncio.timeout_at(max(p.call.deadline.at for p in group)):
-                async with self._slots.hold(account):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
                     for pending in group:
                         pending.unsent = self._reserve_refusal(pending.call)
                     if all(p.unsent is not None for p in group):
@@ -368,6 +380,10 @@ class SalesforceClient:
                         raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                    parsed = decode(raw)
+                    answers = composite.answers(parsed, len(sent)) if status == 200 else None
+                    if _session_died(status, parsed, answers):
+                        await self._tokens.invalidate(account, token)
         except AuthError as exc:
             return [p.unsent or auth_failed(p.call, exc) for p in group]
         except TimeoutError:
@@ -379,8 +395,6 @@ class SalesforceClient:
             return [p.unsent or lost(p.call, state, what) for p in group]
         self._count(account.name, "composite", str(status), started)
         self._record_usage(account, limit_info)
-        parsed = decode(raw)
-        answers = composite.answers(parsed, len(sent)) if status == 200 else None
         if status == 200 and answers is None:
             unreadable = "Composite answer unreadable"
             return [p.unsent or lost(p.call, state, unreadable) for p in group]
@@ -434,7 +448,7 @@ class SalesforceClient:
         started = 0.0
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                async with self._slots.hold(account):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
                     self._check_reserve(call)  # again: the reserve may be reached meanwhile
                     token = await self._token(call)
                     headers["Authorization"] = token.bearer
@@ -455,6 +469,9 @@ class SalesforceClient:
                         raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                    parsed = decode(raw)
+                    if _session_died(status, parsed, None):
+                        await self._tokens.invalidate(account, token)
         except TimeoutError:
             self._count(account.name, operation, "timeout", started)
             raise lost(call, state, "the deadline passed", timeout=True) from None
@@ -464,7 +481,7 @@ class SalesforceClient:
             raise lost(call, state, what) from None
         self._count(account.name, operation, str(status), started)
         self._record_usage(account, limit_info)
-        return self._answer(call, status, decode(raw), token)
+        return self._answer(call, status, parsed, token)
 
     def _answer(self, call: Call, status: int, parsed: Any, token: AccessToken) -> Response:
         """What Salesforce's answer (to a single call, or to one subrequest) means for the job."""
@@ -491,7 +508,7 @@ class SalesforceClient:
         self._metrics.sf_requests.labels(account, operation, status).inc()
         if started:
             self._metrics.sf_request_duration.labels(account, operation).observe(
-                time.perf_counter() - started
+                time.perf_counter() - started, tracing.exemplar()
             )
 
     def _record_usage(self, account: Account, header: str | None) -> None:
@@ -539,3 +556,15 @@ class SalesforceClient:
                 return UsageReading(used=max(0, limit - remaining), limit=limit)
             return parse_limit_info(header)
         return None
+
+
+def _session_died(status: int, parsed: Any, answers: list[composite.SubAnswer] | None) -> bool:
+    """Salesforce said INVALID_SESSION_ID (to the request, or to one of its subrequests): the
+    token must be dropped before the slot is freed, or a call granted that slot next would
+    start with it."""
+    if status == 401:
+        return classify(status, parsed, Operation.SEARCH).verdict is Verdict.REFRESH
+    return any(
+        a.status == 401 and classify(a.status, a.body, Operation.SEARCH).verdict is Verdict.REFRESH
+        for a in answers or ()
+    )

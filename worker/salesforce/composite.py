@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import orjson
 
@@ -64,9 +64,42 @@ def supports(account: Account, sub: Subrequest) -> bool:
             "PATCH",
             "DELETE",
         )
-    if not allowed or "@{" in _relative_url(account, sub):
+    return allowed and not _holds_reference(sub)
+
+
+def _holds_reference(sub: Subrequest) -> bool:
+    """Would Salesforce read `@{` in this call as a reference to another subrequest? Checked on
+    the decoded text (the path, each parameter, the JSON body with its escapes undone), since
+    `%40%7B` in a URL or `\\u0040{` in JSON is `@{` to Salesforce."""
+    if "@{" in unquote(sub.url):
+        return True
+    if sub.params and any("@{" in k or "@{" in v for k, v in sub.params.items()):
+        return True
+    if sub.body is None:
         return False
-    return sub.body is None or _REFERENCE_START not in sub.body
+    if _REFERENCE_START in sub.body:
+        return True
+    return b"\\u" in sub.body and "@{" in _decoded_text(sub.body)
+
+
+def _decoded_text(body: bytes) -> str:
+    """Every string of a JSON body, decoded, joined (keys too)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode(errors="replace")
+    parts: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            parts.append(item)
+        elif isinstance(item, dict):
+            parts.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return "\n".join(parts)
 
 
 def _relative_url(account: Account, sub: Subrequest) -> str:

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from worker.config import Settings
+from worker.observability import tracing
 
 
 class SendRefused(Exception):
@@ -62,14 +63,15 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         timeout_ceil_threshold=3600.0,
     )
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.http_connect_timeout_seconds)
-    return _session(connector, timeout, [trace], owner=True)
+    return _session(connector, timeout, [trace, *tracing.active.http_trace_configs()], owner=True)
 
 
 def untraced(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
     """A twin of `session` on the same connection pool, without the trace: for the calls where
     whether a request left does not change what a lost answer means (every idempotent call),
     the trace's per-request cost is saved. Close it before the session."""
-    return _session(session.connector, session.timeout, [], owner=False)
+    traces = tracing.active.http_trace_configs()  # none unless tracing is on
+    return _session(session.connector, session.timeout, traces, owner=False)
 
 
 def _session(

@@ -234,7 +234,7 @@ async def run_authorize(
             )
         write_secret(out, grant.refresh_token.get_secret_value())
         try:
-            who = await identity(session, grant, settings.token_timeout_seconds)
+            who = await identity(session, account, grant, settings.token_timeout_seconds)
             by = f"{who.username} (user {who.user_id}, org {who.org_id})"
         except OrgError as exc:
             by = f"an unknown user ({exc})"

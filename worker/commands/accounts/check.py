@@ -188,7 +188,7 @@ async def check_account(
             f"{account.instance_url}: use the org's My Domain URL"
         )
     try:
-        report.identity = await identity(session, grant, within)
+        report.identity = await identity(session, account, grant, within)
         report.usage = await api_usage(session, account, grant, within)
         for name in objects:
             report.objects.append(await object_access(session, account, grant, name, within))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -83,9 +84,45 @@ async def _get(
         raise OrgError(f"cannot reach {endpoint(url)} ({type(exc).__name__})") from None
 
 
-async def identity(session: aiohttp.ClientSession, grant: Grant, within: float) -> Identity:
+# Salesforce's identity URLs live on the login hosts or the org's own domains.
+_SALESFORCE_DOMAINS = (".salesforce.com", ".force.com", ".salesforce.mil", ".sfcrmproducts.cn")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def identity_url_refusal(account: Account, url: str) -> str | None:
+    """Why the token response's identity URL must not receive the token, or None when it may:
+    https on a Salesforce domain, or the very origin (scheme, host, port) of the account's
+    instance or token URL (plain http only then: the loopback simulator the accounts file
+    names)."""
+    parts = urlsplit(url)
+    try:
+        scheme, host, port = _origin(url)
+    except ValueError:
+        return "the identity URL has no valid port"
+    if parts.username is not None or parts.password is not None or not host:
+        return "the identity URL has no plain host"
+    if (scheme, host, port) in {_origin(account.instance_url), _origin(account.token_url)}:
+        return None
+    if scheme != "https":
+        return f"the identity URL's scheme {scheme or '(none)'}:// is not https://"
+    if host.endswith(_SALESFORCE_DOMAINS) and port == 443:
+        return None
+    return "the identity URL is not on Salesforce's nor the account's host"
+
+
+async def identity(
+    session: aiohttp.ClientSession, account: Account, grant: Grant, within: float
+) -> Identity:
     if not grant.identity_url:
         raise OrgError("the token response has no identity URL (id)")
+    refusal = identity_url_refusal(account, grant.identity_url)
+    if refusal is not None:
+        raise OrgError(f"{refusal}; the token was not sent to it")
     status, raw = await _get(session, grant.identity_url, grant, within)
     if status != 200:
         raise OrgError(f"identity URL: {_error_text(status, raw)}")
