@@ -27,7 +27,7 @@ from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import expire_mid_flight, run_all, start_fleet
 from tests.job_client import JobClient
 from worker.config import load_accounts
-from worker.stores.sealing import Seal, parse_keys
+from worker.stores.sealing import MAGIC, Seal, parse_keys
 
 pytestmark = pytest.mark.slow
 
@@ -160,6 +160,10 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     claims = [k for k in dump if k.startswith(f"{redis_prefix}insert-sent:".encode())]
     assert len(results) >= 10 + 100 + 10
     assert len(claims) == 10
+    for kind in ("result", "insert-sent", "claim"):
+        values = [v for k, vs in dump.items() if k.startswith(f"{redis_prefix}{kind}:".encode())]
+        assert values, kind
+        assert all(v[0].startswith(MAGIC) for v in values), kind  # every one sealed
     stored = seal.open(results[0].decode(), dump[results[0]][0])
     assert stored is not None
     assert b'"status":"ok"' in stored
