@@ -161,7 +161,7 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     assert len(results) >= 10 + 100 + 10
     assert len(claims) == 10
     for kind in ("result", "insert-sent", "claim"):
-        values = [v for k, vs in dump.items() if k.startswith(f"{redis_prefix}{kind}:".encode())]
+        values = [vs for k, vs in dump.items() if k.startswith(f"{redis_prefix}{kind}:".encode())]
         assert values, kind
         assert all(v[0].startswith(MAGIC) for v in values), kind  # every one sealed
     stored = seal.open(results[0].decode(), dump[results[0]][0])
