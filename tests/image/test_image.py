@@ -127,7 +127,7 @@ def dev_only_distributions() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras: dict[str, list[str]] = project["optional-dependencies"]
     runtime = runtime_closure(set(extras) - {"dev", "bench"})
-    return {canonicalize_name(Requirement(r).name) for r in extras["dev"]} - runtime
+    return {str(canonicalize_name(Requirement(r).name)) for r in extras["dev"]} - runtime
 
 
 _INSIDE = """

@@ -103,7 +103,8 @@ async def test_sigterm_answers_everything_in_flight_and_exits_0(
     simulator: SimulatorClient,
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
-    await simulator.set_latency(500)
+    # Salesforce answers no REST call until the SIGTERM is sent: all 100 jobs are in flight then.
+    await simulator.hold("rest", count=10_000, path_contains="/services/data/")
     worker: WorkerProcess = spawn_worker(settings, prefetch=200)
     await worker.wait_ready()
     batch = [{**SEARCH, "job_id": f"term-{i}", "timeout_ms": 30000} for i in range(100)]
@@ -113,8 +114,9 @@ async def test_sigterm_answers_everything_in_flight_and_exits_0(
     async def all_in_flight() -> bool:
         return metric(await worker.metrics(), "sfworker_jobs_in_flight") == 100
 
-    await wait_until(all_in_flight, 20, "100 jobs in flight")
+    await wait_until(all_in_flight, 30, "100 jobs in flight")
     worker.proc.send_signal(signal.SIGTERM)
+    await simulator.release("rest")
     assert await worker.wait_exit(30) == 0, worker.logs()
     answered = {r["job_id"] for r in jobs.results}
     assert answered == {b["job_id"] for b in batch}
