@@ -183,6 +183,11 @@ class Metrics:
             "Redelivered jobs answered from the result store instead of executing again",
             registry=r,
         )
+        self.job_id_reused = Counter(
+            "sfworker_job_id_reused_total",
+            "Jobs answered JOB_ID_REUSED: their job_id was still bound to another job",
+            registry=r,
+        )
         self.redeliveries = Counter(
             "sfworker_redeliveries_total", "Deliveries flagged redelivered", registry=r
         )
@@ -213,6 +218,12 @@ class Metrics:
         self.redis_fallback = Gauge(
             "sfworker_redis_fallback",
             "1 while Redis is configured but unreachable (the worker uses in-process state)",
+            registry=r,
+        )
+        self.redis_unreadable = Counter(
+            "sfworker_redis_unreadable",
+            "Values read from Redis that did not open (sealed with a key this worker does not "
+            "hold, tampered, or plain text where a sealed value belongs): read as absent",
             registry=r,
         )
         self.limits_probes = Counter(
