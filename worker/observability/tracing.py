@@ -211,7 +211,9 @@ class Tracer:
         routing_key: str | None,
     ) -> Any:
         """Around the handling of one delivery (a context manager)."""
-        job = parse_traceparent(headers) if headers else None
+        if not headers or TRACEPARENT not in headers:
+            return NOTHING
+        job = parse_traceparent(headers)
         return _PassThrough(job) if job is not None else NOTHING
 
     def job_started(self, job: AnyJob) -> None:
