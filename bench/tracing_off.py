@@ -39,6 +39,7 @@ async def one_job() -> None:
             pass
         async with off.waiting(_slot(), "slot wait"):
             pass
+        tracing.traced_job()  # which session the call takes
         tracing.exemplar()  # the Salesforce call's histogram
         tracing.log_ids()  # its log line
         with off.publish("reply_to", "q"):

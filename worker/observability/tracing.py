@@ -76,6 +76,15 @@ def current_job() -> JobTrace | None:
     return _job.get()
 
 
+def traced_job() -> bool:
+    """Is the job this task works for traced (tracing on, the job sampled)? Only then do its
+    HTTP calls go through the session with the span hooks."""
+    if not active.enabled:
+        return False
+    job = _job.get()
+    return job is not None and job.sampled
+
+
 def log_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) for a log line written while handling a job."""
     job = _job.get()
