@@ -280,6 +280,31 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             "### 6. Redis on and off (sfworker, one process)\n\n" + table(PIPELINE_HEADERS, rows)
         )
 
+    sealing = _select(trials, "sealing")
+    if sealing:
+        labels = [row["value"] for row in sealing[0]["sealing"]]
+
+        def cell(label: str, key: str) -> Callable[[Trial], float | None]:
+            return lambda t: next(r[key] for r in t["sealing"] if r["value"] == label)
+
+        rows = [
+            [
+                label,
+                str(next(r["bytes"] for r in sealing[0]["sealing"] if r["value"] == label)),
+                _f(median(sealing, cell(label, "seal_us")), 2),
+                _f(median(sealing, cell(label, "open_us")), 2),
+                _f(median(sealing, cell(label, "plain_us")), 2),
+            ]
+            for label in labels
+        ]
+        parts.append(
+            "### 7. Sealing Redis values (SFWORKER_REDIS_ENCRYPTION_KEY), per value\n\n"
+            "AES-256-GCM in this process, best of 3 runs of "
+            f"{sealing[0]['iterations']:,}; a job seals its result once (and an insert its "
+            "claim), and opens them only on a redelivery.\n\n"
+            + table(["value", "bytes", "seal µs", "open µs", "plain text µs"], rows)
+        )
+
     tracing = _select(trials, "tracing")
     if tracing:
         labels = list(dict.fromkeys(t["tracing"] for t in tracing))
@@ -299,7 +324,7 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
                 ]
             )
         parts.append(
-            "### 7. Tracing off and on (sfworker, one process, 0 ms latency, jobs without a "
+            "### 8. Tracing off and on (sfworker, one process, 0 ms latency, jobs without a "
             "traceparent)\n\n"
             + table(
                 ["sfworker", "jobs/s", "ratio to off", "CPU s / 1000 jobs", "OTLP KB", "wrong"],

@@ -12,6 +12,7 @@ from bench.e2e.otlp import Sink, otlp_sink
 from bench.e2e.profile import profile_trial
 from bench.e2e.report import NO_WAIT
 from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
+from bench.e2e.sealing import sealing_trial
 from bench.e2e.systems import (
     PREFETCH,
     AioSalesforce,
@@ -24,7 +25,17 @@ from bench.e2e.systems import (
     Workload,
 )
 
-SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "tracing", "profile")
+SECTIONS = (
+    "limit",
+    "peers",
+    "storm",
+    "scaling",
+    "large",
+    "redis",
+    "sealing",
+    "tracing",
+    "profile",
+)
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
 LARGE_PAGE = 500
@@ -131,6 +142,9 @@ async def run_sections(
                         lab, system, SEARCH, latency, counts.jobs, paced_jobs=jobs, rate=rate
                     )
                     await trial("redis", rep, run, redis=redis)
+
+        if "sealing" in chosen:
+            await trial("sealing", rep, sealing_trial())
 
         if "tracing" in chosen:
             # Alternating inside each repetition, so the three rows share the machine's state.
