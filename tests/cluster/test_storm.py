@@ -243,7 +243,8 @@ async def test_fault_storm(
         if shaken and got != {expected(plan, ATTEMPTS)}:
             shifted += 1
         if not got <= allowed:
-            wrong.append(f"{plan} disturbed={shaken}: got {sorted(got, key=str)}")
+            why = [(r["error"] or {}).get("message") for r in answers]
+            wrong.append(f"{plan} disturbed={shaken}: got {sorted(got, key=str)} {why}")
         if any(r != answers[0] for r in answers) and not shaken:
             differing.append(plan.job_id)
         if ("failed", "OUTCOME_UNKNOWN") in got:
