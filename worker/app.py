@@ -162,6 +162,8 @@ class Worker:
             slots=self.fleet.slots,
             reserve=self.fleet.reserve,
         )
+        # The org's usage before the first job (the gauges; the reserve), once per fleet start.
+        self.fleet.reserve.prime(self.accounts.by_name.values())
         store = self.fleet.store
         runner = JobRunner(self.accounts, client, s, self.metrics, store)
         await self.service.connect(s.startup_timeout_seconds)

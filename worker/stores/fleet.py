@@ -105,16 +105,32 @@ class FleetSlots:
             pause = min(pause * 2, 0.05)
 
 
+# KEYS: the reading, its time; ARGV: the reading, its time, ttl s. Only a newer reading goes in.
+_PUBLISH_USAGE = """
+local at = tonumber(redis.call('GET', KEYS[2]) or '0')
+if at and at >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+_USAGE_TTL_SECONDS = 3600
+
+
 class RedisUsageBoard:
-    """The newest `Sforce-Limit-Info` reading of each account, for the whole fleet."""
+    """The newest `Sforce-Limit-Info` reading of each account, for the whole fleet: a reading
+    older than the one on the board (a worker sharing late) never replaces it."""
+
+    fleet = True
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
+        self._publish = link.script(_PUBLISH_USAGE)
 
     async def publish(self, account: str, reading: UsageReading, at: float) -> None:
-        key = self._link.key("usage", account)
+        keys = [self._link.key("usage", account), self._link.key("usage-at", account)]
         value = orjson.dumps({"used": reading.used, "limit": reading.limit, "at": at})
-        await self._link.attempt(lambda r: r.set(key, value, ex=3600))
+        args: list[bytes | str | int] = [value, repr(at), _USAGE_TTL_SECONDS]
+        await self._link.attempt(lambda r: self._publish(keys=keys, args=args, client=r))
 
     async def read(self, account: str) -> tuple[UsageReading, float] | None:
         key = self._link.key("usage", account)
