@@ -100,10 +100,16 @@ amqp_users = ["{users.globex}"]
 
 
 @pytest.fixture
-async def worker(settings: Settings, users: Users) -> AsyncIterator[Worker]:
+async def worker(
+    settings: Settings, users: Users, simulator: SimulatorClient, globex_sim: SimulatorClient
+) -> AsyncIterator[Worker]:
     """The worker, connected as its own user with the recipe's permissions."""
     running = Worker(settings.model_copy(update={"amqp_url": SecretStr(users.worker_url)}))
     await running.start()
+    # Each org's usage is read once at start (/limits): count what the test's jobs do.
+    await running.fleet.reserve.primed()
+    for sim in (simulator, globex_sim):
+        await sim.reset_counters()
     yield running
     await running.stop()
 

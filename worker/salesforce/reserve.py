@@ -147,6 +147,11 @@ class ApiReserve:
                     self._first_read(account), name=f"usage:{account.name}"
                 )
 
+    async def primed(self) -> None:
+        """Wait for the reads `prime` started (tests use it to count calls from a quiet org)."""
+        if self._first_reads:
+            await asyncio.wait(set(self._first_reads.values()))
+
     # --- fleet sharing ---------------------------------------------------------------------
 
     def _spawn(self, work: Awaitable[None], name: str) -> None:
