@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 
+from worker.stores.batch import TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
@@ -31,6 +32,7 @@ class RedisResultStore:
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
         self._mark = link.script(_MARK)
+        self._batch = TickBatch(link)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
         self._beating = Loop()
@@ -47,19 +49,24 @@ class RedisResultStore:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def get(self, job_id: str) -> bytes | None:
-        key = self._link.key("result", job_id)
+        """Lookups of one tick travel together (batch.py)."""
+        if not self._link.available:
+            return await self._memory.get(job_id)
         try:
-            value = await self._link.call(lambda r: r.get(key))
+            value = await self._batch.get(self._link.key("result", job_id))
         except RedisUnavailable:
             return await self._memory.get(job_id)
         if value is None:
             return await self._memory.get(job_id)
-        return value if isinstance(value, bytes) else str(value).encode()
+        return value
 
     async def put(self, job_id: str, result: bytes) -> None:
+        """Writes of one tick travel together (batch.py)."""
         await self._memory.put(job_id, result)
-        key = self._link.key("result", job_id)
-        await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
+        if not self._link.available:
+            return
+        with contextlib.suppress(RedisUnavailable):
+            await self._batch.set(self._link.key("result", job_id), result, self._ttl_ms)
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
@@ -99,4 +106,5 @@ class RedisResultStore:
             key = self._link.key("alive", self.sender_id)
             with contextlib.suppress(Exception):
                 await self._link.attempt(lambda r: r.delete(key))
+        await self._batch.close()
         await self._memory.close()
