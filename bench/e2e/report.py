@@ -277,12 +277,41 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             for flag in (False, True)
         ]
         parts.append(
-            "### 6. Redis on and off (sfworker, one process)\n\n" + table(PIPELINE_HEADERS, rows)
+            "### 6. Redis on and off (sfworker, one process)\n\n"
+            "At 100 ms both run at prefetch 128 (paced at 400 jobs/s).\n\n"
+            + table(PIPELINE_HEADERS, rows)
+            + "\n\n"
+            + _redis_ratios(redis, latencies)
         )
 
     for trial in _select(trials, "profile"):
         parts.append(render_profile(trial))
     return "\n\n".join(parts)
+
+
+def _redis_ratios(redis: list[Trial], latencies: list[int]) -> str:
+    """Redis on against off, per latency: jobs/s and CPU per job as ratios of the medians, and
+    the difference of p99 added (issue 18's targets)."""
+    lines = []
+    for lat in latencies:
+        on = _select(redis, "redis", redis=True, latency_ms=lat)
+        off = _select(redis, "redis", redis=False, latency_ms=lat)
+        if not on or not off:
+            continue
+
+        def med(group: list[Trial], key: str) -> float:
+            return statistics.median(float(t[key]) for t in group)
+
+        def added(group: list[Trial]) -> float:
+            return statistics.median(float(t["paced"]["added_p99_ms"]) for t in group)
+
+        speed = med(on, "jobs_per_s") / med(off, "jobs_per_s")
+        cpu = med(on, "cpu_s_per_1000") / med(off, "cpu_s_per_1000")
+        lines.append(
+            f"Redis on / off at {lat} ms: jobs/s {speed:.2f}{TIMES}, CPU per job {cpu:.2f}{TIMES}, "
+            f"p99 added {added(on) - added(off):+.1f} ms"
+        )
+    return "\n".join(lines)
 
 
 def render_profile(trial: Trial) -> str:
