@@ -327,7 +327,8 @@ def render_profile(trial: Trial) -> str:
     own = [[name, pct(count)] for name, count in prof["self"][:15]]
     inclusive = [[name, pct(count)] for name, count in prof["inclusive"][:25]]
     return (
-        f"### Profile: {trial['system']}, 0 ms latency, {trial['jobs']} jobs\n\n"
+        f"### Profile: {trial['system']}{', Redis on' if trial.get('redis') else ''}, "
+        f"0 ms latency, {trial['jobs']} jobs\n\n"
         f"py-spy, {total} samples of the worker's CPU time "
         f"({_f(trial.get('cpu_s_per_1000'), 2)} CPU s / 1000 jobs); raw stacks in "
         f"`{trial.get('profile_file')}`.\n\n"

@@ -23,7 +23,7 @@ from bench.e2e.systems import (
     Workload,
 )
 
-SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "profile")
+SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "profile", "profile-redis")
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
 LARGE_PAGE = 500
@@ -170,6 +170,11 @@ async def run_sections(
         out = results / f"profile-{ctx.run_id}.txt"
         run = profile_trial(lab, Sfworker(ctx, "profile"), SEARCH, counts.jobs, out)
         await trial("profile", 1, run)
+    if "profile-redis" in chosen:  # the same with Redis on: what the fleet's state costs
+        out = results / f"profile-redis-{ctx.run_id}.txt"
+        system = Sfworker(ctx, "profile-redis", SfworkerOptions(redis=True))
+        run = profile_trial(lab, system, SEARCH, counts.jobs, out)
+        await trial("profile", 1, run, redis=True)
 
 
 async def seed(lab: Lab) -> None:

@@ -24,10 +24,10 @@ from worker.tasks import Loop, stop
 SLOT_LEASE_MS = 6_000
 _RENEW_SECONDS = SLOT_LEASE_MS / 3000
 # A slot no call of this process needs for this long goes back to the fleet.
-_IDLE_SECONDS = 0.05
+_IDLE_SECONDS = 0.5
 # A slot is handed from call to call inside this process for at most this long, then goes back
 # to the fleet, so that other workers waiting for the cap get their turn.
-_TURN_SECONDS = 0.5
+_TURN_SECONDS = 1.0
 
 # KEYS: the account's slot set; ARGV: lease ms, cap, members wanted. As many as the cap has
 # room for are added; how many. Server time: no clock skew.
