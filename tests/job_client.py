@@ -26,12 +26,15 @@ __all__ = ["CONNECTION_USER", "JobClient", "connection_user"]
 class JobClient:
     """BlockClient on the settings' topology, answering raw result dicts."""
 
-    def __init__(self, channel: AbstractChannel, settings: Settings) -> None:
+    def __init__(
+        self, channel: AbstractChannel, settings: Settings, worker_user: str | None = None
+    ) -> None:
         self.client = BlockClient(
             channel,
             exchange=settings.request_exchange,
             routing_key=settings.request_routing_key,
             publish_timeout=settings.publish_timeout_seconds,
+            worker_user=worker_user,
         )
         self.results: list[dict[str, Any]] = []
         self.client.add_listener(self.results.append)

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from worker.config import Account, Accounts, Settings, load_accounts
 from worker.jobs import JobRunner
-from worker.observability import http
+from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.consumer import DeliveryHandler
 from worker.runtime.service import RabbitService
@@ -68,7 +68,11 @@ class Fleet:
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics) -> Fleet:
-        memory = MemoryResultStore(settings.result_cache_size, settings.result_cache_ttl_seconds)
+        memory = MemoryResultStore(
+            settings.result_cache_size,
+            settings.result_cache_ttl_seconds,
+            max_bytes=settings.result_cache_max_bytes,
+        )
         timing = {
             "share_every": settings.usage_share_seconds,
             "probe_every": settings.limits_probe_seconds,
@@ -145,9 +149,14 @@ class Worker:
                 "no SFWORKER_REDIS_URL: this worker keeps its tokens, results and limits alone"
             )
         self._http: web.AppRunner | None = None
+        self._tracer: tracing.Tracer = tracing.OFF
 
     async def start(self) -> None:
         s = self.settings
+        # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the HTTP session, which takes
+        # its hooks.
+        self._tracer = tracing.from_environment()
+        tracing.install(self._tracer)
         if s.http_port:
             app = http.create_app(self.metrics, self.service.readiness)
             self._http = await http.start(app, s.http_host, s.http_port)
@@ -184,6 +193,9 @@ class Worker:
         await self.fleet.close()
         if self._http is not None:
             await self._http.cleanup()
+        await self._tracer.shutdown()
+        if tracing.active is self._tracer:
+            tracing.install(tracing.OFF)
         log.info("worker stopped", extra={"left_unacked": cancelled})
 
     async def run_until_stopped(self) -> int:

@@ -19,14 +19,20 @@ What it does for every job (contracts/asyncapi.yaml describes the same on the wi
   `correlation_id` (the job id unless given), `reply_to` = this client's reply queue, `timestamp`
   (the worker counts the job's budget from it when the job has no `sent_at`), and `user_id` = the
   user the connection logged in as, so that RabbitMQ vouches for who published the job;
+  and the W3C trace context of the caller's current OpenTelemetry span (headers `traceparent`,
+  `tracestate`) when opentelemetry-api is installed and a span is current;
 - collects results on a private exclusive queue (gone with the connection), or on a named durable
   queue (`reply_queue=...`) that keeps results across a restart of the caller or the broker;
-- returns them as `worker.contract.BlockResult`, matched by correlation id.
+- returns them as `worker.contract.BlockResult`, matched by correlation id;
+- with `worker_user` (the RabbitMQ user the workers connect as), accepts only replies whose
+  `user_id` is that user (RabbitMQ vouches for it): anything else some other publisher put in
+  the reply queue is dropped and counted in `foreign_replies`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -37,11 +43,14 @@ from typing import Any, Final, Literal
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
 from pydantic import BaseModel, ValidationError
 
 from worker.contract import BlockResult
+from worker.observability.tracing import outgoing_headers
 from worker.runtime.reach import Unreachable, connect_amqp
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE = "salesforce.blocks"
 DEFAULT_ROUTING_KEY = "salesforce.blocks"
@@ -57,6 +66,13 @@ __all__ = [
 ]
 
 Job = Mapping[str, Any] | BaseModel | bytes
+
+
+def _trace_headers(given: Mapping[str, str] | None) -> dict[str, FieldValue] | None:
+    """The headers a job goes with: those given, else the caller's current trace context."""
+    headers: dict[str, FieldValue] = {}
+    headers.update(given if given is not None else outgoing_headers())
+    return headers or None
 
 
 class InvalidResult(ValueError):
@@ -121,6 +137,10 @@ class BlockClient:
     `user_id`: the AMQP `user_id` property stamped on every job: by default the user the
     channel's connection logged in as (RabbitMQ refuses any other unless the user is an
     impersonator); None sends no user_id (tests of raw input).
+
+    `worker_user`: the RabbitMQ user the workers publish results as. When given, a reply is
+    accepted only if its `user_id` is that user; others are dropped (counted in
+    `foreign_replies`, logged). None (the client does not know it): every reply is accepted.
     """
 
     def __init__(
@@ -132,9 +152,12 @@ class BlockClient:
         routing_key: str = DEFAULT_ROUTING_KEY,
         publish_timeout: float = 10.0,
         max_unclaimed: int = 10_000,
+        worker_user: str | None = None,
     ) -> None:
         self._channel = channel
         self._user_id = user_id
+        self._worker_user = worker_user or None
+        self.foreign_replies = 0  # replies dropped: not published by worker_user
         self.user = ""  # the connection's user, known after start()
         self._exchange_name = exchange
         self._routing_key = routing_key
@@ -159,6 +182,7 @@ class BlockClient:
         stamp_user_id: bool = True,
         connect_timeout: float = 10.0,
         publish_timeout: float = 10.0,
+        worker_user: str | None = None,
     ) -> AsyncIterator[BlockClient]:
         """Connect, start consuming results, yield the client; close everything on exit.
 
@@ -173,6 +197,7 @@ class BlockClient:
                 exchange=exchange,
                 routing_key=routing_key,
                 publish_timeout=publish_timeout,
+                worker_user=worker_user,
             )
             await client.start(reply_queue)
             try:
@@ -212,6 +237,17 @@ class BlockClient:
 
     async def _on_result(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False):
+            if self._worker_user is not None and message.user_id != self._worker_user:
+                self.foreign_replies += 1
+                log.warning(
+                    "reply dropped: not published by the workers' RabbitMQ user",
+                    extra={
+                        "user_id": message.user_id or "",
+                        "worker_user": self._worker_user,
+                        "correlation_id": message.correlation_id or "",
+                    },
+                )
+                return
             data = _decode(message.body)
             correlation = message.correlation_id or (data or {}).get("job_id") or ""
             decoded = data if data is not None else {"_undecodable": message.body[:200].hex()}
@@ -234,10 +270,12 @@ class BlockClient:
         message_id: str | None = None,
         timestamp: float | None = None,
         user_id: str | Literal[_Sender.CLIENT_SETTING] | None = CLIENT_SETTING,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Publish one job (a dict, a contract model, or raw bytes) and wait for RabbitMQ's
         confirm. Returns the correlation id its result will carry. `user_id` overrides the
-        client's for this job (None: none at all)."""
+        client's for this job (None: none at all). `headers` (e.g. `traceparent`) go with the
+        job; without them, the current OpenTelemetry span's trace context does."""
         body, job_id = _body(job)
         stamped: str | None
         if user_id is not CLIENT_SETTING:
@@ -259,6 +297,7 @@ class BlockClient:
             timestamp=time.time() if timestamp is None else timestamp,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             user_id=stamped,
+            headers=_trace_headers(headers),
         )
         try:
             exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)

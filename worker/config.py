@@ -14,13 +14,20 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Two missed heartbeats end a link (RabbitMQ's rule, and the worker's): at 2 s a partitioned
+# worker's deliveries go back to the queue 2 to 4 s after its link went silent, which leaves
+# most of a caller's 5 to 8 s for another worker to answer them. Lower makes a loaded process
+# or a GC pause look like a partition; RabbitMQ's own default (60 s) holds them a minute.
+AMQP_HEARTBEAT_SECONDS = 2
 
 
 class ConfigError(Exception):
@@ -36,6 +43,13 @@ class Settings(BaseSettings):
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         description="RabbitMQ URL, or several comma-separated (the nodes of a cluster, tried in "
         "turn); may carry credentials, never logged",
+    )
+    amqp_heartbeat_seconds: int = Field(
+        default=AMQP_HEARTBEAT_SECONDS,
+        ge=1,
+        le=60,
+        description="AMQP heartbeat of every broker URL that sets none (`?heartbeat=N`): a link "
+        "silent for two heartbeats is closed, by RabbitMQ and by the worker",
     )
     accounts_file: Path = Field(default=Path("accounts.toml"), description="TOML accounts file")
     http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
@@ -79,6 +93,16 @@ class Settings(BaseSettings):
     dead_letter_queue: str = "salesforce.blocks.dead"
     results_exchange: str = "salesforce.results"
     delivery_limit: int = Field(default=5, ge=1, description="Quorum x-delivery-limit")
+    dead_letter_max_age: float = Field(
+        default=7 * 86400.0,
+        ge=1,
+        le=365 * 86400.0,
+        description="Seconds a dead letter is kept (x-message-ttl of the dead-letter queue); "
+        "also `7d`, `12h`, `30m`, `P7D`",
+    )
+    dead_letter_max_length: int = Field(
+        default=100_000, ge=1, description="Dead letters kept at most (oldest dropped first)"
+    )
 
     max_message_bytes: int = Field(default=1_048_576, ge=1024, description="Larger -> rejected")
     shutdown_grace_seconds: float = Field(default=25.0, ge=0, description="Drain time on SIGTERM")
@@ -93,6 +117,20 @@ class Settings(BaseSettings):
 
     result_cache_size: int = Field(default=10_000, ge=0, description="Results kept for replay")
     result_cache_ttl_seconds: float = Field(default=900.0, gt=0, description="How long")
+    result_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Bytes of results kept in memory at most"
+    )
+    max_response_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="A Salesforce response body larger than this is not read further",
+    )
+    max_result_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=16 * 1024,
+        description="A result larger than this is answered RESULT_TOO_LARGE (below RabbitMQ's "
+        "max_message_size: 16 MiB by default in 4.x, 128 MiB in 3.x)",
+    )
 
     http_pool_size: int = Field(default=100, ge=1, description="Connections to Salesforce")
     http_connect_timeout_seconds: float = Field(default=3.0, gt=0)
@@ -121,13 +159,44 @@ class Settings(BaseSettings):
         return value
 
     def amqp_urls(self) -> list[str]:
-        """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order."""
-        return split_amqp_urls(self.amqp_url.get_secret_value())
+        """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order; each with
+        `heartbeat=SFWORKER_AMQP_HEARTBEAT_SECONDS` unless it sets its own."""
+        return [
+            with_heartbeat(url, self.amqp_heartbeat_seconds)
+            for url in split_amqp_urls(self.amqp_url.get_secret_value())
+        ]
+
+    @field_validator("dead_letter_max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text[:1] in ("P", "p"):
+            return _DURATION.validate_python(text.upper()).total_seconds()
+        found = _SECONDS.fullmatch(text)
+        if found is None:
+            raise ValueError("a duration: seconds, or a number with s, m, h or d, or ISO 8601")
+        return float(found[1]) * _UNITS[found[2].lower()]
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+
+_SECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*([smhdSMHD]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+
+
+def with_heartbeat(url: str, seconds: int) -> str:
+    """`url` with `heartbeat=seconds` in its query string, unless it already names one."""
+    parts = urlsplit(url)
+    if "heartbeat" in parse_qs(parts.query, keep_blank_values=True):
+        return url
+    query = f"{parts.query}&heartbeat={seconds}" if parts.query else f"heartbeat={seconds}"
+    return urlunsplit(parts._replace(query=query))
 
 
 def split_amqp_urls(raw: str) -> list[str]:
@@ -188,7 +257,7 @@ ACCOUNT_KEYS = (
     | {f"{k}_file" for k in SECRET_KEYS}
 )
 _LOCAL_HOSTS = {"localhost"}
-TENANT_KEYS = {"amqp_users"}
+TENANT_KEYS = {"amqp_users", "reply_to"}
 _TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Salesforce limits long (>20 s) concurrent calls to 25 per org, not short ones: the cap is a
 # guard against a slow org, set above a process's prefetch so it never throttles normal load.
@@ -230,6 +299,9 @@ class Tenant:
 
     name: str
     amqp_users: frozenset[str]
+    # Extra queue names (regexes, whole name) its jobs may name as reply_to in strict mode,
+    # besides `<user_id>.<anything>`, `amq.gen-...` and direct reply-to (worker/tenancy.py).
+    reply_to: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -490,8 +562,28 @@ def _parse_tenants(data: Any) -> dict[str, Tenant]:
                     f"tenant {owner[user]!r}"
                 )
             owner[user] = name
-        tenants[name] = Tenant(name=name, amqp_users=frozenset(users))
+        tenants[name] = Tenant(
+            name=name, amqp_users=frozenset(users), reply_to=_reply_patterns(name, table)
+        )
     return tenants
+
+
+def _reply_patterns(name: str, table: Mapping[str, Any]) -> tuple[re.Pattern[str], ...]:
+    """A tenant's `reply_to`: regexes a reply queue's whole name may match."""
+    raw = table.get("reply_to", [])
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
+        raise ConfigError(
+            f"tenant {name!r}: key 'reply_to' must be a list of regexes of queue names"
+        )
+    patterns = []
+    for pattern in raw:
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(
+                f"tenant {name!r}: key 'reply_to': {pattern!r} is not a regex ({exc})"
+            ) from None
+    return tuple(patterns)
 
 
 def _check_tenants(accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]) -> None:

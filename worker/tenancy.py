@@ -6,6 +6,10 @@ tables in the accounts file (strict mode) a job's tenant is the tenant whose `am
 its `user_id`. A job without `user_id`, from a user no tenant lists, claiming another tenant, or
 naming another tenant's account is refused. Without tenant tables the job's own `tenant` field
 is all there is (open mode: anyone who can publish may use any account).
+
+In strict mode replies go only where the publisher may read (`reply_allowed`): the worker's
+broker user may write to `amq.default`, which reaches every queue of the vhost, so a `reply_to`
+naming another tenant's queue would let one tenant inject results into another's call flow.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Reason(StrEnum):
     UNKNOWN_USER = "unknown_user"
     TENANT_MISMATCH = "tenant_mismatch"
     FOREIGN_ACCOUNT = "foreign_account"
+    FORBIDDEN_REPLY_TO = "forbidden_reply_to"
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,28 @@ def store_key(accounts: Accounts, tenant: str | None, job_id: str) -> str:
     one tenant reusing another's job_id gets its own job run, never the other's result.
     (A tenant name never holds '/'.)"""
     return f"{tenant}/{job_id}" if accounts.strict else job_id
+
+
+# Reply queues any publisher may name: server-named queues (random names, exclusive to the
+# connection that declared them) and RabbitMQ direct reply-to (bound to the caller's channel).
+SERVER_NAMED = "amq.gen-"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def reply_allowed(accounts: Accounts, user_id: str | None, reply_to: str | None) -> bool:
+    """May a job published by `user_id` have its result sent to `reply_to`?
+
+    Open mode: anywhere. Strict mode: a queue named `<user_id>.<anything>` (the deploy recipe
+    lets that user read exactly those), a server-named `amq.gen-...` queue, direct reply-to,
+    or a queue whose whole name matches one of the `reply_to` patterns of the user's tenant.
+    No reply_to at all (the result goes to the results exchange) is always allowed."""
+    if not accounts.strict or not reply_to:
+        return True
+    if reply_to.startswith((SERVER_NAMED, DIRECT_REPLY_TO)):
+        return True
+    if not user_id:
+        return False
+    if reply_to.startswith(f"{user_id}.") and len(reply_to) > len(user_id) + 1:
+        return True
+    owner = accounts.tenant_of_user(user_id)
+    return owner is not None and any(p.fullmatch(reply_to) for p in owner.reply_to)

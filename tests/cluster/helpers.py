@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.job_client import JobClient
+from tests.metrics import metric
 
-
-def metric(text: str, name: str) -> float:
-    """A sample without labels from a Prometheus text page (0 when absent)."""
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+__all__ = ["Stream", "differing_duplicates", "metric"]
 
 
 @dataclass

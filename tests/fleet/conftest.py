@@ -12,6 +12,7 @@ import pytest
 from sfsim.testing import SimulatorClient
 
 from tests.conftest import make_settings, write_accounts
+from tests.metrics import metric
 from tests.redis_server import RedisServer
 from worker.config import Settings
 
@@ -72,9 +73,6 @@ async def counters(simulator: SimulatorClient) -> dict[str, Any]:
     return await simulator.counters()
 
 
-def gauge(metrics_text: str, name: str) -> float | None:
-    """The value of an unlabelled sample in Prometheus text, or None when absent."""
-    for line in metrics_text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+def gauge(metrics_text: str, name: str, **labels: str) -> float:
+    """`name{labels}` in a /metrics page (tests.metrics.metric: fails when not exported)."""
+    return metric(metrics_text, name, **labels)

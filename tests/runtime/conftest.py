@@ -11,6 +11,7 @@ import pytest
 from sfsim.testing import SimulatorClient
 
 from tests.conftest import ROOT
+from tests.metrics import metric
 from worker.app import Worker
 from worker.config import Settings
 
@@ -27,8 +28,8 @@ async def worker(settings: Settings, simulator: SimulatorClient) -> AsyncIterato
 
 
 def sample(worker: Worker, name: str, **labels: str) -> float:
-    value = worker.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
+    """`name{labels}` in the worker's metrics, read as a scraper would (tests.metrics)."""
+    return metric(worker.metrics, name, **labels)
 
 
 async def sfworker(

@@ -34,20 +34,24 @@ BAD: list[tuple[str, bytes, str]] = [
                 "id": "500000000000001",
             }
         ),
-        "object",
+        "object: ",
     ),
     (
         "bad id",
         orjson.dumps(
             {"v": 1, "job_id": "b8", "operation": "get", "object": "Case", "id": "500' OR 1=1"}
         ),
-        "id",
+        "id: ",
     ),
     ("soql and sosl", orjson.dumps({**GOOD, "job_id": "b9", "sosl": "FIND {x}"}), "exactly one"),
     ("operation array", orjson.dumps({"v": 1, "job_id": "b10", "operation": []}), "operation"),
     ("operation object", orjson.dumps({"v": 1, "job_id": "b11", "operation": {}}), "operation"),
     ("v true", orjson.dumps({**GOOD, "v": True, "job_id": "b12"}), "v=True"),
-    ("timeout string", orjson.dumps({**GOOD, "timeout_ms": "900", "job_id": "b13"}), "timeout_ms"),
+    (
+        "timeout string",
+        orjson.dumps({**GOOD, "timeout_ms": "900", "job_id": "b13"}),
+        "timeout_ms: ",
+    ),
 ]
 
 

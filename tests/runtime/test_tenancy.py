@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -92,6 +93,7 @@ client_secret = "{DEFAULT_CLIENT_SECRET}"
 
 [tenants.acme]
 amqp_users = ["{users.acme}"]
+reply_to = ['^{users.acme}-ivr\\..*$']
 
 [tenants.globex]
 amqp_users = ["{users.globex}"]
@@ -115,12 +117,17 @@ async def worker(
 
 
 @asynccontextmanager
-async def client_as(url: str, settings: Settings) -> AsyncIterator[JobClient]:
+async def client_as(
+    url: str,
+    settings: Settings,
+    durable_queue: str | None = None,
+    worker_user: str | None = None,
+) -> AsyncIterator[JobClient]:
     """A runtime publishing with its own connection (so as its own RabbitMQ user)."""
     connection = await aio_pika.connect(url, timeout=10)
     async with connection:
-        client = JobClient(await connection.channel(), settings)
-        await client.start()
+        client = JobClient(await connection.channel(), settings, worker_user=worker_user)
+        await client.start(durable_queue)
         yield client
 
 
@@ -243,18 +250,23 @@ async def test_a_forged_user_id_is_refused_by_the_broker(
 async def test_no_user_id_or_a_user_of_no_tenant_is_forbidden(
     worker: Worker,
     settings: Settings,
+    amqp_url: str,
     users: Users,
     jobs: JobClient,
     amqp: aio_pika.abc.AbstractRobustConnection,
     simulator: SimulatorClient,
     globex_sim: SimulatorClient,
 ) -> None:
-    # `jobs` publishes as guest: a real user, but one no tenant lists.
+    # `jobs` publishes as guest: a real user, but one no tenant lists. (Its connection is
+    # robust: aio-pika names its private queue `amq_...` itself, a name the reply rule does
+    # not allow; a plain connection gets a server-named `amq.gen-...` one.)
     assert jobs.user == "guest"
-    assert refusal(await jobs.call(search("by-guest"))) == (
-        "FORBIDDEN_ACCOUNT",
-        "RabbitMQ user 'guest' publishes for no tenant",
-    )
+    async with client_as(amqp_url, settings) as guest:
+        assert guest.reply_queue.startswith("amq.gen-")
+        assert refusal(await guest.call(search("by-guest"))) == (
+            "FORBIDDEN_ACCOUNT",
+            "RabbitMQ user 'guest' publishes for no tenant",
+        )
     async with client_as(users.acme_url, settings) as acme:
         anonymous = await acme.result(await acme.publish(search("anonymous"), user_id=None), 10)
         code, message = refusal(anonymous)
@@ -339,3 +351,155 @@ async def _get(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
 async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str) -> None:
     target = await channel.get_exchange(exchange, ensure=False)
     await target.publish(aio_pika.Message(b"{}"), routing_key="ok.search")
+
+
+async def _publish_raw(
+    client: JobClient, settings: Settings, body: bytes, *, reply_to: str, job_id: str
+) -> None:
+    """A job with a reply_to of the publisher's choosing (BlockClient always names its own)."""
+    exchange = await client.client.channel.get_exchange(settings.request_exchange, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(
+            body,
+            message_id=job_id,
+            correlation_id=job_id,
+            reply_to=reply_to,
+            user_id=client.user,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key=settings.request_routing_key,
+    )
+
+
+async def _drain(
+    queue: aio_pika.abc.AbstractQueue, count: int, within: float, what: str
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    held: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def got_all() -> bool:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            held.append(message)
+        return len(held) >= count
+
+    await wait_until(got_all, within, what)
+    return held
+
+
+async def test_a_result_addressed_to_another_tenant_s_queue_never_arrives_there(
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    simulator: SimulatorClient,
+    globex_sim: SimulatorClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await globex_sim.seed("Contact", [{"FirstName": "Grace", "LastName": "Globex"}])
+    victim = f"{users.globex}.replies"
+    targets = {
+        "into-globex": victim,
+        "into-requests": settings.request_queue,
+        "into-dead-letters": settings.dead_letter_queue,
+    }
+    async with (
+        client_as(users.globex_url, settings, durable_queue=victim) as globex,
+        client_as(users.acme_url, settings) as acme,
+    ):
+        for job_id, target in targets.items():
+            await _publish_raw(
+                acme, settings, orjson.dumps(search(job_id)), reply_to=target, job_id=job_id
+            )
+        # Not even a refusal goes there: bad input, or a job naming globex's account.
+        await _publish_raw(acme, settings, b"not json", reply_to=victim, job_id="bad-input")
+        foreign = orjson.dumps(search("foreign", account="globex"))
+        await _publish_raw(acme, settings, foreign, reply_to=victim, job_id="foreign")
+
+        channel = await amqp.channel()
+        dead = await channel.get_queue(settings.dead_letter_queue)
+        moved = await _drain(dead, 5, 20, "the five jobs in the dead-letter queue")
+        # Every one of them is in the dead letters, so none will ever be answered; globex's
+        # own job, published now, is the only message its queue ever receives.
+        mine = await globex.call(search("globex-own"))
+    assert found(mine) == ("ok", "globex", ["Grace Globex"])
+    assert [r["job_id"] for r in globex.results] == ["globex-own"]
+    left = await (await channel.get_queue(victim)).get(fail=False)
+    await channel.queue_delete(victim)
+    assert left is None
+
+    assert sorted(m.message_id or "" for m in moved) == sorted([*targets, "bad-input", "foreign"])
+    assert {
+        (
+            (m.headers or {}).get("x-sfworker-dead-letter-reason"),
+            (m.headers or {}).get("x-sfworker-user-id"),
+        )
+        for m in moved
+    } == {("forbidden_reply_to", users.acme)}
+    assert {m.message_id: m.reply_to for m in moved}["into-globex"] == victim
+    assert await untouched(simulator)
+    assert sample(worker, "sfworker_dead_lettered_total", reason="forbidden_reply_to") == 5
+    refusals = "sfworker_tenant_refusals_total"
+    assert sample(worker, refusals, reason="forbidden_reply_to", tenant="acme") == 5
+    assert sample(worker, refusals, reason="foreign_account", tenant="acme") == 0
+    logged = [
+        (r.__dict__["job_id"], r.__dict__["user_id"], r.__dict__["reply_to"])
+        for r in caplog.records
+        if r.getMessage().startswith("job refused: reply_to")
+    ]
+    assert sorted(logged) == sorted((m.message_id, users.acme, m.reply_to) for m in moved)
+
+
+async def test_results_reach_the_publisher_s_own_queues_signed_by_the_worker(
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    simulator: SimulatorClient,
+) -> None:
+    await simulator.seed("Contact", [{"FirstName": "Ada", "LastName": "Acme"}])
+    # A queue the tenant table's pattern allows (the operator declared it, and lets the
+    # tenant's IVR read it).
+    ivr = f"{users.acme}-ivr.flows"
+    admin = await amqp.channel()
+    ivr_queue = await admin.declare_queue(ivr, auto_delete=True)
+    async with client_as(users.acme_url, settings, worker_user=users.worker) as acme:
+        # A message someone else (here the broker admin) put in acme's reply queue is no
+        # result: the client drops it.
+        await admin.default_exchange.publish(
+            aio_pika.Message(orjson.dumps({"v": 1, "job_id": "fake"}), correlation_id="fake"),
+            routing_key=acme.reply_queue,
+        )
+        assert found(await acme.call(search("on-amq-gen"))) == ("ok", "main", ["Ada Acme"])
+        await wait_until(
+            lambda: _true(acme.client.foreign_replies == 1), 10, "the fake reply dropped"
+        )
+        assert [r["job_id"] for r in acme.results] == ["on-amq-gen"]
+
+        await _publish_raw(
+            acme, settings, orjson.dumps(search("on-ivr")), reply_to=ivr, job_id="on-ivr"
+        )
+        (answer,) = await _drain(ivr_queue, 1, 20, "the result in the IVR's queue")
+        assert orjson.loads(answer.body)["job_id"] == "on-ivr"
+        assert answer.user_id == users.worker
+
+        # RabbitMQ direct reply-to: the pseudo-queue of the publishing channel.
+        channel = acme.client.channel
+        direct: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        pseudo = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        await pseudo.consume(direct.put, no_ack=True)
+        await _publish_raw(
+            acme,
+            settings,
+            orjson.dumps(search("direct")),
+            reply_to="amq.rabbitmq.reply-to",
+            job_id="direct",
+        )
+        async with asyncio.timeout(20):
+            reply = await direct.get()
+        assert (orjson.loads(reply.body)["job_id"], reply.user_id) == ("direct", users.worker)
+    await admin.close()
+    assert sample(worker, "sfworker_dead_lettered_total", reason="forbidden_reply_to") == 0
+
+
+async def _true(value: bool) -> bool:
+    return value

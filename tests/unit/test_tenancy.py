@@ -13,7 +13,7 @@ from worker.app import Worker
 from worker.commands.cli import main
 from worker.config import Accounts, ConfigError, Settings, load_accounts
 from worker.observability.metrics import Metrics
-from worker.tenancy import Reason, Verdict, check, store_key
+from worker.tenancy import Reason, Verdict, check, reply_allowed, store_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,6 +115,14 @@ def test_tenant_tables_turn_strict_mode_on(tmp_path: Path) -> None:
         ),
         (account("acme", "acme") + "[tenants]\n", "accounts file: [tenants] needs at least one"),
         (
+            account("acme", "acme") + '[tenants.acme]\namqp_users = ["a"]\nreply_to = "^x$"\n',
+            "tenant 'acme': key 'reply_to' must be a list of regexes of queue names",
+        ),
+        (
+            account("acme", "acme") + '[tenants.acme]\namqp_users = ["a"]\nreply_to = ["(x"]\n',
+            "tenant 'acme': key 'reply_to': '(x' is not a regex",
+        ),
+        (
             account("acme", "a/b") + '[tenants."a/b"]\namqp_users = ["rt-acme"]\n',
             "tenant 'a/b': a tenant name is letters, digits, '.', '_' and '-'",
         ),
@@ -148,11 +156,47 @@ def test_the_rule_in_strict_mode(tmp_path: Path) -> None:
     assert store_key(accounts, "acme", "j-1") != store_key(accounts, "globex", "j-1")
 
 
+def test_replies_go_only_where_the_publisher_may_read(tmp_path: Path) -> None:
+    with_pattern = GOOD.replace(
+        'amqp_users = ["rt-acme", "rt-acme-ivr"]',
+        'amqp_users = ["rt-acme", "rt-acme-ivr"]\nreply_to = ["^acme-ivr\\\\..*$"]',
+    )
+    accounts = load(tmp_path, with_pattern)
+    assert accounts.tenants["acme"].reply_to[0].pattern == r"^acme-ivr\..*$"
+    allowed = [
+        ("rt-acme", "rt-acme.replies"),
+        ("rt-acme", "amq.gen-JzTY20BRgKO-HjmUJj0wLg"),
+        ("rt-acme", "amq.rabbitmq.reply-to.g1hkABFyYWJiaXRAbG9jYWxob3N0AAAD"),
+        ("rt-acme-ivr", "acme-ivr.flows"),  # the tenant's pattern, for each of its users
+        ("rt-acme", "acme-ivr.flows"),
+        ("rt-globex", "rt-globex.chat.replies"),
+        ("rt-acme", None),  # no reply_to: the results exchange
+        (None, "amq.gen-abc"),
+        # A user of no tenant may name its own queues (its job is answered FORBIDDEN_ACCOUNT).
+        ("guest", "guest.replies"),
+    ]
+    forbidden = [
+        ("rt-acme", "rt-globex.replies"),  # another tenant's queue
+        ("rt-globex", "acme-ivr.flows"),  # another tenant's pattern
+        ("rt-acme", "salesforce.blocks"),  # the request queue
+        ("rt-acme", "salesforce.blocks.dead"),
+        ("rt-acme", "rt-acme."),  # nothing after the dot
+        ("rt-acme", "rt-acme"),
+        ("rt-acme", "xacme-ivr.flows"),  # patterns match the whole name
+        (None, "rt-acme.replies"),  # without user_id, only server-named queues
+    ]
+    assert [reply_allowed(accounts, u, q) for u, q in allowed] == [True] * len(allowed)
+    assert [reply_allowed(accounts, u, q) for u, q in forbidden] == [False] * len(forbidden)
+
+
 def test_open_mode_is_the_job_s_own_word(tmp_path: Path) -> None:
     accounts = load(tmp_path, account("acme", "acme", default=True) + account("globex", "globex"))
     assert check(accounts, None, "globex", None) == Verdict(None)
     assert check(accounts, "anyone", "globex", "acme") == Verdict("acme")
     assert store_key(accounts, None, "j-1") == "j-1"
+    # Replies go wherever reply_to points, as before tenant tables existed.
+    assert reply_allowed(accounts, "rt-acme", "rt-globex.replies")
+    assert reply_allowed(accounts, None, "salesforce.blocks.dead")
 
 
 def test_refusal_series_exist_before_the_first_refusal() -> None:
@@ -163,7 +207,7 @@ def test_refusal_series_exist_before_the_first_refusal() -> None:
         ("unknown_user", ""),
         *(
             (reason, t)
-            for reason in ("tenant_mismatch", "foreign_account")
+            for reason in ("tenant_mismatch", "foreign_account", "forbidden_reply_to")
             for t in ("acme", "globex")
         ),
     ]

@@ -7,17 +7,25 @@ from typing import Any
 from worker.client import BlockClient
 from worker.config import Settings
 from worker.contract import BlockResult
+from worker.observability import tracing
 
 __all__ = ["submit_one"]
 
 
 async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> BlockResult:
     """Publish `job` on the settings' topology and return its result (TimeoutError after
-    `wait` seconds; worker.runtime.reach.Unreachable when RabbitMQ cannot be reached)."""
-    async with BlockClient.connect(
-        settings.amqp_url.get_secret_value(),
-        exchange=settings.request_exchange,
-        routing_key=settings.request_routing_key,
-        publish_timeout=settings.publish_timeout_seconds,
-    ) as client:
-        return await client.call(job, wait)
+    `wait` seconds; worker.runtime.reach.Unreachable when RabbitMQ cannot be reached).
+    With OTEL_EXPORTER_OTLP_ENDPOINT set, the block is one trace whose root is `sfworker
+    submit`; the job carries its context to the worker."""
+    tracer = tracing.from_environment(service="sfworker-submit")
+    try:
+        with tracer.start_root("sfworker submit"):
+            async with BlockClient.connect(
+                settings.amqp_url.get_secret_value(),
+                exchange=settings.request_exchange,
+                routing_key=settings.request_routing_key,
+                publish_timeout=settings.publish_timeout_seconds,
+            ) as client:
+                return await client.call(job, wait)
+    finally:
+        await tracer.shutdown()

@@ -48,7 +48,9 @@ _JOB_PROPERTIES = {
     "correlation_id": "copied to the result; the job_id unless the caller chooses another",
     "reply_to": (
         "the caller's reply queue; omitted -> the result goes to the results exchange with "
-        "routing key <status>.<operation>"
+        "routing key <status>.<operation>. With tenant tables (strict mode) it must be a queue "
+        "the publisher may read: <user_id>.<anything>, amq.gen-..., amq.rabbitmq.reply-to..., "
+        "or a pattern of its tenant's table; any other is dead-lettered (forbidden_reply_to)"
     ),
     "timestamp": "send time (seconds); the job's budget counts from it when sent_at is absent",
     "user_id": (
@@ -63,7 +65,33 @@ _RESULT_PROPERTIES = {
     "message_id": "the job_id",
     "type": RESULT_TYPE,
     "timestamp": "when the result was published",
+    "user_id": (
+        "the RabbitMQ user the worker connects as (RabbitMQ checks it): a client that knows "
+        "that user accepts only results carrying it"
+    ),
 }
+
+
+_TRACEPARENT = {
+    "type": "string",
+    "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+    "examples": ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+}
+_TRACESTATE = {
+    "type": "string",
+    "description": "W3C Trace Context vendor data, passed on unchanged",
+}
+
+
+def _trace_headers(traceparent: str) -> dict[str, Any]:
+    """Optional AMQP headers: the W3C Trace Context (docs/observability.md)."""
+    return {
+        "type": "object",
+        "properties": {
+            "traceparent": {**_TRACEPARENT, "description": traceparent},
+            "tracestate": _TRACESTATE,
+        },
+    }
 
 
 def _exchange(name: str, kind: str) -> dict[str, Any]:
@@ -157,7 +185,11 @@ def _channels() -> dict[str, Any]:
             "description": (
                 f"Jobs that could not be answered (unreadable, too large, or past the delivery "
                 f"limit) go through the fanout exchange `{dlx}` to the quorum queue `{dlq}`, "
-                "unchanged, with RabbitMQ's `x-death` header. `sfworker dlq` lists and requeues "
+                "unchanged, with RabbitMQ's `x-death` header. Kept at most "
+                f"`x-message-ttl: {int(_default('dead_letter_max_age') * 1000)}` ms (7 days, "
+                "SFWORKER_DEAD_LETTER_MAX_AGE) and `x-max-length: "
+                f"{_default('dead_letter_max_length')}` messages, oldest dropped first. "
+                "`sfworker dlq` lists them (without spending their delivery count) and requeues "
                 "them."
             ),
             "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
@@ -274,6 +306,10 @@ def asyncapi_document(
                     "title": "Block job (contract v1)",
                     "contentType": "application/json",
                     "correlationId": correlation,
+                    "headers": _trace_headers(
+                        "optional: the caller's span (W3C Trace Context); the worker's span "
+                        "for the job continues that trace (it starts one without it)"
+                    ),
                     "payload": {"$ref": "#/components/schemas/BlockJob"},
                     "x-amqp-properties": _JOB_PROPERTIES,
                     "examples": _examples(job_examples),
@@ -283,6 +319,11 @@ def asyncapi_document(
                     "title": "Block result (contract v1)",
                     "contentType": "application/json",
                     "correlationId": correlation,
+                    "headers": _trace_headers(
+                        "the worker's span that published the result, in the job's trace; "
+                        "with tracing off, the job's own traceparent (and tracestate) returned "
+                        "unchanged; absent when the job had none and tracing is off"
+                    ),
                     "payload": {"$ref": "#/components/schemas/BlockResult"},
                     "bindings": {
                         "amqp": {"messageType": RESULT_TYPE, "bindingVersion": AMQP_BINDING}

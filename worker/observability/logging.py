@@ -13,11 +13,17 @@ from typing import Any
 
 import orjson
 
+from worker.observability.tracing import log_ids
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    ids = log_ids()  # written while handling a job: the ids of its trace
+    if ids is not None:
+        extras["trace_id"], extras["span_id"] = ids
+    return extras
 
 
 class JsonFormatter(logging.Formatter):

@@ -197,6 +197,11 @@ class Metrics:
             "Redelivered jobs answered from the result store instead of executing again",
             registry=r,
         )
+        self.job_id_reused = Counter(
+            "sfworker_job_id_reused_total",
+            "Jobs answered JOB_ID_REUSED: their job_id was still bound to another job",
+            registry=r,
+        )
         self.redeliveries = Counter(
             "sfworker_redeliveries_total", "Deliveries flagged redelivered", registry=r
         )
@@ -208,8 +213,8 @@ class Metrics:
         )
         self.tenant_refusals = Counter(
             "sfworker_tenant_refusals_total",
-            "Jobs refused FORBIDDEN_ACCOUNT by tenant isolation, by reason and the publisher's "
-            "tenant ('' when unknown)",
+            "Jobs refused by tenant isolation (answered FORBIDDEN_ACCOUNT; forbidden_reply_to: "
+            "dead-lettered), by reason and the publisher's tenant ('' when unknown)",
             ["reason", "tenant"],
             registry=r,
         )
@@ -237,6 +242,16 @@ class Metrics:
         )
         self.amqp_reconnects = Counter(
             "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
+        )
+        self.amqp_silent_links = Counter(
+            "sfworker_amqp_silent_links_total",
+            "Connections to RabbitMQ closed by the worker after two heartbeats without a frame",
+            registry=r,
+        )
+        self.amqp_blocked = Gauge(
+            "sfworker_amqp_blocked",
+            "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
+            registry=r,
         )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
@@ -283,5 +298,6 @@ class Metrics:
         for tenant in tenants:
             self.tenant_refusals.labels(Reason.TENANT_MISMATCH.value, tenant)
             self.tenant_refusals.labels(Reason.FOREIGN_ACCOUNT.value, tenant)
+            self.tenant_refusals.labels(Reason.FORBIDDEN_REPLY_TO.value, tenant)
         for destination in ("reply_to", "results_exchange"):
             self.results_published.labels(destination)

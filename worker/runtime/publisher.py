@@ -7,16 +7,21 @@ aio_pika.Message first: that object alone cost about a fifth of a publish's CPU)
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
+from yarl import URL
 
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,14 @@ class Reply:
     operation: str
 
 
+def login_user(url: URL) -> str | None:
+    """The RabbitMQ user a connection to `url` logs in as: the URL's, else `guest` (aiormq's
+    default); unknown (None) with EXTERNAL authentication, where the certificate names it."""
+    if url.user:
+        return url.user
+    return None if url.query.get("auth", "").lower() == "external" else "guest"
+
+
 class ResultPublisher:
     def __init__(
         self,
@@ -47,16 +60,21 @@ class ResultPublisher:
         metrics: Metrics,
         timeout: float,
         dead_letter_queue: str = "",
+        blocked: Callable[[], bool] = lambda: False,
     ) -> None:
         self._channel = channel
         self._results = results
         self._metrics = metrics
         self._timeout = timeout
         self._dead_letter_queue = dead_letter_queue
+        self._blocked = blocked
 
     async def publish(self, reply: Reply) -> Published:
         """Publish and wait for the broker's confirm. Unroutable -> UNROUTABLE (the caller is
         gone); a nack, a timeout or a lost channel raise (the request must not be acked)."""
+        if self._channel.is_closed:
+            raise ChannelInvalidStateError("the publishing channel is closed")
+        channel = await self._channel.get_underlay_channel()
         properties = spec.Basic.Properties(
             content_type="application/json",
             correlation_id=reply.correlation_id,
@@ -64,6 +82,9 @@ class ResultPublisher:
             message_type="sfworker.result.v1",
             # Persistent: a durable reply queue keeps the result across a broker restart.
             delivery_mode=_PERSISTENT,
+            # RabbitMQ checks it against the connection's user: a caller can tell a result
+            # from a message some other publisher put in its queue (BlockClient worker_user).
+            user_id=login_user(channel.connection.url),
         )
         if reply.reply_to:
             exchange, key, destination = "", reply.reply_to, "reply_to"  # the default exchange
@@ -71,20 +92,24 @@ class ResultPublisher:
             exchange = self._results.name
             key = f"{reply.status}.{reply.operation or 'unknown'}"
             destination = "results_exchange"
-        if self._channel.is_closed:
-            raise ChannelInvalidStateError("the publishing channel is closed")
-        channel = await self._channel.get_underlay_channel()
         try:
-            # Raises PublishError when returned (mandatory, on_return_raises), DeliveryError on
-            # a nack, TimeoutError without a confirm in time: as aio-pika's Exchange.publish.
-            await channel.basic_publish(
-                reply.body,
-                exchange=exchange,
-                routing_key=key,
-                properties=properties,
-                mandatory=True,
-                timeout=self._timeout,
-            )
+            # The PRODUCER span, with the confirm; the result carries its W3C trace context.
+            # A reply queue's name is the caller's own (often generated): the span says reply_to.
+            with tracing.active.publish(exchange or destination, key) as trace_headers:
+                if trace_headers:
+                    properties.headers = trace_headers
+                # Raises PublishError when returned (mandatory, on_return_raises),
+                # DeliveryError on a nack, TimeoutError without a confirm in time: as
+                # aio-pika's Exchange.publish.
+                await self._confirmed(
+                    channel.basic_publish(
+                        reply.body,
+                        exchange=exchange,
+                        routing_key=key,
+                        properties=properties,
+                        mandatory=True,
+                    )
+                )
         except PublishError:
             self._metrics.replies_unroutable.inc()
             log.warning(
@@ -97,12 +122,32 @@ class ResultPublisher:
         self._metrics.last_job.set_to_current_time()
         return Published.CONFIRMED
 
+    async def _confirmed(self, confirm: Awaitable[Any]) -> None:
+        """Wait for the broker's confirm at most the publish timeout, and longer while the broker
+        blocks the connection (an alarm): the frame was written, RabbitMQ reads it when it
+        unblocks. Giving up then and requeueing the job would answer it twice."""
+        future = asyncio.ensure_future(confirm)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=self._timeout)
+                if done:
+                    future.result()
+                    return
+                if not self._blocked():
+                    raise TimeoutError("no publisher confirm in time")
+        finally:
+            if not future.done():
+                future.cancel()
+
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Put a copy of `message` in the dead-letter queue, for a message RabbitMQ must not
         dead-letter itself: without its `x-death` header, with `x-sfworker-dead-letter-reason`.
         Raises like `publish` when the copy is not confirmed (the original must then stay)."""
         headers = {k: v for k, v in (message.headers or {}).items() if k != "x-death"}
         headers["x-sfworker-dead-letter-reason"] = reason
+        if message.user_id:
+            # Who published it (the copy goes out under the worker's own user).
+            headers["x-sfworker-user-id"] = message.user_id
         copy = aio_pika.Message(
             body=message.body,
             headers=headers,
@@ -110,6 +155,7 @@ class ResultPublisher:
             content_encoding=message.content_encoding,
             message_id=message.message_id,
             correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
             timestamp=message.timestamp,
             type=message.type,
             app_id=message.app_id,

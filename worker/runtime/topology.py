@@ -1,19 +1,28 @@
 """Exchanges and queues of contract v1, declared at start (idempotently; names from settings).
 
 salesforce.blocks (direct) --salesforce.blocks--> salesforce.blocks (quorum, delivery limit)
-    dead-lettered --> salesforce.blocks.dlx (fanout) --> salesforce.blocks.dead (quorum)
+    dead-lettered --> salesforce.blocks.dlx (fanout) --> salesforce.blocks.dead (quorum,
+                      retention: x-message-ttl and x-max-length, oldest dropped first)
 salesforce.results (topic): results of jobs without reply_to, key <status>.<operation>
+
+Upgrades: a dead-letter queue declared by an older version (no retention arguments) cannot be
+redeclared with them (RabbitMQ answers PRECONDITION_FAILED). `dead_letter_retention` tries on a
+channel of its own; when refused, the worker uses the queue as it is (passive declare) and logs
+how to give it retention with a policy (docs/runbook.md#dead-letters).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
 from worker.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,18 +41,64 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
+def dead_letter_queue_arguments(settings: Settings) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": int(settings.dead_letter_max_age * 1000),
+        "x-max-length": settings.dead_letter_max_length,
+    }
+
+
 DECLARE_TIMEOUT = 10.0
 
 
-async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
-    """Declare everything; the dead-letter exchange first, so nothing is ever dropped."""
+async def dead_letter_retention(connection: AbstractConnection, settings: Settings) -> bool:
+    """Declare the dead-letter queue with its retention arguments, on a channel of its own (a
+    refusal closes the channel). False when an existing queue has other arguments: `declare`
+    must then take it as it is (`retention=False`)."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_queue(
+            settings.dead_letter_queue,
+            durable=True,
+            arguments=dead_letter_queue_arguments(settings),
+            timeout=DECLARE_TIMEOUT,
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        log.warning(
+            "the dead-letter queue exists with other arguments: its retention is not set by the "
+            "worker; give it a policy (docs/runbook.md#dead-letters)",
+            extra={
+                "queue": settings.dead_letter_queue,
+                "message_ttl_ms": int(settings.dead_letter_max_age * 1000),
+                "max_length": settings.dead_letter_max_length,
+            },
+        )
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
+
+
+async def declare(
+    channel: AbstractChannel, settings: Settings, *, retention: bool = True
+) -> Topology:
+    """Declare everything; the dead-letter exchange first, so nothing is ever dropped. With
+    `retention=False` the dead-letter queue is taken as it exists (see the module's note)."""
     t = DECLARE_TIMEOUT
     dlx = await channel.declare_exchange(
         settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True, timeout=t
     )
-    dead = await channel.declare_queue(
-        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}, timeout=t
-    )
+    if retention:
+        dead = await channel.declare_queue(
+            settings.dead_letter_queue,
+            durable=True,
+            arguments=dead_letter_queue_arguments(settings),
+            timeout=t,
+        )
+    else:
+        dead = await channel.declare_queue(settings.dead_letter_queue, passive=True, timeout=t)
     await dead.bind(dlx, routing_key="", timeout=t)
     requests = await channel.declare_exchange(
         settings.request_exchange, aio_pika.ExchangeType.DIRECT, durable=True, timeout=t

@@ -78,6 +78,7 @@ class Pending:
     abandoned: bool = False  # its job stopped waiting (deadline, cancel): leave it out
     committed: bool = False  # its request is on its way: the job cannot take it back
     unsent: Exception | None = None  # why it was left out of the request, as its job sees it
+    trace: object = None  # its job's wait, as tracing sees it (observability/tracing.py)
 
 
 Answer = Response | Exception  # what a coalesced call gets: its answer, or what to raise
@@ -112,6 +113,20 @@ def lost(call: Call, state: SendState | None, what: str, timeout: bool = False) 
     return Retryable(
         "connection_lost" if sent else "connection_failed",
         error(ErrorCode.SALESFORCE_UNAVAILABLE, f"Salesforce: {what}", True),
+    )
+
+
+TOO_LARGE_HINT = "ask for fewer records (max_records) or fewer fields"
+
+
+def too_large(call: Call, state: SendState | None, exc: Exception) -> CallFailed:
+    """A response too large to read: an insert that was sent is OUTCOME_UNKNOWN (its answer is
+    unread); any other call RESULT_TOO_LARGE, final (the same call would be as large again)."""
+    if state is not None and state.sent and not call.idempotent:
+        return CallFailed(outcome_unknown(f"{exc} (not read)"), call.http_status)
+    return CallFailed(
+        error(ErrorCode.RESULT_TOO_LARGE, f"{exc} (SFWORKER_MAX_RESPONSE_BYTES); {TOO_LARGE_HINT}"),
+        call.http_status,
     )
 
 

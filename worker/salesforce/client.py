@@ -33,6 +33,7 @@ from worker.contract import (
     UpsertJob,
 )
 from worker.deadline import Deadline
+from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite
 from worker.salesforce.binding import bind_soql, bind_sosl, path_segment
@@ -51,10 +52,17 @@ from worker.salesforce.calls import (
     lost,
     outcome_unknown,
     timeout_error,
+    too_large,
 )
 from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Verdict, classify
-from worker.salesforce.http import SendRefused, SendState, untraced
+from worker.salesforce.http import (
+    ResponseTooLarge,
+    SendRefused,
+    SendState,
+    read_capped,
+    untraced,
+)
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.paging import next_page_url
 from worker.salesforce.reserve import ApiReserve, LocalBoard
@@ -91,7 +99,7 @@ class SalesforceClient:
         self.reserve.attach(self.read_limits)
         self._usage: dict[str, ApiUsage] = {}
         self._coalescer: Coalescer[Pending, Answer] = Coalescer(
-            settings.coalesce_wait_ms / 1000, self._together, metrics
+            settings.coalesce_wait_ms / 1000, tracing.composite(self._together), metrics
         )
 
     async def close(self) -> None:
@@ -297,6 +305,7 @@ class SalesforceClient:
         if delay >= call.deadline.remaining() - _DEADLINE_MARGIN:
             raise CallFailed(error, call.http_status)
         call.retries += 1
+        tracing.active.event("retry", {"reason": reason, "delay_ms": round(delay * 1000, 1)})
         self._metrics.sf_retries.labels(call.account.name, call.operation.value, reason).inc()
         await asyncio.sleep(delay)
 
@@ -306,7 +315,8 @@ class SalesforceClient:
             return token
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                return await self._tokens.get(call.account)
+                with tracing.active.span("token wait"):
+                    return await self._tokens.get(call.account)
         except TimeoutError:
             raise timeout_error(call) from None
         except AuthError as exc:
@@ -329,9 +339,10 @@ class SalesforceClient:
             query = composite.is_query(account, sub)
             try:
                 async with asyncio.timeout_at(call.deadline.at):
-                    answer = await self._coalescer.join(
-                        account, pending, deadline=call.deadline, query=query
-                    )
+                    with tracing.active.coalescing() as pending.trace:
+                        answer = await self._coalescer.join(
+                            account, pending, deadline=call.deadline, query=query
+                        )
             except TimeoutError:
                 pending.abandoned = True
                 if pending.committed and not call.idempotent:
@@ -355,7 +366,7 @@ class SalesforceClient:
         started = 0.0
         try:
             async with asyncio.timeout_at(max(p.call.deadline.at for p in group)):
-                async with self._slots.hold(account):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
                     for pending in group:
                         pending.unsent = self._reserve_refusal(pending.call)
                     if all(p.unsent is not None for p in group):
@@ -374,15 +385,18 @@ class SalesforceClient:
                         allow_redirects=False,
                         trace_request_ctx=state,
                     ) as response:
-                        raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                        raw = await read_capped(response, self._settings.max_response_bytes)
                     parsed = decode(raw)
                     answers = composite.answers(parsed, len(sent)) if status == 200 else None
                     if _session_died(status, parsed, answers):
                         await self._tokens.invalidate(account, token)
         except AuthError as exc:
             return [p.unsent or auth_failed(p.call, exc) for p in group]
+        except ResponseTooLarge as exc:
+            self._count(account.name, "composite", "too_large", started)
+            return [p.unsent or too_large(p.call, state, exc) for p in group]
         except TimeoutError:
             self._count(account.name, "composite", "timeout", started)
             return [p.unsent or lost(p.call, state, "the deadline passed", True) for p in group]
@@ -445,7 +459,7 @@ class SalesforceClient:
         started = 0.0
         try:
             async with asyncio.timeout_at(call.deadline.at):
-                async with self._slots.hold(account):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
                     self._check_reserve(call)  # again: the reserve may be reached meanwhile
                     token = await self._token(call)
                     headers["Authorization"] = token.bearer
@@ -463,12 +477,15 @@ class SalesforceClient:
                         allow_redirects=False,
                         trace_request_ctx=state,
                     ) as response:
-                        raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                        raw = await read_capped(response, self._settings.max_response_bytes)
                     parsed = decode(raw)
                     if _session_died(status, parsed, None):
                         await self._tokens.invalidate(account, token)
+        except ResponseTooLarge as exc:
+            self._count(account.name, operation, "too_large", started)
+            raise too_large(call, state, exc) from None
         except TimeoutError:
             self._count(account.name, operation, "timeout", started)
             raise lost(call, state, "the deadline passed", timeout=True) from None
@@ -505,7 +522,7 @@ class SalesforceClient:
         self._metrics.sf_requests.labels(account, operation, status).inc()
         if started:
             self._metrics.sf_request_duration.labels(account, operation).observe(
-                time.perf_counter() - started
+                time.perf_counter() - started, tracing.exemplar()
             )
 
     def _record_usage(self, account: Account, header: str | None) -> None:
@@ -527,10 +544,10 @@ class SalesforceClient:
                         headers={"Authorization": token.bearer, "Accept": "application/json"},
                         allow_redirects=False,
                     ) as response:
-                        raw = await response.read()
+                        raw = await read_capped(response, self._settings.max_response_bytes)
                         status = response.status
                         header = response.headers.get("Sforce-Limit-Info")
-            except (TimeoutError, aiohttp.ClientError, AuthError) as exc:
+            except (TimeoutError, aiohttp.ClientError, AuthError, ResponseTooLarge) as exc:
                 log.info(
                     "reading /limits failed",
                     extra={"account": account.name, "error": type(exc).__name__},

@@ -10,6 +10,32 @@ import aiohttp
 import orjson
 
 from worker.config import Settings
+from worker.observability import tracing
+
+
+class ResponseTooLarge(Exception):
+    """A response body past the cap: its reading was stopped (and its connection closed)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Salesforce's answer is larger than {limit:,} bytes")
+        self.limit = limit
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, read in chunks, or ResponseTooLarge as soon as it passes `limit` bytes (a
+    Content-Length above it is refused before reading)."""
+    if response.content_length is not None and response.content_length > limit:
+        response.close()
+        raise ResponseTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise ResponseTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class SendRefused(Exception):
@@ -62,14 +88,15 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         timeout_ceil_threshold=3600.0,
     )
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.http_connect_timeout_seconds)
-    return _session(connector, timeout, [trace], owner=True)
+    return _session(connector, timeout, [trace, *tracing.active.http_trace_configs()], owner=True)
 
 
 def untraced(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
     """A twin of `session` on the same connection pool, without the trace: for the calls where
     whether a request left does not change what a lost answer means (every idempotent call),
     the trace's per-request cost is saved. Close it before the session."""
-    return _session(session.connector, session.timeout, [], owner=False)
+    traces = tracing.active.http_trace_configs()  # none unless tracing is on
+    return _session(session.connector, session.timeout, traces, owner=False)
 
 
 def _session(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 
+from worker.stores.base import CLAIM_MARGIN_SECONDS
 from worker.stores.batch import TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
@@ -22,6 +23,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
 
 class RedisResultStore:
     """`result:<job_id>` and `insert-sent:<job_id>` keys with the result cache TTL. Every write
@@ -33,6 +42,7 @@ class RedisResultStore:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._mark = link.script(_MARK)
         self._batch = TickBatch(link)
+        self._claim_ttl_ms = self._ttl_ms + int(CLAIM_MARGIN_SECONDS * 1000)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
         self._beating = Loop()
@@ -67,6 +77,24 @@ class RedisResultStore:
             return
         with contextlib.suppress(RedisUnavailable):
             await self._batch.set(self._link.key("result", job_id), result, self._ttl_ms)
+
+    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
+        """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
+        is down."""
+        held = await self._memory.claim(job_id, fingerprint)
+        if held is not None and held != fingerprint:
+            return held
+        if not self._link.available:
+            return held
+        key = self._link.key("claim", job_id)
+        try:
+            # Claims of one tick travel together (batch.py).
+            found = await self._batch.eval(_CLAIM, [key], [fingerprint, self._claim_ttl_ms])
+        except RedisUnavailable:
+            return held
+        if found is None:
+            return None
+        return found if isinstance(found, bytes) else str(found).encode()
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
