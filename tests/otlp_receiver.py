@@ -54,6 +54,8 @@ class ReceivedSpan:
     links: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     error: bool = False
+    start_ns: int = 0
+    end_ns: int = 0
 
     def strings(self) -> list[str]:
         """Every attribute, event and resource value, as text (for leak checks)."""
@@ -90,6 +92,8 @@ class OtlpReceiver:
                             links=[(lk.trace_id.hex(), lk.span_id.hex()) for lk in span.links],
                             events=[(e.name, _attributes(e.attributes)) for e in span.events],
                             error=span.status.code == span.status.STATUS_CODE_ERROR,
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
                         )
                     )
         return web.Response(

@@ -1,5 +1,7 @@
-"""A TCP proxy on 127.0.0.1 that can be cut: a second address for the same broker, whose
-connections the test can drop at once (like a node that dies) without touching the broker."""
+"""A TCP proxy on 127.0.0.1 that can be cut or stalled: a second address for the same service
+(broker, Redis, Salesforce), whose connections the test can drop at once (like a node that dies)
+or leave open while nothing goes through in either direction (a network partition), without
+touching the service."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.accepted = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._cut = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -24,8 +29,25 @@ class TcpProxy:
     def open_connections(self) -> int:
         return len(self._writers) // 2
 
+    @property
+    def stalled(self) -> bool:
+        return not self._flowing.is_set()
+
+    def stall(self) -> None:
+        """A partition: every connection stays open, nothing is forwarded either way, not even
+        a close; a new connection is accepted and gets no further (a SYN lost in the void)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """The partition heals: what was held goes through, in order."""
+        self._flowing.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        await self._flowing.wait()
+        if self._cut:
+            writer.transport.abort()
+            return
         try:
             async with asyncio.timeout(5):
                 up_reader, up_writer = await asyncio.open_connection(*self._target)
@@ -47,15 +69,21 @@ class TcpProxy:
             self._writers.discard(w)
             w.close()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
+            while True:
+                await self._flowing.wait()
+                data = await reader.read(65536)
+                await self._flowing.wait()  # what arrives during a stall is held, an EOF too
+                if not data:
+                    return
                 writer.write(data)
                 await writer.drain()
 
     async def cut(self) -> None:
-        """Stop listening and reset every connection through the proxy."""
+        """Stop listening and reset every connection through the proxy (a stall ends)."""
+        self._cut = True
+        self._flowing.set()
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):

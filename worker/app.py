@@ -69,7 +69,11 @@ class Fleet:
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics) -> Fleet:
-        memory = MemoryResultStore(settings.result_cache_size, settings.result_cache_ttl_seconds)
+        memory = MemoryResultStore(
+            settings.result_cache_size,
+            settings.result_cache_ttl_seconds,
+            max_bytes=settings.result_cache_max_bytes,
+        )
         timing = {
             "share_every": settings.usage_share_seconds,
             "probe_every": settings.limits_probe_seconds,

@@ -18,10 +18,16 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Two missed heartbeats end a link (RabbitMQ's rule, and the worker's): at 2 s a partitioned
+# worker's deliveries go back to the queue 2 to 4 s after its link went silent, which leaves
+# most of a caller's 5 to 8 s for another worker to answer them. Lower makes a loaded process
+# or a GC pause look like a partition; RabbitMQ's own default (60 s) holds them a minute.
+AMQP_HEARTBEAT_SECONDS = 2
 
 
 class ConfigError(Exception):
@@ -37,6 +43,13 @@ class Settings(BaseSettings):
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         description="RabbitMQ URL, or several comma-separated (the nodes of a cluster, tried in "
         "turn); may carry credentials, never logged",
+    )
+    amqp_heartbeat_seconds: int = Field(
+        default=AMQP_HEARTBEAT_SECONDS,
+        ge=1,
+        le=60,
+        description="AMQP heartbeat of every broker URL that sets none (`?heartbeat=N`): a link "
+        "silent for two heartbeats is closed, by RabbitMQ and by the worker",
     )
     accounts_file: Path = Field(default=Path("accounts.toml"), description="TOML accounts file")
     http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
@@ -114,6 +127,20 @@ class Settings(BaseSettings):
 
     result_cache_size: int = Field(default=10_000, ge=0, description="Results kept for replay")
     result_cache_ttl_seconds: float = Field(default=900.0, gt=0, description="How long")
+    result_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Bytes of results kept in memory at most"
+    )
+    max_response_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="A Salesforce response body larger than this is not read further",
+    )
+    max_result_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=16 * 1024,
+        description="A result larger than this is answered RESULT_TOO_LARGE (below RabbitMQ's "
+        "max_message_size: 16 MiB by default in 4.x, 128 MiB in 3.x)",
+    )
 
     http_pool_size: int = Field(default=100, ge=1, description="Connections to Salesforce")
     http_connect_timeout_seconds: float = Field(default=3.0, gt=0)
@@ -148,8 +175,12 @@ class Settings(BaseSettings):
         return value
 
     def amqp_urls(self) -> list[str]:
-        """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order."""
-        return split_amqp_urls(self.amqp_url.get_secret_value())
+        """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order; each with
+        `heartbeat=SFWORKER_AMQP_HEARTBEAT_SECONDS` unless it sets its own."""
+        return [
+            with_heartbeat(url, self.amqp_heartbeat_seconds)
+            for url in split_amqp_urls(self.amqp_url.get_secret_value())
+        ]
 
     @field_validator("dead_letter_max_age", mode="before")
     @classmethod
@@ -173,6 +204,15 @@ class Settings(BaseSettings):
 _SECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*([smhdSMHD]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+
+
+def with_heartbeat(url: str, seconds: int) -> str:
+    """`url` with `heartbeat=seconds` in its query string, unless it already names one."""
+    parts = urlsplit(url)
+    if "heartbeat" in parse_qs(parts.query, keep_blank_values=True):
+        return url
+    query = f"{parts.query}&heartbeat={seconds}" if parts.query else f"heartbeat={seconds}"
+    return urlunsplit(parts._replace(query=query))
 
 
 def split_amqp_urls(raw: str) -> list[str]:

@@ -26,13 +26,14 @@ from worker.contract import (
     Status,
     parse_job,
 )
+from worker.contract.fingerprint import differences, fingerprint
 from worker.deadline import Deadline
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import SendRefused
-from worker.stores.base import ResultStore
+from worker.stores.base import ResultStore, unpack_result
 from worker.stores.memory import MemoryResultStore
 from worker.tenancy import Reason, check, reply_allowed, store_key
 
@@ -76,6 +77,7 @@ class Admission:
     key: str
     refusal: BlockResult | None = None
     reason: str = ""
+    fingerprint: bytes = b""  # what binds `key` to this job (worker/contract/fingerprint.py)
 
 
 def failed(
@@ -174,7 +176,9 @@ class JobRunner:
         self._settings = settings
         self._metrics = metrics
         self._store: ResultStore = store or MemoryResultStore(
-            settings.result_cache_size, settings.result_cache_ttl_seconds
+            settings.result_cache_size,
+            settings.result_cache_ttl_seconds,
+            max_bytes=settings.result_cache_max_bytes,
         )
 
     def admit(self, job: AnyJob, incoming: Incoming) -> Admission:
@@ -184,7 +188,12 @@ class JobRunner:
         if verdict.refused is None:
             if verdict.tenant != job.tenant:
                 job = job.model_copy(update={"tenant": verdict.tenant})
-            return Admission(job, store_key(self._accounts, verdict.tenant, job.job_id))
+            resolved = self._accounts.resolve(job.account, job.tenant)
+            return Admission(
+                job,
+                store_key(self._accounts, verdict.tenant, job.job_id),
+                fingerprint=fingerprint(job, resolved.name if resolved else job.account),
+            )
         self._metrics.tenant_refusals.labels(verdict.refused.value, verdict.tenant or "").inc()
         log.warning(
             "job refused: not this publisher's tenant or account",
@@ -253,7 +262,7 @@ class JobRunner:
         while True:
             stored = await self._store.get(key)
             if stored is not None:
-                return BlockResult.model_validate_json(stored)
+                return BlockResult.model_validate_json(unpack_result(stored)[1])
             if deadline.remaining() <= _SENDER_POLL or not await self._store.sender_alive(sender):
                 return None
             await asyncio.sleep(_SENDER_POLL)
@@ -358,6 +367,39 @@ class JobRunner:
         # Salesforce's records as decoded from its JSON: nothing to check or convert, and
         # validating them copies every record (milliseconds for a 2,000-record search).
         return result.model_copy(update={"records": outcome.records})
+
+
+def reused(admission: Admission, first: bytes) -> BlockResult:
+    """The answer to a job whose id is still bound to another job (fingerprint `first`)."""
+    job = admission.job
+    parts = ", ".join(differences(first, admission.fingerprint)) or "what it asks"
+    return failed(
+        job.job_id,
+        ErrorCode.JOB_ID_REUSED,
+        f"this job_id was first used for another job (it differs in: {parts}); Salesforce "
+        "was not called and the first job's result is kept. Give each job its own job_id",
+        operation=Operation(job.operation),
+        account=job.account,
+    )
+
+
+def too_large(result: BlockResult, size: int, limit: int) -> BlockResult:
+    """RESULT_TOO_LARGE in place of a result of `size` bytes, over the `limit` a result may have
+    (a message the broker would refuse, or one a caller would choke on)."""
+    records = len(result.records or [])
+    return result.model_copy(
+        update={
+            "status": Status.FAILED,
+            "records": None,
+            "error": ResultError(
+                code=ErrorCode.RESULT_TOO_LARGE,
+                message=f"the result is {size:,} bytes for {records:,} records, more than the "
+                f"{limit:,} a result may have (SFWORKER_MAX_RESULT_BYTES); ask for fewer "
+                "records (max_records) or fewer fields",
+                retryable=False,
+            ),
+        }
+    )
 
 
 def finish(result: BlockResult, incoming: Incoming) -> BlockResult:

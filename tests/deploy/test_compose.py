@@ -36,8 +36,15 @@ def test_the_stack_has_every_service(compose: dict[str, Any]) -> None:
         "grafana",
     }
     assert "management" in services["rabbitmq"]["image"]
-    assert services["simulator"]["build"]["dockerfile"] == "deploy/Dockerfile"
-    assert (DEPLOY.parent / services["simulator"]["build"]["dockerfile"]).is_file()
+    # The simulator runs from its own image; the workers from the production one, which holds
+    # no simulator (scripts/image-test checks that).
+    assert services["simulator"]["build"]["dockerfile"] == "simulator/Dockerfile"
+    assert services["simulator"]["image"] != services["worker-1"]["image"]
+    for name in ("simulator", "worker-1", "worker-2"):
+        build = services[name]["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).is_file(), name
+    assert services["worker-1"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert services["worker-1"]["image"] == services["worker-2"]["image"]
 
 
 def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.image_spec import image_spec
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "kustomize.config.k8s.io/")
@@ -100,3 +102,31 @@ def test_kustomization_lists_existing_files_and_never_the_example_secret() -> No
     resources = kustomization["resources"]
     assert all((KUBERNETES / r).is_file() for r in resources), resources
     assert "secret.example.yaml" not in resources
+
+
+def test_the_deployment_runs_the_image_as_scripts_image_test_checked_it() -> None:
+    """The image reference, user, group, read-only root filesystem and /tmp size of the
+    Deployment are the values of deploy/image.toml that tests/image/test_image.py checks on the
+    built image (scripts/image-test)."""
+    spec = image_spec()
+    deployment = by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == spec.reference
+    [kustomization] = documents(KUBERNETES / "kustomization.yaml")
+    [image] = [i for i in kustomization["images"] if i["name"] == spec.name]
+    assert f"{image.get('newName', spec.name)}:{image['newTag']}" == spec.reference
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        spec.user,
+        spec.group,
+    )
+    assert pod["securityContext"]["fsGroup"] == spec.group
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is spec.read_only_root_filesystem
+    assert "runAsUser" not in security  # the pod's value, not another one per container
+
+    [tmp] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+    assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": spec.tmp_size}

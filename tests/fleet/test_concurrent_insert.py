@@ -14,6 +14,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import WorkerProcess, wait_until
 from tests.fleet.test_exactly_once import insert
 from tests.job_client import JobClient
+from tests.metrics import metric
 from worker.config import Settings
 
 pytestmark = pytest.mark.slow
@@ -22,21 +23,39 @@ pytestmark = pytest.mark.slow
 async def test_the_same_insert_on_two_workers_at_once_is_sent_once(
     fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
 ) -> None:
-    # Fresh workers wait for the fleet's first token: both deliveries of each job are past
-    # their marker check when it arrives.
-    await simulator.set_latency(50, token_ms=1000)
-    workers: list[WorkerProcess] = [spawn_worker(fleet_settings, prefetch=50) for _ in range(2)]
+    # Fresh workers wait for the fleet's first token, held until the test lets it go: both
+    # deliveries of each job are past their marker check, on different workers, when it comes.
+    await simulator.hold("token", route="token")
+    # The token timeout (which also bounds a wait for another worker's request) outlasts the
+    # hold, and so do the jobs' budgets.
+    workers: list[WorkerProcess] = [
+        spawn_worker(fleet_settings, prefetch=50, token_timeout_seconds=120) for _ in range(2)
+    ]
     for worker in workers:
         await worker.wait_ready()
-    batch = [insert(f"twice-{i}", timeout_ms=20000) for i in range(10)]
+    batch = [insert(f"twice-{i}", timeout_ms=90_000) for i in range(10)]
     for body in batch:
         await jobs.publish(body)
         await jobs.publish(body)
+
+    async def in_flight(worker: WorkerProcess) -> float:
+        return metric(await worker.metrics(), "sfworker_jobs_in_flight")
+
+    async def every_job_on_both() -> bool:
+        # A worker counts a job once however many of its deliveries it has: 10 on each worker
+        # means each of the 10 jobs runs on both at once.
+        return [await in_flight(w) for w in workers] == [len(batch)] * 2
+
+    await simulator.wait_held("token")
+    await wait_until(every_job_on_both, 30, "every insert in flight on both workers")
+    await simulator.release("token")
 
     async def all_answered() -> bool:
         return len(jobs.results) >= 2 * len(batch)
 
     await wait_until(all_answered, 60, "both deliveries of every insert answered")
+    for worker in workers:  # no delivery was answered from the store after the fact
+        assert metric(await worker.metrics(), "sfworker_results_replayed_total") == 0
     records = [r for r in await simulator.records("Case") if r["Subject"].startswith("twice-")]
     assert sorted(Counter(r["Subject"] for r in records).values()) == [1] * len(batch)
     counters = await simulator.counters()

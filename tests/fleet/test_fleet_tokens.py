@@ -17,8 +17,9 @@ from sfsim.testing import (
 )
 
 from tests.conftest import WorkerProcess, wait_until
-from tests.fleet.conftest import FleetConfig, gauge
+from tests.fleet.conftest import FleetConfig
 from tests.job_client import JobClient
+from tests.metrics import metric
 from worker.config import Settings
 
 pytestmark = pytest.mark.slow
@@ -149,34 +150,35 @@ async def test_a_killed_lock_holder_is_survived_after_its_lease(
     fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
 ) -> None:
     await simulator.seed("Account", [{"Name": "Acme"}])
-    await simulator.set_latency(0, token_ms=3000)
-    holder: WorkerProcess = spawn_worker(fleet_settings, prefetch=100)
+    await simulator.hold("token", route="token")  # the first token request waits for the test
+    # The token timeout (which also bounds a wait for another worker's request) outlasts the
+    # hold: the window closes when the test says, not on a loaded machine's clock.
+    patient = {"prefetch": 100, "token_timeout_seconds": 120}
+    holder: WorkerProcess = spawn_worker(fleet_settings, **patient)
     await holder.wait_ready()
     first = searches("held", 1)
     await jobs.publish(first[0])
-
-    async def token_requested() -> bool:
-        return int((await simulator.counters())["token_requests_total"]) == 1
-
-    await wait_until(token_requested, 10, "the first worker's token request")
-    other: WorkerProcess = spawn_worker(fleet_settings, prefetch=100)
+    await simulator.wait_held("token")
+    other: WorkerProcess = spawn_worker(fleet_settings, **patient)
     await other.wait_ready()
     rest = searches("waiting", 99)
     for body in rest:
         await jobs.publish(body)
 
     async def both_waiting() -> bool:
-        waiting = [
-            gauge(await w.metrics(), "sfworker_jobs_in_flight") or 0 for w in (holder, other)
-        ]
+        waiting = [metric(await w.metrics(), "sfworker_jobs_in_flight") for w in (holder, other)]
         return min(waiting) >= 2
 
-    await wait_until(both_waiting, 10, "jobs waiting for the token on both workers")
-    assert (await simulator.counters())["token_requests_total"] == 1  # the other one waits
+    await wait_until(both_waiting, 30, "jobs waiting for the token on both workers")
+    # Both workers wait on the one held request: the other one waits for the fleet's lock.
+    assert (await simulator.counters())["token_requests_total"] == 1
+    assert (await simulator.holds())["token"] == {"arrived": 1, "waiting": 1, "released": False}
     holder.proc.send_signal(signal.SIGKILL)
     assert await holder.wait_exit(10) == -signal.SIGKILL
+    await simulator.release("token")  # answered to a dead connection
     statuses = await answers(jobs, first + rest)
-    assert statuses == ["ok"] * 100
+    failures = [(r["job_id"], r["error"]) for r in jobs.results if r["status"] != "ok"]
+    assert statuses == ["ok"] * 100, failures[:3]
     assert (await simulator.counters())["token_requests_total"] == 2
 
 

@@ -59,8 +59,13 @@ async def _rotating_worker(
     simulator: SimulatorClient,
     private_redis: PrivateRedis,
     spawn_worker: Any,
+    *,
+    patient: bool = False,
 ) -> WorkerProcess:
+    """`patient`: a token request may be held by the test for long (its timeout 120 s)."""
     fleet = await _rotating_settings(amqp_url, names, tmp_path, simulator, private_redis)
+    if patient:
+        fleet = fleet.model_copy(update={"token_timeout_seconds": 120})
     worker: WorkerProcess = spawn_worker(fleet)
     await worker.wait_ready()
     return worker
@@ -114,25 +119,26 @@ async def test_a_rotated_token_whose_write_missed_redis_is_written_back(
     private_redis: PrivateRedis,
 ) -> None:
     worker = await _rotating_worker(
-        amqp_url, names, tmp_path, simulator, private_redis, spawn_worker
+        amqp_url, names, tmp_path, simulator, private_redis, spawn_worker, patient=True
     )
     assert await run_all(jobs, searches("before", 5)) == ["ok"] * 5
 
     # Redis stops answering (its data kept) while the token request is in flight: the new
     # access and refresh tokens cannot be stored for the fleet.
-    await simulator.set_latency(0, token_ms=1500)
+    await simulator.hold("token", route="token")
     await simulator.expire_sessions()
     await simulator.reset_counters()
-    await jobs.publish(searches("rotating", 1)[0])
-
-    async def token_requested() -> bool:
-        return int((await simulator.counters())["token_requests_total"]) == 1
-
-    await wait_until(token_requested, 10, "the token request")
+    rotating = searches("rotating", 1)
+    await jobs.publish(rotating[0])
+    await simulator.wait_held("token")
     assert private_redis.proc is not None
     os.kill(private_redis.proc.pid, signal.SIGSTOP)
     try:
         await _fallback(worker, 1.0)
+        spent = await simulator.refresh_tokens(DEFAULT_CLIENT_ID)
+        await simulator.release("token")  # rotated now, with Redis out of reach
+        assert await answers(jobs, rotating) == ["ok"]
+        assert await simulator.refresh_tokens(DEFAULT_CLIENT_ID) != spent
     finally:
         os.kill(private_redis.proc.pid, signal.SIGCONT)
     await _fallback(worker, 0.0)
@@ -162,23 +168,26 @@ async def test_a_token_rotated_in_fallback_while_redis_returns_is_not_lost(
     is back before the token endpoint answers. The fleet waits for that refresh to end and
     takes its rotated token, instead of refreshing at the same time with the same one."""
     fleet = await _rotating_settings(amqp_url, names, tmp_path, simulator, private_redis)
+    fleet = fleet.model_copy(update={"token_timeout_seconds": 120})  # the test holds its request
     assert private_redis.proc is not None
     os.kill(private_redis.proc.pid, signal.SIGSTOP)
     try:
         worker: WorkerProcess = spawn_worker(fleet)
         await worker.wait_ready()
         await _fallback(worker, 1.0)
-        await simulator.set_latency(0, token_ms=3000)
+        await simulator.hold("token", route="token")
         await jobs.publish(searches("alone", 1)[0])
-
-        async def token_requested() -> bool:
-            return int((await simulator.counters())["token_requests_total"]) == 1
-
-        await wait_until(token_requested, 10, "the worker's own token request")
+        await simulator.wait_held("token")  # the worker's own token request
     finally:
         os.kill(private_redis.proc.pid, signal.SIGCONT)
     await _fallback(worker, 0.0)
-    settled = await run_all(jobs, searches("settle", 3))
+    # Redis is back and the refresh made in fallback has not been answered yet.
+    assert (await simulator.holds())["token"] == {"arrived": 1, "waiting": 1, "released": False}
+    settle = searches("settle", 3)
+    for body in settle:
+        await jobs.publish(body)
+    await simulator.release("token")
+    settled = await answers(jobs, settle)
     assert settled == ["ok"] * 3, (await simulator.counters())["oauth_events"]
 
     await simulator.set_latency(0)

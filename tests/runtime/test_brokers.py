@@ -30,9 +30,15 @@ def test_each_address_is_checked_and_the_error_never_shows_a_password() -> None:
     text = str(caught.value.errors(include_input=False))
     assert "address 2 of 2" in text
     assert "pw-secret" not in text
-    settings = Settings(amqp_url="amqp://u:p@a:5681/, amqps://u:p@b/vhost")
-    assert settings.amqp_urls() == ["amqp://u:p@a:5681/", "amqps://u:p@b/vhost"]
+    settings = Settings(amqp_url="amqp://u:p@a:5681/, amqps://u:p@b/vhost?heartbeat=10")
+    # The heartbeat default goes to every address that does not set its own.
+    assert settings.amqp_urls() == [
+        "amqp://u:p@a:5681/?heartbeat=2",
+        "amqps://u:p@b/vhost?heartbeat=10",
+    ]
     assert [node_of(u) for u in settings.amqp_urls()] == ["a:5681", "b:5671"]
+    odd = Settings(amqp_url="amqp://u:p%2Cw@a/?name=x&frame_max=8192", amqp_heartbeat_seconds=5)
+    assert odd.amqp_urls() == ["amqp://u:p%2Cw@a/?name=x&frame_max=8192&heartbeat=5"]
 
 
 def _with_port(url: str, port: int) -> str:

@@ -72,6 +72,28 @@ _RESULT_PROPERTIES = {
 }
 
 
+_TRACEPARENT = {
+    "type": "string",
+    "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+    "examples": ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+}
+_TRACESTATE = {
+    "type": "string",
+    "description": "W3C Trace Context vendor data, passed on unchanged",
+}
+
+
+def _trace_headers(traceparent: str) -> dict[str, Any]:
+    """Optional AMQP headers: the W3C Trace Context (docs/observability.md)."""
+    return {
+        "type": "object",
+        "properties": {
+            "traceparent": {**_TRACEPARENT, "description": traceparent},
+            "tracestate": _TRACESTATE,
+        },
+    }
+
+
 def _exchange(name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "type": kind, "durable": True, "autoDelete": False, "vhost": "/"}
 
@@ -284,6 +306,10 @@ def asyncapi_document(
                     "title": "Block job (contract v1)",
                     "contentType": "application/json",
                     "correlationId": correlation,
+                    "headers": _trace_headers(
+                        "optional: the caller's span (W3C Trace Context); the worker's span "
+                        "for the job continues that trace (it starts one without it)"
+                    ),
                     "payload": {"$ref": "#/components/schemas/BlockJob"},
                     "x-amqp-properties": _JOB_PROPERTIES,
                     "examples": _examples(job_examples),
@@ -293,6 +319,11 @@ def asyncapi_document(
                     "title": "Block result (contract v1)",
                     "contentType": "application/json",
                     "correlationId": correlation,
+                    "headers": _trace_headers(
+                        "the worker's span that published the result, in the job's trace; "
+                        "with tracing off, the job's own traceparent (and tracestate) returned "
+                        "unchanged; absent when the job had none and tracing is off"
+                    ),
                     "payload": {"$ref": "#/components/schemas/BlockResult"},
                     "bindings": {
                         "amqp": {"messageType": RESULT_TYPE, "bindingVersion": AMQP_BINDING}

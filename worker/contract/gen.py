@@ -195,6 +195,20 @@ _ERRORS: dict[ErrorCode, tuple[str, bool, int | None, list[SalesforceErrorItem]]
         None,
         [],
     ),
+    ErrorCode.RESULT_TOO_LARGE: (
+        "the result is 9,431,552 bytes for 2,000 records, more than the 8,388,608 a result may "
+        "have (SFWORKER_MAX_RESULT_BYTES); ask for fewer records (max_records) or fewer fields",
+        False,
+        200,
+        [],
+    ),
+    ErrorCode.JOB_ID_REUSED: (
+        "this job_id was first used for another job (it differs in: operation); Salesforce "
+        "was not called and the first job's result is kept. Give each job its own job_id",
+        False,
+        None,
+        [],
+    ),
 }
 
 

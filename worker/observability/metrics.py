@@ -183,6 +183,11 @@ class Metrics:
             "Redelivered jobs answered from the result store instead of executing again",
             registry=r,
         )
+        self.job_id_reused = Counter(
+            "sfworker_job_id_reused_total",
+            "Jobs answered JOB_ID_REUSED: their job_id was still bound to another job",
+            registry=r,
+        )
         self.redeliveries = Counter(
             "sfworker_redeliveries_total", "Deliveries flagged redelivered", registry=r
         )
@@ -230,6 +235,16 @@ class Metrics:
         )
         self.amqp_reconnects = Counter(
             "sfworker_amqp_reconnects_total", "Reconnections to RabbitMQ", registry=r
+        )
+        self.amqp_silent_links = Counter(
+            "sfworker_amqp_silent_links_total",
+            "Connections to RabbitMQ closed by the worker after two heartbeats without a frame",
+            registry=r,
+        )
+        self.amqp_blocked = Gauge(
+            "sfworker_amqp_blocked",
+            "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
+            registry=r,
         )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",

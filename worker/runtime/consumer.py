@@ -34,6 +34,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.config import Settings
 from worker.contract import BlockResult, ErrorCode, Operation, Status
+from worker.contract.fingerprint import differences
 from worker.jobs import (
     Admission,
     Decoded,
@@ -43,11 +44,13 @@ from worker.jobs import (
     failed,
     finish,
     result_json,
+    reused,
+    too_large,
 )
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
-from worker.stores.base import ResultStore
+from worker.stores.base import ResultStore, pack_result, unpack_result
 from worker.tenancy import Reason
 
 log = logging.getLogger(__name__)
@@ -148,7 +151,7 @@ class DeliveryHandler:
         self._publisher = publisher
         self._settings = settings
         self._metrics = metrics
-        self._running: dict[str, asyncio.Future[_Answer]] = {}
+        self._running: dict[str, tuple[bytes, asyncio.Future[_Answer]]] = {}
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         with tracing.active.consume(
@@ -188,14 +191,42 @@ class DeliveryHandler:
             await self._refuse(message, incoming, admission.refusal, admission.reason)
             return
         job_id = decoded.job_id
-        stored = await self._store.get(admission.key)
-        if stored is not None:
-            self._metrics.results_replayed.inc()
-            log.info("answering a redelivered job from the result store", extra={"job_id": job_id})
-            answer = _Answer.of(stored)
+        first = await self._store.claim(admission.key, admission.fingerprint)
+        if first is not None and first != admission.fingerprint:
+            answer = self._reused(admission, first, incoming)
         else:
-            answer = await self._execute_once(admission, incoming)
+            answer = await self._answer_of(admission, incoming)
         await self._answer(message, incoming, job_id, answer)
+
+    async def _answer_of(self, admission: Admission, incoming: Incoming) -> _Answer:
+        """The stored result of this job, or its run (joined when it runs here already)."""
+        stored = await self._store.get(admission.key)
+        if stored is None:
+            return await self._execute_once(admission, incoming)
+        first, body = unpack_result(stored)
+        if first is not None and first != admission.fingerprint:
+            return self._reused(admission, first, incoming)
+        self._metrics.results_replayed.inc()
+        log.info(
+            "answering a redelivered job from the result store",
+            extra={"job_id": admission.job.job_id},
+        )
+        return _Answer.of(body)
+
+    def _reused(self, admission: Admission, first: bytes, incoming: Incoming) -> _Answer:
+        """JOB_ID_REUSED: counted and logged (the parts that differ, never values); nothing is
+        stored, so the first job's result stays as it was."""
+        result = finish(reused(admission, first), incoming)
+        self._metrics.job_id_reused.inc()
+        log.warning(
+            "job id reused for another job; refused",
+            extra={
+                "job_id": admission.job.job_id,
+                "differs": ",".join(differences(first, admission.fingerprint)),
+            },
+        )
+        self._observe(result)
+        return _Answer.from_result(result)
 
     async def _execute_once(self, admission: Admission, incoming: Incoming) -> _Answer:
         """Run the job, or join the run already going on in this process for the same job
@@ -203,18 +234,25 @@ class DeliveryHandler:
         key = admission.key
         running = self._running.get(key)
         if running is not None:
+            first, joined = running
+            if first != admission.fingerprint:
+                return self._reused(admission, first, incoming)
             log.info(
                 "job already running here; waiting for its result",
                 extra={"job_id": admission.job.job_id},
             )
-            return await asyncio.shield(running)
+            return await asyncio.shield(joined)
         future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
+        self._running[key] = (admission.fingerprint, future)
         self._metrics.jobs_in_flight.inc()
         try:
             result = finish(await self._runner.run(admission.job, incoming), incoming)
             answer = _Answer.from_result(result)
-            await self._store.put(key, answer.body)
+            limit = self._settings.max_result_bytes
+            if len(answer.body) > limit:
+                result = too_large(result, len(answer.body), limit)
+                answer = _Answer.from_result(result)
+            await self._store.put(key, pack_result(admission.fingerprint, answer.body))
             self._observe(result)
             future.set_result(answer)
             return answer

@@ -7,7 +7,9 @@ aio_pika.Message first: that object alone cost about a fifth of a publish's CPU)
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -57,12 +59,14 @@ class ResultPublisher:
         metrics: Metrics,
         timeout: float,
         dead_letter_queue: str = "",
+        blocked: Callable[[], bool] = lambda: False,
     ) -> None:
         self._channel = channel
         self._results = results
         self._metrics = metrics
         self._timeout = timeout
         self._dead_letter_queue = dead_letter_queue
+        self._blocked = blocked
 
     async def publish(self, reply: Reply) -> Published:
         """Publish and wait for the broker's confirm. Unroutable -> UNROUTABLE (the caller is
@@ -89,19 +93,21 @@ class ResultPublisher:
             destination = "results_exchange"
         try:
             # The PRODUCER span, with the confirm; the result carries its W3C trace context.
-            with tracing.active.publish(exchange or key, key) as trace_headers:
+            # A reply queue's name is the caller's own (often generated): the span says reply_to.
+            with tracing.active.publish(exchange or destination, key) as trace_headers:
                 if trace_headers:
                     properties.headers = trace_headers
                 # Raises PublishError when returned (mandatory, on_return_raises),
                 # DeliveryError on a nack, TimeoutError without a confirm in time: as
                 # aio-pika's Exchange.publish.
-                await channel.basic_publish(
-                    reply.body,
-                    exchange=exchange,
-                    routing_key=key,
-                    properties=properties,
-                    mandatory=True,
-                    timeout=self._timeout,
+                await self._confirmed(
+                    channel.basic_publish(
+                        reply.body,
+                        exchange=exchange,
+                        routing_key=key,
+                        properties=properties,
+                        mandatory=True,
+                    )
                 )
         except PublishError:
             self._metrics.replies_unroutable.inc()
@@ -114,6 +120,23 @@ class ResultPublisher:
         self._metrics.results_published.labels(destination).inc()
         self._metrics.last_job.set_to_current_time()
         return Published.CONFIRMED
+
+    async def _confirmed(self, confirm: Awaitable[Any]) -> None:
+        """Wait for the broker's confirm at most the publish timeout, and longer while the broker
+        blocks the connection (an alarm): the frame was written, RabbitMQ reads it when it
+        unblocks. Giving up then and requeueing the job would answer it twice."""
+        future = asyncio.ensure_future(confirm)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=self._timeout)
+                if done:
+                    future.result()
+                    return
+                if not self._blocked():
+                    raise TimeoutError("no publisher confirm in time")
+        finally:
+            if not future.done():
+                future.cancel()
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Put a copy of `message` in the dead-letter queue, for a message RabbitMQ must not

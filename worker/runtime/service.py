@@ -9,6 +9,11 @@ consumer, and drain on shutdown.
 - A watchdog checks that the consumer still exists on its channel (the broker may cancel it:
   queue deleted, leader change). It re-declares and re-consumes; if that keeps failing, the
   process stops with a non-zero exit code so Kubernetes restarts it.
+- A link watch (linkwatch.py) closes a connection silent for two heartbeats (a partition: the
+  TCP connection stays open, nothing arrives) so that it reconnects, and reports not-ready
+  meanwhile. While the broker blocks the connection (memory or disk alarm: results cannot go
+  out), deliveries are held without being started and /readyz says not ready; they run once it
+  unblocks.
 - Shutdown: cancel the consumer, let in-flight jobs finish within the grace period (they are
   answered and acked), cancel what is left (unacked: another worker takes it), close.
 """
@@ -22,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -31,6 +37,7 @@ from aio_pika.abc import (
 from worker.config import ConfigError, Settings
 from worker.observability.metrics import Metrics
 from worker.runtime import amqp_decoding, brokers, topology
+from worker.runtime.linkwatch import LinkWatch
 from worker.runtime.publisher import ResultPublisher
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,13 @@ _WATCHDOG_RESTART_AFTER = 2  # failed checks before re-consuming
 _WATCHDOG_GIVE_UP_AFTER = 6  # failed checks before exiting
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    try:
+        return bool(message.channel.is_closed)
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return True
 
 
 class RabbitService:
@@ -57,6 +71,10 @@ class RabbitService:
         self._consumer_ok = False
         self._draining = False
         self._retention = True  # the dead-letter queue takes its retention arguments
+        self._link_watch: asyncio.Task[None] | None = None
+        self._silent = False
+        self._unblocked = asyncio.Event()
+        self._unblocked.set()
         self.fatal = asyncio.Event()
         self.exit_code = 0
         self.publisher: ResultPublisher | None = None
@@ -101,6 +119,8 @@ class RabbitService:
         log.info("connected to RabbitMQ", extra={"node": self._connection.node})
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._connection.close_callbacks.add(self._on_connection_lost)
+        watch = LinkWatch(self._connection, self._on_silent, self._on_blocked)
+        self._link_watch = asyncio.create_task(watch.run(), name="amqp-link-watch")
 
     async def open(self) -> ResultPublisher:
         """Declare the topology and open the publishing channel."""
@@ -125,6 +145,7 @@ class RabbitService:
             self._metrics,
             self._settings.publish_timeout_seconds,
             dead_letter_queue=self._settings.dead_letter_queue,
+            blocked=self.blocked,
         )
         return self.publisher
 
@@ -177,11 +198,45 @@ class RabbitService:
         assert self._handler is not None
         self._tasks.add(task)
         try:
+            if not self._unblocked.is_set():
+                # The broker blocks our publishes (an alarm): hold the job unstarted rather than
+                # run it and be unable to answer.
+                await self._unblocked.wait()
+            if _channel_closed(message):
+                return  # its channel died meanwhile (a silent link): the broker redelivers it
             await self._handler(message)
         finally:
             self._tasks.discard(task)
 
+    def blocked(self) -> bool:
+        """Whether the broker blocks this worker's publishes (a memory or disk alarm)."""
+        return not self._unblocked.is_set()
+
+    def _on_silent(self, seconds: float) -> None:
+        self._consumer_ok = False
+        if self._silent:
+            return
+        self._silent = True
+        self._metrics.amqp_silent_links.inc()
+        log.warning(
+            "RabbitMQ link silent for two heartbeats: not ready, closing it and reconnecting",
+            extra={"node": self._connection.node if self._connection else "", "silent_s": seconds},
+        )
+
+    def _on_blocked(self, blocked: bool) -> None:
+        self._metrics.amqp_blocked.set(1 if blocked else 0)
+        if blocked:
+            self._unblocked.clear()
+            log.warning(
+                "RabbitMQ blocks this connection (memory or disk alarm): no new job is started "
+                "until it unblocks; not ready"
+            )
+        else:
+            self._unblocked.set()
+            log.warning("RabbitMQ unblocked this connection: taking jobs again")
+
     def _on_reconnect(self, *_args: Any) -> None:
+        self._silent = False
         self._metrics.amqp_reconnects.inc()
         node = self._connection.node if self._connection is not None else ""
         log.warning("reconnected to RabbitMQ", extra={"node": node})
@@ -282,9 +337,10 @@ class RabbitService:
         connection = self._connection
         connected = connection is not None and connection.connected.is_set()
         return {
-            "connected": connected,
+            "connected": connected and not self._silent,
             "consuming": connected and self._consumer_ok,
             "accepting": not self._draining,
+            "unblocked": self._unblocked.is_set(),
         }
 
     @property
@@ -324,9 +380,10 @@ class RabbitService:
         return len(pending)
 
     async def close(self) -> None:
-        if self._watchdog is not None and not self._watchdog.done():
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
+        for task in (self._watchdog, self._link_watch):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()

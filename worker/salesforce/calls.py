@@ -116,6 +116,20 @@ def lost(call: Call, state: SendState | None, what: str, timeout: bool = False) 
     )
 
 
+TOO_LARGE_HINT = "ask for fewer records (max_records) or fewer fields"
+
+
+def too_large(call: Call, state: SendState | None, exc: Exception) -> CallFailed:
+    """A response too large to read: an insert that was sent is OUTCOME_UNKNOWN (its answer is
+    unread); any other call RESULT_TOO_LARGE, final (the same call would be as large again)."""
+    if state is not None and state.sent and not call.idempotent:
+        return CallFailed(outcome_unknown(f"{exc} (not read)"), call.http_status)
+    return CallFailed(
+        error(ErrorCode.RESULT_TOO_LARGE, f"{exc} (SFWORKER_MAX_RESPONSE_BYTES); {TOO_LARGE_HINT}"),
+        call.http_status,
+    )
+
+
 def auth_failed(call: Call, exc: AuthError) -> CallFailed:
     return CallFailed(
         ResultError(

@@ -51,10 +51,17 @@ from worker.salesforce.calls import (
     lost,
     outcome_unknown,
     timeout_error,
+    too_large,
 )
 from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Verdict, classify
-from worker.salesforce.http import SendRefused, SendState, untraced
+from worker.salesforce.http import (
+    ResponseTooLarge,
+    SendRefused,
+    SendState,
+    read_capped,
+    untraced,
+)
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.paging import next_page_url
 from worker.salesforce.reserve import ApiReserve, LocalBoard
@@ -377,15 +384,18 @@ class SalesforceClient:
                         allow_redirects=False,
                         trace_request_ctx=state,
                     ) as response:
-                        raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                        raw = await read_capped(response, self._settings.max_response_bytes)
                     parsed = decode(raw)
                     answers = composite.answers(parsed, len(sent)) if status == 200 else None
                     if _session_died(status, parsed, answers):
                         await self._tokens.invalidate(account, token)
         except AuthError as exc:
             return [p.unsent or auth_failed(p.call, exc) for p in group]
+        except ResponseTooLarge as exc:
+            self._count(account.name, "composite", "too_large", started)
+            return [p.unsent or too_large(p.call, state, exc) for p in group]
         except TimeoutError:
             self._count(account.name, "composite", "timeout", started)
             return [p.unsent or lost(p.call, state, "the deadline passed", True) for p in group]
@@ -466,12 +476,15 @@ class SalesforceClient:
                         allow_redirects=False,
                         trace_request_ctx=state,
                     ) as response:
-                        raw = await response.read()
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
+                        raw = await read_capped(response, self._settings.max_response_bytes)
                     parsed = decode(raw)
                     if _session_died(status, parsed, None):
                         await self._tokens.invalidate(account, token)
+        except ResponseTooLarge as exc:
+            self._count(account.name, operation, "too_large", started)
+            raise too_large(call, state, exc) from None
         except TimeoutError:
             self._count(account.name, operation, "timeout", started)
             raise lost(call, state, "the deadline passed", timeout=True) from None
@@ -535,10 +548,10 @@ class SalesforceClient:
                         headers={"Authorization": token.bearer, "Accept": "application/json"},
                         allow_redirects=False,
                     ) as response:
-                        raw = await response.read()
+                        raw = await read_capped(response, self._settings.max_response_bytes)
                         status = response.status
                         header = response.headers.get("Sforce-Limit-Info")
-            except (TimeoutError, aiohttp.ClientError, AuthError) as exc:
+            except (TimeoutError, aiohttp.ClientError, AuthError, ResponseTooLarge) as exc:
                 log.info(
                     "reading /limits failed",
                     extra={"account": account.name, "error": type(exc).__name__},

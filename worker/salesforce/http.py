@@ -13,6 +13,31 @@ from worker.config import Settings
 from worker.observability import tracing
 
 
+class ResponseTooLarge(Exception):
+    """A response body past the cap: its reading was stopped (and its connection closed)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Salesforce's answer is larger than {limit:,} bytes")
+        self.limit = limit
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, read in chunks, or ResponseTooLarge as soon as it passes `limit` bytes (a
+    Content-Length above it is refused before reading)."""
+    if response.content_length is not None and response.content_length > limit:
+        response.close()
+        raise ResponseTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise ResponseTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class SendRefused(Exception):
     """The hook said no: another delivery of the same insert is being sent."""
 

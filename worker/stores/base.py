@@ -5,6 +5,25 @@ from __future__ import annotations
 
 from typing import Protocol
 
+# A job id's binding lives this much longer than its result: it is written before the job runs
+# (at most a 60 s budget) and so outlives the result and the insert marker written after it.
+CLAIM_MARGIN_SECONDS = 65.0
+_FINGERPRINTED = b"fp1:"
+
+
+def pack_result(fingerprint: bytes, result: bytes) -> bytes:
+    """A stored result: the fingerprint of its job, then the published result."""
+    return _FINGERPRINTED + fingerprint + b"\n" + result
+
+
+def unpack_result(stored: bytes) -> tuple[bytes | None, bytes]:
+    """The fingerprint (None for a result stored by a version before fingerprints) and the
+    published result of a stored value."""
+    if not stored.startswith(_FINGERPRINTED):
+        return None, stored
+    fingerprint, _, result = stored[len(_FINGERPRINTED) :].partition(b"\n")
+    return fingerprint, result
+
 
 class ResultStore(Protocol):
     """Results of recent jobs by job_id, so a redelivered job is answered, not run again; and
@@ -13,6 +32,12 @@ class ResultStore(Protocol):
     async def get(self, job_id: str) -> bytes | None: ...
 
     async def put(self, job_id: str, result: bytes) -> None: ...
+
+    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
+        """Bind the job id to the job of this fingerprint unless it is bound already; the
+        fingerprint it was bound to before, or None when this call bound it. A binding outlives
+        the job's stored result and insert marker (see CLAIM_MARGIN_SECONDS)."""
+        ...
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """Written just before an insert's request leaves the process (naming this process).

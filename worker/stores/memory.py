@@ -6,14 +6,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from worker.stores.base import CLAIM_MARGIN_SECONDS
 
-class _Lru:
-    """At most `size` values, each kept at most `ttl` seconds, least recently used out first."""
 
-    def __init__(self, size: int, ttl: float, clock: Callable[[], float]) -> None:
+class _Cache:
+    """At most `size` values and `max_bytes` bytes of them, each kept at most `ttl` seconds.
+    Kept in the order they were put, which is the order they expire in (one ttl for all):
+    every put first drops the expired ones, then the oldest while over a bound."""
+
+    def __init__(
+        self, size: int, ttl: float, clock: Callable[[], float], max_bytes: int | None = None
+    ) -> None:
         self._size = size
         self._ttl = ttl
         self._clock = clock
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: str) -> bytes | None:
@@ -22,38 +30,70 @@ class _Lru:
             return None
         expires, value = item
         if expires <= self._clock():
-            del self._items[key]
+            self._drop(key)
             return None
-        self._items.move_to_end(key)
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        if self._size == 0:
+        if key in self._items:
+            self._drop(key)
+        if self._size == 0 or (self._max_bytes is not None and len(value) > self._max_bytes):
             return
-        self._items[key] = (self._clock() + self._ttl, value)
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
+        now = self._clock()
+        self._items[key] = (now + self._ttl, value)
+        self._bytes += len(value)
+        while self._items:
+            oldest, (expires, _) = next(iter(self._items.items()))
+            over = len(self._items) > self._size or (
+                self._max_bytes is not None and self._bytes > self._max_bytes
+            )
+            if expires > now and not over:
+                break
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        _, value = self._items.pop(key)
+        self._bytes -= len(value)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._items)
 
     def clear(self) -> None:
         self._items.clear()
+        self._bytes = 0
 
 
 class MemoryResultStore:
-    """Results and insert markers of this process, each kept at most `ttl` seconds."""
+    """Results and insert markers of this process, each kept at most `ttl` seconds; results
+    at most `max_bytes` bytes in all."""
 
-    def __init__(self, size: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._results = _Lru(size, ttl, clock)
-        self._inserts = _Lru(size, ttl, clock)
+    def __init__(
+        self,
+        size: int,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._results = _Cache(size, ttl, clock, max_bytes)
+        self._inserts = _Cache(size, ttl, clock)
+        self._claims = _Cache(size, ttl + CLAIM_MARGIN_SECONDS, clock)
 
     async def get(self, job_id: str) -> bytes | None:
         return self._results.get(job_id)
 
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
+
+    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
+        held = self._claims.get(job_id)
+        if held is None:
+            self._claims.put(job_id, fingerprint)
+        return held
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         # Only this process writes here; deliveries running here at once are joined by the
@@ -76,6 +116,11 @@ class MemoryResultStore:
     def __len__(self) -> int:
         return len(self._results)
 
+    @property
+    def result_bytes(self) -> int:
+        return self._results.bytes
+
     async def close(self) -> None:
         self._results.clear()
         self._inserts.clear()
+        self._claims.clear()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 
+from worker.stores.base import CLAIM_MARGIN_SECONDS
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
@@ -21,6 +22,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
 
 class RedisResultStore:
     """`result:<job_id>` and `insert-sent:<job_id>` keys with the result cache TTL. Every write
@@ -31,6 +40,8 @@ class RedisResultStore:
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
         self._mark = link.script(_MARK)
+        self._claim = link.script(_CLAIM)
+        self._claim_ttl_ms = self._ttl_ms + int(CLAIM_MARGIN_SECONDS * 1000)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
         self._beating = Loop()
@@ -60,6 +71,22 @@ class RedisResultStore:
         await self._memory.put(job_id, result)
         key = self._link.key("result", job_id)
         await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
+
+    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
+        """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
+        is down."""
+        held = await self._memory.claim(job_id, fingerprint)
+        if held is not None and held != fingerprint:
+            return held
+        key = self._link.key("claim", job_id)
+        args: list[bytes | int] = [fingerprint, self._claim_ttl_ms]
+        try:
+            found = await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+        except RedisUnavailable:
+            return held
+        if found is None:
+            return None
+        return found if isinstance(found, bytes) else str(found).encode()
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
