@@ -112,10 +112,13 @@ class Worker:
     """One worker process's parts, started and stopped in order."""
 
     def __init__(self, settings: Settings, accounts: Accounts | None = None) -> None:
-        self.settings = settings
         self.accounts = accounts or load_accounts(
             settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
         )
+        if settings.fair_share and len(self.accounts) < 2:
+            # One account has nobody to share with: one queue, as without the fair share.
+            settings = settings.model_copy(update={"fair_share": False})
+        self.settings = settings
         for account in self.accounts.by_name.values():
             if account.instance_url.startswith("http://"):
                 log.warning(

@@ -8,8 +8,8 @@ would wait behind them in the queue. So each account gets a **lane**: a quorum q
 (`<request queue>.lane.<account>`, same delivery limit and dead-letter exchange), consumed on a
 channel of its own with its own prefetch. Taking a job from the request queue:
 
-- a job of an account that holds few of the request channel's slots runs there, at once, as
-  before (the usual case: no extra hop);
+- a job of an account that runs fewer than half the prefetch's jobs there (and all accounts
+  fewer than the prefetch) runs there, at once, as before (the usual case: no extra hop);
 - otherwise it is **moved** to its account's lane: a copy is published with a broker confirm,
   then the original is acked. A copy confirmed and the original not yet acked when the process
   dies gives a duplicate, answered like any redelivery (the result store, the insert markers);
@@ -17,12 +17,20 @@ channel of its own with its own prefetch. Taking a job from the request queue:
 - anything the worker cannot place on a lane (not JSON, refused by tenancy, an account that does
   not resolve) runs at once: it is answered or dead-lettered without calling Salesforce.
 
-The request channel's slots are thus held only briefly by a busy account, and an account's
-backlog waits in its lane, where it holds only that lane's prefetch. The copy is published by
-the worker's own user (RabbitMQ checks its `user_id`), carrying the job's validated publisher in
-the header `x-sfworker-publisher`; a lane trusts that header only on a message whose `user_id`
-is the worker's own, so tenant isolation is unchanged (tenants cannot write to the default
-exchange, the only way into a lane).
+The request queue's prefetch (`SFWORKER_ROUTING_PREFETCH`, 1024) is a look-ahead window: a
+flood of one account is taken off the queue at once and moved a few jobs at a time, while the
+jobs of other accounts behind it in the window run (or move) without waiting for it. An
+account's backlog waits in its lane, where it holds only that lane's prefetch. With a single
+account there is nobody to share with: the worker then runs as before (one queue, app.py).
+
+The copy is published by the worker's own user (RabbitMQ checks its `user_id`), carrying the
+job's validated publisher in the header `x-sfworker-publisher`; a lane trusts that header only
+on a message whose `user_id` is the worker's own, so tenant isolation is unchanged (tenants
+cannot write to the default exchange, the only way into a lane; a message someone else put
+there keeps its own, broker-checked `user_id`).
+
+What KEDA sees: jobs waiting in the lanes are messages of the lane queues; the ScaledObject
+sums the request queue and the lanes (deploy/kubernetes/keda-scaledobject.yaml).
 """
 
 from __future__ import annotations
@@ -56,9 +64,10 @@ MOVERS = 4  # moves to one account's lane at once (each waits for the broker's c
 
 
 def direct_limits(prefetch: int) -> tuple[int, int]:
-    """Jobs run straight off the request queue: at most half its prefetch in all, and an eighth
-    per account (at least one); the rest of the prefetch is always free to take the next job."""
-    return max(1, prefetch // 8), max(1, prefetch // 2)
+    """Jobs run straight off the request queue: `prefetch` in all, half of it per account (at
+    least one). The request queue's own prefetch (`routing_prefetch`) is far larger: the rest of
+    it is the window in which the jobs behind are looked at and moved or run."""
+    return max(1, prefetch // 2), prefetch
 
 
 class FairShare:

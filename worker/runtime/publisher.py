@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -175,7 +176,8 @@ class ResultPublisher:
             expiration=(
                 str(int(expiration * 1000)) if isinstance(expiration, int | float) else None
             ),
-            timestamp=message.timestamp,
+            # The job's budget counts from it when it has no sent_at: never from the move.
+            timestamp=message.timestamp or datetime.now(UTC),
             message_type=message.type,
             app_id=message.app_id,
             user_id=login_user(channel.connection.url),
