@@ -45,9 +45,9 @@ from typing import Any
 import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from aiormq.exceptions import AMQPError, ChannelAccessRefused, ChannelInvalidStateError
 
-from worker.config import Accounts, Settings
+from worker.config import Accounts, ConfigError, Settings
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
 from worker.runtime.brokers import FailoverConnection
@@ -104,12 +104,20 @@ class FairShare:
             await channel.set_qos(
                 prefetch_count=self._settings.prefetch, timeout=topology.DECLARE_TIMEOUT
             )
-            queue = await channel.declare_queue(
-                lane_queue(self._settings, name),
-                durable=True,
-                arguments=topology.request_queue_arguments(self._settings),
-                timeout=topology.DECLARE_TIMEOUT,
-            )
+            lane = lane_queue(self._settings, name)
+            try:
+                queue = await channel.declare_queue(
+                    lane,
+                    durable=True,
+                    arguments=topology.request_queue_arguments(self._settings),
+                    timeout=topology.DECLARE_TIMEOUT,
+                )
+            except ChannelAccessRefused:
+                raise ConfigError(
+                    f"the broker refused the lane queue {lane!r}: give the worker's RabbitMQ "
+                    "user the lanes in its permissions (deploy/README.md section 7), or set "
+                    "SFWORKER_FAIR_SHARE=false"
+                ) from None
             tag = await queue.consume(self._on_lane, no_ack=False, timeout=topology.DECLARE_TIMEOUT)
             self._lanes[name] = (queue, tag)
         log.info(
