@@ -280,6 +280,31 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             "### 6. Redis on and off (sfworker, one process)\n\n" + table(PIPELINE_HEADERS, rows)
         )
 
+    sealing = _select(trials, "sealing")
+    if sealing:
+        labels = [row["value"] for row in sealing[0]["sealing"]]
+
+        def cell(label: str, key: str) -> Callable[[Trial], float | None]:
+            return lambda t: next(r[key] for r in t["sealing"] if r["value"] == label)
+
+        rows = [
+            [
+                label,
+                str(next(r["bytes"] for r in sealing[0]["sealing"] if r["value"] == label)),
+                _f(median(sealing, cell(label, "seal_us")), 2),
+                _f(median(sealing, cell(label, "open_us")), 2),
+                _f(median(sealing, cell(label, "plain_us")), 2),
+            ]
+            for label in labels
+        ]
+        parts.append(
+            "### 7. Sealing Redis values (SFWORKER_REDIS_ENCRYPTION_KEY), per value\n\n"
+            "AES-256-GCM in this process, best of 3 runs of "
+            f"{sealing[0]['iterations']:,}; a job seals its result once (and an insert its "
+            "claim), and opens them only on a redelivery.\n\n"
+            + table(["value", "bytes", "seal µs", "open µs", "plain text µs"], rows)
+        )
+
     noisy = _select(trials, "noisy")
     if noisy:
         rows = [
@@ -296,7 +321,7 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             for t in noisy
         ]
         parts.append(
-            "### 7. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
+            "### 8. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
             "500 jobs at once (timeout 60 s); account `quick` (50 ms) gets 20 jobs a second "
             "meanwhile.\n\n"
             + table(

@@ -12,6 +12,7 @@ from bench.e2e.noisy import noisy_trial
 from bench.e2e.profile import profile_trial
 from bench.e2e.report import NO_WAIT
 from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
+from bench.e2e.sealing import sealing_trial
 from bench.e2e.systems import (
     PREFETCH,
     AioSalesforce,
@@ -24,7 +25,7 @@ from bench.e2e.systems import (
     Workload,
 )
 
-SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "noisy", "profile")
+SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "sealing", "noisy", "profile")
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
 LARGE_PAGE = 500
@@ -116,6 +117,9 @@ async def run_sections(
                         lab, system, SEARCH, latency, counts.jobs, paced_jobs=jobs, rate=rate
                     )
                     await trial("redis", rep, run, redis=redis)
+
+        if "sealing" in chosen:
+            await trial("sealing", rep, sealing_trial())
 
         if "storm" in chosen:
             storm_systems: list[tuple[str, Callable[[], System]]] = [

@@ -33,7 +33,7 @@ async def test_the_same_insert_on_two_workers_at_once_is_sent_once(
     ]
     for worker in workers:
         await worker.wait_ready()
-    batch = [insert(f"twice-{i}", timeout_ms=90_000) for i in range(10)]
+    batch = [insert(f"twice-{i}", timeout_ms=60_000) for i in range(10)]
     for body in batch:
         await jobs.publish(body)
         await jobs.publish(body)

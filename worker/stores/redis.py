@@ -8,19 +8,23 @@ import contextlib
 import uuid
 
 from worker.stores.base import CLAIM_MARGIN_SECONDS
-from worker.stores.link import RedisLink, RedisUnavailable, as_text
+from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
 
 HEARTBEAT_SECONDS = 1.5
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
-# KEYS: the marker; ARGV: this process, ttl ms. Set it unless another process's is there.
+# KEYS: the marker; ARGV: this process (sealed), ttl ms. Set it unless one is there; else
+# return the one there (sealed: only the caller can tell whose it is).
 _MARK = """
 local marked = redis.call('GET', KEYS[1])
-if marked and marked ~= ARGV[1] then return 0 end
+if marked then return marked end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+# A claim that does not open (sealed with a key this worker does not hold, or tampered): some
+# process claimed the insert and may have sent it. It is never sent again from here.
+UNKNOWN_SENDER = "unreadable"
 
 # KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
 _CLAIM = """
@@ -63,14 +67,18 @@ class RedisResultStore:
             value = await self._link.call(lambda r: r.get(key))
         except RedisUnavailable:
             return await self._memory.get(job_id)
-        if value is None:
+        # A result that does not open reads as absent: the job runs again (an insert does not:
+        # its claim stops it, see insert_sender).
+        opened = self._link.seal.open(key, value)
+        if opened is None:
             return await self._memory.get(job_id)
-        return value if isinstance(value, bytes) else str(value).encode()
+        return opened
 
     async def put(self, job_id: str, result: bytes) -> None:
         await self._memory.put(job_id, result)
         key = self._link.key("result", job_id)
-        await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
+        sealed = self._link.seal.seal(key, result)
+        await self._link.attempt(lambda r: r.set(key, sealed, px=self._ttl_ms))
 
     async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
         """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
@@ -79,41 +87,50 @@ class RedisResultStore:
         if held is not None and held != fingerprint:
             return held
         key = self._link.key("claim", job_id)
-        args: list[bytes | int] = [fingerprint, self._claim_ttl_ms]
+        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
         try:
             found = await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
         except RedisUnavailable:
             return held
-        if found is None:
-            return None
-        return found if isinstance(found, bytes) else str(found).encode()
+        # A binding that does not open reads as absent: the job goes on as its own (a stored
+        # result it cannot read makes it run again; an insert is still stopped by its marker).
+        return self._link.seal.open(key, found)
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
         workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
         key = self._link.key("insert-sent", job_id)
-        args: list[str | int] = [self.sender_id, self._ttl_ms]
+        args: list[bytes | int] = [self._link.seal.seal_text(key, self.sender_id), self._ttl_ms]
         try:
-            return bool(
-                await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
-            )
+            marked = await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+            if marked == 1:
+                return True
+            if self._link.seal.open_text(key, marked) != self.sender_id:
+                return False  # another process's, or one that does not open: not sent here
+            await self._link.call(lambda r: r.pexpire(key, self._ttl_ms))
+            return True
         except RedisUnavailable:
             return True  # this process's marker only (the fallback)
 
     async def insert_sender(self, job_id: str) -> str | None:
         key = self._link.key("insert-sent", job_id)
         try:
-            sender = as_text(await self._link.call(lambda r: r.get(key)))
+            raw = await self._link.call(lambda r: r.get(key))
         except RedisUnavailable:
-            sender = None
+            raw = None
+        sender = self._link.seal.open_text(key, raw)
+        if raw is not None and sender is None:
+            sender = UNKNOWN_SENDER  # claimed, by whom we cannot tell: it may have been sent
         if sender is None or sender == self.sender_id:
             return await self._memory.insert_sender(job_id) or sender
         return sender
 
     async def sender_alive(self, sender: str) -> bool:
-        if sender == self.sender_id:
-            return False  # this process; the consumer joins a run still going here
+        if sender in (self.sender_id, UNKNOWN_SENDER):
+            # This process (the consumer joins a run still going here); or a claim that did not
+            # open, whose sender and result this worker could not read anyway.
+            return False
         key = self._link.key("alive", sender)
         try:
             return bool(await self._link.call(lambda r: r.exists(key)))
