@@ -305,6 +305,33 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             + table(["value", "bytes", "seal µs", "open µs", "plain text µs"], rows)
         )
 
+    tracing = _select(trials, "tracing")
+    if tracing:
+        labels = list(dict.fromkeys(t["tracing"] for t in tracing))
+        off = median(_select(tracing, "tracing", tracing=labels[0]), lambda t: t["jobs_per_s"])
+        rows = []
+        for label in labels:
+            group = _select(tracing, "tracing", tracing=label)
+            rate = median(group, lambda t: t["jobs_per_s"])
+            rows.append(
+                [
+                    label,
+                    _f(rate, 0),
+                    f"{rate / off:.3f}" if rate and off else "-",
+                    _f(median(group, lambda t: t.get("cpu_s_per_1000")), 2),
+                    _f(median(group, lambda t: t.get("exported_kb")), 0),
+                    str(_wrong(group)),
+                ]
+            )
+        parts.append(
+            "### 8. Tracing off and on (sfworker, one process, 0 ms latency, jobs without a "
+            "traceparent)\n\n"
+            + table(
+                ["sfworker", "jobs/s", "ratio to off", "CPU s / 1000 jobs", "OTLP KB", "wrong"],
+                rows,
+            )
+        )
+
     noisy = _select(trials, "noisy")
     if noisy:
         rows = [
@@ -321,7 +348,7 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             for t in noisy
         ]
         parts.append(
-            "### 8. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
+            "### 9. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
             "500 jobs at once (timeout 60 s); account `quick` (50 ms) gets 20 jobs a second "
             "meanwhile.\n\n"
             + table(
