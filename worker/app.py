@@ -158,6 +158,8 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
+        loop = asyncio.get_running_loop()
+        self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the HTTP session, which takes
         # its hooks.
         self._tracer = tracing.from_environment()

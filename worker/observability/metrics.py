@@ -252,6 +252,11 @@ class Metrics:
             "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
             registry=r,
         )
+        self.asyncio_tasks = Gauge(
+            "sfworker_asyncio_tasks",
+            "asyncio tasks alive in the worker's event loop (a leak shows as a rising line)",
+            registry=r,
+        )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
             "Consumers cancelled by the broker (then re-established by the channel or watchdog)",
