@@ -224,6 +224,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lane_moves = Counter(
+            "sfworker_lane_moves_total",
+            "Jobs moved from the request queue to their account's lane (fair share): the "
+            "account already held its share of the request queue's prefetch",
+            ["account"],
+            registry=r,
+        )
         self.handler_crashes = Counter(
             "sfworker_handler_crashes_total",
             "Unexpected errors while handling a delivery (the message is requeued)",
@@ -259,6 +266,11 @@ class Metrics:
             "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
             registry=r,
         )
+        self.asyncio_tasks = Gauge(
+            "sfworker_asyncio_tasks",
+            "asyncio tasks alive in the worker's event loop (a leak shows as a rising line)",
+            registry=r,
+        )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
             "Consumers cancelled by the broker (then re-established by the channel or watchdog)",
@@ -291,6 +303,7 @@ class Metrics:
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
+            self.lane_moves.labels(account)
             self.token_waits.labels(account)
             for outcome in ("ok", "error"):
                 self.limits_probes.labels(account, outcome)
