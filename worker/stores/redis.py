@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 
-from worker.stores.base import CLAIM_MARGIN_SECONDS
+from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
@@ -22,12 +22,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
+# KEYS: the job id's binding, its result; ARGV: fingerprint, ttl ms. Bind it unless bound;
+# the binding before and the stored result.
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
-if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return {held, redis.call('GET', KEYS[2])}
 """
 
 
@@ -65,28 +65,28 @@ class RedisResultStore:
             return await self._memory.get(job_id)
         if value is None:
             return await self._memory.get(job_id)
-        return value if isinstance(value, bytes) else str(value).encode()
+        return _as_bytes(value)
 
     async def put(self, job_id: str, result: bytes) -> None:
         await self._memory.put(job_id, result)
         key = self._link.key("result", job_id)
         await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
-        """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
-        is down."""
-        held = await self._memory.claim(job_id, fingerprint)
-        if held is not None and held != fingerprint:
-            return held
-        key = self._link.key("claim", job_id)
+    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
+        """The fleet's binding of the job id (`claim:<job_id>`) and its result, in one round
+        trip; this process's own when Redis is down or has no result."""
+        mine = await self._memory.claim(job_id, fingerprint)
+        if mine.held is not None and mine.held != fingerprint:
+            return mine
+        keys = [self._link.key("claim", job_id), self._link.key("result", job_id)]
         args: list[bytes | int] = [fingerprint, self._claim_ttl_ms]
         try:
-            found = await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+            held, stored = await self._link.call(
+                lambda r: self._claim(keys=keys, args=args, client=r)
+            )
         except RedisUnavailable:
-            return held
-        if found is None:
-            return None
-        return found if isinstance(found, bytes) else str(found).encode()
+            return mine
+        return Claimed(_as_bytes(held), _as_bytes(stored) or mine.stored)
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
@@ -127,3 +127,10 @@ class RedisResultStore:
             with contextlib.suppress(Exception):
                 await self._link.attempt(lambda r: r.delete(key))
         await self._memory.close()
+
+
+def _as_bytes(value: object) -> bytes | None:
+    """A value read from Redis, as stored."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
