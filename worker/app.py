@@ -25,7 +25,7 @@ from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
 from worker.stores.base import ResultStore
 from worker.stores.fleet import FleetSlots, RedisUsageBoard
-from worker.stores.link import RedisLink
+from worker.stores.link import RedisLink, from_settings
 from worker.stores.memory import MemoryResultStore
 from worker.stores.redis import RedisResultStore
 from worker.stores.slots import LocalSlots, Slots
@@ -51,6 +51,7 @@ def token_manager(
             backoff,
             lease=settings.token_lock_lease_seconds,
             request_timeout=settings.token_timeout_seconds,
+            refresh_ttl=settings.refresh_token_ttl_days * 86400,
         )
     return MemoryTokenManager(
         fetch, metrics, backoff, request_timeout=settings.token_timeout_seconds
@@ -79,13 +80,12 @@ class Fleet:
         }
         if settings.redis_url is None:
             return cls(None, memory, LocalSlots(), ApiReserve(LocalBoard(), metrics, **timing))
-        link = RedisLink(
-            settings.redis_url.get_secret_value(),
-            settings.redis_prefix,
-            metrics,
-            timeout=settings.redis_timeout_seconds,
-            retry_every=settings.redis_retry_seconds,
-        )
+        link = from_settings(settings, metrics)
+        if not link.seal.enabled:
+            log.warning(
+                "SFWORKER_REDIS_PLAINTEXT=true: tokens, refresh tokens and results are stored in "
+                "Redis in plain text"
+            )
         return cls(
             link,
             RedisResultStore(link, memory, settings.result_cache_ttl_seconds),
@@ -153,6 +153,8 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
+        loop = asyncio.get_running_loop()
+        self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the HTTP session, which takes
         # its hooks.
         self._tracer = tracing.from_environment()

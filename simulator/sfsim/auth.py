@@ -93,10 +93,17 @@ class AuthState:
         self.processing: set[str] = set()
         self.logins: dict[str, deque[float]] = {}
         self._chains = 0
+        # Added to the monotonic clock of sessions, codes and the login rate: a test moves time
+        # on (`POST /_sim/clock`) instead of sleeping through an inactivity timeout.
+        self.skew = 0.0
         # What the admin does on the authorize page: approve (as `consent_username`, else the
         # client's first user) or deny.
         self.consent_approve = True
         self.consent_username: str | None = None
+
+    def now(self) -> float:
+        """Monotonic seconds, as sessions, authorization codes and the login rate see them."""
+        return time.monotonic() + self.skew
 
     # ---- clients and users -------------------------------------------------------------------
     def set_client(self, client: Client, refresh_tokens: list[str]) -> None:
@@ -152,7 +159,7 @@ class AuthState:
             scope=scope,
             chain_id=chain_id,
             issued_at=time.time(),
-            last_used=time.monotonic(),
+            last_used=self.now(),
         )
         self.access[at.token] = at
         return at
@@ -184,7 +191,7 @@ class AuthState:
         at = self.access.get(token)
         if at is None:
             return None
-        now = time.monotonic()
+        now = self.now()
         if now - at.last_used > timeout:
             del self.access[token]
             return None
@@ -212,7 +219,7 @@ class AuthState:
             scope=scope,
             code_challenge=challenge,
             code_challenge_method=method,
-            created=time.monotonic(),
+            created=self.now(),
         )
         self.codes[code.code] = code
         return code
@@ -220,7 +227,7 @@ class AuthState:
     # ---- login rate --------------------------------------------------------------------------
     def login_allowed(self, user_key: str, per_hour: int) -> bool:
         """Record one token request for `user_key`; False when the hourly rate is exceeded."""
-        now = time.monotonic()
+        now = self.now()
         window = self.logins.setdefault(user_key, deque())
         while window and now - window[0] > 3600:
             window.popleft()

@@ -72,6 +72,10 @@ class TimeoutBody(_Body):
     seconds: float = Field(gt=0)
 
 
+class ClockBody(_Body):
+    advance_seconds: float = Field(gt=0)
+
+
 class LimitsBody(_Body):
     daily_max: int | None = Field(None, ge=0)
     used: int | None = Field(None, ge=0)
@@ -218,6 +222,13 @@ async def session_timeout(request: web.Request) -> web.StreamResponse:
     return json_response(OK)
 
 
+async def clock(request: web.Request) -> web.StreamResponse:
+    body = await _parse(request, ClockBody)
+    auth = state_of(request).auth
+    auth.skew += body.advance_seconds
+    return json_response({"skew_seconds": auth.skew})
+
+
 async def limits(request: web.Request) -> web.StreamResponse:
     body = await _parse(request, LimitsBody)
     lim = state_of(request).limits
@@ -293,6 +304,7 @@ def register(app: web.Application) -> None:
         ("POST", "/_sim/sessions/expire", expire_sessions, "control_expire"),
         ("POST", "/_sim/session_timeout", session_timeout, "control_timeout"),
         ("POST", "/_sim/limits", limits, "control_limits"),
+        ("POST", "/_sim/clock", clock, "control_clock"),
         ("POST", "/_sim/faults", add_fault, "control_add_fault"),
         ("GET", "/_sim/faults", list_faults, "control_faults"),
         ("DELETE", "/_sim/faults", clear_faults, "control_clear_faults"),

@@ -174,7 +174,7 @@ async def _authorization_code(
     if (
         code is None
         or code.used
-        or time.monotonic() - code.created > CODE_LIFETIME_SECONDS
+        or state.auth.now() - code.created > CODE_LIFETIME_SECONDS
         or code.client_id != client.client_id
     ):
         raise OAuthError("invalid_grant", "expired authorization code")
@@ -356,7 +356,7 @@ async def introspect(request: web.Request) -> web.StreamResponse:
     auth = state.auth
     at = auth.session(token_value, state.session_timeout_seconds, touch=False)
     if at is not None and at.client_id == client.client_id:
-        idle = time.monotonic() - at.last_used
+        idle = auth.now() - at.last_used
         expires = int(time.time() + state.session_timeout_seconds - idle)
         return json_response(_introspection(state, request, at, "access_token", exp=expires))
     rt = auth.refresh.get(token_value)

@@ -150,6 +150,11 @@ class SimulatorClient:
     async def set_session_timeout(self, seconds: float) -> None:
         await self._call("POST", "/_sim/session_timeout", {"seconds": seconds})
 
+    async def advance_clock(self, seconds: float) -> None:
+        """Move the clock of sessions, authorization codes and the login rate `seconds` on, as
+        if that long had passed with nobody calling."""
+        await self._call("POST", "/_sim/clock", {"advance_seconds": seconds})
+
     async def set_daily_limit(self, daily_max: int, used: int | None = None) -> None:
         await self._call("POST", "/_sim/limits", {"daily_max": daily_max, "used": used})
 
@@ -223,7 +228,7 @@ class SimulatorClient:
         data = await self._call("GET", "/_sim/holds")
         return dict(data["holds"])
 
-    async def wait_held(self, name: str = "default", count: int = 1, within: float = 10) -> None:
+    async def wait_held(self, name: str = "default", count: int = 1, within: float = 30) -> None:
         """Return once `count` requests are waiting at hold `name`; AssertionError after
         `within` seconds with what did arrive."""
         deadline = time.monotonic() + within

@@ -26,10 +26,14 @@ async def test_the_same_insert_on_two_workers_at_once_is_sent_once(
     # Fresh workers wait for the fleet's first token, held until the test lets it go: both
     # deliveries of each job are past their marker check, on different workers, when it comes.
     await simulator.hold("token", route="token")
-    workers: list[WorkerProcess] = [spawn_worker(fleet_settings, prefetch=50) for _ in range(2)]
+    # The token timeout (which also bounds a wait for another worker's request) outlasts the
+    # hold, and so do the jobs' budgets.
+    workers: list[WorkerProcess] = [
+        spawn_worker(fleet_settings, prefetch=50, token_timeout_seconds=120) for _ in range(2)
+    ]
     for worker in workers:
         await worker.wait_ready()
-    batch = [insert(f"twice-{i}", timeout_ms=20000) for i in range(10)]
+    batch = [insert(f"twice-{i}", timeout_ms=60_000) for i in range(10)]
     for body in batch:
         await jobs.publish(body)
         await jobs.publish(body)

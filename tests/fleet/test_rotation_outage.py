@@ -59,8 +59,13 @@ async def _rotating_worker(
     simulator: SimulatorClient,
     private_redis: PrivateRedis,
     spawn_worker: Any,
+    *,
+    patient: bool = False,
 ) -> WorkerProcess:
+    """`patient`: a token request may be held by the test for long (its timeout 120 s)."""
     fleet = await _rotating_settings(amqp_url, names, tmp_path, simulator, private_redis)
+    if patient:
+        fleet = fleet.model_copy(update={"token_timeout_seconds": 120})
     worker: WorkerProcess = spawn_worker(fleet)
     await worker.wait_ready()
     return worker
@@ -114,7 +119,7 @@ async def test_a_rotated_token_whose_write_missed_redis_is_written_back(
     private_redis: PrivateRedis,
 ) -> None:
     worker = await _rotating_worker(
-        amqp_url, names, tmp_path, simulator, private_redis, spawn_worker
+        amqp_url, names, tmp_path, simulator, private_redis, spawn_worker, patient=True
     )
     assert await run_all(jobs, searches("before", 5)) == ["ok"] * 5
 
@@ -163,6 +168,7 @@ async def test_a_token_rotated_in_fallback_while_redis_returns_is_not_lost(
     is back before the token endpoint answers. The fleet waits for that refresh to end and
     takes its rotated token, instead of refreshing at the same time with the same one."""
     fleet = await _rotating_settings(amqp_url, names, tmp_path, simulator, private_redis)
+    fleet = fleet.model_copy(update={"token_timeout_seconds": 120})  # the test holds its request
     assert private_redis.proc is not None
     os.kill(private_redis.proc.pid, signal.SIGSTOP)
     try:

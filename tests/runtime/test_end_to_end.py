@@ -190,16 +190,20 @@ async def test_the_amqp_timestamp_starts_the_budget_without_sent_at(
     )
     assert stale["error"]["code"] == "TIMEOUT"
     assert (await simulator.counters())["requests_total"] == 0
-    # A whole-second timestamp never cuts a short budget by its rounding: with the token
-    # already fetched, send 0.8 s into a second, so the truncated timestamp is 0.8 s older than
-    # the job, well past its 500 ms budget.
+    # A whole-second timestamp never cuts a short budget by its rounding: send 0.9 s or more
+    # into a second, so the truncated timestamp is older than the job's 900 ms budget. Read as
+    # is, the budget would be spent on receipt and Salesforce never called.
     assert (await jobs.call(job("ts-warm", **search)))["status"] == "no_data"
-    await asyncio.sleep((0.8 - time.time() % 1) % 1)
+    queries = (await simulator.counters())["requests"]["query"]
     now = time.time()
+    while now % 1 < 0.9:
+        await asyncio.sleep(0.95 - now % 1)
+        now = time.time()
     fresh = await jobs.result(
-        await jobs.publish(job("ts-fresh", **{**search, "timeout_ms": 500}), timestamp=now), 10
+        await jobs.publish(job("ts-fresh", **{**search, "timeout_ms": 900}), timestamp=now), 10
     )
-    assert fresh["status"] == "no_data"
+    assert (await simulator.counters())["requests"]["query"] == queries + 1, fresh
+    assert "when it was received" not in str(fresh["error"])
 
 
 @pytest.fixture

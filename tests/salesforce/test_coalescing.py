@@ -145,22 +145,26 @@ async def test_a_refused_field_and_a_deleted_record_fail_only_their_own_jobs(
 
 
 async def test_jobs_one_at_a_time_go_alone_without_waiting(
-    sf: Harness, simulator: SimulatorClient
+    sf_settings: Settings, account_file: Path, simulator: SimulatorClient
 ) -> None:
-    """Acceptance 4: at low load (one job at a time, 100 ms each) an account is quiet: every
-    call goes alone at once, without waiting for company (well under the 10 ms wait)."""
+    """Acceptance 4: at low load (one job at a time, each call longer than twice the wait) an
+    account is quiet: every call goes alone at once, without waiting for company. The wait is
+    100 ms here so that "did not wait" reads as under the setting whatever the machine's load
+    (the figure for the default 10 ms is bench/timing.py's)."""
+    waiting = sf_settings.model_copy(update={"coalesce_wait_ms": 100})
     await simulator.seed("Contact", [{"LastName": "Solo", "Phone": "555-0100"}])
-    await simulator.set_latency(100)
-    for _ in range(10):
-        result = await sf.run(operation="search", soql=PHONE_SOQL, params={"p": "555-0100"})
-        assert result.status == "ok"
-    counters = await simulator.counters()
-    assert counters["requests"]["query"] == 10
-    assert "composite" not in counters["requests"]
-    assert metric(sf, "sfworker_coalesce_wait_seconds_count") == 10
-    # Each call left within one turn of the event loop: none waited the 10 ms.
-    assert metric(sf, "sfworker_coalesce_wait_seconds_bucket", le="0.005") == 10
-    assert metric(sf, "sfworker_coalesced_calls_per_request_bucket", le="1.0") == 10
+    await simulator.set_latency(250)
+    async with open_harness(waiting, account_file) as sf:
+        for _ in range(6):
+            result = await sf.run(operation="search", soql=PHONE_SOQL, params={"p": "555-0100"})
+            assert result.status == "ok"
+        counters = await simulator.counters()
+        assert counters["requests"]["query"] == 6
+        assert "composite" not in counters["requests"]
+        assert metric(sf, "sfworker_coalesce_wait_seconds_count") == 6
+        # A call that waited for company would have waited the whole 100 ms.
+        assert metric(sf, "sfworker_coalesce_wait_seconds_bucket", le="0.1") == 6
+        assert metric(sf, "sfworker_coalesced_calls_per_request_bucket", le="1.0") == 6
 
 
 async def test_lost_answer_inserts_are_outcome_unknown_and_reads_retry(

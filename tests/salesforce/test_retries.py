@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+from pathlib import Path
 
 from sfsim.testing import SimulatorClient
 
-from tests.salesforce.conftest import Harness
+from tests.salesforce.conftest import Harness, open_harness
+from worker.config import Settings
 
 UNAVAILABLE = [{"errorCode": "SERVER_UNAVAILABLE", "message": "server too busy"}]
 LOCKED = [{"errorCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access"}]
@@ -100,21 +102,27 @@ async def test_latency_past_the_deadline_is_timeout_within_budget(
     sf: Harness, simulator: SimulatorClient
 ) -> None:
     await sf.run(operation="search", soql="SELECT Id FROM Account")  # token fetched
-    await simulator.set_latency(3000)
-    started = time.monotonic()
-    result = await sf.run(operation="search", soql="SELECT Id FROM Account", timeout_ms=500)
-    elapsed = time.monotonic() - started
+    await simulator.hold("slow", route="query")  # Salesforce does not answer until released
+    async with asyncio.timeout(30):
+        result = await sf.run(operation="search", soql="SELECT Id FROM Account", timeout_ms=500)
     assert result.error is not None
     assert (result.error.code.value, result.error.retryable) == ("TIMEOUT", True)
-    assert elapsed < 0.5 + 0.1
+    assert result.attempts == 1
+    # The job ended on its deadline, not on an answer: the request is still held.
+    assert (await simulator.holds())["slow"]["waiting"] == 1
+    await simulator.release("slow")
 
 
 async def test_retries_never_sleep_past_the_deadline(
-    sf: Harness, simulator: SimulatorClient
+    sf_settings: Settings, account_file: Path, simulator: SimulatorClient
 ) -> None:
+    """A backoff pause that would end after the deadline is not taken: the job answers at once
+    with Salesforce's error instead of sleeping into a TIMEOUT."""
+    days = sf_settings.model_copy(update={"retry_base_ms": 10**9, "retry_cap_ms": 10**9})
     await simulator.add_fault(status=503, body=UNAVAILABLE, route="query", count=1000)
-    started = time.monotonic()
-    result = await sf.run(operation="search", soql="SELECT Id FROM Account", timeout_ms=150)
-    assert time.monotonic() - started < 0.15 + 0.1
+    async with open_harness(days, account_file) as sf, asyncio.timeout(30):
+        result = await sf.run(operation="search", soql="SELECT Id FROM Account", timeout_ms=5000)
     assert result.error is not None
-    assert result.error.code.value in ("SALESFORCE_UNAVAILABLE", "TIMEOUT")
+    assert (result.error.code.value, result.http_status) == ("SALESFORCE_UNAVAILABLE", 503)
+    assert result.attempts == 1
+    assert (await simulator.counters())["requests"]["query"] == 1

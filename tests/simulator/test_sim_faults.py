@@ -128,14 +128,13 @@ async def test_a_fault_can_target_one_request_by_its_body(api: Api) -> None:
 
 
 async def test_a_delay_fault_answers_normally_after_its_delay(api: Api) -> None:
-    await api.sim.add_fault(action="delay", delay_ms=300, path_contains="slowone")
+    await api.sim.add_fault(action="delay", delay_ms=1000, path_contains="slowone")
     started = time.monotonic()
+    slow = asyncio.create_task(api.query("SELECT Id FROM Account WHERE Name = 'slowone'"))
     fast = await api.query("SELECT Id FROM Account WHERE Name = 'other'")
-    assert time.monotonic() - started < 0.3
-    started = time.monotonic()
-    slow = await api.query("SELECT Id FROM Account WHERE Name = 'slowone'")
-    assert time.monotonic() - started >= 0.3
-    assert fast.status == slow.status == 200
+    assert not slow.done()  # the other request is not delayed behind it
+    assert (await slow).status == fast.status == 200
+    assert time.monotonic() - started >= 1.0  # a lower bound: never late on a loaded machine
     assert (await api.sim.counters())["api_usage"]["used"] == 2
 
 
@@ -160,10 +159,11 @@ async def test_token_endpoint_faults_by_grant_type(
 
 async def test_control_routes_are_never_faulted_or_counted(api: Api) -> None:
     await api.sim.add_fault(status=500, count=10)
-    await api.sim.set_latency(300)
-    start = time.monotonic()
-    assert await api.sim.records("Account") == []
-    assert time.monotonic() - start < 0.25
+    await api.sim.hold("all", count=10)  # a held control call would never answer
+    await api.sim.set_latency(60_000)
+    async with asyncio.timeout(10):
+        assert await api.sim.records("Account") == []
+    assert (await api.sim.holds())["all"]["arrived"] == 0
     counters = await api.sim.counters()
     assert counters["requests_total"] == 1  # only the fixture's token request
     assert counters["api_usage"]["used"] == 0
@@ -173,7 +173,7 @@ async def test_latency(api: Api) -> None:
     await api.sim.set_latency(150, jitter_ms=50)
     start = time.monotonic()
     assert (await api.get("limits")).status == 200
-    assert 0.15 <= time.monotonic() - start < 1.0
+    assert time.monotonic() - start >= 0.15  # lower bounds only (bench/timing.py: overshoot)
     await api.sim.set_latency(0, token_ms=200)
     start = time.monotonic()
     status, _ = await token_request(

@@ -220,6 +220,12 @@ class Metrics:
             "1 while Redis is configured but unreachable (the worker uses in-process state)",
             registry=r,
         )
+        self.redis_unreadable = Counter(
+            "sfworker_redis_unreadable",
+            "Values read from Redis that did not open (sealed with a key this worker does not "
+            "hold, tampered, or plain text where a sealed value belongs): read as absent",
+            registry=r,
+        )
         self.limits_probes = Counter(
             "sfworker_limits_probes_total",
             "Reads of Salesforce /limits (first use of an account, or while it is held back)",
@@ -237,6 +243,11 @@ class Metrics:
         self.amqp_blocked = Gauge(
             "sfworker_amqp_blocked",
             "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
+            registry=r,
+        )
+        self.asyncio_tasks = Gauge(
+            "sfworker_asyncio_tasks",
+            "asyncio tasks alive in the worker's event loop (a leak shows as a rising line)",
             registry=r,
         )
         self.consumer_restarts = Counter(
