@@ -189,7 +189,14 @@ async def settings(
         await topology.delete(await connection.channel(), made)
 
 
+# The fleet's Redis key of the tests (32 bytes, base64): every fleet in the tests seals its
+# values, as production does (a worker with Redis and no key refuses to start).
+TEST_REDIS_KEY = "t1:c2Z3b3JrZXItdGVzdHMtcmVkaXMta2V5LTMyYnl0ZXM="
+
+
 def make_settings(amqp_url: str, names: dict[str, str], accounts_file: Path, **kw: Any) -> Settings:
+    if kw.get("redis_url") and not {"redis_encryption_key", "redis_plaintext"} & set(kw):
+        kw["redis_encryption_key"] = TEST_REDIS_KEY
     values: dict[str, Any] = {
         "amqp_url": amqp_url,
         "accounts_file": accounts_file,

@@ -17,8 +17,9 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.accepted = 0
-        self._flowing = asyncio.Event()
+        self._flowing = asyncio.Event()  # new connections
         self._flowing.set()
+        self._links: set[asyncio.Event] = set()  # one per connection: forwarding or held
         self._cut = False
 
     async def start(self) -> None:
@@ -31,16 +32,23 @@ class TcpProxy:
 
     @property
     def stalled(self) -> bool:
-        return not self._flowing.is_set()
+        return not self._flowing.is_set() or any(not link.is_set() for link in self._links)
 
-    def stall(self) -> None:
+    def stall(self, *, new_connections: bool = True) -> None:
         """A partition: every connection stays open, nothing is forwarded either way, not even
-        a close; a new connection is accepted and gets no further (a SYN lost in the void)."""
-        self._flowing.clear()
+        a close; a new connection is accepted and gets no further (a SYN lost in the void).
+        `new_connections=False`: only the connections open now hang (a dead keep-alive
+        connection), new ones go through."""
+        if new_connections:
+            self._flowing.clear()
+        for link in self._links:
+            link.clear()
 
     def resume(self) -> None:
         """The partition heals: what was held goes through, in order."""
         self._flowing.set()
+        for link in self._links:
+            link.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
@@ -55,9 +63,12 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
+        link = asyncio.Event()
+        link.set()
+        self._links.add(link)
         pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(reader, up_writer, link)),
+            asyncio.create_task(self._pump(up_reader, writer, link)),
         ]
         self._tasks.update(pumps)
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -65,16 +76,20 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
         self._tasks.difference_update(pumps)
+        self._links.discard(link)
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @staticmethod
+    async def _pump(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: asyncio.Event
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while True:
-                await self._flowing.wait()
+                await link.wait()
                 data = await reader.read(65536)
-                await self._flowing.wait()  # what arrives during a stall is held, an EOF too
+                await link.wait()  # what arrives during a stall is held, an EOF too
                 if not data:
                     return
                 writer.write(data)
@@ -83,7 +98,7 @@ class TcpProxy:
     async def cut(self) -> None:
         """Stop listening and reset every connection through the proxy (a stall ends)."""
         self._cut = True
-        self._flowing.set()
+        self.resume()
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):

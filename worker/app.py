@@ -16,6 +16,7 @@ from worker.jobs import JobRunner
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.consumer import DeliveryHandler
+from worker.runtime.lanes import FairShare
 from worker.runtime.service import RabbitService
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.fleet_tokens import RedisTokenManager
@@ -25,7 +26,7 @@ from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
 from worker.stores.base import ResultStore
 from worker.stores.fleet import FleetSlots, RedisUsageBoard
-from worker.stores.link import RedisLink
+from worker.stores.link import RedisLink, from_settings
 from worker.stores.memory import MemoryResultStore
 from worker.stores.redis import RedisResultStore
 from worker.stores.slots import LocalSlots, Slots
@@ -51,6 +52,7 @@ def token_manager(
             backoff,
             lease=settings.token_lock_lease_seconds,
             request_timeout=settings.token_timeout_seconds,
+            refresh_ttl=settings.refresh_token_ttl_days * 86400,
         )
     return MemoryTokenManager(
         fetch, metrics, backoff, request_timeout=settings.token_timeout_seconds
@@ -79,13 +81,12 @@ class Fleet:
         }
         if settings.redis_url is None:
             return cls(None, memory, LocalSlots(), ApiReserve(LocalBoard(), metrics, **timing))
-        link = RedisLink(
-            settings.redis_url.get_secret_value(),
-            settings.redis_prefix,
-            metrics,
-            timeout=settings.redis_timeout_seconds,
-            retry_every=settings.redis_retry_seconds,
-        )
+        link = from_settings(settings, metrics)
+        if not link.seal.enabled:
+            log.warning(
+                "SFWORKER_REDIS_PLAINTEXT=true: tokens, refresh tokens and results are stored in "
+                "Redis in plain text"
+            )
         return cls(
             link,
             RedisResultStore(link, memory, settings.result_cache_ttl_seconds),
@@ -111,10 +112,13 @@ class Worker:
     """One worker process's parts, started and stopped in order."""
 
     def __init__(self, settings: Settings, accounts: Accounts | None = None) -> None:
-        self.settings = settings
         self.accounts = accounts or load_accounts(
             settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
         )
+        if settings.fair_share and len(self.accounts) < 2:
+            # One account has nobody to share with: one queue, as without the fair share.
+            settings = settings.model_copy(update={"fair_share": False})
+        self.settings = settings
         for account in self.accounts.by_name.values():
             if account.instance_url.startswith("http://"):
                 log.warning(
@@ -149,10 +153,13 @@ class Worker:
                 "no SFWORKER_REDIS_URL: this worker keeps its tokens, results and limits alone"
             )
         self._http: web.AppRunner | None = None
+        self._lanes: FairShare | None = None
         self._tracer: tracing.Tracer = tracing.OFF
 
     async def start(self) -> None:
         s = self.settings
+        loop = asyncio.get_running_loop()
+        self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the HTTP session, which takes
         # its hooks.
         self._tracer = tracing.from_environment()
@@ -176,11 +183,21 @@ class Worker:
         await self.service.connect(s.startup_timeout_seconds)
         publisher = await self.service.open()
         handler = DeliveryHandler(runner, store, publisher, s, self.metrics)
-        await self.service.consume(handler.handle)
+        if s.fair_share:
+            # Lanes first: a job moved to one must find its consumer.
+            self._lanes = FairShare(s, self.accounts, handler.handle, publisher, self.metrics)
+            await self._lanes.start(self.service.connection)
+            await self.service.consume(self._lanes.route)
+        else:
+            await self.service.consume(handler.handle)
         log.info("worker started", extra={"accounts": len(self.accounts)})
 
     async def stop(self) -> None:
-        cancelled = await self.service.drain(self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        drains = [self.service.drain(grace)]
+        if self._lanes is not None:
+            drains.append(self._lanes.drain(grace))
+        cancelled = sum(await asyncio.gather(*drains))
         await self.service.close()
         if self._client is not None:
             await self._client.close()

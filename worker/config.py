@@ -8,6 +8,7 @@ no secret value ever appears in an error, a repr or a log line.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -68,6 +70,27 @@ class Settings(BaseSettings):
     redis_retry_seconds: float = Field(
         default=2.0, gt=0, le=15, description="While Redis is down, how often it is tried again"
     )
+    redis_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Keys that seal tokens, results and claims in Redis (AES-256-GCM): "
+        "[ID:]KEY entries, comma-separated, newest first; the first seals, any opens",
+    )
+    redis_encryption_key_file: Path | None = Field(
+        default=None,
+        description="A file holding SFWORKER_REDIS_ENCRYPTION_KEY's value (one entry a line)",
+    )
+    redis_plaintext: bool = Field(
+        default=False,
+        description="With Redis and no encryption key: true stores values in plain text; "
+        "false (default) refuses to start",
+    )
+    refresh_token_ttl_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=3650,
+        description="How long a refresh token the fleet rotated is kept in Redis after its last "
+        "use (match the External Client App's refresh-token idle timeout)",
+    )
     token_lock_lease_seconds: float = Field(
         default=5.0,
         ge=1,
@@ -81,6 +104,16 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=10, description="While an account is held back, /limits is read"
     )
     prefetch: int = Field(default=32, ge=1, le=5000, description="In-flight jobs per process")
+    fair_share: bool = Field(
+        default=True,
+        description="A lane (queue) per account for jobs beyond its share of the prefetch",
+    )
+    routing_prefetch: int = Field(
+        default=1024,
+        ge=1,
+        le=65535,
+        description="With fair_share: unacked deliveries of the request queue per process",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level"
     )
@@ -151,6 +184,12 @@ class Settings(BaseSettings):
         description="How long a call waits for others of its account to share a Composite "
         "request (0: never coalesce)",
     )
+
+    @property
+    def request_prefetch(self) -> int:
+        """The request queue's prefetch: with fair share the routing window (a job holds it
+        only while it is moved to its lane, or while it runs within its small direct share)."""
+        return max(self.prefetch, self.routing_prefetch) if self.fair_share else self.prefetch
 
     @field_validator("amqp_url")
     @classmethod
@@ -291,6 +330,14 @@ class Account:
     @property
     def api_base(self) -> str:
         return f"{self.instance_url}/services/data/v{self.api_version}"
+
+    @cached_property
+    def scope(self) -> str:
+        """Who this account is at Salesforce (org, app, user, flow) as a short hash: its token
+        and result keys in Redis carry it, so two deployments sharing a Redis and an account
+        name, but not the org, never share a token or a result."""
+        who = "\n".join((self.instance_url, self.client_id, self.username or "", self.flow.value))
+        return hashlib.sha256(who.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -188,11 +188,14 @@ class JobRunner:
         if verdict.refused is None:
             if verdict.tenant != job.tenant:
                 job = job.model_copy(update={"tenant": verdict.tenant})
-            resolved = self._accounts.resolve(job.account, job.tenant)
+            account = self._accounts.resolve(job.account, verdict.tenant)
+            key = store_key(self._accounts, verdict.tenant, job.job_id, account)
+            # A job whose account does not resolve (answered UNKNOWN_ACCOUNT) is kept apart
+            # from every scoped key, which starts with 16 hex digits.
             return Admission(
                 job,
-                store_key(self._accounts, verdict.tenant, job.job_id),
-                fingerprint=fingerprint(job, resolved.name if resolved else job.account),
+                key if account is not None else f"none/{key}",
+                fingerprint=fingerprint(job, account.name if account else job.account),
             )
         self._metrics.tenant_refusals.labels(verdict.refused.value, verdict.tenant or "").inc()
         log.warning(
@@ -308,7 +311,7 @@ class JobRunner:
         if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
             # Exactly once: an earlier delivery that may have reached Salesforce is not resent.
             # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
-            key = store_key(self._accounts, job.tenant, job.job_id)
+            key = store_key(self._accounts, job.tenant, job.job_id, account)
             sender = await self._store.insert_sender(key)
             if sender is not None:
                 earlier = await self._result_of_sender(key, sender, deadline)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.config import Accounts
+from worker.config import Account, Accounts
 
 
 class Reason(StrEnum):
@@ -77,11 +77,18 @@ def check(
     return Verdict(owner.name)
 
 
-def store_key(accounts: Accounts, tenant: str | None, job_id: str) -> str:
+def store_key(
+    accounts: Accounts, tenant: str | None, job_id: str, account: Account | None = None
+) -> str:
     """The key of a job's result in the result store. In strict mode job ids are per tenant:
     one tenant reusing another's job_id gets its own job run, never the other's result.
-    (A tenant name never holds '/'.)"""
-    return f"{tenant}/{job_id}" if accounts.strict else job_id
+    (A tenant name never holds '/'.) With the job's account, the key starts with its
+    `Account.scope` (the org, app and user): two deployments sharing a Redis never answer each
+    other's job ids."""
+    key = f"{tenant}/{job_id}" if accounts.strict else job_id
+    if account is None:
+        return key
+    return f"{account.scope}/{key}"
 
 
 # Reply queues any publisher may name: server-named queues (random names, exclusive to the

@@ -280,6 +280,92 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             "### 6. Redis on and off (sfworker, one process)\n\n" + table(PIPELINE_HEADERS, rows)
         )
 
+    sealing = _select(trials, "sealing")
+    if sealing:
+        labels = [row["value"] for row in sealing[0]["sealing"]]
+
+        def cell(label: str, key: str) -> Callable[[Trial], float | None]:
+            return lambda t: next(r[key] for r in t["sealing"] if r["value"] == label)
+
+        rows = [
+            [
+                label,
+                str(next(r["bytes"] for r in sealing[0]["sealing"] if r["value"] == label)),
+                _f(median(sealing, cell(label, "seal_us")), 2),
+                _f(median(sealing, cell(label, "open_us")), 2),
+                _f(median(sealing, cell(label, "plain_us")), 2),
+            ]
+            for label in labels
+        ]
+        parts.append(
+            "### 7. Sealing Redis values (SFWORKER_REDIS_ENCRYPTION_KEY), per value\n\n"
+            "AES-256-GCM in this process, best of 3 runs of "
+            f"{sealing[0]['iterations']:,}; a job seals its result once (and an insert its "
+            "claim), and opens them only on a redelivery.\n\n"
+            + table(["value", "bytes", "seal µs", "open µs", "plain text µs"], rows)
+        )
+
+    tracing = _select(trials, "tracing")
+    if tracing:
+        labels = list(dict.fromkeys(t["tracing"] for t in tracing))
+        off = median(_select(tracing, "tracing", tracing=labels[0]), lambda t: t["jobs_per_s"])
+        rows = []
+        for label in labels:
+            group = _select(tracing, "tracing", tracing=label)
+            rate = median(group, lambda t: t["jobs_per_s"])
+            rows.append(
+                [
+                    label,
+                    _f(rate, 0),
+                    f"{rate / off:.3f}" if rate and off else "-",
+                    _f(median(group, lambda t: t.get("cpu_s_per_1000")), 2),
+                    _f(median(group, lambda t: t.get("exported_kb")), 0),
+                    str(_wrong(group)),
+                ]
+            )
+        parts.append(
+            "### 8. Tracing off and on (sfworker, one process, 0 ms latency, jobs without a "
+            "traceparent)\n\n"
+            + table(
+                ["sfworker", "jobs/s", "ratio to off", "CPU s / 1000 jobs", "OTLP KB", "wrong"],
+                rows,
+            )
+        )
+
+    noisy = _select(trials, "noisy")
+    if noisy:
+        rows = [
+            [
+                t["system"],
+                str(t["quick_jobs"]),
+                _f(t["quick_p50_ms"]),
+                _f(t["quick_p99_ms"]),
+                _f(t["quick_max_ms"]),
+                ", ".join(f"{k} {v}" for k, v in sorted(t["slow_outcomes"].items())),
+                _f(t["slow_seconds"]),
+                str(t["dead_lettered"]),
+            ]
+            for t in noisy
+        ]
+        parts.append(
+            "### 9. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
+            "500 jobs at once (timeout 60 s); account `quick` (50 ms) gets 20 jobs a second "
+            "meanwhile.\n\n"
+            + table(
+                [
+                    "system",
+                    "quick jobs",
+                    "quick p50 ms",
+                    "quick p99 ms",
+                    "quick max ms",
+                    "slow jobs answered",
+                    "flood served in s",
+                    "dead-lettered",
+                ],
+                rows,
+            )
+        )
+
     for trial in _select(trials, "profile"):
         parts.append(render_profile(trial))
     return "\n\n".join(parts)

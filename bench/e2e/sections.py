@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.e2e.noisy import noisy_trial
+from bench.e2e.otlp import Sink, otlp_sink
 from bench.e2e.profile import profile_trial
 from bench.e2e.report import NO_WAIT
 from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
+from bench.e2e.sealing import sealing_trial
 from bench.e2e.systems import (
     PREFETCH,
     AioSalesforce,
@@ -23,7 +26,18 @@ from bench.e2e.systems import (
     Workload,
 )
 
-SECTIONS = ("limit", "peers", "storm", "scaling", "large", "redis", "profile")
+SECTIONS = (
+    "limit",
+    "peers",
+    "storm",
+    "scaling",
+    "large",
+    "redis",
+    "sealing",
+    "tracing",
+    "noisy",
+    "profile",
+)
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
 LARGE_PAGE = 500
@@ -35,6 +49,21 @@ LARGE = Workload(
 BIG_PREFETCH = 1024
 STORM_LATENCY_MS = 100
 SCALING_LATENCY_MS = 100
+TRACING = ("tracing off", "tracing on, ratio 1.0", "tracing on, ratio 0.01")
+
+
+def _tracing_env(label: str, sink: Sink) -> dict[str, str]:
+    """The standard variables of each tracing row (the jobs come without a traceparent, so the
+    worker's own ratio decides)."""
+    if label == TRACING[0]:
+        return {}
+    ratio = label.rsplit(" ", 1)[1]
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+        "OTEL_SERVICE_NAME": "sfworker-bench",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": ratio,
+    }
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,22 @@ async def run_sections(
                     )
                     await trial("redis", rep, run, redis=redis)
 
+        if "sealing" in chosen:
+            await trial("sealing", rep, sealing_trial())
+
+        if "tracing" in chosen:
+            # Alternating inside each repetition, so the three rows share the machine's state.
+            async with otlp_sink() as sink:
+                for i, label in enumerate(TRACING):
+                    before = sink.bytes
+                    options = SfworkerOptions(env=_tracing_env(label, sink), label=label)
+                    system = Sfworker(ctx, f"tracing-{i}", options)
+                    result = await throughput_trial(lab, system, SEARCH, 0, counts.jobs)
+                    exported = round((sink.bytes - before) / 1024, 1)  # flushed at its stop
+                    result.update(section="tracing", rep=rep, tracing=label, exported_kb=exported)
+                    record(result)
+                    _progress(result)
+
         if "storm" in chosen:
             storm_systems: list[tuple[str, Callable[[], System]]] = [
                 ("sfworker x1", lambda: Sfworker(ctx, "storm-1")),
@@ -156,6 +201,11 @@ async def run_sections(
             for make in (lambda: Baseline(ctx, "large-b"), lambda: Sfworker(ctx, "large-s")):
                 run = sequential_trial(lab, make(), LARGE, 0, counts.large_jobs)
                 await trial("large", rep, run)
+
+    if "noisy" in chosen:  # once per fair-share setting: a minute each
+        for fair_share in (True, False):
+            run = noisy_trial(ctx, lab.broker, fair_share, quick_seconds=30)
+            await trial("noisy", 1, run)
 
     if "profile" in chosen:  # once: a profile is read, not averaged
         out = results / f"profile-{ctx.run_id}.txt"

@@ -4,6 +4,8 @@ aio-pika + aiosalesforce. Each says how a job is encoded and what a right answer
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
 import sys
 import urllib.parse
@@ -44,6 +46,8 @@ class Context:
     workdir: Path
     run_id: str
     redis_url: str
+    # The fleet's Redis key (sealing); a fresh one for each run.
+    redis_key: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
 
 
 def fetch_token(sim_url: str) -> str:
@@ -314,6 +318,8 @@ class Sfworker(System):
         if self.options.redis:
             env["SFWORKER_REDIS_URL"] = self.ctx.redis_url
             env["SFWORKER_REDIS_PREFIX"] = self.prefix
+            # Sealed, as a production fleet runs (the cost is in the "sealing" table).
+            env["SFWORKER_REDIS_ENCRYPTION_KEY"] = self.ctx.redis_key
         return env
 
     async def prepare(self, broker: Broker) -> None:

@@ -16,7 +16,7 @@ from sfsim.testing import (
     SimulatorClient,
 )
 
-from tests.conftest import free_port, write_accounts
+from tests.conftest import TEST_REDIS_KEY, free_port, write_accounts
 from tests.eavesdropper import eavesdropper
 from tests.runtime.conftest import sfworker
 
@@ -139,6 +139,7 @@ async def test_a_check_of_a_rotating_fleet_account_never_spends_the_fleets_refre
         **env_for(accounts),
         "SFWORKER_REDIS_URL": redis_url,
         "SFWORKER_REDIS_PREFIX": redis_prefix,
+        "SFWORKER_REDIS_ENCRYPTION_KEY": TEST_REDIS_KEY,
     }
     for _ in range(3):  # the file's token is rotated out after the first
         done = await sfworker("accounts", "check", "main", env=env)

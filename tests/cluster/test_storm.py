@@ -2,11 +2,14 @@
 their own take a steady load of all six operations while the simulator does a seeded random mix
 of faults to chosen jobs (503s, UNABLE_TO_LOCK_ROW, concurrent-request limits, latency spikes
 past the deadline, answers dropped after processing, expired sessions); in the same run Redis is
-restarted, a worker is killed with SIGKILL (and replaced) and the broker is restarted.
+restarted, a worker is killed with SIGKILL (and replaced) and the broker is restarted; and three
+links are stalled (a partition: connections open, nothing goes through) through TCP proxies:
+one worker's broker link, another's Redis link, and the first one's Salesforce connections.
 
 Then, for every job: answered, and as the contract says for what the simulator did to it (a job
-a kill or a restart caught in flight may also have the answers such a crash allows); several
-answers only when identical or for such a job; no record written twice; nothing left in a queue.
+a kill, a restart or a stall caught in flight may also have the answers such a crash allows);
+several answers only when identical or for such a job; no record written twice; nothing left in
+a queue.
 The seed is printed (SFWORKER_STORM_SEED=... replays the plan)."""
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from tests.cluster.storm import (
     job_body,
     make_plans,
 )
-from tests.conftest import ROOT, WorkerProcess, make_settings, wait_until
+from tests.conftest import ROOT, WorkerProcess, make_settings, wait_until, write_accounts
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import TcpProxy
 from worker.runtime import brokers, topology
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -72,6 +76,7 @@ async def test_fault_storm(
     durable_redis: RedisServer,
     cluster_workers: Any,
     simulator: SimulatorClient,
+    tmp_path: Path,
 ) -> None:
     seed = _seed()
     print(f"\nfault storm seed {seed} (replay: SFWORKER_STORM_SEED={seed})")
@@ -80,6 +85,14 @@ async def test_fault_storm(
     # When the three infrastructure faults strike, seconds after the load starts; apart by
     # more than a job's life, so that one job meets at most one of them.
     redis_at, kill_at, restart_at = 3 + rng.random(), 11 + rng.random(), 19 + rng.random()
+    # The link stalls in between: worker 2's broker link (its first address goes through a
+    # proxy), worker 3's Redis link, worker 2's Salesforce connections; each a few seconds.
+    stalls = {
+        "broker link stall": 7 + rng.random(),
+        "Redis link stall": 15 + rng.random(),
+        "Salesforce link stall": 23 + rng.random(),
+    }
+    stall_for = 2.5 + rng.random()
 
     settings = make_settings(
         rabbit_cluster.urls(),
@@ -96,11 +109,41 @@ async def test_fault_storm(
     connection = await brokers.connect_robust(
         rabbit_cluster.urls().split(","), attempt_timeout=10, reconnect_interval=0.5
     )
+    sim_port = int(simulator.base_url.rsplit(":", 1)[1])
+    proxies = {
+        "broker link stall": TcpProxy("127.0.0.1", rabbit_cluster.base + 1),  # node 2
+        "Redis link stall": TcpProxy("127.0.0.1", durable_redis.port),
+        "Salesforce link stall": TcpProxy("127.0.0.1", sim_port),
+    }
+    for proxy in proxies.values():
+        await proxy.start()
+    port_of = {name: proxy.port for name, proxy in proxies.items()}
+    proxied_accounts = write_accounts(
+        tmp_path / "proxied-accounts.toml", f"http://127.0.0.1:{port_of['Salesforce link stall']}"
+    )
+    through_proxy = {
+        # Worker 2: node 2 through the proxy first, then the others directly.
+        2: {
+            "amqp_url": ",".join(
+                [
+                    f"amqp://guest:guest@127.0.0.1:{port_of['broker link stall']}/",
+                    rabbit_cluster.url(3),
+                    rabbit_cluster.url(1),
+                ]
+            ),
+            "accounts_file": proxied_accounts,
+        },
+        3: {"redis_url": f"redis://127.0.0.1:{port_of['Redis link stall']}/0"},
+    }
     try:
         await topology.declare(await connection.channel(), settings)
         await simulator.set_latency(30, jitter_ms=40)
         workers: list[WorkerProcess] = [
-            cluster_workers(settings, amqp_url=rabbit_cluster.urls(first=n)) for n in (1, 2, 3)
+            cluster_workers(
+                settings,
+                **{"amqp_url": rabbit_cluster.urls(first=n), **through_proxy.get(n, {})},
+            )
+            for n in (1, 2, 3)
         ]
         await asyncio.gather(*(w.wait_ready(60) for w in workers))
 
@@ -136,7 +179,19 @@ async def test_fault_storm(
             await rabbit_cluster.arun("restart")
             events["broker restart"] = (begin, time.monotonic())
 
-        await asyncio.wait_for(asyncio.gather(load(), storm()), 240)
+        async def stall(name: str) -> None:
+            proxy = proxies[name]
+            await asyncio.sleep(max(0.0, started + stalls[name] - time.monotonic()))
+            begin = time.monotonic()
+            # Salesforce: the connections open now hang, new ones go through.
+            proxy.stall(new_connections=name != "Salesforce link stall")
+            await asyncio.sleep(stall_for)
+            proxy.resume()
+            events[name] = (begin, time.monotonic())
+
+        await asyncio.wait_for(
+            asyncio.gather(load(), storm(), *(stall(name) for name in stalls)), 240
+        )
         job_ids = {p.job_id for p in plans}
 
         async def all_answered() -> bool:
@@ -156,10 +211,14 @@ async def test_fault_storm(
             await channel.queue_delete(f"{settings.request_queue}.replies")
             await topology.delete(channel, settings)
         await connection.close()
+        for proxy in proxies.values():
+            await proxy.cut()
 
     # --- judge every job -----------------------------------------------------------------
     disturbing = [
-        window for name, window in events.items() if name in ("worker SIGKILL", "broker restart")
+        window
+        for name, window in events.items()
+        if name in ("worker SIGKILL", "broker restart", *stalls)
     ]
 
     def disturbed(job_id: str) -> bool:
@@ -175,7 +234,7 @@ async def test_fault_storm(
     wrong: list[str] = []
     differing: list[str] = []
     outcome_unknown = 0
-    shifted = 0  # caught by a kill or restart, and answered otherwise than undisturbed
+    shifted = 0  # caught by a kill, restart or stall, and answered otherwise than undisturbed
     for plan in plans:
         answers = by_job[plan.job_id]
         got = {(r["status"], (r["error"] or {}).get("code")) for r in answers}
@@ -212,8 +271,8 @@ async def test_fault_storm(
         f"\n  infrastructure: {infrastructure}"
         f"\n  answers per status/code: {dict(sorted(answered.items()))}"
         f"\n  duplicate answers {sum(len(a) - 1 for a in by_job.values())}, jobs caught by a "
-        f"kill or restart {sum(disturbed(p.job_id) for p in plans)} (answered otherwise than "
-        f"undisturbed: {shifted}), publish retries "
+        f"kill, restart or stall {sum(disturbed(p.job_id) for p in plans)} (answered "
+        f"otherwise than undisturbed: {shifted}), publish retries "
         f"{len(caller.publish_retried)}, OUTCOME_UNKNOWN inserts {outcome_unknown}, fault rules "
         f"left unused {len(fault_rules)}"
     )

@@ -59,12 +59,13 @@ INSERT = {"operation": "insert", "object": "Case", "fields": {"Subject": "marked
 async def test_a_live_senders_result_is_awaited_not_resent(
     here: Harness, other_worker: RedisResultStore, simulator: SimulatorClient
 ) -> None:
-    await other_worker.mark_insert_sent("m-1")
+    key = f"{here.account.scope}/m-1"  # the result store's key: the account's org, the job id
+    await other_worker.mark_insert_sent(key)
     result = BlockResult(job_id="m-1", operation="insert", status=Status.OK, id="500000000000001")
 
     async def answer_later() -> None:
         await asyncio.sleep(0.3)
-        await other_worker.put("m-1", result.model_dump_json().encode())
+        await other_worker.put(key, result.model_dump_json().encode())
 
     later = asyncio.create_task(answer_later())
     got = await here.run(job_id="m-1", timeout_ms=5000, **INSERT)
@@ -77,7 +78,7 @@ async def test_a_dead_senders_insert_is_outcome_unknown_at_once(
     here: Harness, redis_url: str, redis_prefix: str, simulator: SimulatorClient
 ) -> None:
     link, dead = await fleet_store(redis_url, redis_prefix)
-    await dead.mark_insert_sent("m-2")
+    await dead.mark_insert_sent(f"{here.account.scope}/m-2")
     await dead.close()  # its worker stops: no heartbeat any more
     await link.close()
     started = time.monotonic()

@@ -17,7 +17,7 @@ from tests.fleet.conftest import PrivateRedis
 from tests.fleet.test_fleet_tokens import answers
 from tests.job_client import JobClient
 from tests.metrics import metric
-from worker.config import Settings
+from worker.config import Settings, load_accounts
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,8 @@ async def test_redis_killed_mid_run_degrades_and_recovers(
     inserts = [b["job_id"] for b in batch if b["operation"] == "insert"]
     assert all(subjects[job_id] == 1 for job_id in inserts)  # each insert exactly once
     # The workers write to Redis again: the results of the jobs sent since are there.
-    late = {f"{prefix}result:{b['job_id']}".encode() for b in after}
+    scope = load_accounts(fleet.accounts_file, allow_insecure_localhost=True).by_name["main"].scope
+    late = {f"{prefix}result:{scope}/{b['job_id']}".encode() for b in after}
     stored = set(await private_redis.keys(f"{prefix}result:*"))
     assert late <= stored
 

@@ -127,7 +127,7 @@ def dev_only_distributions() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras: dict[str, list[str]] = project["optional-dependencies"]
     runtime = runtime_closure(set(extras) - {"dev", "bench"})
-    return {canonicalize_name(Requirement(r).name) for r in extras["dev"]} - runtime
+    return {str(canonicalize_name(Requirement(r).name)) for r in extras["dev"]} - runtime
 
 
 _INSIDE = """
@@ -273,7 +273,7 @@ def logs(name: str) -> str:
 async def wait_ready(name: str, port: int, within: float) -> None:
     async with asyncio.timeout(within), aiohttp.ClientSession() as http:
         while True:
-            if not state(name)["Running"]:
+            if not (await asyncio.to_thread(state, name))["Running"]:
                 raise AssertionError(f"the container stopped before it was ready:\n{logs(name)}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
@@ -323,13 +323,16 @@ async def test_the_worker_in_the_image_answers_jobs_and_drains_on_sigterm(
     with container(image, settings, tmp_path, port) as name:
         await wait_ready(name, port, within=60)
 
-        pid = state(name)["Pid"]
+        # podman calls run in a thread: the simulator serves the worker from this event loop.
+        pid = (await asyncio.to_thread(state, name))["Pid"]
         uids, gids = process_ids(pid)
         assert uids == [SPEC.user] * 4, uids
         assert gids == [SPEC.group] * 4, gids
         assert SPEC.read_only_root_filesystem
         assert "ro" in root_mount_options(pid)
-        refused = podman("exec", name, "python3", "-c", "open('/opt/venv/probe', 'w')", check=False)
+        refused = await asyncio.to_thread(
+            podman, "exec", name, "python3", "-c", "open('/opt/venv/probe', 'w')", check=False
+        )
         assert refused.returncode != 0
         assert "Read-only file system" in refused.stderr
 
@@ -374,9 +377,9 @@ async def test_the_worker_in_the_image_answers_jobs_and_drains_on_sigterm(
             return "sfworker_jobs_in_flight 1.0" in await metrics(port)
 
         await wait_until(busy, 20, "the job in flight")
-        podman("kill", "--signal", "TERM", name)
+        await asyncio.to_thread(podman, "kill", "--signal", "TERM", name)
         drained = await jobs.result(in_flight, wait=30)
         assert drained["status"] == "ok", drained
-        exit_code = podman("wait", name, timeout=40).stdout.strip()
+        exit_code = (await asyncio.to_thread(podman, "wait", name, timeout=40)).stdout.strip()
         assert exit_code == "0", logs(name)
         assert "draining" in logs(name)

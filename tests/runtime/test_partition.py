@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, make_settings, wait_until
+from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
 from tests.job_client import JobClient
+from tests.metrics import metric
 from tests.tcp_proxy import TcpProxy
+from worker.app import Worker
 from worker.config import AMQP_HEARTBEAT_SECONDS, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -37,12 +40,8 @@ def _with_port(url: str, port: int) -> str:
     return parts._replace(netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{port}").geturl()
 
 
-def _metric(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
+def _published(text: str) -> float:
+    return metric(text, "sfworker_results_published_total", destination="reply_to")
 
 
 @pytest.fixture
@@ -131,7 +130,7 @@ async def test_a_partitioned_worker_gives_its_jobs_back_within_their_deadline(
             return await _ready(cut_off, http)
 
         await wait_until(back, 60, "the cut-off worker ready again")
-        before = _metric(await cut_off.metrics(), "sfworker_results_published_total")
+        before = _published(await cut_off.metrics())
         probes = [f"probe-{i}" for i in range(40)]
         for job_id in probes:
             await jobs.publish(
@@ -156,17 +155,76 @@ async def test_a_partitioned_worker_gives_its_jobs_back_within_their_deadline(
     print(
         f"\npartition: not ready after {noticed:.1f} s; slowest answer "
         f"{max(answered[j] - s for j, s in published.items()):.1f} s; statuses {dict(statuses)}; "
-        f"silent links closed {_metric(after_a, 'sfworker_amqp_silent_links_total'):.0f}"
+        f"silent links closed {metric(after_a, 'sfworker_amqp_silent_links_total'):.0f}"
     )
     assert not late, f"{len(late)} jobs answered after their deadline: {list(late.items())[:5]}"
     assert statuses == {"no_data": JOBS}  # none answered TIMEOUT: all ran in time
     assert not [j for j, n in counts.items() if n > 1], "jobs answered twice"
     assert noticed < 2 * AMQP_HEARTBEAT_SECONDS + 3  # /readyz said not ready
-    assert _metric(after_a, "sfworker_amqp_silent_links_total") >= 1
+    assert metric(after_a, "sfworker_amqp_silent_links_total") >= 1
     # Each job's result was confirmed by the broker once in all: the cut-off worker's results
     # written into the dead link never arrived.
-    confirmed = _metric(after_a, "sfworker_results_published_total") + _metric(
-        after_b, "sfworker_results_published_total"
-    )
+    confirmed = _published(after_a) + _published(after_b)
     assert confirmed == JOBS + len(probes)
-    assert _metric(after_a, "sfworker_results_published_total") > before  # it works again
+    assert _published(after_a) > before  # it works again
+
+
+@pytest.fixture
+async def salesforce_proxy(simulator: SimulatorClient) -> AsyncIterator[TcpProxy]:
+    parts = urlsplit(simulator.base_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 80)
+    await proxy.start()
+    yield proxy
+    await proxy.cut()
+
+
+@pytest.mark.timeout(90)
+async def test_a_stalled_salesforce_connection_times_out_and_is_not_reused(
+    amqp_url: str,
+    names: dict[str, str],
+    tmp_path: Path,
+    settings: Settings,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+    salesforce_proxy: TcpProxy,
+) -> None:
+    """Issue 19, point 2: the keep-alive connection a job's call goes out on hangs (nothing
+    comes back, nothing is refused). That job is answered TIMEOUT within its deadline; the calls
+    of the same account after it go out on other connections, answered at once, and none of
+    them is ever given the hung one again."""
+    accounts = write_accounts(
+        tmp_path / "proxied.toml", f"http://127.0.0.1:{salesforce_proxy.port}"
+    )
+    worker = Worker(make_settings(amqp_url, names, accounts, coalesce_wait_ms=0))
+    await worker.start()
+    try:
+        search = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
+        warm = await jobs.call({**search, "job_id": "warm", "timeout_ms": 5000})
+        assert warm["status"] == "no_data"  # token and one pooled connection through the proxy
+        assert salesforce_proxy.open_connections == 1
+        salesforce_proxy.stall(new_connections=False)
+
+        sent = time.monotonic()
+        hung = await jobs.publish({**search, "job_id": "hung", "timeout_ms": 3000})
+        await asyncio.sleep(0.3)  # the hung call holds the pooled connection; the next calls:
+        following = [
+            await jobs.publish({**search, "job_id": f"next-{i}", "timeout_ms": 3000})
+            for i in range(5)
+        ]
+        answers = [await jobs.result(cid, wait=10) for cid in following]
+        first_answers_at = time.monotonic()
+        timed_out = await jobs.result(hung, wait=10)
+        hung_answered = time.monotonic() - sent
+        # After the timeout: more calls, the pool is never given the hung connection again.
+        later = [
+            await jobs.call({**search, "job_id": f"later-{i}", "timeout_ms": 3000}, wait=10)
+            for i in range(10)
+        ]
+    finally:
+        await worker.stop()
+    assert [a["status"] for a in answers] == ["no_data"] * 5
+    assert first_answers_at - sent < 3  # they did not wait for the hung call's deadline
+    assert timed_out["status"] == "failed"
+    assert timed_out["error"]["code"] == "TIMEOUT"
+    assert hung_answered < 3 + 1  # within its deadline (and the reply's way back)
+    assert [a["status"] for a in later] == ["no_data"] * 10

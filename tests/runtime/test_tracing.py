@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.openmetrics.exposition import generate_latest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import settings_env
+from tests.conftest import make_settings, settings_env, write_accounts
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.runtime.conftest import sfworker
 from worker.app import Worker
@@ -205,7 +205,6 @@ async def test_a_job_with_a_traceparent_continues_its_trace_down_to_salesforce_a
     token_wait = children["token wait"]
     [token_call] = receiver.children(token_wait)
     assert token_call.name == "POST /services/oauth2/token"
-    assert "slot wait" in children
     publish = next(s for s in children.values() if s.kind == "producer")
     assert publish.name.startswith("publish ")
 
@@ -320,6 +319,39 @@ async def test_a_composite_request_is_one_span_linked_to_every_job_it_carries(
         assert (post.kind, post.attributes["http.request.method"]) == ("client", "POST")
         assert post.attributes["http.response.status_code"] == 200
     no_leaks(receiver, *ids)
+
+
+async def test_a_wait_for_the_accounts_concurrency_cap_is_a_span(
+    amqp_url: str,
+    names: dict[str, str],
+    settings: Settings,  # owns the topology teardown
+    receiver: OtlpReceiver,
+    caller: Caller,
+    simulator: SimulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Two jobs of an account capped at one call at a time: the second waits for the first's
+    slot, and its span says so (coalescing off, so they do not travel together)."""
+    await simulator.set_latency(60)
+    path = write_accounts(tmp_path / "cap1.toml", simulator.base_url, extra="max_concurrency = 1\n")
+    capped = make_settings(amqp_url, names, path, coalesce_wait_ms=0)
+    jobs = [
+        {"v": 1, "job_id": f"capped-{i}", "operation": "search", "soql": "SELECT Id FROM Case"}
+        for i in range(3)
+    ]
+    async with traced_worker(capped, receiver, monkeypatch):
+        await caller.call(jobs[0])  # the token, fetched once
+        answers = await asyncio.gather(*(caller.call(job) for job in jobs[1:]))
+    assert [body["status"] for body, _ in answers] == ["no_data", "no_data"]
+    waits = [
+        wait
+        for job_id in ("capped-1", "capped-2")
+        for wait in receiver.children(consumer_span(receiver, job_id))
+        if wait.name == "slot wait"
+    ]
+    assert len(waits) == 1
+    assert (waits[0].end_ns - waits[0].start_ns) / 1e6 >= 30  # most of the other's 60 ms call
 
 
 async def test_the_sampling_decision_of_the_caller_is_honoured(

@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import use_span
 
+from worker import observability
 from worker.observability import tracing
 
 
@@ -74,6 +75,7 @@ def test_without_the_otel_extra_an_endpoint_leaves_tracing_off(
 ) -> None:
     """The worker runs without the OpenTelemetry SDK installed: it says so and traces nothing."""
     monkeypatch.setitem(sys.modules, "worker.observability.otel", None)  # import fails
+    monkeypatch.delattr(observability, "otel", raising=False)  # even if imported before
     tracer = tracing.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
     assert tracer is tracing.OFF
     assert "sfworker[otel]" in caplog.text

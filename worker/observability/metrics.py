@@ -210,6 +210,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lane_moves = Counter(
+            "sfworker_lane_moves_total",
+            "Jobs moved from the request queue to their account's lane (fair share): the "
+            "account already held its share of the request queue's prefetch",
+            ["account"],
+            registry=r,
+        )
         self.handler_crashes = Counter(
             "sfworker_handler_crashes_total",
             "Unexpected errors while handling a delivery (the message is requeued)",
@@ -218,6 +225,12 @@ class Metrics:
         self.redis_fallback = Gauge(
             "sfworker_redis_fallback",
             "1 while Redis is configured but unreachable (the worker uses in-process state)",
+            registry=r,
+        )
+        self.redis_unreadable = Counter(
+            "sfworker_redis_unreadable",
+            "Values read from Redis that did not open (sealed with a key this worker does not "
+            "hold, tampered, or plain text where a sealed value belongs): read as absent",
             registry=r,
         )
         self.limits_probes = Counter(
@@ -237,6 +250,11 @@ class Metrics:
         self.amqp_blocked = Gauge(
             "sfworker_amqp_blocked",
             "1 while RabbitMQ blocks this worker's connection (memory or disk alarm)",
+            registry=r,
+        )
+        self.asyncio_tasks = Gauge(
+            "sfworker_asyncio_tasks",
+            "asyncio tasks alive in the worker's event loop (a leak shows as a rising line)",
             registry=r,
         )
         self.consumer_restarts = Counter(
@@ -264,6 +282,7 @@ class Metrics:
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
+            self.lane_moves.labels(account)
             self.token_waits.labels(account)
             for outcome in ("ok", "error"):
                 self.limits_probes.labels(account, outcome)

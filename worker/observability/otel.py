@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager
+from contextvars import Token
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +35,8 @@ from opentelemetry.trace.status import Status, StatusCode
 
 import worker
 from worker.observability.tracing import (
+    _HEADERS,
+    NOTHING,
     TRACEPARENT,
     TRACESTATE,
     JobTrace,
@@ -53,6 +57,7 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+SHORTEST_WAIT_NS = 1_000_000  # a wait shorter than 1 ms is no wait: no span
 _SHUTDOWN_SECONDS = 10.0
 
 
@@ -95,7 +100,7 @@ class _Consume:
     def __init__(self, span: Span, parent: Context) -> None:
         self._span = span
         self._parent = parent
-        self._tokens: tuple[object, Any] | None = None
+        self._tokens: tuple[Token[Context], Token[JobTrace | None]] | None = None
 
     def __enter__(self) -> Span:
         self._tokens = (
@@ -114,12 +119,13 @@ class _Consume:
             _fail(self._span, exc)
         if self._tokens is not None:
             _job.reset(self._tokens[1])
-            otel_context.detach(self._tokens[0])  # type: ignore[arg-type]
+            otel_context.detach(self._tokens[0])
         self._span.end()
 
 
 class _Waited(AbstractAsyncContextManager[T]):
-    """An async context manager whose entry (the wait for it) is a span."""
+    """An async context manager whose entry (the wait for it) is a span, when it was a wait:
+    at least SHORTEST_WAIT_NS, or failed."""
 
     def __init__(self, tracer: trace.Tracer, cm: AbstractAsyncContextManager[T], name: str):
         self._tracer = tracer
@@ -127,14 +133,17 @@ class _Waited(AbstractAsyncContextManager[T]):
         self._name = name
 
     async def __aenter__(self) -> T:
-        span = self._tracer.start_span(self._name)
+        started = time.time_ns()
         try:
             value = await self._cm.__aenter__()
         except BaseException as exc:
+            span = self._tracer.start_span(self._name, start_time=started)
             _fail(span, exc)
-            raise
-        finally:
             span.end()
+            raise
+        ended = time.time_ns()
+        if ended - started >= SHORTEST_WAIT_NS:
+            self._tracer.start_span(self._name, start_time=started).end(end_time=ended)
         return value
 
     async def __aexit__(
@@ -147,12 +156,16 @@ class _Waited(AbstractAsyncContextManager[T]):
 
 
 class Waiting:
-    """A call waiting for company (coalescing): the handle a Composite request reports to."""
+    """A call waiting for company (coalescing): the handle a Composite request reports to. Its
+    span is recorded when the call waited at least SHORTEST_WAIT_NS or travelled in a
+    Composite request (a quiet account's call goes at once)."""
 
-    __slots__ = ("job_context", "job_span", "span")
+    __slots__ = ("_carried", "_started", "_tracer", "job_context", "job_span")
 
-    def __init__(self, span: Span, job_span: Span) -> None:
-        self.span = span
+    def __init__(self, tracer: trace.Tracer, job_span: Span) -> None:
+        self._tracer = tracer
+        self._started = time.time_ns()
+        self._carried: dict[str, str] | None = None
         self.job_span = job_span
         self.job_context = job_span.get_span_context()
 
@@ -161,9 +174,27 @@ class Waiting:
             "sfworker.composite.trace_id": f"{composite.trace_id:032x}",
             "sfworker.composite.span_id": f"{composite.span_id:016x}",
         }
-        self.span.set_attributes(ids)
+        self._carried = ids
         self.job_span.set_attributes(ids)
         self.job_span.add_link(composite, {"sfworker.link": "carried by"})
+
+    def end(self, exc: BaseException | None) -> None:
+        ended = time.time_ns()
+        if exc is None and self._carried is None and ended - self._started < SHORTEST_WAIT_NS:
+            return
+        span = self._tracer.start_span("coalesce wait", start_time=self._started)
+        if self._carried is not None:
+            span.set_attributes(self._carried)
+        if exc is not None:
+            _fail(span, exc)
+        span.end(end_time=ended)
+
+
+def _sampled() -> bool:
+    """Is the job this task works for recorded? (Not: its spans would be dropped anyway, so
+    none is made; its trace context still travels.)"""
+    job = _job.get()
+    return job is not None and job.sampled
 
 
 class OtelTracer(Tracer):
@@ -226,6 +257,8 @@ class OtelTracer(Tracer):
         return _Consume(span, parent)
 
     def job_started(self, job: AnyJob) -> None:
+        if not _sampled():
+            return
         span = trace.get_current_span()
         span.set_attribute("sfworker.job.id", job.job_id)
         span.set_attribute("sfworker.operation", str(job.operation))
@@ -235,15 +268,21 @@ class OtelTracer(Tracer):
             span.set_attribute("sfworker.tenant", job.tenant)
 
     def account(self, name: str, tenant: str | None) -> None:
+        if not _sampled():
+            return
         span = trace.get_current_span()
         span.set_attribute("sfworker.account", name)
         if tenant:
             span.set_attribute("sfworker.tenant", tenant)
 
     def queue_wait(self, seconds: float) -> None:
-        trace.get_current_span().set_attribute("sfworker.queue.wait_ms", round(seconds * 1000, 3))
+        if _sampled():
+            span = trace.get_current_span()
+            span.set_attribute("sfworker.queue.wait_ms", round(seconds * 1000, 3))
 
     def job_done(self, result: BlockResult) -> None:
+        if not _sampled():
+            return
         span = trace.get_current_span()
         span.set_attribute("sfworker.job.id", result.job_id)
         span.set_attribute("sfworker.status", result.status.value)
@@ -263,30 +302,31 @@ class OtelTracer(Tracer):
     # --- inside the job -----------------------------------------------------------------------
 
     def span(self, name: str) -> Any:
+        if not _sampled():
+            return NOTHING
         return _current(self._tracer.start_span(name))
 
     def event(self, name: str, attributes: Mapping[str, str | int | float] | None = None) -> None:
-        trace.get_current_span().add_event(name, dict(attributes or {}))
+        if _sampled():
+            trace.get_current_span().add_event(name, dict(attributes or {}))
 
     def waiting(
         self, cm: AbstractAsyncContextManager[T], name: str
     ) -> AbstractAsyncContextManager[T]:
-        return _Waited(self._tracer, cm, name)
+        return _Waited(self._tracer, cm, name) if _sampled() else cm
 
     @contextmanager
     def _coalescing(self) -> Iterator[Waiting]:
-        job_span = trace.get_current_span()
-        span = self._tracer.start_span("coalesce wait")
+        waiting = Waiting(self._tracer, trace.get_current_span())
         try:
-            yield Waiting(span, job_span)
+            yield waiting
         except BaseException as exc:
-            _fail(span, exc)
+            waiting.end(exc)
             raise
-        finally:
-            span.end()
+        waiting.end(None)
 
     def coalescing(self) -> Any:
-        return self._coalescing()
+        return self._coalescing() if _sampled() else NOTHING
 
     async def in_composite(
         self, together: Callable[[A, list[P]], Awaitable[list[R]]], account: A, group: list[P]
@@ -294,13 +334,9 @@ class OtelTracer(Tracer):
         handles = [h for h in (getattr(p, "trace", None) for p in group) if isinstance(h, Waiting)]
         contexts = [h.job_context for h in handles]
         parent = next((c for c in contexts if c.trace_flags.sampled), None)
-        if parent is None and contexts:
-            parent = contexts[0]
-        context = (
-            trace.set_span_in_context(NonRecordingSpan(parent), Context())
-            if parent is not None
-            else Context()
-        )
+        if parent is None:  # none of its jobs is recorded
+            return await together(account, group)
+        context = trace.set_span_in_context(NonRecordingSpan(parent), Context())
         span = self._tracer.start_span(
             "salesforce composite",
             context=context,
@@ -321,6 +357,8 @@ class OtelTracer(Tracer):
             _job.reset(token)
 
     def publish(self, destination: str, routing_key: str) -> Any:
+        if not _sampled():
+            return _HEADERS  # the job's own context (its span, not recorded) goes back
         return self._publish(destination, routing_key)
 
     @contextmanager
@@ -354,6 +392,8 @@ class OtelTracer(Tracer):
             ctx: SimpleNamespace,
             params: aiohttp.TraceRequestStartParams,
         ) -> None:
+            if not _sampled():
+                return
             url = params.url
             template = route_template(url.path)
             attributes: dict[str, str | int] = {

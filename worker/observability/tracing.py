@@ -76,6 +76,15 @@ def current_job() -> JobTrace | None:
     return _job.get()
 
 
+def traced_job() -> bool:
+    """Is the job this task works for traced (tracing on, the job sampled)? Only then do its
+    HTTP calls go through the session with the span hooks."""
+    if not active.enabled:
+        return False
+    job = _job.get()
+    return job is not None and job.sampled
+
+
 def log_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) for a log line written while handling a job."""
     job = _job.get()
@@ -211,7 +220,9 @@ class Tracer:
         routing_key: str | None,
     ) -> Any:
         """Around the handling of one delivery (a context manager)."""
-        job = parse_traceparent(headers) if headers else None
+        if not headers or TRACEPARENT not in headers:
+            return NOTHING
+        job = parse_traceparent(headers)
         return _PassThrough(job) if job is not None else NOTHING
 
     def job_started(self, job: AnyJob) -> None:

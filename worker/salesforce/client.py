@@ -464,8 +464,10 @@ class SalesforceClient:
                     headers["Authorization"] = token.bearer
                     call.attempts += 1
                     started = time.perf_counter()
-                    # Whether the request left matters only for an insert's lost answer.
+                    # Whether the request left matters only for an insert's lost answer; a
+                    # traced job's calls take the session with the HTTP span hooks too.
                     traced = call.before_send is not None or not call.idempotent
+                    traced = traced or tracing.traced_job()
                     http = self._session if traced else self._plain
                     async with http.request(
                         method,

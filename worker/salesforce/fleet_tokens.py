@@ -1,10 +1,13 @@
 """The token manager of a fleet: one token request per account per expiry, whatever the number
 of worker processes, with the state in Redis.
 
-Keys (under SFWORKER_REDIS_PREFIX): `token:<account>` (the current access token and its fleet
-generation), `token-gen:<account>` (the generation counter), `token-lock:<account>` (who is
-refreshing, with a lease), `token-error:<account>` (the last refusal, kept for the backoff),
-`refresh:<account>` (the newest refresh token, and a fingerprint of the accounts file's one).
+Keys (under SFWORKER_REDIS_PREFIX; <who> is the account's name and `Account.scope`, a hash of
+its org, app, user and flow): `token:<who>` (the current access token, sealed, and its fleet
+generation), `token-gen:<who>` (the generation counter), `token-lock:<who>` (who is refreshing,
+with a lease), `token-error:<who>` (the last refusal, kept for the backoff), `refresh:<who>` (the
+newest refresh token, sealed, kept SFWORKER_REFRESH_TOKEN_TTL_DAYS after its last rotation, and a
+fingerprint of the accounts file's one). Tokens are sealed by the link's `Seal`
+(stores/sealing.py); one that does not open reads as absent.
 
 - A process keeps the token it read; only when it has none, or a 401 reported the *current* one
   dead (compare-and-invalidate in Redis: a 401 on an older token changes nothing), does it look
@@ -24,6 +27,7 @@ refreshing, with a lease), `token-error:<account>` (the last refusal, kept for t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -47,6 +51,7 @@ from worker.salesforce.tokens import (
     next_generation,
 )
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
+from worker.stores.sealing import MAGIC
 from worker.tasks import Loop, stop
 
 log = logging.getLogger(__name__)
@@ -56,10 +61,14 @@ _POLL_SECONDS = 0.05
 _TOKEN_TTL_MS = 12 * 3600 * 1000  # a forgotten token goes eventually; a live one is rewritten
 
 # KEYS: lock, token, gen, refresh, error, failures
-# ARGV: holder, access token, rotated refresh token or "", file fingerprint, token ttl ms
+# ARGV: holder, access token (sealed), rotated refresh token (sealed) or "", file fingerprint,
+# token ttl ms, refresh token ttl ms
 _STORE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], 'value', ARGV[3], 'seed', ARGV[4]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[4], 'value', ARGV[3], 'seed', ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   -- A Redis that came back empty: start above every generation handed out before it.
   local t = redis.call('TIME')
@@ -70,6 +79,15 @@ redis.call('HSET', KEYS[2], 'value', ARGV[2], 'gen', gen)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('DEL', KEYS[5], KEYS[6])
 return gen
+"""
+# KEYS: refresh, legacy refresh; ARGV: sealed value, seed, ttl ms
+_CARRY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'value', ARGV[1], 'seed', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+redis.call('DEL', KEYS[2])
+return 0
 """
 # KEYS: lock; ARGV: holder
 _RELEASE = """
@@ -86,6 +104,19 @@ _INVALIDATE = """
 if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class SealedRefreshToken(AuthError):
+    """The fleet's refresh token is in Redis but does not open with this worker's keys."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the fleet's refresh token in Redis is sealed with a key this worker does not hold "
+            "(SFWORKER_REDIS_ENCRYPTION_KEY differs from the fleet's); refreshing with the "
+            "accounts file's one could revoke the fleet's, so this worker does not",
+            code=ErrorCode.AUTH_FAILED,
+            retryable=False,
+        )
 
 
 def fingerprint(secret: SecretStr | None) -> str:
@@ -136,8 +167,10 @@ class FleetAccountTokens:
         lease: float,
         request_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        refresh_ttl: float = 30 * 86400.0,
     ) -> None:
         self.account = account
+        self._refresh_ttl_ms = int(refresh_ttl * 1000)
         self._link = link
         self._fetch = fetch
         self._local = local
@@ -151,19 +184,21 @@ class FleetAccountTokens:
         self._inflight: asyncio.Task[AccessToken] | None = None
         self._latest_refresh: SecretStr | None = account.refresh_token
         self._seed = fingerprint(account.refresh_token)
-        name = account.name
+        who = (account.name, account.scope)
         self._keys = {
-            "lock": link.key("token-lock", name),
-            "token": link.key("token", name),
-            "gen": link.key("token-gen", name),
-            "refresh": link.key("refresh", name),
-            "error": link.key("token-error", name),
-            "failures": link.key("token-failures", name),
+            "lock": link.key("token-lock", *who),
+            "token": link.key("token", *who),
+            "gen": link.key("token-gen", *who),
+            "refresh": link.key("refresh", *who),
+            "error": link.key("token-error", *who),
+            "failures": link.key("token-failures", *who),
         }
+        self._seal = link.seal
         self._store = link.script(_STORE)
         self._release = link.script(_RELEASE)
         self._renew = link.script(_RENEW)
         self._invalidate = link.script(_INVALIDATE)
+        self._carry = link.script(_CARRY)
 
     # --- what the client calls -------------------------------------------------------------
 
@@ -241,7 +276,8 @@ class FleetAccountTokens:
         rotated = self._local.refresh_token
         if rotated is None or self.account.flow is not Flow.REFRESH_TOKEN:
             return
-        key, value, seed = self._keys["refresh"], rotated.get_secret_value(), self._seed
+        key, seed = self._keys["refresh"], self._seed
+        value = self._seal.seal_text(key, rotated.get_secret_value())
         if rotated == self._latest_refresh:
             # Nothing rotated here meanwhile; but a Redis that came back empty (restarted
             # without persistence) would send the fleet back to the file's rotated-out token.
@@ -250,6 +286,7 @@ class FleetAccountTokens:
             if await self._link.call(lambda r: r.hexists(key, "value")):
                 return
         await self._link.call(lambda r: r.hset(key, mapping={"value": value, "seed": seed}))
+        await self._link.call(lambda r: r.pexpire(key, self._refresh_ttl_ms))
         self._latest_refresh = rotated
         log.warning(
             "refresh token rotated during the Redis outage written back",
@@ -336,9 +373,9 @@ class FleetAccountTokens:
     async def _read_shared(self) -> AccessToken | None:
         key = self._keys["token"]
         data = await self._link.call(lambda r: r.hgetall(key))
-        value, gen = as_text(data.get(b"value")), as_text(data.get(b"gen"))
+        value, gen = self._seal.open_text(key, data.get(b"value")), as_text(data.get(b"gen"))
         if not value or not gen:
-            return None
+            return None  # none, or one that does not open: this worker asks for one
         generation = int(gen)
         if self._dead_generation is not None and generation <= self._dead_generation:
             # A 401 said so but our compare-and-invalidate did not reach Redis: do it now.
@@ -349,7 +386,8 @@ class FleetAccountTokens:
         self._local.adopt(token, None)
         if self.account.flow is Flow.REFRESH_TOKEN:
             # Keep the newest refresh token at hand, should Redis go away later.
-            await self._refresh_token_now()
+            with contextlib.suppress(SealedRefreshToken):
+                await self._refresh_token_now()
         return token
 
     async def _raise_shared_error(self) -> None:
@@ -367,13 +405,35 @@ class FleetAccountTokens:
             return None
         key = self._keys["refresh"]
         data = await self._link.call(lambda r: r.hgetall(key))
-        value, seed = as_text(data.get(b"value")), as_text(data.get(b"seed"))
+        if not data:
+            data = await self._carry_over()
+        raw, seed = data.get(b"value"), as_text(data.get(b"seed"))
+        value = self._seal.open_text(key, raw)
+        if raw is not None and value is None and seed == self._seed:
+            # The fleet rotated the file's token into one this worker cannot read: the file's
+            # is spent, and replaying it would make Salesforce revoke the fleet's.
+            raise SealedRefreshToken()
         if value and seed == self._seed:
             self._latest_refresh = SecretStr(value)
         else:
             self._latest_refresh = self.account.refresh_token
         self._local.adopt(None, self._latest_refresh)
         return self._latest_refresh
+
+    async def _carry_over(self) -> dict[Any, Any]:
+        """A refresh token rotated by a version before sealing, under the key named by account
+        alone and in plain text: moved (sealed) to this account's key, unless the fleet wrote
+        one there meanwhile. Without it, an upgrade would replay the file's spent token."""
+        legacy, key = self._link.key("refresh", self.account.name), self._keys["refresh"]
+        data = await self._link.call(lambda r: r.hgetall(legacy))
+        value, seed = data.get(b"value"), data.get(b"seed")
+        if not isinstance(value, bytes) or not isinstance(seed, bytes) or value.startswith(MAGIC):
+            return {}
+        args: list[bytes | int] = [self._seal.seal(key, value), seed, self._refresh_ttl_ms]
+        await self._link.call(lambda r: self._carry(keys=[key, legacy], args=args, client=r))
+        log.warning("refresh token of the previous version carried over", extra=self._extra())
+        carried: dict[Any, Any] = await self._link.call(lambda r: r.hgetall(key))
+        return carried
 
     async def _keep_lock(self, holder: str, loop: Loop) -> None:
         """Renew the lock's lease while this holder's token request runs: a live holder keeps
@@ -435,12 +495,14 @@ class FleetAccountTokens:
         rotated = grant.refresh_token
         k = self._keys
         keys = [k["lock"], k["token"], k["gen"], k["refresh"], k["error"], k["failures"]]
-        args: list[str | int] = [
+        seal = self._seal
+        args: list[str | bytes | int] = [
             holder,
-            grant.access_token.get_secret_value(),
-            rotated.get_secret_value() if rotated is not None else "",
+            seal.seal_text(k["token"], grant.access_token.get_secret_value()),
+            seal.seal_text(k["refresh"], rotated.get_secret_value()) if rotated is not None else "",
             self._seed,
             _TOKEN_TTL_MS,
+            self._refresh_ttl_ms,
         ]
         try:
             generation = int(
@@ -488,8 +550,10 @@ class RedisTokenManager:
         *,
         lease: float = 5.0,
         request_timeout: float = 5.0,
+        refresh_ttl: float = 30 * 86400.0,
     ) -> None:
         self._link = link
+        self._refresh_ttl = refresh_ttl
         self._fetch = fetch
         self._metrics = metrics
         self._backoff = backoff or Backoff()
@@ -513,6 +577,7 @@ class RedisTokenManager:
                 self._backoff,
                 lease=self._lease,
                 request_timeout=self._request_timeout,
+                refresh_ttl=self._refresh_ttl,
             )
             self._accounts[account.name] = state
         return state

@@ -74,6 +74,8 @@ async def _on_headers_sent(
 
 
 def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """The session, with the hooks that tell whether a request left, and with tracing on the
+    HTTP spans' hooks (the untraced twin has neither: calls of jobs that are not traced use it)."""
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
     # The connection is ready and the request is written right after: the last moment before
@@ -95,8 +97,7 @@ def untraced(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
     """A twin of `session` on the same connection pool, without the trace: for the calls where
     whether a request left does not change what a lost answer means (every idempotent call),
     the trace's per-request cost is saved. Close it before the session."""
-    traces = tracing.active.http_trace_configs()  # none unless tracing is on
-    return _session(session.connector, session.timeout, traces, owner=False)
+    return _session(session.connector, session.timeout, [], owner=False)
 
 
 def _session(

@@ -23,7 +23,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
+from worker.config import Settings
 from worker.observability.metrics import Metrics
+from worker.stores.sealing import Seal, seal_from_settings
 from worker.tasks import stop
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,19 @@ RestoreHook = Callable[[], Awaitable[None]]
 
 class RedisUnavailable(Exception):
     """Redis cannot be used right now: use the in-process state instead."""
+
+
+def from_settings(settings: Settings, metrics: Metrics) -> RedisLink:
+    """The link of a process whose settings name a Redis (ConfigError: no key, see sealing.py)."""
+    assert settings.redis_url is not None
+    return RedisLink(
+        settings.redis_url.get_secret_value(),
+        settings.redis_prefix,
+        metrics,
+        timeout=settings.redis_timeout_seconds,
+        retry_every=settings.redis_retry_seconds,
+        seal=seal_from_settings(settings),
+    )
 
 
 def describe(url: str) -> str:
@@ -53,8 +68,12 @@ class RedisLink:
         *,
         timeout: float = 0.5,
         retry_every: float = 2.0,
+        seal: Seal | None = None,
     ) -> None:
         self.prefix = prefix
+        # What the stores seal their values with (sealing.py); plain text only when chosen.
+        self.seal = seal or Seal.plaintext()
+        self.seal.on_unreadable = lambda _key_id: metrics.redis_unreadable.inc()
         self.where = describe(url)
         self._metrics = metrics
         self._timeout = timeout

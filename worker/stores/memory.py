@@ -9,6 +9,13 @@ from collections.abc import Callable
 from worker.stores.base import CLAIM_MARGIN_SECONDS
 
 
+def compact(value: bytes) -> bytes:
+    """A copy of `value` that holds only its length. orjson.dumps returns bytes whose memory
+    block stays at its 4 KiB write buffer however short the JSON: 10,000 cached results of a
+    few hundred bytes held 40 MB (RSS rising by that much in the first minute at 150 jobs/s)."""
+    return bytes(memoryview(value))
+
+
 class _Cache:
     """At most `size` values and `max_bytes` bytes of them, each kept at most `ttl` seconds.
     Kept in the order they were put, which is the order they expire in (one ttl for all):
@@ -40,7 +47,7 @@ class _Cache:
         if self._size == 0 or (self._max_bytes is not None and len(value) > self._max_bytes):
             return
         now = self._clock()
-        self._items[key] = (now + self._ttl, value)
+        self._items[key] = (now + self._ttl, compact(value))
         self._bytes += len(value)
         while self._items:
             oldest, (expires, _) = next(iter(self._items.items()))

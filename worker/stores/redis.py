@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections import OrderedDict
 
 from worker.stores.base import CLAIM_MARGIN_SECONDS
-from worker.stores.link import RedisLink, RedisUnavailable, as_text
+from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
 
+log = logging.getLogger(__name__)
+
 HEARTBEAT_SECONDS = 1.5
+WRITE_BACK_MAX = 10_000  # results and insert markers kept for Redis while it is away
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
-# KEYS: the marker; ARGV: this process, ttl ms. Set it unless another process's is there.
+# KEYS: the marker; ARGV: this process (sealed), ttl ms. Set it unless one is there; else
+# return the one there (sealed: only the caller can tell whose it is).
 _MARK = """
 local marked = redis.call('GET', KEYS[1])
-if marked and marked ~= ARGV[1] then return 0 end
+if marked then return marked end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+# A claim that does not open (sealed with a key this worker does not hold, or tampered): some
+# process claimed the insert and may have sent it. It is never sent again from here.
+UNKNOWN_SENDER = "unreadable"
 
 # KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
 _CLAIM = """
@@ -45,6 +54,12 @@ class RedisResultStore:
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
         self._beating = Loop()
+        # What Redis did not take while it was away (fallback, or a write that timed out: a
+        # claim the worker could not write is not a claim the fleet can see): results, job id
+        # bindings and insert markers, written back when it answers again, so that a redelivery
+        # to another worker is answered, not sent to Salesforce again.
+        self._unwritten: OrderedDict[tuple[str, str], bytes | None] = OrderedDict()
+        link.on_restore(self._write_back)
 
     async def start(self) -> None:
         """Beat `alive:<id>` while this process lives, so the fleet can tell an insert still
@@ -57,20 +72,45 @@ class RedisResultStore:
             await self._link.attempt(lambda r: r.set(key, b"1", px=HEARTBEAT_TTL_MS))
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
+    async def _write_result(self, job_id: str, value: bytes) -> None:
+        key = self._link.key("result", job_id)
+        sealed = self._link.seal.seal(key, value)
+        await self._link.call(lambda r: r.set(key, sealed, px=self._ttl_ms, nx=True))
+
+    async def _write_claim(self, job_id: str, fingerprint: bytes) -> None:
+        """This process's binding of the job id, unless the fleet has one (it stays)."""
+        key = self._link.key("claim", job_id)
+        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
+        await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+
+    async def _write_marker(self, job_id: str) -> bool:
+        """This process's insert marker; False when another process's is there."""
+        key = self._link.key("insert-sent", job_id)
+        args: list[bytes | int] = [self._link.seal.seal_text(key, self.sender_id), self._ttl_ms]
+        marked = await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+        return marked == 1 or self._link.seal.open_text(key, marked) == self.sender_id
+
     async def get(self, job_id: str) -> bytes | None:
         key = self._link.key("result", job_id)
         try:
             value = await self._link.call(lambda r: r.get(key))
         except RedisUnavailable:
             return await self._memory.get(job_id)
-        if value is None:
+        # A result that does not open reads as absent: the job runs again (an insert does not:
+        # its claim stops it, see insert_sender).
+        opened = self._link.seal.open(key, value)
+        if opened is None:
             return await self._memory.get(job_id)
-        return value if isinstance(value, bytes) else str(value).encode()
+        return opened
 
     async def put(self, job_id: str, result: bytes) -> None:
         await self._memory.put(job_id, result)
         key = self._link.key("result", job_id)
-        await self._link.attempt(lambda r: r.set(key, result, px=self._ttl_ms))
+        sealed = self._link.seal.seal(key, result)
+        try:
+            await self._link.call(lambda r: r.set(key, sealed, px=self._ttl_ms))
+        except RedisUnavailable:
+            self._keep("result", job_id, result)
 
     async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
         """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
@@ -79,41 +119,80 @@ class RedisResultStore:
         if held is not None and held != fingerprint:
             return held
         key = self._link.key("claim", job_id)
-        args: list[bytes | int] = [fingerprint, self._claim_ttl_ms]
+        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
         try:
             found = await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
         except RedisUnavailable:
+            self._keep("claim", job_id, fingerprint)
             return held
-        if found is None:
-            return None
-        return found if isinstance(found, bytes) else str(found).encode()
+        # A binding that does not open reads as absent: the job goes on as its own (a stored
+        # result it cannot read makes it run again; an insert is still stopped by its marker).
+        return self._link.seal.open(key, found)
+
+    def _keep(self, kind: str, job_id: str, value: bytes | None) -> None:
+        self._unwritten[(kind, job_id)] = value
+        while len(self._unwritten) > WRITE_BACK_MAX:
+            self._unwritten.popitem(last=False)
+
+    async def _write_back(self) -> None:
+        """A restore hook: write what Redis missed, oldest first. A result or job id binding
+        another worker already stored stays; an insert marker of another worker means both sent
+        the insert during the outage (logged: the record may exist twice)."""
+        written = 0
+        while self._unwritten:
+            (kind, job_id), value = next(iter(self._unwritten.items()))
+            if kind == "result" and value is not None:
+                await self._write_result(job_id, value)
+            elif kind == "claim" and value is not None:
+                await self._write_claim(job_id, value)
+            elif not await self._write_marker(job_id):
+                log.warning(
+                    "an insert was sent by another worker too while Redis was away; the "
+                    "record may exist twice",
+                    extra={"job_id": job_id},
+                )
+            self._unwritten.pop((kind, job_id), None)
+            written += 1
+        if written:
+            log.info("results and insert markers written back to Redis", extra={"count": written})
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         """A claim, not only a note: of two deliveries of one insert running at once on two
         workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
         key = self._link.key("insert-sent", job_id)
-        args: list[str | int] = [self.sender_id, self._ttl_ms]
+        args: list[bytes | int] = [self._link.seal.seal_text(key, self.sender_id), self._ttl_ms]
         try:
-            return bool(
-                await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
-            )
+            marked = await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+            if marked == 1:
+                return True
+            if self._link.seal.open_text(key, marked) != self.sender_id:
+                return False  # another process's, or one that does not open: not sent here
+            await self._link.call(lambda r: r.pexpire(key, self._ttl_ms))
+            return True
         except RedisUnavailable:
-            return True  # this process's marker only (the fallback)
+            # This process's marker only (the fallback) until Redis takes it.
+            self._keep("insert", job_id, None)
+            return True
 
     async def insert_sender(self, job_id: str) -> str | None:
         key = self._link.key("insert-sent", job_id)
         try:
-            sender = as_text(await self._link.call(lambda r: r.get(key)))
+            raw = await self._link.call(lambda r: r.get(key))
         except RedisUnavailable:
-            sender = None
+            raw = None
+        sender = self._link.seal.open_text(key, raw)
+        if raw is not None and sender is None:
+            sender = UNKNOWN_SENDER  # claimed, by whom we cannot tell: it may have been sent
         if sender is None or sender == self.sender_id:
             return await self._memory.insert_sender(job_id) or sender
         return sender
 
     async def sender_alive(self, sender: str) -> bool:
-        if sender == self.sender_id:
-            return False  # this process; the consumer joins a run still going here
+        if sender in (self.sender_id, UNKNOWN_SENDER):
+            # This process (the consumer joins a run still going here); or a claim that did not
+            # open, whose sender and result this worker could not read anyway.
+            return False
         key = self._link.key("alive", sender)
         try:
             return bool(await self._link.call(lambda r: r.exists(key)))

@@ -35,7 +35,7 @@ from worker.runtime.reach import endpoint
 from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, request_token
-from worker.stores.link import RedisLink, RedisUnavailable
+from worker.stores.link import RedisLink, RedisUnavailable, from_settings
 
 CONCURRENT_ACCOUNTS = 4
 
@@ -102,16 +102,24 @@ def verdict(access: ObjectAccess) -> str:
 
 
 async def _token(
-    session: aiohttp.ClientSession, account: Account, within: float, fleet: RedisLink | None
+    session: aiohttp.ClientSession,
+    account: Account,
+    within: float,
+    fleet: RedisLink | None,
+    refresh_ttl: float,
 ) -> Grant:
     if fleet is not None and account.flow is Flow.REFRESH_TOKEN:
-        return await _fleet_token(session, account, within, fleet)
+        return await _fleet_token(session, account, within, fleet, refresh_ttl)
     async with asyncio.timeout(within):
         return await request_token(session, account, refresh_token=account.refresh_token)
 
 
 async def _fleet_token(
-    session: aiohttp.ClientSession, account: Account, within: float, fleet: RedisLink
+    session: aiohttp.ClientSession,
+    account: Account,
+    within: float,
+    fleet: RedisLink,
+    refresh_ttl: float,
 ) -> Grant:
     """A refresh-token account of a fleet: refresh under the fleet's lock with its newest refresh
     token, and store a rotated one for the workers (never spend theirs)."""
@@ -121,7 +129,9 @@ async def _fleet_token(
         grants.append(await request_token(session, account, refresh_token=refresh_token))
         return grants[-1]
 
-    tokens = RedisTokenManager(fleet, fetch, Metrics(), request_timeout=within)
+    tokens = RedisTokenManager(
+        fleet, fetch, Metrics(), request_timeout=within, refresh_ttl=refresh_ttl
+    )
     try:
         await tokens.state(account).refresh_now()
     except RedisUnavailable:
@@ -139,10 +149,11 @@ async def check_account(
     objects: list[str],
     within: float,
     fleet: RedisLink | None = None,
+    refresh_ttl: float = 30 * 86400.0,
 ) -> AccountReport:
     report = AccountReport(account)
     try:
-        grant = await _token(session, account, within, fleet)
+        grant = await _token(session, account, within, fleet, refresh_ttl)
     except TimeoutError:
         report.status = "UNREACHABLE"
         report.hint = (
@@ -192,20 +203,17 @@ async def check_accounts(
 ) -> list[AccountReport]:
     within = settings.token_timeout_seconds
     limit = asyncio.Semaphore(CONCURRENT_ACCOUNTS)
-    session = create_session(settings)
     fleet = None
     if settings.redis_url is not None:
-        fleet = RedisLink(
-            settings.redis_url.get_secret_value(),
-            settings.redis_prefix,
-            Metrics(),
-            timeout=settings.redis_timeout_seconds,
-        )
+        fleet = from_settings(settings, Metrics())  # before anything opens: ConfigError
         await fleet.start()
+    session = create_session(settings)
 
     async def one(account: Account) -> AccountReport:
         async with limit:
-            return await check_account(session, account, objects, within, fleet)
+            return await check_account(
+                session, account, objects, within, fleet, settings.refresh_token_ttl_days * 86400
+            )
 
     try:
         return list(await asyncio.gather(*(one(a) for a in accounts)))

@@ -1,0 +1,135 @@
+"""Acceptance (issue 19, point 2): a stalled Redis (a partition: the connection stays open,
+nothing comes back; not a refusal). The worker behind the stall switches to its in-process
+fallback within its Redis timeout, goes back to Redis when it answers again, and inserts stay
+exactly once across the fleet: what it could not write (results, insert claims) is written back
+when Redis returns, so that a redelivery to the other worker is answered, not sent again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sfsim.testing import SimulatorClient
+
+from tests.conftest import WorkerProcess, make_settings, wait_until
+from tests.fleet.conftest import PrivateRedis
+from tests.job_client import JobClient
+from tests.metrics import metric
+from tests.tcp_proxy import TcpProxy
+from worker.config import Settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+JOBS = 120
+PACE = 0.1
+STALL_AT, STALL_FOR = 3.0, 6.0
+
+
+def job(i: int) -> dict[str, Any]:
+    base = {"v": 1, "job_id": f"stall-{i}", "timeout_ms": 30000}
+    if i % 3 == 0:
+        return {**base, "operation": "insert", "object": "Case", "fields": {"Subject": f"st-{i}"}}
+    return {**base, "operation": "search", "soql": "SELECT Id FROM Case WHERE Subject = 'x'"}
+
+
+@pytest.fixture
+async def redis_proxy(private_redis: PrivateRedis) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", private_redis.port)
+    await proxy.start()
+    yield proxy
+    await proxy.cut()
+
+
+async def _fallback(worker: WorkerProcess) -> float:
+    return metric(await worker.metrics(), "sfworker_redis_fallback")
+
+
+async def test_a_stalled_redis_falls_back_in_time_and_inserts_stay_exactly_once(
+    amqp_url: str,
+    names: dict[str, str],
+    settings: Settings,
+    spawn_worker: Any,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+    private_redis: PrivateRedis,
+    redis_proxy: TcpProxy,
+) -> None:
+    def fleet(redis_url: str) -> Settings:
+        return make_settings(
+            amqp_url, names, settings.accounts_file, redis_url=redis_url, redis_prefix="stall:"
+        )
+
+    stalled: WorkerProcess = spawn_worker(fleet(f"redis://127.0.0.1:{redis_proxy.port}/0"))
+    other: WorkerProcess = spawn_worker(fleet(private_redis.url))
+    await asyncio.gather(stalled.wait_ready(), other.wait_ready())
+    timeout = settings.redis_timeout_seconds
+    assert await _fallback(stalled) == 0
+
+    first: dict[str, dict[str, Any]] = {}
+    jobs.client.add_listener(lambda r: first.setdefault(str(r["job_id"]), r))
+    marks: dict[str, float] = {}
+
+    async def load() -> None:
+        start = time.monotonic()
+        for i in range(JOBS):
+            await asyncio.sleep(max(0.0, start + i * PACE - time.monotonic()))
+            await jobs.publish(job(i))
+
+    async def stall() -> None:
+        await asyncio.sleep(STALL_AT)
+        redis_proxy.stall()
+        marks["stalled"] = time.monotonic()
+        while await _fallback(stalled) != 1:
+            await asyncio.sleep(0.05)
+        marks["fallback"] = time.monotonic()
+        await asyncio.sleep(max(0.0, marks["stalled"] + STALL_FOR - time.monotonic()))
+        redis_proxy.resume()
+        marks["resumed"] = time.monotonic()
+        while await _fallback(stalled) != 0:
+            await asyncio.sleep(0.05)
+        marks["back"] = time.monotonic()
+
+    await asyncio.wait_for(asyncio.gather(load(), stall()), 90)
+
+    async def all_answered() -> bool:
+        return len(first) >= JOBS
+
+    await wait_until(all_answered, 60, "every job answered")
+    inserts = [f"stall-{i}" for i in range(0, JOBS, 3)]
+
+    # The stalled worker wrote back what Redis missed, and leaves. Every insert delivered again
+    # (a redelivery) goes to the other worker: answered with its first result, never sent
+    # again; this includes the inserts the stalled worker ran alone.
+    written_back = "written back to Redis" in stalled.logs()
+    stalled.proc.terminate()
+    assert await stalled.wait_exit(30) == 0
+    answers_before = len(jobs.results)
+    for i in range(0, JOBS, 3):
+        await jobs.publish(job(i))
+
+    async def again() -> bool:
+        return len(jobs.results) >= answers_before + len(inserts)
+
+    await wait_until(again, 60, "every insert answered again")
+    cases = Counter(r["Subject"] for r in await simulator.records("Case"))
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for result in jobs.results:
+        by_job.setdefault(str(result["job_id"]), []).append(result)
+    fell_back_after = marks["fallback"] - marks["stalled"]
+    print(
+        f"\nredis stall: fallback after {fell_back_after:.1f} s, back in Redis "
+        f"{marks['back'] - marks['resumed']:.1f} s after it answered; "
+        f"statuses {dict(Counter(r['status'] for r in jobs.results))}"
+    )
+    # Within its Redis timeout of the first command that met the stall (a command goes out at
+    # least every 1.5 s: the liveness beat, and every job).
+    assert fell_back_after <= 2 * timeout + 1.5
+    assert {r["status"] for r in jobs.results} <= {"ok", "no_data"}
+    assert all(len(by_job[f"stall-{i}"]) == 1 for i in range(JOBS) if i % 3)
+    assert all({r["id"] for r in by_job[j]} == {first[j]["id"]} for j in inserts)
+    assert all(cases[f"st-{i}"] == 1 for i in range(0, JOBS, 3)), "an insert ran twice"
+    assert written_back
