@@ -332,6 +332,40 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             )
         )
 
+    noisy = _select(trials, "noisy")
+    if noisy:
+        rows = [
+            [
+                t["system"],
+                str(t["quick_jobs"]),
+                _f(t["quick_p50_ms"]),
+                _f(t["quick_p99_ms"]),
+                _f(t["quick_max_ms"]),
+                ", ".join(f"{k} {v}" for k, v in sorted(t["slow_outcomes"].items())),
+                _f(t["slow_seconds"]),
+                str(t["dead_lettered"]),
+            ]
+            for t in noisy
+        ]
+        parts.append(
+            "### 9. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
+            "500 jobs at once (timeout 60 s); account `quick` (50 ms) gets 20 jobs a second "
+            "meanwhile.\n\n"
+            + table(
+                [
+                    "system",
+                    "quick jobs",
+                    "quick p50 ms",
+                    "quick p99 ms",
+                    "quick max ms",
+                    "slow jobs answered",
+                    "flood served in s",
+                    "dead-lettered",
+                ],
+                rows,
+            )
+        )
+
     for trial in _select(trials, "profile"):
         parts.append(render_profile(trial))
     return "\n\n".join(parts)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.e2e.noisy import noisy_trial
 from bench.e2e.otlp import Sink, otlp_sink
 from bench.e2e.profile import profile_trial
 from bench.e2e.report import NO_WAIT
@@ -34,6 +35,7 @@ SECTIONS = (
     "redis",
     "sealing",
     "tracing",
+    "noisy",
     "profile",
 )
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
@@ -199,6 +201,11 @@ async def run_sections(
             for make in (lambda: Baseline(ctx, "large-b"), lambda: Sfworker(ctx, "large-s")):
                 run = sequential_trial(lab, make(), LARGE, 0, counts.large_jobs)
                 await trial("large", rep, run)
+
+    if "noisy" in chosen:  # once per fair-share setting: a minute each
+        for fair_share in (True, False):
+            run = noisy_trial(ctx, lab.broker, fair_share, quick_seconds=30)
+            await trial("noisy", 1, run)
 
     if "profile" in chosen:  # once: a profile is read, not averaged
         out = results / f"profile-{ctx.run_id}.txt"

@@ -210,6 +210,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lane_moves = Counter(
+            "sfworker_lane_moves_total",
+            "Jobs moved from the request queue to their account's lane (fair share): the "
+            "account already held its share of the request queue's prefetch",
+            ["account"],
+            registry=r,
+        )
         self.handler_crashes = Counter(
             "sfworker_handler_crashes_total",
             "Unexpected errors while handling a delivery (the message is requeued)",
@@ -275,6 +282,7 @@ class Metrics:
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
+            self.lane_moves.labels(account)
             self.token_waits.labels(account)
             for outcome in ("ok", "error"):
                 self.limits_probes.labels(account, outcome)
