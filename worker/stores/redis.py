@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections import OrderedDict
 
-from worker.stores.base import CLAIM_MARGIN_SECONDS
+from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
@@ -31,12 +31,12 @@ return 1
 # process claimed the insert and may have sent it. It is never sent again from here.
 UNKNOWN_SENDER = "unreadable"
 
-# KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
+# KEYS: the job id's binding, its result; ARGV: fingerprint (sealed), ttl ms. Bind it unless
+# bound; return the binding before and the stored result (one round trip, as a plain GET).
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
-if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return {held, redis.call('GET', KEYS[2])}
 """
 
 
@@ -79,9 +79,9 @@ class RedisResultStore:
 
     async def _write_claim(self, job_id: str, fingerprint: bytes) -> None:
         """This process's binding of the job id, unless the fleet has one (it stays)."""
-        key = self._link.key("claim", job_id)
-        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
-        await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+        keys = [self._link.key("claim", job_id), self._link.key("result", job_id)]
+        args: list[bytes | int] = [self._link.seal.seal(keys[0], fingerprint), self._claim_ttl_ms]
+        await self._link.call(lambda r: self._claim(keys=keys, args=args, client=r))
 
     async def _write_marker(self, job_id: str) -> bool:
         """This process's insert marker; False when another process's is there."""
@@ -112,22 +112,28 @@ class RedisResultStore:
         except RedisUnavailable:
             self._keep("result", job_id, result)
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
-        """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
-        is down."""
-        held = await self._memory.claim(job_id, fingerprint)
-        if held is not None and held != fingerprint:
-            return held
-        key = self._link.key("claim", job_id)
-        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
+    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
+        """The fleet's binding of the job id (`claim:<job_id>`) and its stored result, in one
+        round trip; this process's own when Redis is down."""
+        mine = await self._memory.claim(job_id, fingerprint)
+        if mine.held is not None and mine.held != fingerprint:
+            return mine
+        claim_key, result_key = self._link.key("claim", job_id), self._link.key("result", job_id)
+        args: list[bytes | int] = [self._link.seal.seal(claim_key, fingerprint), self._claim_ttl_ms]
         try:
-            found = await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+            held, stored = await self._link.call(
+                lambda r: self._claim(keys=[claim_key, result_key], args=args, client=r)
+            )
         except RedisUnavailable:
             self._keep("claim", job_id, fingerprint)
-            return held
+            return mine
         # A binding that does not open reads as absent: the job goes on as its own (a stored
         # result it cannot read makes it run again; an insert is still stopped by its marker).
-        return self._link.seal.open(key, found)
+        # A result that does not open reads as absent too (see get).
+        result = self._link.seal.open(result_key, stored)
+        return Claimed(
+            self._link.seal.open(claim_key, held), result if result is not None else mine.stored
+        )
 
     def _keep(self, kind: str, job_id: str, value: bytes | None) -> None:
         self._unwritten[(kind, job_id)] = value
