@@ -190,7 +190,9 @@ class FairShare:
         if message.user_id:
             headers[PUBLISHER_HEADER] = message.user_id
         try:
-            await self._publisher.forward(message, lane_queue(self._settings, account), headers)
+            await self._publisher.forward(
+                message, lane_queue(self._settings, account), headers, drop=(PUBLISHER_HEADER,)
+            )
         except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
             log.warning(
                 "could not move a job to its lane; requeued",
