@@ -432,9 +432,14 @@ class SalesforceClient:
                 pending.unsent = timeout_error(pending.call)
             elif pending.unsent is None:
                 pending.committed = True
-        for pending in group:
-            hook = pending.call.before_send
-            if pending.committed and hook is not None and not await hook():
+        # The inserts' claims at once (one round trip for the group, not one each): the window
+        # in which a claimed insert has not left yet stays as short as one claim.
+        claiming = [p for p in group if p.committed and p.call.before_send is not None]
+        claimed = await asyncio.gather(
+            *(p.call.before_send() for p in claiming if p.call.before_send is not None)
+        )
+        for pending, ok in zip(claiming, claimed, strict=True):
+            if not ok:
                 pending.unsent = SendRefused()  # the same insert is being sent elsewhere
         sent = [p for p in group if p.unsent is None]
         for pending in sent:

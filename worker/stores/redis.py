@@ -172,9 +172,13 @@ class RedisResultStore:
         workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
         key = self._link.key("insert-sent", job_id)
-        args: list[bytes | int] = [self._link.seal.seal_text(key, self.sender_id), self._ttl_ms]
+        args: list[bytes | str | int] = [
+            self._link.seal.seal_text(key, self.sender_id),
+            self._ttl_ms,
+        ]
         try:
-            marked = await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+            # Markers of one tick (a Composite request's inserts) travel together (batch.py).
+            marked = await self._batch.eval(_MARK, [key], args)
             if marked == 1:
                 return True
             if self._link.seal.open_text(key, marked) != self.sender_id:
