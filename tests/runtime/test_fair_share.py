@@ -23,7 +23,9 @@ from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorCli
 
 from tests.conftest import ROOT, WorkerProcess, free_port, wait_until, write_accounts
 from tests.job_client import JobClient
+from worker.app import Worker
 from worker.config import Settings
+from worker.runtime.topology import lane_queue
 
 SLOW_JOBS = 500
 SLOW_TIMEOUT_MS = 60_000
@@ -178,3 +180,34 @@ def _sample(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     raise AssertionError(f"no {series} in the metrics")
+
+
+async def test_a_job_whose_lane_is_gone_runs_off_the_request_queue(
+    settings: Settings,
+    slow_sim: SimulatorClient,
+    jobs: JobClient,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lane deleted under a running worker: the jobs that would move there run where they
+    are, none dead-lettered, none left waiting."""
+    await slow_sim.set_latency(500, token_ms=0)
+    # Prefetch 2: one job per account straight off the request queue, the rest of a burst moves.
+    worker = Worker(settings.model_copy(update={"prefetch": 2}))
+    await worker.start()
+    try:
+        channel = await amqp.channel()
+        await channel.queue_delete(lane_queue(settings, "main"))
+        answers = await asyncio.gather(
+            *(jobs.call(search(f"orphan-{i}", "main", 20_000)) for i in range(6))
+        )
+    finally:
+        await worker.stop()
+    assert [r["status"] for r in answers] == ["no_data"] * 6
+    assert await queue_depth(channel, settings.dead_letter_queue) == 0
+    refused = [r for r in caplog.records if r.getMessage().startswith("could not move a job")]
+    assert refused
+    moved = worker.metrics.registry.get_sample_value(
+        "sfworker_lane_moves_total", {"account": "main"}
+    )
+    assert moved == 0
