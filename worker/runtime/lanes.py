@@ -11,9 +11,10 @@ channel of its own with its own prefetch. Taking a job from the request queue:
 - a job of an account that runs fewer than half the prefetch's jobs there (and all accounts
   fewer than the prefetch) runs there, at once, as before (the usual case: no extra hop);
 - otherwise it is **moved** to its account's lane: a copy is published with a broker confirm,
-  then the original is acked. A copy confirmed and the original not yet acked when the process
-  dies gives a duplicate, answered like any redelivery (the result store, the insert markers);
-  nothing is acked before a copy or a result is confirmed.
+  then the original is acked (a copy the broker does not confirm, e.g. the lane was deleted:
+  the job runs off the request queue after all). A copy confirmed and the original not yet
+  acked when the process dies gives a duplicate, answered like any redelivery (the result
+  store, the insert markers); nothing is acked before a copy or a result is confirmed.
 - anything the worker cannot place on a lane (not JSON, refused by tenancy, an account that does
   not resolve) runs at once: it is answered or dead-lettered without calling Salesforce.
 
@@ -36,7 +37,6 @@ sums the request queue and the lanes (deploy/kubernetes/keda-scaledobject.yaml).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -142,7 +142,11 @@ class FairShare:
         if movers is None:
             movers = self._movers[account] = asyncio.Semaphore(MOVERS)
         async with movers:
-            await self._move(message, account)
+            moved = await self._move(message, account)
+        if not moved:
+            # The lane refused the copy (deleted meanwhile, broker trouble): the job still
+            # holds its delivery here, so it runs here rather than spend a delivery attempt.
+            await self._run_here(message, account)
 
     def _may_run_here(self, account: str) -> bool:
         return self._direct[account] < self._per_account and self._direct_total < self._total
@@ -184,8 +188,9 @@ class FairShare:
             return None
         return account.name
 
-    async def _move(self, message: AbstractIncomingMessage, account: str) -> None:
-        """A confirmed copy on the account's lane, then the ack of the original."""
+    async def _move(self, message: AbstractIncomingMessage, account: str) -> bool:
+        """A confirmed copy on the account's lane, then the ack of the original. False when
+        the copy was not confirmed (the original is then untouched)."""
         headers: dict[str, Any] = {}
         if message.user_id:
             headers[PUBLISHER_HEADER] = message.user_id
@@ -195,12 +200,10 @@ class FairShare:
             )
         except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
             log.warning(
-                "could not move a job to its lane; requeued",
+                "could not move a job to its lane; it runs off the request queue",
                 extra={"account": account, "error": type(exc).__name__},
             )
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
-                await message.nack(requeue=True)
-            return
+            return False
         self._metrics.lane_moves.labels(account).inc()
         try:
             await message.ack()
@@ -209,6 +212,7 @@ class FairShare:
                 "ack lost after moving a job to its lane; its redelivery is a duplicate",
                 extra={"account": account, "error": type(exc).__name__},
             )
+        return True
 
     # --- the lanes -------------------------------------------------------------------------
 
