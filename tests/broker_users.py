@@ -41,7 +41,8 @@ def tenant_permissions(settings: Settings, user: str) -> Permissions:
 
 
 def worker_permissions(settings: Settings) -> Permissions:
-    """The worker's user: its own topology, and replies through the default exchange."""
+    """The worker's user: its own topology (the accounts' lanes included), and replies and
+    moves to lanes through the default exchange."""
     names = dict.fromkeys(
         (
             settings.request_exchange,
@@ -51,7 +52,9 @@ def worker_permissions(settings: Settings) -> Permissions:
             settings.results_exchange,
         )
     )
-    topology = "|".join(literal(name) for name in names)
+    # The accounts' lanes (fair share): `<request queue>.lane.<account>`.
+    lanes = rf"{literal(settings.request_queue)}\.lane\..*"
+    topology = "|".join([*(literal(name) for name in names), lanes])
     return Permissions(
         configure=f"^({topology})$",
         write=rf"^({topology}|amq\.default)$",

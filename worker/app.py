@@ -16,6 +16,7 @@ from worker.jobs import JobRunner
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.consumer import DeliveryHandler
+from worker.runtime.lanes import FairShare
 from worker.runtime.service import RabbitService
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.fleet_tokens import RedisTokenManager
@@ -111,10 +112,13 @@ class Worker:
     """One worker process's parts, started and stopped in order."""
 
     def __init__(self, settings: Settings, accounts: Accounts | None = None) -> None:
-        self.settings = settings
         self.accounts = accounts or load_accounts(
             settings.accounts_file, allow_insecure_localhost=settings.allow_insecure_localhost
         )
+        if settings.fair_share and len(self.accounts) < 2:
+            # One account has nobody to share with: one queue, as without the fair share.
+            settings = settings.model_copy(update={"fair_share": False})
+        self.settings = settings
         for account in self.accounts.by_name.values():
             if account.instance_url.startswith("http://"):
                 log.warning(
@@ -149,6 +153,7 @@ class Worker:
                 "no SFWORKER_REDIS_URL: this worker keeps its tokens, results and limits alone"
             )
         self._http: web.AppRunner | None = None
+        self._lanes: FairShare | None = None
         self._tracer: tracing.Tracer = tracing.OFF
 
     async def start(self) -> None:
@@ -173,16 +178,28 @@ class Worker:
             slots=self.fleet.slots,
             reserve=self.fleet.reserve,
         )
+        # The org's usage before the first job (the gauges; the reserve), once per fleet start.
+        self.fleet.reserve.prime(self.accounts.by_name.values())
         store = self.fleet.store
         runner = JobRunner(self.accounts, client, s, self.metrics, store)
         await self.service.connect(s.startup_timeout_seconds)
         publisher = await self.service.open()
         handler = DeliveryHandler(runner, store, publisher, s, self.metrics)
-        await self.service.consume(handler.handle)
+        if s.fair_share:
+            # Lanes first: a job moved to one must find its consumer.
+            self._lanes = FairShare(s, self.accounts, handler.handle, publisher, self.metrics)
+            await self._lanes.start(self.service.connection)
+            await self.service.consume(self._lanes.route)
+        else:
+            await self.service.consume(handler.handle)
         log.info("worker started", extra={"accounts": len(self.accounts)})
 
     async def stop(self) -> None:
-        cancelled = await self.service.drain(self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        drains = [self.service.drain(grace)]
+        if self._lanes is not None:
+            drains.append(self._lanes.drain(grace))
+        cancelled = sum(await asyncio.gather(*drains))
         await self.service.close()
         if self._client is not None:
             await self._client.close()

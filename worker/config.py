@@ -104,6 +104,16 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=10, description="While an account is held back, /limits is read"
     )
     prefetch: int = Field(default=32, ge=1, le=5000, description="In-flight jobs per process")
+    fair_share: bool = Field(
+        default=True,
+        description="A lane (queue) per account for jobs beyond its share of the prefetch",
+    )
+    routing_prefetch: int = Field(
+        default=1024,
+        ge=1,
+        le=65535,
+        description="With fair_share: unacked deliveries of the request queue per process",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level"
     )
@@ -174,6 +184,12 @@ class Settings(BaseSettings):
         description="How long a call waits for others of its account to share a Composite "
         "request (0: never coalesce)",
     )
+
+    @property
+    def request_prefetch(self) -> int:
+        """The request queue's prefetch: with fair share the routing window (a job holds it
+        only while it is moved to its lane, or while it runs within its small direct share)."""
+        return max(self.prefetch, self.routing_prefetch) if self.fair_share else self.prefetch
 
     @field_validator("amqp_url")
     @classmethod

@@ -26,6 +26,7 @@ AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pydantic (validate, copy, dump)", ("pydantic",)),
     ("AMQP client (aio-pika, aiormq, pamqp)", ("aio_pika", "aiormq", "pamqp")),
     ("HTTP client (aiohttp, yarl, multidict)", ("aiohttp", "yarl", "multidict")),
+    ("Redis client (redis-py, hiredis)", ("redis/", "hiredis")),
     ("sfworker's own code", ("/worker/",)),
     ("asyncio event loop", ("asyncio",)),
 )

@@ -277,7 +277,11 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             for flag in (False, True)
         ]
         parts.append(
-            "### 6. Redis on and off (sfworker, one process)\n\n" + table(PIPELINE_HEADERS, rows)
+            "### 6. Redis on and off (sfworker, one process)\n\n"
+            "At 100 ms both run at prefetch 128 (paced at 400 jobs/s).\n\n"
+            + table(PIPELINE_HEADERS, rows)
+            + "\n\n"
+            + _redis_ratios(redis, latencies)
         )
 
     sealing = _select(trials, "sealing")
@@ -332,9 +336,68 @@ def render(trials: list[Trial], latencies: tuple[int, ...]) -> str:
             )
         )
 
+    noisy = _select(trials, "noisy")
+    if noisy:
+        rows = [
+            [
+                t["system"],
+                str(t["quick_jobs"]),
+                _f(t["quick_p50_ms"]),
+                _f(t["quick_p99_ms"]),
+                _f(t["quick_max_ms"]),
+                ", ".join(f"{k} {v}" for k, v in sorted(t["slow_outcomes"].items())),
+                _f(t["slow_seconds"]),
+                str(t["dead_lettered"]),
+            ]
+            for t in noisy
+        ]
+        parts.append(
+            "### 9. Noisy neighbour (one process, two orgs)\n\nAccount `slow` (3,000 ms) gets "
+            "500 jobs at once (timeout 60 s); account `quick` (50 ms) gets 20 jobs a second "
+            "meanwhile.\n\n"
+            + table(
+                [
+                    "system",
+                    "quick jobs",
+                    "quick p50 ms",
+                    "quick p99 ms",
+                    "quick max ms",
+                    "slow jobs answered",
+                    "flood served in s",
+                    "dead-lettered",
+                ],
+                rows,
+            )
+        )
+
     for trial in _select(trials, "profile"):
         parts.append(render_profile(trial))
     return "\n\n".join(parts)
+
+
+def _redis_ratios(redis: list[Trial], latencies: list[int]) -> str:
+    """Redis on against off, per latency: jobs/s and CPU per job as ratios of the medians, and
+    the difference of p99 added (issue 18's targets)."""
+    lines = []
+    for lat in latencies:
+        on = _select(redis, "redis", redis=True, latency_ms=lat)
+        off = _select(redis, "redis", redis=False, latency_ms=lat)
+        if not on or not off:
+            continue
+
+        def med(group: list[Trial], key: str) -> float:
+            return statistics.median(float(t[key]) for t in group)
+
+        def added(group: list[Trial]) -> float:
+            return statistics.median(float(t["paced"]["added_p99_ms"]) for t in group)
+
+        speed = med(on, "jobs_per_s") / med(off, "jobs_per_s")
+        cpu = med(on, "cpu_s_per_1000") / med(off, "cpu_s_per_1000")
+        lines.append(
+            f"Redis on / off at {lat} ms: jobs/s {speed:.2f}{TIMES}, CPU per job {cpu:.2f}{TIMES}, "
+            f"p99 added {added(on) - added(off):+.1f} ms"
+        )
+    return "\n".join(lines)
 
 
 def render_profile(trial: Trial) -> str:
@@ -350,7 +413,8 @@ def render_profile(trial: Trial) -> str:
     own = [[name, pct(count)] for name, count in prof["self"][:15]]
     inclusive = [[name, pct(count)] for name, count in prof["inclusive"][:25]]
     return (
-        f"### Profile: {trial['system']}, 0 ms latency, {trial['jobs']} jobs\n\n"
+        f"### Profile: {trial['system']}{', Redis on' if trial.get('redis') else ''}, "
+        f"0 ms latency, {trial['jobs']} jobs\n\n"
         f"py-spy, {total} samples of the worker's CPU time "
         f"({_f(trial.get('cpu_s_per_1000'), 2)} CPU s / 1000 jobs); raw stacks in "
         f"`{trial.get('profile_file')}`.\n\n"

@@ -5,6 +5,7 @@ objects they point at."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,14 @@ def test_custom_resources_have_a_name_a_spec_and_point_at_real_objects() -> None
     }
     [trigger] = scaled["triggers"]
     assert trigger["type"] == "rabbitmq"
-    assert trigger["metadata"]["queueName"] == config["SFWORKER_REQUEST_QUEUE"]
+    # The request queue and the accounts' lanes (fair share), summed; never the dead letters.
+    assert (trigger["metadata"]["useRegex"], trigger["metadata"]["operation"]) == ("true", "sum")
+    counted = re.compile(trigger["metadata"]["queueName"])
+    queue = config["SFWORKER_REQUEST_QUEUE"]
+    assert counted.search(queue)
+    assert counted.search(f"{queue}.lane.acme-prod")
+    assert not counted.search(f"{queue}.dead")
+    assert not counted.search(f"{queue}.lane.")
     assert (
         trigger["authenticationRef"]["name"] == by_kind("TriggerAuthentication")["metadata"]["name"]
     )

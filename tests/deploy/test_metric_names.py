@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sfsim.testing import SimulatorClient
+
+from tests.conftest import wait_until
 from tests.job_client import JobClient
 from worker.config import Settings
 
@@ -83,3 +86,46 @@ async def test_every_metric_an_alert_or_panel_uses_is_exported(
     assert before - 1 <= stamp <= time.time()
     assert "sfworker_token_waits_total" in used["dashboard"]
     assert "sfworker_last_job_timestamp_seconds" in used["alerts"] & used["dashboard"]
+
+
+def samples(text: str) -> set[str]:
+    """The names that have at least one sample in a scrape (a family with labels has none until
+    a label set is created)."""
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+async def test_every_family_an_alert_or_panel_uses_has_series_before_the_first_job(
+    settings: Settings, spawn_worker: Any, simulator: SimulatorClient
+) -> None:
+    """Issue 18, point 3: `rate()` and `absent()` see every family from the first scrape, and a
+    fresh worker shows the org's API usage (one /limits read at start) before any job."""
+    await simulator.set_daily_limit(50_000, used=1234)
+    worker = spawn_worker(settings)
+    await worker.wait_ready()
+
+    async def usage_shown() -> bool:
+        return 'sfworker_salesforce_api_usage_used{account="main"}' in await worker.metrics()
+
+    await wait_until(usage_shown, 20, "the API usage gauge")
+    text = await worker.metrics()
+    present = samples(text)
+    for where, wanted in referenced().items():
+        missing = sorted(wanted - present)
+        assert not missing, f"{where} use families with no series at start: {missing}"
+    counters = await simulator.counters()
+    assert counters["requests"] == {"token": 1, "limits": 1}  # no job ran: one read of /limits
+    used = counters["api_usage"]["used"]  # 1235: the read itself is an API call
+    assert f'sfworker_salesforce_api_usage_used{{account="main"}} {float(used)}' in text
+    assert 'sfworker_salesforce_api_usage_limit{account="main"} 50000.0' in text
+    assert 'sfworker_salesforce_app_api_usage_used{account="main"}' in text
+    for series in (
+        'sfworker_salesforce_request_duration_seconds_count{account="main",operation="search"} 0.0',
+        'sfworker_salesforce_retries_total{account="main",operation="search",'
+        'reason="connection_lost"} 0.0',
+        'sfworker_token_request_duration_seconds_count{account="main"} 1.0',
+    ):
+        assert series in text

@@ -159,7 +159,7 @@ async def test_a_killed_lock_holder_is_survived_after_its_lease(
     first = searches("held", 1)
     await jobs.publish(first[0])
     await simulator.wait_held("token")
-    other: WorkerProcess = spawn_worker(fleet_settings, **patient)
+    other: WorkerProcess = spawn_worker(fleet_settings, **patient, log_level="DEBUG")
     await other.wait_ready()
     rest = searches("waiting", 99)
     for body in rest:
@@ -169,7 +169,11 @@ async def test_a_killed_lock_holder_is_survived_after_its_lease(
         waiting = [metric(await w.metrics(), "sfworker_jobs_in_flight") for w in (holder, other)]
         return min(waiting) >= 2
 
+    async def other_found_the_lock_taken() -> bool:
+        return "waiting for another worker's token request" in other.log_path.read_text()
+
     await wait_until(both_waiting, 30, "jobs waiting for the token on both workers")
+    await wait_until(other_found_the_lock_taken, 30, "the other worker waiting for the lock")
     # Both workers wait on the one held request: the other one waits for the fleet's lock.
     assert (await simulator.counters())["token_requests_total"] == 1
     assert (await simulator.holds())["token"] == {"arrived": 1, "waiting": 1, "released": False}

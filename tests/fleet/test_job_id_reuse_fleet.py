@@ -5,6 +5,7 @@ it, and the first job is answered with its own result."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import aiohttp
@@ -67,3 +68,40 @@ async def test_a_reused_id_on_another_worker_while_the_first_job_runs_is_refused
     assert "sobject_update" not in counters["requests"]
     assert "sobject_update" not in counters["subrequests"]
     assert [r["LastName"] for r in await simulator.records("Contact")] == ["Lovelace"]
+
+
+async def test_a_reused_id_of_an_insert_whose_worker_died_is_refused_not_outcome_unknown(
+    fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
+) -> None:
+    """The insert claim (its marker in Redis) outlives its worker; a different job with the id
+    is refused JOB_ID_REUSED, while the insert's own redelivery is OUTCOME_UNKNOWN as before."""
+    await simulator.hold("insert", route="sobject_create")
+    first: WorkerProcess = spawn_worker(fleet_settings, prefetch=1)
+    await first.wait_ready()
+    insert = {
+        "v": 1,
+        "job_id": "ins-1",
+        "operation": "insert",
+        "object": "Case",
+        "fields": {"Subject": "first"},
+        "timeout_ms": 30000,
+    }
+    await jobs.publish(insert, correlation_id="the-insert")
+    await simulator.wait_held("insert")  # marked, sent, and held in Salesforce
+    first.proc.kill()
+    assert await first.wait_exit(10) == -signal.SIGKILL
+
+    second: WorkerProcess = spawn_worker(fleet_settings, prefetch=4)
+    await second.wait_ready()
+    other = {**insert, "fields": {"Subject": "another job"}}
+    await jobs.publish(other, correlation_id="the-other")
+    refused = await jobs.result("the-other", 20)
+    assert (refused["status"], refused["error"]["code"]) == ("failed", "JOB_ID_REUSED")
+    assert "(it differs in: fields)" in refused["error"]["message"]
+    unknown = await jobs.result("the-insert", 30)
+    assert (unknown["status"], unknown["error"]["code"]) == ("failed", "OUTCOME_UNKNOWN")
+
+    await simulator.release("insert")
+    counters = await simulator.counters()
+    assert counters["requests"].get("sobject_create", 0) == 1
+    assert "sobject_create" not in counters["subrequests"]

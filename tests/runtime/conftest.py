@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from sfsim.testing import SimulatorClient
 
 from tests.conftest import ROOT
 from tests.metrics import metric
@@ -16,9 +17,12 @@ from worker.config import Settings
 
 
 @pytest.fixture
-async def worker(settings: Settings) -> AsyncIterator[Worker]:
+async def worker(settings: Settings, simulator: SimulatorClient) -> AsyncIterator[Worker]:
     running = Worker(settings)
     await running.start()
+    # The org's usage is read once at start (/limits): count what the test's jobs do.
+    await running.fleet.reserve.primed()
+    await simulator.reset_counters()
     yield running
     await running.stop()
 

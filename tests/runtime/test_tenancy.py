@@ -102,10 +102,16 @@ amqp_users = ["{users.globex}"]
 
 
 @pytest.fixture
-async def worker(settings: Settings, users: Users) -> AsyncIterator[Worker]:
+async def worker(
+    settings: Settings, users: Users, simulator: SimulatorClient, globex_sim: SimulatorClient
+) -> AsyncIterator[Worker]:
     """The worker, connected as its own user with the recipe's permissions."""
     running = Worker(settings.model_copy(update={"amqp_url": SecretStr(users.worker_url)}))
     await running.start()
+    # Each org's usage is read once at start (/limits): count what the test's jobs do.
+    await running.fleet.reserve.primed()
+    for sim in (simulator, globex_sim):
+        await sim.reset_counters()
     yield running
     await running.stop()
 
@@ -348,7 +354,13 @@ async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str) -> None
 
 
 async def _publish_raw(
-    client: JobClient, settings: Settings, body: bytes, *, reply_to: str, job_id: str
+    client: JobClient,
+    settings: Settings,
+    body: bytes,
+    *,
+    reply_to: str,
+    job_id: str,
+    headers: dict[str, Any] | None = None,
 ) -> None:
     """A job with a reply_to of the publisher's choosing (BlockClient always names its own)."""
     exchange = await client.client.channel.get_exchange(settings.request_exchange, ensure=False)
@@ -359,6 +371,7 @@ async def _publish_raw(
             correlation_id=job_id,
             reply_to=reply_to,
             user_id=client.user,
+            headers=headers,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         ),
         routing_key=settings.request_routing_key,
@@ -497,3 +510,58 @@ async def test_results_reach_the_publisher_s_own_queues_signed_by_the_worker(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_jobs_moved_to_their_lane_keep_their_publisher_s_tenant(
+    settings: Settings,
+    users: Users,
+    simulator: SimulatorClient,
+    globex_sim: SimulatorClient,
+) -> None:
+    """Fair share with real users: at prefetch 2 (one job per account straight off the request
+    queue) most jobs of a burst are moved to their account's lane by the worker's user, and
+    still run for the tenant whose user published them; a publisher's own
+    `x-sfworker-publisher` header (naming another tenant's user) is ignored."""
+    await simulator.seed("Contact", [{"FirstName": "Ada", "LastName": "Acme"}])
+    await globex_sim.seed("Contact", [{"FirstName": "Grace", "LastName": "Globex"}])
+    # Each job holds its account's one direct slot for a second: the rest of a burst moves.
+    for sim in (simulator, globex_sim):
+        await sim.set_latency(1000, token_ms=0)
+    small = settings.model_copy(update={"amqp_url": SecretStr(users.worker_url), "prefetch": 2})
+    running = Worker(small)
+    await running.start()
+    try:
+        async with (
+            client_as(users.acme_url, settings) as acme,
+            client_as(users.globex_url, settings) as globex,
+        ):
+            forged = [f"forged-{i}" for i in range(8)]
+            # No account: the job gets its tenant's default, which would be globex's account
+            # if the header were believed.
+            await asyncio.gather(
+                *(
+                    _publish_raw(
+                        acme,
+                        settings,
+                        orjson.dumps(search(job_id)),
+                        reply_to=acme.reply_queue,
+                        job_id=job_id,
+                        headers={"x-sfworker-publisher": users.globex},
+                    )
+                    for job_id in forged
+                )
+            )
+            burst = await asyncio.gather(
+                *(acme.call(search(f"acme-{i}")) for i in range(8)),
+                *(globex.call(search(f"globex-{i}")) for i in range(8)),
+            )
+            tricked = [await acme.result(job_id, 30) for job_id in forged]
+    finally:
+        await running.stop()
+    assert [found(r) for r in burst] == [("ok", "main", ["Ada Acme"])] * 8 + [
+        ("ok", "globex", ["Grace Globex"])
+    ] * 8
+    assert [found(r) for r in tricked] == [("ok", "main", ["Ada Acme"])] * 8
+    moves = "sfworker_lane_moves_total"
+    assert sample(running, moves, account="main") >= 8
+    assert sample(running, moves, account="globex") >= 4

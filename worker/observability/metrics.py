@@ -23,6 +23,20 @@ REFUSAL_REASONS = (
     "forged_x_death",
 )
 
+# Why a Salesforce call was retried (client.py, errors.py): the label values known up front;
+# other `http_<status>` reasons appear when they happen.
+RETRY_REASONS = (
+    "connection_failed",
+    "connection_lost",
+    "server_unavailable",
+    "http_500",
+    "concurrent_limit",
+    "unable_to_lock_row",
+    "query_timeout",
+)
+# What a Salesforce request is counted as: the job's operation, or a Composite request.
+REQUEST_KINDS = (*(op.value for op in Operation), "composite")
+
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 _WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _COALESCE_BUCKETS = (1, 2, 3, 4, 5, 8, 12, 16, 20, 25)
@@ -210,6 +224,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lane_moves = Counter(
+            "sfworker_lane_moves_total",
+            "Jobs moved from the request queue to their account's lane (fair share): the "
+            "account already held its share of the request queue's prefetch",
+            ["account"],
+            registry=r,
+        )
         self.handler_crashes = Counter(
             "sfworker_handler_crashes_total",
             "Unexpected errors while handling a delivery (the message is requeued)",
@@ -267,6 +288,13 @@ class Metrics:
             for code in ErrorCode:
                 self.jobs.labels(op.value, Status.FAILED.value, code.value)
         for account, flow in accounts:
+            for kind in REQUEST_KINDS:
+                self.sf_requests.labels(account, kind, "200")
+                self.sf_request_duration.labels(account, kind)
+            for op in Operation:
+                for reason in RETRY_REASONS:
+                    self.sf_retries.labels(account, op.value, reason)
+            self.token_request_duration.labels(account)
             self.composite_requests.labels(account)
             self.composite_subrequests.labels(account)
             self.api_calls_saved.labels(account)
@@ -275,6 +303,7 @@ class Metrics:
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)
             self.token_invalidations.labels(account)
+            self.lane_moves.labels(account)
             self.token_waits.labels(account)
             for outcome in ("ok", "error"):
                 self.limits_probes.labels(account, outcome)

@@ -261,7 +261,7 @@ class OtelTracer(Tracer):
             return
         span = trace.get_current_span()
         span.set_attribute("sfworker.job.id", job.job_id)
-        span.set_attribute("sfworker.operation", str(job.operation))
+        span.set_attribute("sfworker.operation", getattr(job.operation, "value", job.operation))
         if job.account:
             span.set_attribute("sfworker.account", job.account)
         if job.tenant:

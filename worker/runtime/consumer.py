@@ -192,18 +192,18 @@ class DeliveryHandler:
             await self._refuse(message, incoming, admission.refusal, admission.reason)
             return
         job_id = decoded.job_id
-        first = await self._store.claim(admission.key, admission.fingerprint)
-        if first is not None and first != admission.fingerprint:
-            answer = self._reused(admission, first, incoming)
+        held, stored = await self._store.claim(admission.key, admission.fingerprint)
+        if held is not None and held != admission.fingerprint:
+            answer = self._reused(admission, held, incoming)
+        elif stored is not None:
+            answer = self._replay(admission, stored, incoming)
         else:
-            answer = await self._answer_of(admission, incoming)
+            answer = await self._execute_once(admission, incoming)
         await self._answer(message, incoming, job_id, answer)
 
-    async def _answer_of(self, admission: Admission, incoming: Incoming) -> _Answer:
-        """The stored result of this job, or its run (joined when it runs here already)."""
-        stored = await self._store.get(admission.key)
-        if stored is None:
-            return await self._execute_once(admission, incoming)
+    def _replay(self, admission: Admission, stored: bytes, incoming: Incoming) -> _Answer:
+        """The stored result of this job (of another job, for one stored by a version before
+        claims: JOB_ID_REUSED)."""
         first, body = unpack_result(stored)
         if first is not None and first != admission.fingerprint:
             return self._reused(admission, first, incoming)

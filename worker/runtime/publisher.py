@@ -11,10 +11,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 from aiormq import spec
@@ -143,24 +143,52 @@ class ResultPublisher:
         """Put a copy of `message` in the dead-letter queue, for a message RabbitMQ must not
         dead-letter itself: without its `x-death` header, with `x-sfworker-dead-letter-reason`.
         Raises like `publish` when the copy is not confirmed (the original must then stay)."""
-        headers = {k: v for k, v in (message.headers or {}).items() if k != "x-death"}
-        headers["x-sfworker-dead-letter-reason"] = reason
+        headers: dict[str, Any] = {"x-sfworker-dead-letter-reason": reason}
         if message.user_id:
             # Who published it (the copy goes out under the worker's own user).
             headers["x-sfworker-user-id"] = message.user_id
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=headers,
+        await self.forward(message, self._dead_letter_queue, headers, drop=("x-death",))
+
+    async def forward(
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        headers: dict[str, Any],
+        drop: tuple[str, ...] = (),
+    ) -> None:
+        """Put a copy of `message` (its body and properties; `headers` added, `drop` and the
+        broker's delivery count removed) in `queue` through the default exchange, under the
+        worker's own user_id. Raises like `publish` when the copy is not confirmed or routed
+        nowhere: the original must then stay."""
+        skip = {"x-delivery-count", *drop}
+        kept = {k: v for k, v in (message.headers or {}).items() if k not in skip}
+        if self._channel.is_closed:
+            raise ChannelInvalidStateError("the publishing channel is closed")
+        channel = await self._channel.get_underlay_channel()
+        expiration = message.expiration
+        properties = spec.Basic.Properties(
+            headers={**kept, **headers},
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
-            timestamp=message.timestamp,
-            type=message.type,
+            expiration=(
+                str(int(expiration * 1000)) if isinstance(expiration, int | float) else None
+            ),
+            # The job's budget counts from it when it has no sent_at: never from the move.
+            timestamp=message.timestamp or datetime.now(UTC),
+            message_type=message.type,
             app_id=message.app_id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=login_user(channel.connection.url),
+            delivery_mode=_PERSISTENT,
         )
-        await self._channel.default_exchange.publish(
-            copy, routing_key=self._dead_letter_queue, mandatory=True, timeout=self._timeout
+        # As in publish(): the frame built directly; a return raises PublishError.
+        await channel.basic_publish(
+            message.body,
+            exchange="",
+            routing_key=queue,
+            properties=properties,
+            mandatory=True,
+            timeout=self._timeout,
         )

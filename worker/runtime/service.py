@@ -156,7 +156,7 @@ class RabbitService:
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
         await channel.set_qos(
-            prefetch_count=self._settings.prefetch, timeout=topology.DECLARE_TIMEOUT
+            prefetch_count=self._settings.request_prefetch, timeout=topology.DECLARE_TIMEOUT
         )
         self._consume_channel = channel
         self._queue = await channel.declare_queue(
@@ -176,7 +176,10 @@ class RabbitService:
         self._watchdog = asyncio.create_task(self._watch(), name="consumer-watchdog")
         log.info(
             "consuming",
-            extra={"queue": self._settings.request_queue, "prefetch": self._settings.prefetch},
+            extra={
+                "queue": self._settings.request_queue,
+                "prefetch": self._settings.request_prefetch,
+            },
         )
 
     async def _consume(self) -> None:
@@ -343,6 +346,12 @@ class RabbitService:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def connection(self) -> brokers.FailoverConnection:
+        """The (robust) connection, for layers that consume queues of their own (lanes.py)."""
+        assert self._connection is not None, "connect() first"
+        return self._connection
 
     async def drain(self, grace: float) -> int:
         """Stop taking deliveries and wait up to `grace` s for in-flight ones; cancel the rest.

@@ -20,7 +20,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
-from worker.config import Settings
+from worker.config import ConfigError, Settings, load_accounts
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ def dead_letter_queue_arguments(settings: Settings) -> dict[str, Any]:
 
 
 DECLARE_TIMEOUT = 10.0
+
+
+def lane_queue(settings: Settings, account: str) -> str:
+    """The queue of an account's jobs beyond its share of the request queue (lanes.py)."""
+    return f"{settings.request_queue}.lane.{account}"
 
 
 async def dead_letter_retention(connection: AbstractConnection, settings: Settings) -> bool:
@@ -117,8 +122,15 @@ async def declare(
 
 
 async def delete(channel: AbstractChannel, settings: Settings) -> None:
-    """Remove everything `declare` made (demo and test topologies; never used by `run`)."""
-    for queue in (settings.request_queue, settings.dead_letter_queue):
+    """Remove everything `declare` made, and the lanes of the accounts file's accounts (demo
+    and test topologies; never used by `run`)."""
+    try:
+        read = load_accounts(settings.accounts_file, allow_insecure_localhost=True)
+        accounts = list(read.by_name)
+    except (ConfigError, OSError):
+        accounts = []
+    lanes = [lane_queue(settings, account) for account in accounts]
+    for queue in (settings.request_queue, settings.dead_letter_queue, *lanes):
         await channel.queue_delete(queue)
     for exchange in (
         settings.request_exchange,

@@ -9,6 +9,7 @@ never sent a second time. Every response's Sforce-Limit-Info updates the account
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -431,9 +432,14 @@ class SalesforceClient:
                 pending.unsent = timeout_error(pending.call)
             elif pending.unsent is None:
                 pending.committed = True
-        for pending in group:
-            hook = pending.call.before_send
-            if pending.committed and hook is not None and not await hook():
+        # The inserts' claims at once (one round trip for the group, not one each): the window
+        # in which a claimed insert has not left yet stays as short as one claim.
+        claiming = [p for p in group if p.committed and p.call.before_send is not None]
+        claimed = await asyncio.gather(
+            *(p.call.before_send() for p in claiming if p.call.before_send is not None)
+        )
+        for pending, ok in zip(claiming, claimed, strict=True):
+            if not ok:
                 pending.unsent = SendRefused()  # the same insert is being sent elsewhere
         sent = [p for p in group if p.unsent is None]
         for pending in sent:
@@ -531,12 +537,7 @@ class SalesforceClient:
         if reading is None:
             return
         self.usage(account).update(reading)
-        self.reserve.observe(account, reading)
-        self._metrics.api_usage_used.labels(account.name).set(reading.used)
-        self._metrics.api_usage_limit.labels(account.name).set(reading.limit)
-        if reading.app_used is not None and reading.app_limit is not None:
-            self._metrics.app_api_usage_used.labels(account.name).set(reading.app_used)
-            self._metrics.app_api_usage_limit.labels(account.name).set(reading.app_limit)
+        self.reserve.observe(account, reading)  # and the usage gauges
 
     async def read_limits(self, account: Account) -> UsageReading | None:
         """The org's daily API usage from `/limits` (None when it cannot be read now)."""
@@ -565,11 +566,16 @@ class SalesforceClient:
                 continue
             body = decode(raw)
             daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
+            stamped = parse_limit_info(header)
             if status == 200 and isinstance(daily, dict):
                 limit = int(daily.get("Max") or 0)
                 remaining = int(daily.get("Remaining") or 0)
-                return UsageReading(used=max(0, limit - remaining), limit=limit)
-            return parse_limit_info(header)
+                org = UsageReading(used=max(0, limit - remaining), limit=limit)
+                if stamped is None:
+                    return org
+                # The connected app's share is only in the header.
+                return dataclasses.replace(stamped, used=org.used, limit=org.limit)
+            return stamped
         return None
 
 

@@ -2,12 +2,16 @@
 jobs are answered RATE_LIMITED without calling Salesforce, keeping the rest for the agents' own
 use of the org.
 
-Usage comes from every response's `Sforce-Limit-Info` and, with Redis, from the whole fleet
-(each worker shares its newest reading every `SFWORKER_USAGE_SHARE_SECONDS` and reads the
-others'). While an account is held back, one worker of the fleet reads `/limits` every
-`SFWORKER_LIMITS_PROBE_SECONDS`, so a raised limit or the rolling 24-hour window ending lets work
-resume. With Redis, a worker that knows nothing of an account yet reads the fleet's reading, or
-`/limits` once, before its first call.
+Usage comes from every response's `Sforce-Limit-Info` and, with Redis, from the whole fleet:
+a reading that crosses the reserve (either way) is shared at once, others within
+`SFWORKER_USAGE_SHARE_SECONDS`, and every worker reads the fleet's newest reading twice in that
+time (the board keeps the newest reading: an older one never overwrites it). While an account
+is held back, one worker of the fleet reads `/limits` every `SFWORKER_LIMITS_PROBE_SECONDS`, so a
+raised limit or the rolling 24-hour window ending lets work resume.
+
+At start each account's usage is learnt once for the whole fleet (`prime`): from the fleet's
+reading when there is one, else one worker reads `/limits` (the probe's claim), so the usage
+gauges show the org's usage before the first job.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from worker.config import Account
@@ -33,7 +37,14 @@ class UsageBoard(Protocol):
     """Where readings are shared: nowhere (one process) or Redis (the fleet)."""
 
     @property
-    def shared(self) -> bool: ...
+    def fleet(self) -> bool:
+        """Readings are meant to be shared (Redis configured, reachable or not)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Readings are shared right now (Redis reachable)."""
+        ...
 
     async def publish(self, account: str, reading: UsageReading, at: float) -> None: ...
 
@@ -43,6 +54,7 @@ class UsageBoard(Protocol):
 
 
 class LocalBoard:
+    fleet = False
     shared = False
 
     async def publish(self, account: str, reading: UsageReading, at: float) -> None:
@@ -78,6 +90,7 @@ class ApiReserve:
         self._dirty: set[str] = set()
         self._last_probe: dict[str, float] = {}
         self._first_reads: dict[str, asyncio.Task[None]] = {}
+        self._sharing: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, probe: LimitsProbe) -> None:
@@ -87,8 +100,13 @@ class ApiReserve:
     # --- read by the client ----------------------------------------------------------------
 
     def observe(self, account: Account, reading: UsageReading) -> None:
-        self._remember(account, reading, time.time())
-        self._dirty.add(account.name)
+        at = time.time()
+        if self._remember(account, reading, at):
+            # Crossing the reserve (either way): every worker must know now, not next tick.
+            self._dirty.discard(account.name)
+            self._spawn(self._board.publish(account.name, reading, at), "usage-share")
+        else:
+            self._dirty.add(account.name)
         self._ensure_running()
 
     def refusal(self, account: Account) -> str | None:
@@ -117,15 +135,46 @@ class ApiReserve:
         if wait > 0:
             await asyncio.wait({task}, timeout=wait)
 
+    def prime(self, accounts: Iterable[Account]) -> None:
+        """At start: learn each account's usage once for the fleet, in the background (a
+        worker whose Redis is out of reach leaves it to its first responses: it cannot tell
+        whether the fleet read /limits already)."""
+        if self._board.fleet and not self._board.shared:
+            return
+        for account in accounts:
+            if account.name not in self._first_reads and account.name not in self._known:
+                self._first_reads[account.name] = asyncio.create_task(
+                    self._first_read(account), name=f"usage:{account.name}"
+                )
+
+    async def primed(self) -> None:
+        """Wait for the reads `prime` started (tests use it to count calls from a quiet org)."""
+        if self._first_reads:
+            await asyncio.wait(set(self._first_reads.values()))
+
     # --- fleet sharing ---------------------------------------------------------------------
 
-    def _remember(self, account: Account, reading: UsageReading, at: float) -> None:
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._sharing.add(task)
+        task.add_done_callback(self._shared)
+
+    def _shared(self, task: asyncio.Future[None]) -> None:
+        self._sharing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("sharing the API usage failed", exc_info=task.exception())
+
+    def _remember(self, account: Account, reading: UsageReading, at: float) -> bool:
+        """Keep the reading if it is the newest known; True when it moved the account across
+        its reserve (held back, or free again)."""
         self._accounts[account.name] = account
         previous = self._known.get(account.name)
         if previous is not None and previous[1] > at:
-            return
+            return False
         was_held = previous is not None and held_back(account, previous[0])
         self._known[account.name] = (reading, at)
+        self._show(account.name, reading)
         now_held = held_back(account, reading)
         if now_held != was_held:
             log.warning(
@@ -139,6 +188,17 @@ class ApiReserve:
                     "reserve_percent": account.api_reserve_percent,
                 },
             )
+            return True
+        return False
+
+    def _show(self, name: str, reading: UsageReading) -> None:
+        """The usage gauges follow the newest reading, whoever made it."""
+        m = self._metrics
+        m.api_usage_used.labels(name).set(reading.used)
+        m.api_usage_limit.labels(name).set(reading.limit)
+        if reading.app_used is not None and reading.app_limit is not None:
+            m.app_api_usage_used.labels(name).set(reading.app_used)
+            m.app_api_usage_limit.labels(name).set(reading.app_limit)
 
     async def _first_read(self, account: Account) -> None:
         self._accounts[account.name] = account
@@ -179,7 +239,9 @@ class ApiReserve:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._share_every)
+            # Twice per share period: a reading shared at once reaches every worker within
+            # half of it.
+            await asyncio.sleep(self._share_every / 2)
             try:
                 await self._tick()
             except Exception:
@@ -202,7 +264,9 @@ class ApiReserve:
                 await self._read_limits(account)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._first_reads.values()) if t is not None]
+        tasks = [
+            t for t in (self._task, *self._first_reads.values(), *self._sharing) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

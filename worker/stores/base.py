@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # A job id's binding lives this much longer than its result: it is written before the job runs
 # (at most a 60 s budget) and so outlives the result and the insert marker written after it.
 CLAIM_MARGIN_SECONDS = 65.0
 _FINGERPRINTED = b"fp1:"
+
+
+class Claimed(NamedTuple):
+    """What `claim` found: the fingerprint the job id was bound to before (None when this call
+    bound it) and the stored result (None when there is none)."""
+
+    held: bytes | None
+    stored: bytes | None
 
 
 def pack_result(fingerprint: bytes, result: bytes) -> bytes:
@@ -33,10 +41,11 @@ class ResultStore(Protocol):
 
     async def put(self, job_id: str, result: bytes) -> None: ...
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
-        """Bind the job id to the job of this fingerprint unless it is bound already; the
-        fingerprint it was bound to before, or None when this call bound it. A binding outlives
-        the job's stored result and insert marker (see CLAIM_MARGIN_SECONDS)."""
+    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
+        """Bind the job id to the job of this fingerprint unless it is bound already, and read
+        its stored result, in one step (one round trip to Redis: the same count as a plain
+        `get`). A binding outlives the job's stored result and insert marker
+        (CLAIM_MARGIN_SECONDS)."""
         ...
 
     async def mark_insert_sent(self, job_id: str) -> bool:

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from worker.stores.base import CLAIM_MARGIN_SECONDS
+from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
 
 
 def compact(value: bytes) -> bytes:
@@ -96,11 +96,11 @@ class MemoryResultStore:
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
+    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
         held = self._claims.get(job_id)
         if held is None:
             self._claims.put(job_id, fingerprint)
-        return held
+        return Claimed(held, self._results.get(job_id))
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         # Only this process writes here; deliveries running here at once are joined by the

@@ -9,7 +9,8 @@ import logging
 import uuid
 from collections import OrderedDict
 
-from worker.stores.base import CLAIM_MARGIN_SECONDS
+from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
+from worker.stores.batch import TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
@@ -31,12 +32,12 @@ return 1
 # process claimed the insert and may have sent it. It is never sent again from here.
 UNKNOWN_SENDER = "unreadable"
 
-# KEYS: the job id's binding; ARGV: fingerprint, ttl ms. Bind it unless bound; the binding before.
+# KEYS: the job id's binding, its result; ARGV: fingerprint (sealed), ttl ms. Bind it unless
+# bound; return the binding before and the stored result (one round trip, as a plain GET).
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
-if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return {held, redis.call('GET', KEYS[2])}
 """
 
 
@@ -50,6 +51,7 @@ class RedisResultStore:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._mark = link.script(_MARK)
         self._claim = link.script(_CLAIM)
+        self._batch = TickBatch(link)
         self._claim_ttl_ms = self._ttl_ms + int(CLAIM_MARGIN_SECONDS * 1000)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
@@ -79,9 +81,9 @@ class RedisResultStore:
 
     async def _write_claim(self, job_id: str, fingerprint: bytes) -> None:
         """This process's binding of the job id, unless the fleet has one (it stays)."""
-        key = self._link.key("claim", job_id)
-        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
-        await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+        keys = [self._link.key("claim", job_id), self._link.key("result", job_id)]
+        args: list[bytes | int] = [self._link.seal.seal(keys[0], fingerprint), self._claim_ttl_ms]
+        await self._link.call(lambda r: self._claim(keys=keys, args=args, client=r))
 
     async def _write_marker(self, job_id: str) -> bool:
         """This process's insert marker; False when another process's is there."""
@@ -91,9 +93,10 @@ class RedisResultStore:
         return marked == 1 or self._link.seal.open_text(key, marked) == self.sender_id
 
     async def get(self, job_id: str) -> bytes | None:
+        """Lookups of one tick travel together (batch.py)."""
         key = self._link.key("result", job_id)
         try:
-            value = await self._link.call(lambda r: r.get(key))
+            value = await self._batch.get(key)
         except RedisUnavailable:
             return await self._memory.get(job_id)
         # A result that does not open reads as absent: the job runs again (an insert does not:
@@ -108,26 +111,34 @@ class RedisResultStore:
         key = self._link.key("result", job_id)
         sealed = self._link.seal.seal(key, result)
         try:
-            await self._link.call(lambda r: r.set(key, sealed, px=self._ttl_ms))
+            await self._batch.set(key, sealed, self._ttl_ms)  # with the others of its tick
         except RedisUnavailable:
             self._keep("result", job_id, result)
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> bytes | None:
-        """The fleet's binding of the job id (`claim:<job_id>`); this process's own when Redis
-        is down."""
-        held = await self._memory.claim(job_id, fingerprint)
-        if held is not None and held != fingerprint:
-            return held
-        key = self._link.key("claim", job_id)
-        args: list[bytes | int] = [self._link.seal.seal(key, fingerprint), self._claim_ttl_ms]
+    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
+        """The fleet's binding of the job id (`claim:<job_id>`) and its stored result, in one
+        round trip; this process's own when Redis is down."""
+        mine = await self._memory.claim(job_id, fingerprint)
+        if mine.held is not None and mine.held != fingerprint:
+            return mine
+        claim_key, result_key = self._link.key("claim", job_id), self._link.key("result", job_id)
+        args: list[bytes | str | int] = [
+            self._link.seal.seal(claim_key, fingerprint),
+            self._claim_ttl_ms,
+        ]
         try:
-            found = await self._link.call(lambda r: self._claim(keys=[key], args=args, client=r))
+            # Claims of one tick travel together (batch.py).
+            held, stored = await self._batch.eval(_CLAIM, [claim_key, result_key], args)
         except RedisUnavailable:
             self._keep("claim", job_id, fingerprint)
-            return held
+            return mine
         # A binding that does not open reads as absent: the job goes on as its own (a stored
         # result it cannot read makes it run again; an insert is still stopped by its marker).
-        return self._link.seal.open(key, found)
+        # A result that does not open reads as absent too (see get).
+        result = self._link.seal.open(result_key, stored)
+        return Claimed(
+            self._link.seal.open(claim_key, held), result if result is not None else mine.stored
+        )
 
     def _keep(self, kind: str, job_id: str, value: bytes | None) -> None:
         self._unwritten[(kind, job_id)] = value
@@ -161,9 +172,13 @@ class RedisResultStore:
         workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
         key = self._link.key("insert-sent", job_id)
-        args: list[bytes | int] = [self._link.seal.seal_text(key, self.sender_id), self._ttl_ms]
+        args: list[bytes | str | int] = [
+            self._link.seal.seal_text(key, self.sender_id),
+            self._ttl_ms,
+        ]
         try:
-            marked = await self._link.call(lambda r: self._mark(keys=[key], args=args, client=r))
+            # Markers of one tick (a Composite request's inserts) travel together (batch.py).
+            marked = await self._batch.eval(_MARK, [key], args)
             if marked == 1:
                 return True
             if self._link.seal.open_text(key, marked) != self.sender_id:
@@ -208,4 +223,5 @@ class RedisResultStore:
             key = self._link.key("alive", self.sender_id)
             with contextlib.suppress(Exception):
                 await self._link.attempt(lambda r: r.delete(key))
+        await self._batch.close()
         await self._memory.close()

@@ -1,0 +1,254 @@
+"""Fair share: one account's slow Salesforce, or one tenant's flood, cannot hold the prefetch
+that every other account's jobs need.
+
+All jobs arrive on the one request queue, and a delivery holds a prefetch slot of its channel
+until it is acked, i.e. until its result is confirmed. Jobs of one slow account (3 s answers, or
+waiting for its `max_concurrency`) would hold every slot, and the jobs of every other tenant
+would wait behind them in the queue. So each account gets a **lane**: a quorum queue of its own
+(`<request queue>.lane.<account>`, same delivery limit and dead-letter exchange), consumed on a
+channel of its own with its own prefetch. Taking a job from the request queue:
+
+- a job of an account that runs fewer than half the prefetch's jobs there (and all accounts
+  fewer than the prefetch) runs there, at once, as before (the usual case: no extra hop);
+- otherwise it is **moved** to its account's lane: a copy is published with a broker confirm,
+  then the original is acked (a copy the broker does not confirm, e.g. the lane was deleted:
+  the job runs off the request queue after all). A copy confirmed and the original not yet
+  acked when the process dies gives a duplicate, answered like any redelivery (the result
+  store, the insert markers); nothing is acked before a copy or a result is confirmed.
+- anything the worker cannot place on a lane (not JSON, refused by tenancy, an account that does
+  not resolve) runs at once: it is answered or dead-lettered without calling Salesforce.
+
+The request queue's prefetch (`SFWORKER_ROUTING_PREFETCH`, 1024) is a look-ahead window: a
+flood of one account is taken off the queue at once and moved a few jobs at a time, while the
+jobs of other accounts behind it in the window run (or move) without waiting for it. An
+account's backlog waits in its lane, where it holds only that lane's prefetch. With a single
+account there is nobody to share with: the worker then runs as before (one queue, app.py).
+
+The copy is published by the worker's own user (RabbitMQ checks its `user_id`), carrying the
+job's validated publisher in the header `x-sfworker-publisher`; a lane trusts that header only
+on a message whose `user_id` is the worker's own, so tenant isolation is unchanged (tenants
+cannot write to the default exchange, the only way into a lane; a message someone else put
+there keeps its own, broker-checked `user_id`).
+
+What KEDA sees: jobs waiting in the lanes are messages of the lane queues; the ScaledObject
+sums the request queue and the lanes (deploy/kubernetes/keda-scaledobject.yaml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import AMQPError, ChannelAccessRefused, ChannelInvalidStateError
+
+from worker.config import Accounts, ConfigError, Settings
+from worker.observability.metrics import Metrics
+from worker.runtime import topology
+from worker.runtime.brokers import FailoverConnection
+from worker.runtime.publisher import ResultPublisher, login_user
+from worker.runtime.topology import lane_queue
+from worker.tenancy import check, reply_allowed
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+PUBLISHER_HEADER = "x-sfworker-publisher"
+MOVERS = 4  # moves to one account's lane at once (each waits for the broker's confirm)
+
+
+def direct_limits(prefetch: int) -> tuple[int, int]:
+    """Jobs run straight off the request queue: `prefetch` in all, half of it per account (at
+    least one). The request queue's own prefetch (`routing_prefetch`) is far larger: the rest of
+    it is the window in which the jobs behind are looked at and moved or run."""
+    return max(1, prefetch // 2), prefetch
+
+
+class FairShare:
+    """The request queue's handler: runs a job at once, or moves it to its account's lane."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: Accounts,
+        handler: Handler,
+        publisher: ResultPublisher,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._accounts = accounts
+        self._handler = handler
+        self._publisher = publisher
+        self._metrics = metrics
+        self._per_account, self._total = direct_limits(settings.prefetch)
+        self._direct: Counter[str] = Counter()
+        self._direct_total = 0
+        self._lanes: dict[str, tuple[AbstractQueue, str]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._worker_user: str | None = None
+        self._movers: dict[str, asyncio.Semaphore] = {}
+
+    # --- start -----------------------------------------------------------------------------
+
+    async def start(self, connection: FailoverConnection) -> None:
+        """Declare every account's lane and consume it on a channel of its own."""
+        self._worker_user = login_user(connection.url)
+        for name in self._accounts.by_name:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(
+                prefetch_count=self._settings.prefetch, timeout=topology.DECLARE_TIMEOUT
+            )
+            lane = lane_queue(self._settings, name)
+            try:
+                queue = await channel.declare_queue(
+                    lane,
+                    durable=True,
+                    arguments=topology.request_queue_arguments(self._settings),
+                    timeout=topology.DECLARE_TIMEOUT,
+                )
+            except ChannelAccessRefused:
+                raise ConfigError(
+                    f"the broker refused the lane queue {lane!r}: give the worker's RabbitMQ "
+                    "user the lanes in its permissions (deploy/README.md section 7), or set "
+                    "SFWORKER_FAIR_SHARE=false"
+                ) from None
+            tag = await queue.consume(self._on_lane, no_ack=False, timeout=topology.DECLARE_TIMEOUT)
+            self._lanes[name] = (queue, tag)
+        log.info(
+            "fair share: a lane per account",
+            extra={
+                "lanes": len(self._lanes),
+                "direct_per_account": self._per_account,
+                "direct_total": self._total,
+            },
+        )
+
+    # --- the request queue ---------------------------------------------------------------
+
+    async def route(self, message: AbstractIncomingMessage) -> None:
+        account = self._account_of(message)
+        if account is None or self._may_run_here(account):
+            await self._run_here(message, account)
+            return
+        # Moves wait their turn, per account: a flood of one account is moved a few at a
+        # time, while the jobs of other accounts behind it in the window run (or move) at once.
+        movers = self._movers.get(account)
+        if movers is None:
+            movers = self._movers[account] = asyncio.Semaphore(MOVERS)
+        async with movers:
+            moved = await self._move(message, account)
+        if not moved:
+            # The lane refused the copy (deleted meanwhile, broker trouble): the job still
+            # holds its delivery here, so it runs here rather than spend a delivery attempt.
+            await self._run_here(message, account)
+
+    def _may_run_here(self, account: str) -> bool:
+        return self._direct[account] < self._per_account and self._direct_total < self._total
+
+    async def _run_here(self, message: AbstractIncomingMessage, account: str | None) -> None:
+        key = account or ""
+        self._direct[key] += 1
+        self._direct_total += 1
+        try:
+            await self._handler(message)
+        finally:
+            self._direct_total -= 1
+            self._direct[key] -= 1
+            if not self._direct[key]:
+                del self._direct[key]
+
+    def _account_of(self, message: AbstractIncomingMessage) -> str | None:
+        """The account a job will run on, if it has a lane; None for anything the handler will
+        answer or dead-letter at once (it validates the job fully, this only looks)."""
+        if len(message.body) > self._settings.max_message_bytes:
+            return None
+        try:
+            data: Any = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        named, tenant = data.get("account"), data.get("tenant")
+        if not isinstance(named, str | None) or not isinstance(tenant, str | None):
+            return None
+        user_id = message.user_id or None
+        if not reply_allowed(self._accounts, user_id, message.reply_to or None):
+            return None
+        verdict = check(self._accounts, user_id, named, tenant)
+        if verdict.refused is not None:
+            return None
+        account = self._accounts.resolve(named, verdict.tenant)
+        if account is None or account.name not in self._lanes:
+            return None
+        return account.name
+
+    async def _move(self, message: AbstractIncomingMessage, account: str) -> bool:
+        """A confirmed copy on the account's lane, then the ack of the original. False when
+        the copy was not confirmed (the original is then untouched)."""
+        headers: dict[str, Any] = {}
+        if message.user_id:
+            headers[PUBLISHER_HEADER] = message.user_id
+        try:
+            await self._publisher.forward(
+                message, lane_queue(self._settings, account), headers, drop=(PUBLISHER_HEADER,)
+            )
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+            log.warning(
+                "could not move a job to its lane; it runs off the request queue",
+                extra={"account": account, "error": type(exc).__name__},
+            )
+            return False
+        self._metrics.lane_moves.labels(account).inc()
+        try:
+            await message.ack()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning(
+                "ack lost after moving a job to its lane; its redelivery is a duplicate",
+                extra={"account": account, "error": type(exc).__name__},
+            )
+        return True
+
+    # --- the lanes -------------------------------------------------------------------------
+
+    async def _on_lane(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            # A copy the worker moved here (RabbitMQ vouches for its user_id) names the job's
+            # publisher in a header; anything else in a lane keeps its own user_id.
+            if self._worker_user is not None and message.user_id == self._worker_user:
+                carried = (message.headers or {}).get(PUBLISHER_HEADER)
+                vouched: Any = message  # user_id is a plain slot of aio-pika's message
+                vouched.user_id = carried if isinstance(carried, str) else None
+            await self._handler(message)
+        finally:
+            self._tasks.discard(task)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace: float) -> int:
+        """Stop the lanes' consumers, wait up to `grace` s for their jobs, cancel the rest
+        (left unacked: the broker gives them to another worker). Returns how many."""
+        for queue, tag in self._lanes.values():
+            try:
+                async with asyncio.timeout(5):
+                    await queue.cancel(tag)
+            except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+                log.warning("lane consumer cancel failed", extra={"error": type(exc).__name__})
+        pending = set(self._tasks)
+        if pending:
+            _done, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
