@@ -273,9 +273,7 @@ async def soak(args: argparse.Namespace) -> int:
                         await simulator.add_fault(action="delay", delay_ms=1500, count=3)
 
             async def sample() -> None:
-                minute = 0
-                while time.monotonic() < end + 0.5:
-                    minute += 1
+                for minute in range(1, int(args.minutes) + 1):
                     await asyncio.sleep(max(0.0, start + minute * 60 - time.monotonic()))
                     tasks = keys = float("nan")
                     with contextlib.suppress(aiohttp.ClientError, OSError):
