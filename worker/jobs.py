@@ -56,6 +56,7 @@ class Incoming:
     user_id: str | None = None  # AMQP user_id, validated by the broker: who published it
     received_wall: float = 0.0
     received_mono: float = 0.0
+    redelivered: bool = False  # the broker gave it to some consumer before
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,18 @@ class JobRunner:
             # (Job ids are per tenant in strict mode: the key is the one admit() gave.)
             key = store_key(self._accounts, job.tenant, job.job_id, account)
             sender = await self._store.insert_sender(key)
+            if sender is None and incoming.redelivered and self._store.blind():
+                # A claim that cannot be read is no proof that none was made: an earlier
+                # delivery may have sent it from another worker.
+                return failed(
+                    job.job_id,
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "this insert was delivered before and the fleet's record of what was sent "
+                    "(Redis) is out of reach; Salesforce may or may not have created the record "
+                    "from the earlier delivery, so it is not sent again",
+                    operation=operation,
+                    account=account.name,
+                )
             if sender is not None:
                 earlier = await self._result_of_sender(key, sender, deadline)
                 if earlier is not None:

@@ -88,11 +88,13 @@ async def test_fault_storm(
     # The link stalls in between: worker 2's broker link (its first address goes through a
     # proxy), worker 3's Redis link, worker 2's Salesforce connections; each a few seconds.
     stalls = {
-        "broker link stall": 7 + rng.random(),
+        "broker link stall": 6 + rng.random(),
         "Redis link stall": 15 + rng.random(),
         "Salesforce link stall": 23 + rng.random(),
     }
-    stall_for = 2.5 + rng.random()
+    # Long enough for the broker stall to be noticed (two heartbeats of 2 s, then the close).
+    stall_for = {name: 2.5 + rng.random() for name in stalls}
+    stall_for["broker link stall"] = 5 + rng.random()
 
     settings = make_settings(
         rabbit_cluster.urls(),
@@ -185,7 +187,7 @@ async def test_fault_storm(
             begin = time.monotonic()
             # Salesforce: the connections open now hang, new ones go through.
             proxy.stall(new_connections=name != "Salesforce link stall")
-            await asyncio.sleep(stall_for)
+            await asyncio.sleep(stall_for[name])
             proxy.resume()
             events[name] = (begin, time.monotonic())
 
@@ -243,7 +245,8 @@ async def test_fault_storm(
         if shaken and got != {expected(plan, ATTEMPTS)}:
             shifted += 1
         if not got <= allowed:
-            wrong.append(f"{plan} disturbed={shaken}: got {sorted(got, key=str)}")
+            why = [(r["error"] or {}).get("message") for r in answers]
+            wrong.append(f"{plan} disturbed={shaken}: got {sorted(got, key=str)} {why}")
         if any(r != answers[0] for r in answers) and not shaken:
             differing.append(plan.job_id)
         if ("failed", "OUTCOME_UNKNOWN") in got:

@@ -77,8 +77,10 @@ async def test_killed_worker_makes_no_insert_run_twice(
         if result["status"] == "ok":
             assert result["id"] == ids[result["job_id"]]
         else:
+            # The killed worker had claimed it: whether its request left before the kill (the
+            # claim is written just before the send, so a kill can fall between the two) cannot
+            # be known, and the honest answer is OUTCOME_UNKNOWN, never a second POST.
             assert result["error"]["code"] == "OUTCOME_UNKNOWN", result
-            assert result["job_id"] in ids, result  # it really reached Salesforce before the kill
             unknown += 1
     # An answered job answered twice carries the same result both times.
     by_job: dict[str, set[str]] = {}

@@ -12,17 +12,18 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aio_pika
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, make_settings, wait_until
+from tests.conftest import WorkerProcess, free_port, make_settings, wait_until
 from tests.fleet.conftest import PrivateRedis
 from tests.job_client import JobClient
 from tests.metrics import metric
 from tests.tcp_proxy import TcpProxy
+from worker.app import Worker
 from worker.config import Settings
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+from worker.runtime import topology
 
 JOBS = 120
 PACE = 0.1
@@ -48,6 +49,8 @@ async def _fallback(worker: WorkerProcess) -> float:
     return metric(await worker.metrics(), "sfworker_redis_fallback")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 async def test_a_stalled_redis_falls_back_in_time_and_inserts_stay_exactly_once(
     amqp_url: str,
     names: dict[str, str],
@@ -133,3 +136,44 @@ async def test_a_stalled_redis_falls_back_in_time_and_inserts_stay_exactly_once(
     assert all({r["id"] for r in by_job[j]} == {first[j]["id"]} for j in inserts)
     assert all(cases[f"st-{i}"] == 1 for i in range(0, JOBS, 3)), "an insert ran twice"
     assert written_back
+
+
+@pytest.mark.timeout(60)
+async def test_a_redelivered_insert_is_not_sent_while_the_fleet_cannot_be_read(
+    amqp_url: str,
+    names: dict[str, str],
+    settings: Settings,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    jobs: JobClient,
+    simulator: SimulatorClient,
+) -> None:
+    """Redis out of reach: a first delivery of an insert is sent (this worker alone knows it),
+    but a redelivered one is answered OUTCOME_UNKNOWN: the claim of an earlier delivery, made
+    by another worker, cannot be read, and a claim that cannot be read is no proof of none."""
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    alone = make_settings(
+        amqp_url, names, settings.accounts_file, redis_url=nowhere, redis_prefix="blind:"
+    )
+    channel = await amqp.channel()
+    await topology.declare(channel, alone)
+    fresh = {"v": 1, "operation": "insert", "object": "Case", "timeout_ms": 10000}
+    await jobs.publish({**fresh, "job_id": "again", "fields": {"Subject": "blind-again"}})
+    queue = await channel.get_queue(alone.request_queue, ensure=False)
+    taken = await queue.get(no_ack=False, timeout=10)  # another worker took it and died
+    assert taken is not None
+    await taken.nack(requeue=True)
+
+    worker = Worker(alone)
+    await worker.start()
+    try:
+        assert worker.fleet.link is not None
+        assert not worker.fleet.link.available  # Redis out of reach from the start
+        again = await jobs.result("again", wait=20)
+        first = await jobs.call({**fresh, "job_id": "first", "fields": {"Subject": "blind-first"}})
+    finally:
+        await worker.stop()
+    subjects = Counter(r["Subject"] for r in await simulator.records("Case"))
+    assert (again["status"], again["error"]["code"]) == ("failed", "OUTCOME_UNKNOWN")
+    assert subjects["blind-again"] == 0
+    assert first["status"] == "ok"
+    assert subjects["blind-first"] == 1

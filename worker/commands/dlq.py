@@ -92,7 +92,7 @@ async def inspect_dead_letters(settings: Settings, *, limit: int, requeue: bool)
     message of the queue is read once and an identical copy, confirmed, takes its place at the
     back before the original is acked, so the queue keeps its order and each message its
     retention. A crash in between leaves a duplicate, never a loss."""
-    connection = await connect_amqp(settings.amqp_url.get_secret_value())
+    connection = await connect_amqp(",".join(settings.amqp_urls()))
     rows: list[list[Any]] = []
     async with connection:
         channel = await connection.channel(publisher_confirms=True)

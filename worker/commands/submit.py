@@ -21,7 +21,7 @@ async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> Bl
     try:
         with tracer.start_root("sfworker submit"):
             async with BlockClient.connect(
-                settings.amqp_url.get_secret_value(),
+                ",".join(settings.amqp_urls()),
                 exchange=settings.request_exchange,
                 routing_key=settings.request_routing_key,
                 publish_timeout=settings.publish_timeout_seconds,

@@ -67,6 +67,7 @@ def to_incoming(message: AbstractIncomingMessage) -> Incoming:
         user_id=message.user_id or None,
         received_wall=time.time(),
         received_mono=time.monotonic(),
+        redelivered=bool(message.redelivered),
     )
 
 

@@ -203,6 +203,9 @@ class RedisResultStore:
             return await self._memory.insert_sender(job_id) or sender
         return sender
 
+    def blind(self) -> bool:
+        return not self._link.available
+
     async def sender_alive(self, sender: str) -> bool:
         if sender in (self.sender_id, UNKNOWN_SENDER):
             # This process (the consumer joins a run still going here); or a claim that did not
