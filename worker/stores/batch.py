@@ -11,6 +11,7 @@ from typing import Any
 from worker.stores.link import Redis, RedisLink, RedisUnavailable
 
 _MAX_BATCH = 256  # commands in one pipeline; more go in the next one
+_IN_FLIGHT = 2  # pipelines on their way at once; what comes meanwhile waits for one of them
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,28 @@ class TickBatch:
         return future
 
     def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            # Two loop iterations, not one: the deliveries of one socket read (and the jobs of
-            # one Composite answer) reach their lookups over a couple of iterations. Under load
-            # an iteration carries many callbacks; idle, it lasts microseconds.
-            loop = asyncio.get_running_loop()
-            loop.call_soon(loop.call_soon, self._flush)
+        if self._scheduled:
+            return
+        self._scheduled = True
+        if len(self._tasks) >= _IN_FLIGHT:
+            # Group commit: while pipelines are on their way, what comes meanwhile waits for
+            # one of them to return and goes in the next (at most one round trip later). Under
+            # load the batches grow by themselves; idle, nothing waits.
+            return
+        # Two loop iterations, not one: the deliveries of one socket read (and the jobs of one
+        # Composite answer) reach their lookups over a couple of iterations. Under load an
+        # iteration carries many callbacks; idle, it lasts microseconds.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._flush)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._scheduled and len(self._tasks) < _IN_FLIGHT:
+            self._flush()
 
     def _flush(self) -> None:
+        if not self._scheduled:
+            return  # flushed already (by a pipeline that returned meanwhile)
         self._scheduled = False
         gets, self._gets = self._gets, {}
         sets, self._sets = self._sets, []
@@ -83,7 +97,7 @@ class TickBatch:
                 self._send(some_gets, some_sets, some_evals)
             )
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._sent)
 
     async def _send(
         self,
@@ -127,7 +141,9 @@ class TickBatch:
             _settle(call.future, reply)
 
     async def close(self) -> None:
-        if self._tasks:
+        for _ in range(3):  # what waited for a pipeline goes with the next
+            if not self._tasks:
+                return
             await asyncio.wait(set(self._tasks), timeout=2.0)
 
 
