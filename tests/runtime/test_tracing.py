@@ -45,6 +45,16 @@ async def traced_worker(
         monkeypatch.setenv(name, value)
     worker = Worker(settings)
     await worker.start()
+    # The worker reads each account's /limits at start, which takes a token first. Let that
+    # read end, then drop the token (as a 401 would): the traced jobs then really wait for one,
+    # instead of racing the start-up read for it.
+    await worker.fleet.reserve.primed()
+    tokens = worker._tokens
+    assert tokens is not None
+    for account in worker.accounts.by_name.values():
+        cached = tokens.cached(account)
+        if cached is not None:
+            await tokens.invalidate(account, cached)
     try:
         yield worker
     finally:
