@@ -48,7 +48,7 @@ from worker.runtime import brokers, topology
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 JOBS = int(os.environ.get("SFWORKER_STORM_JOBS") or 360)
-PACE = 0.05  # seconds between two jobs: about 20 jobs a second
+PACE = 0.16  # seconds between two jobs: about 6 jobs a second, the load outlasting every fault
 TIMEOUT_MS = 5000
 ATTEMPTS = 3  # SFWORKER_MAX_ATTEMPTS of the workers
 RESULT_SCHEMA = json.loads((ROOT / "contracts" / "result.schema.json").read_text())
@@ -84,13 +84,16 @@ async def test_fault_storm(
     plans = await _seed_records(simulator, make_plans(rng, JOBS, ATTEMPTS))
     # When the three infrastructure faults strike, seconds after the load starts; apart by
     # more than a job's life, so that one job meets at most one of them.
-    redis_at, kill_at, restart_at = 3 + rng.random(), 11 + rng.random(), 19 + rng.random()
     # The link stalls in between: worker 2's broker link (its first address goes through a
-    # proxy), worker 3's Redis link, worker 2's Salesforce connections; each a few seconds.
+    # proxy), worker 3's Redis link, worker 2's Salesforce connections; each a few seconds. Each
+    # fault ends more than a job's life (5 s) before the next begins: two faults on one job (an
+    # insert sent during a Redis fallback, redelivered by a broker restart before the fallback's
+    # write-back) are a known limit of the fallback (docs/runbook.md, Redis down), not a storm.
+    redis_at, kill_at, restart_at = 3 + rng.random(), 23 + rng.random(), 41 + rng.random()
     stalls = {
-        "broker link stall": 6 + rng.random(),
-        "Redis link stall": 15 + rng.random(),
-        "Salesforce link stall": 23 + rng.random(),
+        "broker link stall": 10 + rng.random(),
+        "Redis link stall": 30 + rng.random(),
+        "Salesforce link stall": 51 + rng.random(),
     }
     # Long enough for the broker stall to be noticed (two heartbeats of 2 s, then the close).
     stall_for = {name: 2.5 + rng.random() for name in stalls}
