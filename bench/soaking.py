@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from sfsim.testing import SimulatorClient
 
-from bench.e2e.procs import Child, kill_all
+from bench.e2e.procs import Child, kill_all, start_simulator
 from bench.e2e.systems import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,20 +91,6 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
         return 0.0
     sxy = sum((x - mx) * (y - my) for x, y in points)
     return sxy / sxx * 60
-
-
-def start_simulator() -> tuple[Child, str]:
-    argv = [sys.executable, "-m", "worker", "simulator", "--host", "127.0.0.1", "--port", "0"]
-    child = Child("simulator", argv)
-    give_up = time.monotonic() + 30
-    while True:
-        for line in child.tail(10_000).splitlines():
-            if line.startswith("simulator listening on "):
-                return child, line.removeprefix("simulator listening on ").strip()
-        if time.monotonic() > give_up or not child.alive():
-            child.stop()
-            raise RuntimeError(f"the simulator did not start:\n{child.tail()}")
-        time.sleep(0.05)
 
 
 async def tasks_of(http: aiohttp.ClientSession, url: str) -> float:

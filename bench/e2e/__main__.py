@@ -26,7 +26,7 @@ from sfsim.testing import SimulatorClient
 
 from bench.e2e import procs
 from bench.e2e.broker import Broker
-from bench.e2e.procs import ROOT, Child
+from bench.e2e.procs import ROOT, start_simulator
 from bench.e2e.report import render
 from bench.e2e.runs import Lab
 from bench.e2e.sections import SECTIONS, Counts, run_sections, seed
@@ -119,22 +119,6 @@ def counts_for(args: argparse.Namespace) -> Counts:
         latencies=(0, 100),
         processes=(1, 2, 4),
     )
-
-
-def start_simulator() -> tuple[Child, str]:
-    argv = [sys.executable, "-m", "worker", "simulator", "--host", "127.0.0.1", "--port", "0"]
-    child = Child("simulator", argv)
-    prefix = "simulator listening on "
-    give_up = time.monotonic() + 30
-    while True:
-        for line in child.tail(10_000).splitlines():
-            if line.startswith(prefix):
-                return child, line.removeprefix(prefix).strip()
-        if time.monotonic() > give_up or not child.alive():
-            tail = child.tail()
-            child.stop()
-            raise RuntimeError(f"the simulator did not start:\n{tail}")
-        time.sleep(0.05)
 
 
 def _version(package: str) -> str:

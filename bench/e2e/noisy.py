@@ -8,7 +8,6 @@ takes, with the fair share on (the default: a lane per account) and off (one que
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from bench.e2e.broker import Broker
-from bench.e2e.procs import Child
+from bench.e2e.procs import start_simulator
 from bench.e2e.runs import percentile
 from bench.e2e.systems import Context, Sfworker, SfworkerOptions
 from worker.client import BlockClient
@@ -27,22 +26,6 @@ SLOW_JOBS = 500
 SLOW_TIMEOUT_MS = 60_000
 QUICK_RATE = 20
 SOQL = "SELECT Id, Name FROM Account WHERE Name = 'Acme'"
-
-
-def _simulator(name: str) -> tuple[Child, str]:
-    argv = [sys.executable, "-m", "worker", "simulator", "--host", "127.0.0.1", "--port", "0"]
-    child = Child(name, argv)
-    prefix = "simulator listening on "
-    give_up = time.monotonic() + 30
-    while True:
-        for line in child.tail(10_000).splitlines():
-            if line.startswith(prefix):
-                return child, line.removeprefix(prefix).strip()
-        if time.monotonic() > give_up or not child.alive():
-            tail = child.tail()
-            child.stop()
-            raise RuntimeError(f"the simulator did not start:\n{tail}")
-        time.sleep(0.05)
 
 
 def _accounts(path: Path, slow_url: str, quick_url: str) -> None:
@@ -85,7 +68,7 @@ async def noisy_trial(
     ctx: Context, broker: Broker, fair_share: bool, quick_seconds: int
 ) -> dict[str, Any]:
     """One run of the scenario; the flood's results are awaited up to its deadline plus 30 s."""
-    sims = [_simulator("sim-slow"), _simulator("sim-quick")]
+    sims = [start_simulator("sim-slow"), start_simulator("sim-quick")]
     clients = [SimulatorClient(url) for _, url in sims]
     tag = f"noisy-{'on' if fair_share else 'off'}"
     system = Sfworker(

@@ -123,3 +123,21 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
         if time.monotonic() > give_up:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def start_simulator(name: str = "simulator") -> tuple[Child, str]:
+    """`python -m worker simulator` on a free loopback port, in a process of its own; returns it
+    and its base URL once it says it listens (RuntimeError with its output if it does not)."""
+    argv = [sys.executable, "-m", "worker", "simulator", "--host", "127.0.0.1", "--port", "0"]
+    child = Child(name, argv)
+    prefix = "simulator listening on "
+    give_up = time.monotonic() + 30
+    while True:
+        for line in child.tail(10_000).splitlines():
+            if line.startswith(prefix):
+                return child, line.removeprefix(prefix).strip()
+        if time.monotonic() > give_up or not child.alive():
+            tail = child.tail()
+            child.stop()
+            raise RuntimeError(f"the simulator did not start:\n{tail}")
+        time.sleep(0.05)
