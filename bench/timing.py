@@ -36,8 +36,9 @@ from sfsim.testing import (
     running_simulator,
 )
 
+from bench.coalescing import accounts
 from worker.app import token_manager
-from worker.config import Accounts, Settings, parse_accounts
+from worker.config import Accounts, Settings
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming, JobRunner
 from worker.observability.metrics import Metrics
@@ -46,17 +47,6 @@ from worker.salesforce.http import create_session
 
 ROOT = Path(__file__).resolve().parent.parent
 SOQL = "SELECT Id FROM Account"
-
-
-def accounts(base_url: str) -> Accounts:
-    table = {
-        "instance_url": base_url,
-        "flow": "client_credentials",
-        "client_id": DEFAULT_CLIENT_ID,
-        "client_secret": DEFAULT_CLIENT_SECRET,
-        "default": True,
-    }
-    return parse_accounts({"accounts": {"bench": table}}, ROOT, allow_insecure_localhost=True)
 
 
 class Runner:
