@@ -1,40 +1,75 @@
 """Result-store commands of one loop tick, sent to Redis together: the jobs that arrive or
 finish at about the same moment (a burst of deliveries, a Composite request's answers) cost one
-round trip (`MGET`, the claims' script and `SET ... PX` in one pipeline), not one each."""
+write on the batcher's own connection (`MGET`, the claims' script and `SET ... PX` in one
+pipeline, pipe.py), not one round trip each."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from worker.stores.link import Redis, RedisLink, RedisUnavailable
+import hiredis
+from redis.exceptions import ResponseError
+
+from worker.stores.link import RedisLink, RedisUnavailable
+from worker.stores.pipe import Command, OnReply, Pipe, Reply
 
 _MAX_BATCH = 256  # commands in one pipeline; more go in the next one
-_IN_FLIGHT = 2  # pipelines on their way at once; what comes meanwhile waits for one of them
+_IN_FLIGHT = 1  # pipelines on their way at once; what comes meanwhile waits for the answer
+
+
+# KEYS: the job id's binding, its result; ARGV: fingerprint (sealed), ttl ms. Bind it unless
+# bound; return the binding before and the stored result. The claim's form for a Redis older
+# than 7.0, which has no `SET ... NX GET` (the form used otherwise: native, about a fifth of the
+# script's cost in Redis' own CPU).
+CLAIM_SCRIPT = """
+local held = redis.call('GET', KEYS[1])
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return {held, redis.call('GET', KEYS[2])}
+"""
 
 
 @dataclass(frozen=True)
 class _Eval:
     """One script call: its keys and arguments, and whom to tell."""
 
+    script: str
     keys: list[str]
     args: list[bytes | str | int]
+    future: asyncio.Future[Any]
+    by_source: bool = False  # EVAL, not EVALSHA: Redis did not have the script (NOSCRIPT)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One job id's binding and the read of its stored result."""
+
+    key: str
+    value: bytes
+    px: int
+    result_key: str
     future: asyncio.Future[Any]
 
 
 class TickBatch:
     """Collects `get`, `set` and `eval` calls until the loop has run the callbacks ready now
-    (two iterations), then sends them in one pipeline. Each caller gets its own reply, or
+    (two iterations), then writes them as one pipeline. Each caller gets its own reply, or
     RedisUnavailable as `link.call` would raise it."""
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
+        self._pipe = Pipe(link)
         self._gets: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._sets: list[tuple[str, bytes, int, asyncio.Future[None]]] = []
-        self._evals: dict[str, list[_Eval]] = {}  # by script source
+        self._evals: list[_Eval] = []
+        self._claims: list[_Claim] = []
+        self._claim_by_script = False  # Redis < 7.0 refused `SET ... NX GET`
+        self._sha: dict[str, str] = {}  # script source -> SHA1 (EVALSHA: the source sent once)
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._closed = False
 
     def get(self, key: str) -> asyncio.Future[bytes | None]:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -51,9 +86,21 @@ class TickBatch:
     def eval(
         self, script: str, keys: list[str], args: list[bytes | str | int]
     ) -> asyncio.Future[Any]:
-        """A Lua script (EVAL: Redis caches it compiled; no SCRIPT LOAD round trip)."""
+        """A Lua script, by its SHA1 (EVALSHA), by its source when Redis lacks it."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._evals.setdefault(script, []).append(_Eval(keys, args, future))
+        self._evals.append(_Eval(script, keys, args, future))
+        self._schedule()
+        return future
+
+    def claim(
+        self, claim_key: str, value: bytes, px: int, result_key: str
+    ) -> asyncio.Future[tuple[bytes | None, bytes | None]]:
+        """Bind `claim_key` to `value` unless bound, and read `result_key`: the binding before
+        (None: this call bound it) and the stored result, in the pipeline of its tick."""
+        if self._claim_by_script:
+            return self.eval(CLAIM_SCRIPT, [claim_key, result_key], [value, px])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._claims.append(_Claim(claim_key, value, px, result_key, future))
         self._schedule()
         return future
 
@@ -61,7 +108,7 @@ class TickBatch:
         if self._scheduled:
             return
         self._scheduled = True
-        if len(self._tasks) >= _IN_FLIGHT:
+        if self._in_flight >= _IN_FLIGHT:
             # Group commit: while pipelines are on their way, what comes meanwhile waits for
             # one of them to return and goes in the next (at most one round trip later). Under
             # load the batches grow by themselves; idle, nothing waits.
@@ -72,9 +119,9 @@ class TickBatch:
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._flush)
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._scheduled and len(self._tasks) < _IN_FLIGHT:
+    def _answered(self) -> None:
+        self._in_flight -= 1
+        if self._scheduled and self._in_flight < _IN_FLIGHT:
             self._flush()
 
     def _flush(self) -> None:
@@ -83,68 +130,140 @@ class TickBatch:
         self._scheduled = False
         gets, self._gets = self._gets, {}
         sets, self._sets = self._sets, []
-        evals = [(script, e) for script, calls in self._evals.items() for e in calls]
-        self._evals = {}
-        while gets or sets or evals:
-            some_gets = dict(list(gets.items())[:_MAX_BATCH])
-            for key in some_gets:
-                del gets[key]
-            room = _MAX_BATCH - len(some_gets)
-            some_sets, sets = sets[:room], sets[room:]
-            room -= len(some_sets)
-            some_evals, evals = evals[:room], evals[room:]
-            task = asyncio.get_running_loop().create_task(
-                self._send(some_gets, some_sets, some_evals)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._sent)
-
-    async def _send(
-        self,
-        gets: dict[str, list[asyncio.Future[bytes | None]]],
-        sets: list[tuple[str, bytes, int, asyncio.Future[None]]],
-        evals: list[tuple[str, _Eval]],
-    ) -> None:
-        keys = list(gets)
-
-        async def pipeline(r: Redis) -> list[Any]:
-            if len(keys) == 1 and not sets and not evals:  # alone: a plain command costs less
-                return [[await r.get(keys[0])]]
-            if len(sets) == 1 and not keys and not evals:
-                key, value, px, _ = sets[0]
-                return [await r.set(key, value, px=px)]
-            pipe = r.pipeline(transaction=False)
-            if keys:
-                pipe.mget(keys)
-            for key, value, px, _ in sets:
-                pipe.set(key, value, px=px)
-            for script, call in evals:
-                pipe.eval(script, len(call.keys), *call.keys, *call.args)
-            return list(await pipe.execute())
-
-        futures: list[asyncio.Future[Any]] = [f for waiting in gets.values() for f in waiting]
-        futures += [entry[3] for entry in sets]
-        futures += [call.future for _, call in evals]
-        try:
-            replies = await self._link.call(pipeline)
-        except RedisUnavailable as exc:
-            for future in futures:
+        evals, self._evals = self._evals, []
+        claims, self._claims = self._claims, []
+        if self._closed or not self._link.usable:
+            exc = RedisUnavailable(self._link.where)
+            for future in [f for waiting in gets.values() for f in waiting]:
                 _fail(future, exc)
+            for *_, done in sets:
+                _fail(done, exc)
+            for call in evals:
+                _fail(call.future, exc)
+            for claim in claims:
+                _fail(claim.future, exc)
             return
-        values = replies[0] if keys else []
-        for key, value in zip(keys, values, strict=True):
-            for got in gets[key]:
-                _settle(got, _as_bytes(value))
-        for *_, done in sets:
-            _settle(done, None)
-        for (_, call), reply in zip(evals, replies[-len(evals) :] if evals else [], strict=True):
-            _settle(call.future, reply)
+        while gets or sets or evals or claims:
+            commands: list[Command] = []
+            handlers: list[OnReply] = []
+            keys = list(gets)[: _MAX_BATCH - 1]
+            if keys:
+                waiting = {key: gets.pop(key) for key in keys}
+                commands.append(("MGET", *keys))
+                handlers.append(self._on_values(waiting))
+            room = _MAX_BATCH - len(commands)
+            some_sets, sets = sets[:room], sets[room:]
+            for key, value, px, done in some_sets:
+                commands.append(("SET", key, value, "PX", px))
+                handlers.append(self._on_set(done))
+            room = _MAX_BATCH - len(commands)
+            some_evals, evals = evals[:room], evals[room:]
+            for call in some_evals:
+                commands.append(self._eval_command(call))
+                handlers.append(self._on_eval(call))
+            room = (_MAX_BATCH - len(commands)) // 2
+            some_claims, claims = claims[:room], claims[room:]
+            for claim in some_claims:
+                commands.append(("SET", claim.key, claim.value, "NX", "GET", "PX", claim.px))
+                commands.append(("GET", claim.result_key))
+                on_bound, on_result = self._on_claim(claim)
+                handlers += [on_bound, on_result]
+            self._in_flight += 1
+            self._pipe.send(Pipe.pack(commands), handlers, self._answered)
+
+    def _eval_command(self, call: _Eval) -> Command:
+        if call.by_source:
+            return ("EVAL", call.script, len(call.keys), *call.keys, *call.args)
+        sha = self._sha.get(call.script)
+        if sha is None:
+            digest = hashlib.sha1(call.script.encode(), usedforsecurity=False)
+            sha = self._sha[call.script] = digest.hexdigest()
+        return ("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+
+    def _failed(self, reply: Reply) -> RedisUnavailable | None:
+        """The command's failure: no reply (the connection), or an error reply (Redis read-only,
+        full, ...: it cannot hold the fleet's state, as for `link.call`)."""
+        if isinstance(reply, RedisUnavailable):
+            return reply
+        if isinstance(reply, hiredis.ReplyError):
+            self._link.fail(ResponseError(str(reply)))
+            return RedisUnavailable(self._link.where)
+        return None
+
+    def _on_values(self, waiting: dict[str, list[asyncio.Future[bytes | None]]]) -> OnReply:
+        def on_reply(reply: Reply) -> None:
+            failed = self._failed(reply)
+            if failed is not None:
+                for futures in waiting.values():
+                    for future in futures:
+                        _fail(future, failed)
+                return
+            for value, futures in zip(reply, waiting.values(), strict=True):
+                for future in futures:
+                    _settle(future, _as_bytes(value))
+
+        return on_reply
+
+    def _on_set(self, done: asyncio.Future[None]) -> OnReply:
+        def on_reply(reply: Reply) -> None:
+            failed = self._failed(reply)
+            if failed is not None:
+                _fail(done, failed)
+            else:
+                _settle(done, None)
+
+        return on_reply
+
+    def _on_claim(self, claim: _Claim) -> tuple[OnReply, OnReply]:
+        held: list[Reply] = []
+
+        def on_bound(reply: Reply) -> None:
+            if isinstance(reply, hiredis.ReplyError) and "syntax error" in str(reply):
+                # Redis older than 7.0: the claim by script from now on, this one included.
+                self._claim_by_script = True
+                args: list[bytes | str | int] = [claim.value, claim.px]
+                keys = [claim.key, claim.result_key]
+                self._evals.append(_Eval(CLAIM_SCRIPT, keys, args, claim.future))
+                self._schedule()
+            held.append(reply)
+
+        def on_result(reply: Reply) -> None:
+            if self._claim_by_script and isinstance(held[0], hiredis.ReplyError):
+                return  # gone again by script
+            failed = self._failed(held[0]) or self._failed(reply)
+            if failed is not None:
+                _fail(claim.future, failed)
+            else:
+                _settle(claim.future, (_as_bytes(held[0]), _as_bytes(reply)))
+
+        return on_bound, on_result
+
+    def _on_eval(self, call: _Eval) -> OnReply:
+        def on_reply(reply: Reply) -> None:
+            if (
+                isinstance(reply, hiredis.ReplyError)
+                and str(reply).startswith("NOSCRIPT")
+                and not call.by_source
+            ):
+                # Redis restarted or flushed its scripts: this call goes again with the source
+                # (Redis keeps it from then on).
+                self._evals.append(_Eval(call.script, call.keys, call.args, call.future, True))
+                self._schedule()
+                return
+            failed = self._failed(reply)
+            if failed is not None:
+                _fail(call.future, failed)
+            else:
+                _settle(call.future, reply)
+
+        return on_reply
 
     async def close(self) -> None:
-        for _ in range(3):  # what waited for a pipeline goes with the next
-            if not self._tasks:
-                return
-            await asyncio.wait(set(self._tasks), timeout=2.0)
+        """What is on its way gets its answer (or fails); nothing new is sent."""
+        self._closed = True
+        if self._scheduled:
+            self._flush()
+        await self._pipe.close()
 
 
 def _as_bytes(value: Any) -> bytes | None:

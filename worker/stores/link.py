@@ -88,6 +88,7 @@ class RedisLink:
         )
         self._available = True
         self._restoring = False
+        self._outages = 0
         self._ping_error: BaseException | None = None
         self._restore_hooks: list[RestoreHook] = []
         self._monitor: asyncio.Task[None] | None = None
@@ -108,6 +109,25 @@ class RedisLink:
     @property
     def available(self) -> bool:
         return self._available
+
+    @property
+    def usable(self) -> bool:
+        """Commands may be sent: available, or restoring (the restore hooks write)."""
+        return self._available or self._restoring
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def outages(self) -> int:
+        """How many times the link fell back: a connection opened before the last one may be
+        dead."""
+        return self._outages
+
+    def fail(self, exc: BaseException) -> None:
+        """A command outside `call` (the batcher's own connection) found Redis unusable."""
+        self._fall_back(exc)
 
     async def wait_available(self, within: float) -> bool:
         """Wait (at most `within` seconds) until Redis can be used; whether it can."""
@@ -142,6 +162,7 @@ class RedisLink:
         if not self._available:
             return
         self._available = False
+        self._outages += 1
         self._back.clear()
         self._metrics.redis_fallback.set(1)
         if isinstance(exc, AuthenticationError | AuthorizationError):

@@ -10,7 +10,7 @@ import uuid
 from collections import OrderedDict
 
 from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
-from worker.stores.batch import TickBatch
+from worker.stores.batch import CLAIM_SCRIPT, TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore
 from worker.tasks import Loop, stop
@@ -32,14 +32,6 @@ return 1
 # process claimed the insert and may have sent it. It is never sent again from here.
 UNKNOWN_SENDER = "unreadable"
 
-# KEYS: the job id's binding, its result; ARGV: fingerprint (sealed), ttl ms. Bind it unless
-# bound; return the binding before and the stored result (one round trip, as a plain GET).
-_CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-return {held, redis.call('GET', KEYS[2])}
-"""
-
 
 class RedisResultStore:
     """`result:<job_id>` and `insert-sent:<job_id>` keys with the result cache TTL. Every write
@@ -50,7 +42,7 @@ class RedisResultStore:
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
         self._mark = link.script(_MARK)
-        self._claim = link.script(_CLAIM)
+        self._claim = link.script(CLAIM_SCRIPT)
         self._batch = TickBatch(link)
         self._claim_ttl_ms = self._ttl_ms + int(CLAIM_MARGIN_SECONDS * 1000)
         self.sender_id = uuid.uuid4().hex[:16]
@@ -122,13 +114,12 @@ class RedisResultStore:
         if mine.held is not None and mine.held != fingerprint:
             return mine
         claim_key, result_key = self._link.key("claim", job_id), self._link.key("result", job_id)
-        args: list[bytes | str | int] = [
-            self._link.seal.seal(claim_key, fingerprint),
-            self._claim_ttl_ms,
-        ]
+        sealed = self._link.seal.seal(claim_key, fingerprint)
         try:
             # Claims of one tick travel together (batch.py).
-            held, stored = await self._batch.eval(_CLAIM, [claim_key, result_key], args)
+            held, stored = await self._batch.claim(
+                claim_key, sealed, self._claim_ttl_ms, result_key
+            )
         except RedisUnavailable:
             self._keep("claim", job_id, fingerprint)
             return mine
