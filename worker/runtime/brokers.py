@@ -14,16 +14,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika import RobustConnection
 from yarl import URL
 
 log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, aio_pika.exceptions.AMQPError)
+
+T = TypeVar("T")
+
+# RabbitMQ 3.x: a basic.consume on a quorum queue whose Raft member has not started yet (another
+# worker declared the queue a moment before, so this worker's declare found it) crashes the
+# channel (`noproc`) and the broker closes the whole connection: 541 INTERNAL_ERROR. Seen when
+# workers start together on fresh queues. The robust connection reconnects and restores what was
+# declared; the consume is tried again.
+FRESH_QUEUE_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+)
+CONSUME_ATTEMPTS = 6
+
+
+async def consume_retrying(
+    connection: RobustConnection, queue: str, consume: Callable[[], Awaitable[T]]
+) -> T:
+    """`consume()`, again after the connection is back when the broker dropped it meanwhile."""
+    delay = 0.1
+    for attempt in range(1, CONSUME_ATTEMPTS + 1):
+        try:
+            return await consume()
+        except FRESH_QUEUE_ERRORS as exc:
+            if attempt == CONSUME_ATTEMPTS:
+                raise
+            log.warning(
+                "RabbitMQ closed the connection at consume (a quorum queue not up yet); "
+                "trying again",
+                extra={"queue": queue, "error": type(exc).__name__, "attempt": attempt},
+            )
+            await asyncio.sleep(delay)
+            delay *= 2
+            async with asyncio.timeout(30):
+                await connection.connected.wait()
+    raise AssertionError("unreachable")
 
 
 def node_of(url: URL | str) -> str:

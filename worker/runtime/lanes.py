@@ -40,6 +40,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -50,7 +51,7 @@ from aiormq.exceptions import AMQPError, ChannelAccessRefused, ChannelInvalidSta
 from worker.config import Accounts, ConfigError, Settings
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
-from worker.runtime.brokers import FailoverConnection
+from worker.runtime.brokers import FailoverConnection, consume_retrying
 from worker.runtime.publisher import ResultPublisher, login_user
 from worker.runtime.topology import lane_queue
 from worker.tenancy import check, reply_allowed
@@ -118,7 +119,10 @@ class FairShare:
                     "user the lanes in its permissions (deploy/README.md section 7), or set "
                     "SFWORKER_FAIR_SHARE=false"
                 ) from None
-            tag = await queue.consume(self._on_lane, no_ack=False, timeout=topology.DECLARE_TIMEOUT)
+            consume = partial(
+                queue.consume, self._on_lane, no_ack=False, timeout=topology.DECLARE_TIMEOUT
+            )
+            tag = await consume_retrying(connection, lane, consume)
             self._lanes[name] = (queue, tag)
         log.info(
             "fair share: a lane per account",

@@ -172,7 +172,8 @@ class RabbitService:
             routing_key=self._settings.request_routing_key,
             timeout=topology.DECLARE_TIMEOUT,
         )
-        await self._consume()
+        queue = self._settings.request_queue
+        await brokers.consume_retrying(self._connection, queue, self._consume)
         self._watchdog = asyncio.create_task(self._watch(), name="consumer-watchdog")
         log.info(
             "consuming",
