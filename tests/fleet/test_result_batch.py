@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -69,7 +70,7 @@ async def test_a_ticks_claims_reads_and_writes_each_get_their_own_answer(
 
 
 async def test_a_script_redis_forgot_is_sent_again_by_its_source(
-    tmp_path: object, private_redis: PrivateRedis
+    private_redis: PrivateRedis,
 ) -> None:
     link = _link(private_redis.url, "t:")
     await link.start()
@@ -170,3 +171,36 @@ async def test_an_error_reply_fails_the_command_and_switches_to_fallback(
         await batch.close()
         await link.close()
         await client.aclose()
+
+
+async def test_a_connection_the_server_closes_while_idle_is_opened_again_without_fallback(
+    tmp_path: Path,
+) -> None:
+    server = PrivateRedis(tmp_path, "--timeout", "1")  # idle clients closed after 1 s
+    await server.start()
+    link = _link(server.url, "t:")
+    await link.start()
+    batch = TickBatch(link)
+    client = aioredis.from_url(server.url)
+    try:
+        assert await batch.set("t:result:a", b"1", 60_000) is None
+        ids = await _client_ids(client)
+
+        async def closed_by_the_server() -> bool:
+            return not (ids & await _client_ids(client))
+
+        await wait_until(closed_by_the_server, 10, "Redis closing the idle connection")
+        assert await batch.get("t:result:a") == b"1"  # on a new connection
+        assert link.available
+        assert link.outages == 0
+    finally:
+        await batch.close()
+        await link.close()
+        await client.aclose()
+        server.kill()
+
+
+async def _client_ids(client: aioredis.Redis) -> set[str]:
+    """The ids of the server's other clients (the batcher's, here)."""
+    me = await client.client_id()
+    return {str(c["id"]) for c in await client.client_list() if str(c["id"]) != str(me)}

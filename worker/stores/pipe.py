@@ -131,7 +131,9 @@ class Pipe:
             raise
         except Exception as exc:
             self._reading = None  # this task ends here: not cancelled by _drop
-            self._drop(exc)
+            # Closed while idle (the server's `timeout` for idle clients, a proxy): the next
+            # batch opens a new one; only a connection lost with commands waiting is an outage.
+            self._drop(exc if self._sent else None)
 
     def _deliver(self, reply: Reply) -> None:
         if not self._sent:
