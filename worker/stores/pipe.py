@@ -103,8 +103,8 @@ class Pipe:
             self._opening = None
             with contextlib.suppress(Exception):
                 await conn.disconnect()
+            self._link.fail(exc)  # first: what the failures below start finds the link down
             self._fail_unsent(RedisUnavailable(self._link.where))
-            self._link.fail(exc)
             return
         self._conn, self._outages = conn, outages
         # redis-py's streams of the connection it opened; from here on only this class uses them.
