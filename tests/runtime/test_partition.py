@@ -197,6 +197,9 @@ async def test_a_stalled_salesforce_connection_times_out_and_is_not_reused(
     )
     worker = Worker(make_settings(amqp_url, names, accounts, coalesce_wait_ms=0))
     await worker.start()
+    # The start-up /limits read (its token, then the call) done first: a job overlapping it
+    # would open a second pooled connection, and the one the stall hangs must be the only one.
+    await worker.fleet.reserve.primed()
     try:
         search = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
         warm = await jobs.call({**search, "job_id": "warm", "timeout_ms": 5000})
