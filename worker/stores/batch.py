@@ -54,9 +54,9 @@ class _Claim:
 
 
 class TickBatch:
-    """Collects `get`, `set` and `eval` calls until the loop has run the callbacks ready now
-    (two iterations), then writes them as one pipeline. Each caller gets its own reply, or
-    RedisUnavailable as `link.call` would raise it."""
+    """Collects `get`, `set`, `claim` and `eval` calls until the loop has run the callbacks
+    ready now (two iterations), then writes them as one pipeline. Each caller gets its own
+    reply, or RedisUnavailable as `link.call` would raise it."""
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
