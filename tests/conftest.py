@@ -121,6 +121,11 @@ async def simulator() -> AsyncIterator[SimulatorClient]:
 @pytest.fixture
 def names() -> dict[str, str]:
     """Topology names of their own for each test, so tests never see each other's messages."""
+    return topology_names()
+
+
+def topology_names() -> dict[str, str]:
+    """Queue and exchange names no other test uses."""
     prefix = f"test.{uuid.uuid4().hex[:10]}"
     return {
         "request_exchange": f"{prefix}.blocks",

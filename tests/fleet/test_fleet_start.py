@@ -6,13 +6,12 @@ queue's Raft member is not up yet); the worker must ride that out, not exit."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import aio_pika
 import pytest
 
-from tests.conftest import make_settings, spawning
+from tests.conftest import make_settings, spawning, topology_names
 from tests.job_client import JobClient
 from worker.runtime import topology
 
@@ -20,18 +19,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 WORKERS = 4
 ROUNDS = 4
-
-
-def _fresh_names() -> dict[str, str]:
-    prefix = f"test.{uuid.uuid4().hex[:10]}"
-    return {
-        "request_exchange": f"{prefix}.blocks",
-        "request_routing_key": f"{prefix}.blocks",
-        "request_queue": f"{prefix}.blocks",
-        "dead_letter_exchange": f"{prefix}.dlx",
-        "dead_letter_queue": f"{prefix}.dead",
-        "results_exchange": f"{prefix}.results",
-    }
 
 
 def _search(round_: int, n: int) -> dict[str, object]:
@@ -49,7 +36,7 @@ async def test_workers_started_together_on_fresh_queues_all_become_ready_and_ans
     for round_ in range(ROUNDS):
         settings = make_settings(
             amqp_url,
-            _fresh_names(),
+            topology_names(),
             accounts_file,
             redis_url=redis_url,
             redis_prefix=f"{redis_prefix}{round_}:",

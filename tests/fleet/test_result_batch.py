@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,27 @@ from worker.stores.link import RedisLink, RedisUnavailable
 pytestmark = pytest.mark.asyncio
 
 
-def _link(url: str, prefix: str, timeout: float = 0.5) -> RedisLink:
-    return RedisLink(url, prefix, Metrics(), timeout=timeout, retry_every=0.2)
+Batcher = Callable[..., Awaitable[tuple[RedisLink, TickBatch]]]
+
+
+@pytest.fixture
+async def batcher() -> AsyncIterator[Batcher]:
+    """`await batcher(url, prefix, redis_timeout=0.5)`: a started link and its batcher, both closed
+    at the end of the test."""
+    made: list[tuple[RedisLink, TickBatch]] = []
+
+    async def make(
+        url: str, prefix: str, redis_timeout: float = 0.5
+    ) -> tuple[RedisLink, TickBatch]:
+        link = RedisLink(url, prefix, Metrics(), timeout=redis_timeout, retry_every=0.2)
+        await link.start()
+        made.append((link, TickBatch(link)))
+        return made[-1]
+
+    yield make
+    for link, batch in made:
+        await batch.close()
+        await link.close()
 
 
 async def _commands(client: aioredis.Redis, name: str) -> int:
@@ -32,11 +52,9 @@ async def _commands(client: aioredis.Redis, name: str) -> int:
 
 
 async def test_a_ticks_claims_reads_and_writes_each_get_their_own_answer(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, batcher: Batcher
 ) -> None:
-    link = _link(redis_url, redis_prefix)
-    await link.start()
-    batch = TickBatch(link)
+    _, batch = await batcher(redis_url, redis_prefix)
     client = aioredis.from_url(redis_url)
     try:
         await client.set(f"{redis_prefix}result:b", b"stored-b")
@@ -64,17 +82,13 @@ async def test_a_ticks_claims_reads_and_writes_each_get_their_own_answer(
         assert 0 < await client.pttl(f"{redis_prefix}claim:a") <= 60_000
         assert 0 < await client.pttl(f"{redis_prefix}result:y") <= 60_000
     finally:
-        await batch.close()
-        await link.close()
         await client.aclose()
 
 
 async def test_a_script_redis_forgot_is_sent_again_by_its_source(
-    private_redis: PrivateRedis,
+    private_redis: PrivateRedis, batcher: Batcher
 ) -> None:
-    link = _link(private_redis.url, "t:")
-    await link.start()
-    batch = TickBatch(link)
+    link, batch = await batcher(private_redis.url, "t:")
     client = aioredis.from_url(private_redis.url)
     try:
         keys = ["t:claim:j", "t:result:j"]
@@ -85,17 +99,13 @@ async def test_a_script_redis_forgot_is_sent_again_by_its_source(
         assert await _commands(client, "eval") == before + 1  # by source, once
         assert link.available
     finally:
-        await batch.close()
-        await link.close()
         await client.aclose()
 
 
 async def test_a_stalled_redis_fails_the_waiting_commands_and_switches_to_fallback(
-    private_redis: PrivateRedis,
+    private_redis: PrivateRedis, batcher: Batcher
 ) -> None:
-    link = _link(private_redis.url, "t:", timeout=0.3)
-    await link.start()
-    batch = TickBatch(link)
+    link, batch = await batcher(private_redis.url, "t:", redis_timeout=0.3)
     assert private_redis.proc is not None
     try:
         assert await batch.get("t:result:warm") is None  # the connection is open
@@ -121,43 +131,33 @@ async def test_a_stalled_redis_fails_the_waiting_commands_and_switches_to_fallba
     finally:
         if private_redis.proc is not None and private_redis.proc.poll() is None:
             os.kill(private_redis.proc.pid, signal.SIGCONT)
-        await batch.close()
-        await link.close()
 
 
 async def test_a_killed_redis_fails_the_waiting_commands_and_a_restarted_one_is_used_again(
-    private_redis: PrivateRedis,
+    private_redis: PrivateRedis, batcher: Batcher
 ) -> None:
-    link = _link(private_redis.url, "t:")
-    await link.start()
-    batch = TickBatch(link)
-    try:
-        assert await batch.get("t:result:warm") is None
-        private_redis.kill()
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(batch.get("t:result:a"), return_exceptions=True), timeout=5
-        )
-        assert isinstance(outcomes[0], RedisUnavailable)
-        assert not link.available
-        private_redis.launch()
+    link, batch = await batcher(private_redis.url, "t:")
+    assert await batch.get("t:result:warm") is None
+    private_redis.kill()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(batch.get("t:result:a"), return_exceptions=True), timeout=5
+    )
+    assert isinstance(outcomes[0], RedisUnavailable)
+    assert not link.available
+    private_redis.launch()
 
-        async def back() -> bool:
-            return link.available
+    async def back() -> bool:
+        return link.available
 
-        await wait_until(back, 20, "the link back on the restarted Redis")
-        claimed = await batch.claim("t:claim:j", b"f", 60_000, "t:result:j")
-        assert claimed == (None, None)
-    finally:
-        await batch.close()
-        await link.close()
+    await wait_until(back, 20, "the link back on the restarted Redis")
+    claimed = await batch.claim("t:claim:j", b"f", 60_000, "t:result:j")
+    assert claimed == (None, None)
 
 
 async def test_an_error_reply_fails_the_command_and_switches_to_fallback(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, batcher: Batcher
 ) -> None:
-    link = _link(redis_url, redis_prefix)
-    await link.start()
-    batch = TickBatch(link)
+    link, batch = await batcher(redis_url, redis_prefix)
     client = aioredis.from_url(redis_url)
     try:
         await client.hset(f"{redis_prefix}claim:h", "field", "value")  # not a string: WRONGTYPE
@@ -168,19 +168,15 @@ async def test_an_error_reply_fails_the_command_and_switches_to_fallback(
             await bad
         assert not link.available  # as for link.call: this Redis cannot hold the claims
     finally:
-        await batch.close()
-        await link.close()
         await client.aclose()
 
 
 async def test_a_connection_the_server_closes_while_idle_is_opened_again_without_fallback(
-    tmp_path: Path,
+    tmp_path: Path, batcher: Batcher
 ) -> None:
     server = PrivateRedis(tmp_path, "--timeout", "1")  # idle clients closed after 1 s
     await server.start()
-    link = _link(server.url, "t:")
-    await link.start()
-    batch = TickBatch(link)
+    link, batch = await batcher(server.url, "t:")
     client = aioredis.from_url(server.url)
     try:
         assert await batch.set("t:result:a", b"1", 60_000) is None
@@ -194,8 +190,6 @@ async def test_a_connection_the_server_closes_while_idle_is_opened_again_without
         assert link.available
         assert link.outages == 0
     finally:
-        await batch.close()
-        await link.close()
         await client.aclose()
         server.kill()
 
