@@ -141,7 +141,7 @@ class RedisLink:
 
     async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
         """Run one command (or script) on Redis; RedisUnavailable when it cannot be used."""
-        if not (self._available or self._restoring):
+        if not self.usable:
             raise RedisUnavailable(self.where)
         try:
             async with asyncio.timeout(self._timeout * 2):
