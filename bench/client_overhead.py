@@ -45,13 +45,14 @@ import orjson
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from simple_salesforce import Salesforce as SimpleSalesforce
 
+from worker.accounts import Account, parse_accounts
 from worker.app import token_manager
-from worker.config import Account, Settings, parse_accounts
 from worker.contract import SearchJob, Status, parse_job
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

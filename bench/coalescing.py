@@ -27,13 +27,14 @@ from typing import Any
 
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
+from worker.accounts import Accounts, parse_accounts
 from worker.app import token_manager
-from worker.config import Accounts, Settings, parse_accounts
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming, JobRunner
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -37,13 +37,14 @@ from sfsim.testing import (
 )
 
 from bench.coalescing import accounts
+from worker.accounts import Accounts
 from worker.app import token_manager
-from worker.config import Accounts, Settings
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming, JobRunner
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SOQL = "SELECT Id FROM Account"

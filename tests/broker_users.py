@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from worker.config import Settings
+from worker.settings import Settings
 
 RABBITMQCTL_TIMEOUT = 60.0
 

@@ -29,8 +29,8 @@ from sfsim.testing import (
 )
 
 from tests.job_client import JobClient
-from worker.config import Settings
 from worker.runtime import topology
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"

@@ -18,7 +18,7 @@ from worker.client import (
     _Sender,
     connection_user,
 )
-from worker.config import Settings
+from worker.settings import Settings
 
 __all__ = ["CONNECTION_USER", "JobClient", "connection_user"]
 

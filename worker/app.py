@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
-from worker.config import Account, Accounts, Settings, load_accounts
+from worker.accounts import Account, Accounts, load_accounts
 from worker.jobs import JobRunner
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
@@ -24,6 +24,7 @@ from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
+from worker.settings import Settings
 from worker.stores.base import ResultStore
 from worker.stores.fleet import FleetSlots, RedisUsageBoard
 from worker.stores.link import RedisLink, from_settings

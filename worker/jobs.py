@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from worker.config import Accounts, Settings
+from worker.accounts import Accounts
 from worker.contract import (
     CONTRACT_VERSION,
     AnyJob,
@@ -33,6 +33,7 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import SendRefused
+from worker.settings import Settings
 from worker.stores.base import ResultStore, unpack_result
 from worker.stores.memory import MemoryResultStore
 from worker.tenancy import Reason, check, reply_allowed, store_key

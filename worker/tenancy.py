@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.config import Account, Accounts
+from worker.accounts import Account, Accounts
 
 
 class Reason(StrEnum):

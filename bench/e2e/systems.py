@@ -324,8 +324,8 @@ class Sfworker(System):
 
     async def prepare(self, broker: Broker) -> None:
         """Declare the worker's own topology first, so jobs can wait in its queue."""
-        from worker.config import Settings
         from worker.runtime import topology
+        from worker.settings import Settings
 
         settings = Settings(
             amqp_url=self.ctx.amqp_url, **{k.lower(): v for k, v in self.names.items()}

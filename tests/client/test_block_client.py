@@ -15,9 +15,9 @@ from sfsim.testing import SimulatorClient
 
 from worker.app import Worker
 from worker.client import BlockClient, InvalidResult, PublishFailed
-from worker.config import Settings
 from worker.contract import BlockResult, ErrorCode, SearchJob, Status
 from worker.runtime.reach import Unreachable
+from worker.settings import Settings
 
 
 @pytest.fixture

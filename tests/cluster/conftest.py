@@ -22,8 +22,8 @@ import pytest
 
 from tests.conftest import ROOT, make_settings, spawning
 from tests.redis_server import RedisServer
-from worker.config import Settings
 from worker.runtime import topology
+from worker.settings import Settings
 
 SCRIPT = ROOT / "scripts" / "rabbit-cluster"
 

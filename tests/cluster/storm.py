@@ -16,7 +16,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from sfsim.testing import SimulatorClient
 
-from worker.config import Settings
+from worker.settings import Settings
 
 OPERATIONS = ("search", "get", "insert", "update", "upsert", "delete")
 KINDS = (

@@ -22,7 +22,7 @@ from tests.cluster.conftest import Cluster
 from tests.conftest import WorkerProcess, wait_until
 from tests.job_client import JobClient
 from tests.metrics import metric
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

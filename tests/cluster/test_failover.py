@@ -20,7 +20,7 @@ from tests.cluster.conftest import Cluster
 from tests.cluster.helpers import Stream, differing_duplicates, metric
 from tests.conftest import WorkerProcess, wait_until
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.config import load_accounts
+from worker.accounts import load_accounts
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

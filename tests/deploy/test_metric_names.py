@@ -14,7 +14,7 @@ from sfsim.testing import SimulatorClient
 
 from tests.conftest import wait_until
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"\bsfworker_[a-z0-9_]+")

@@ -14,7 +14,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import make_settings, write_accounts
 from tests.metrics import metric
 from tests.redis_server import RedisServer
-from worker.config import Settings
+from worker.settings import Settings
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tests.conftest import WorkerProcess, wait_until
 from tests.fleet.test_exactly_once import insert
 from tests.job_client import JobClient
 from tests.metrics import metric
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from tests.conftest import WorkerProcess, make_settings, wait_until, write_accou
 from tests.job_client import JobClient
 from tests.runtime.test_faults import queue_depth
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 
 def insert(job_id: str, timeout_ms: int = 60000) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from sfsim.testing import SimulatorClient
 
 from tests.conftest import write_accounts
 from tests.salesforce.conftest import Harness, open_harness
-from worker.config import Settings
 from worker.contract import BlockResult, Status
 from worker.observability.metrics import Metrics
+from worker.settings import Settings
 from worker.stores.link import RedisLink
 from worker.stores.memory import MemoryResultStore
 from worker.stores.redis import RedisResultStore

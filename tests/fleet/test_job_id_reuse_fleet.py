@@ -15,7 +15,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import WorkerProcess
 from tests.job_client import JobClient
 from tests.metrics import metric
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

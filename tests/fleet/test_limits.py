@@ -13,7 +13,7 @@ from sfsim.testing import SimulatorClient
 from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import answers, run_all, searches, start_fleet
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

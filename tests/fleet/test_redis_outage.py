@@ -17,7 +17,8 @@ from tests.fleet.conftest import PrivateRedis
 from tests.fleet.test_fleet_tokens import answers
 from tests.job_client import JobClient
 from tests.metrics import metric
-from worker.config import Settings, load_accounts
+from worker.accounts import load_accounts
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

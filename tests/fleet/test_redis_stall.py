@@ -22,8 +22,8 @@ from tests.job_client import JobClient
 from tests.metrics import metric
 from tests.tcp_proxy import TcpProxy
 from worker.app import Worker
-from worker.config import Settings
 from worker.runtime import topology
+from worker.settings import Settings
 
 JOBS = 120
 PACE = 0.1

@@ -12,7 +12,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import WorkerProcess, make_settings, write_accounts
 from tests.fleet.test_fleet_tokens import run_all, searches
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from tests.conftest import WorkerProcess, make_settings, wait_until, write_accou
 from tests.fleet.conftest import PrivateRedis, gauge
 from tests.fleet.test_fleet_tokens import answers, run_all, searches
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 

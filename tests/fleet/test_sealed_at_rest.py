@@ -26,7 +26,7 @@ from tests.conftest import TEST_REDIS_KEY, wait_until
 from tests.fleet.conftest import FleetConfig
 from tests.fleet.test_fleet_tokens import expire_mid_flight, run_all, start_fleet
 from tests.job_client import JobClient
-from worker.config import load_accounts
+from worker.accounts import load_accounts
 from worker.stores.sealing import MAGIC, Seal, parse_keys
 
 pytestmark = pytest.mark.slow

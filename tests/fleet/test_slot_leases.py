@@ -9,7 +9,7 @@ import asyncio
 import redis.asyncio as aioredis
 
 from tests.conftest import wait_until
-from worker.config import Account, Flow
+from worker.accounts import Account, Flow
 from worker.observability.metrics import Metrics
 from worker.stores.fleet import FleetSlots
 from worker.stores.link import RedisLink

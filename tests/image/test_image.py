@@ -31,7 +31,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import free_port, settings_env, wait_until
 from tests.image_spec import ROOT, ImageSpec, image_spec
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 IMAGE = os.environ.get("SFWORKER_TEST_IMAGE", "")
 BASE_IMAGE = os.environ.get("SFWORKER_TEST_BASE_IMAGE", "")

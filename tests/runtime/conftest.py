@@ -13,7 +13,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import ROOT
 from tests.metrics import metric
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.conftest import wait_until
 from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 GOOD = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 BAD: list[tuple[str, bytes, str]] = [

@@ -14,7 +14,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import WorkerProcess
 from tests.job_client import JobClient
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 MIB = 1024 * 1024
 BIG_SOQL = "SELECT Id, Description FROM Case"

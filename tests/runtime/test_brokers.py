@@ -17,9 +17,9 @@ from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from tests.tcp_proxy import TcpProxy
 from worker.app import Worker
-from worker.config import Settings
-from worker.runtime.brokers import node_of
+from worker.runtime.amqp_urls import node_of
 from worker.runtime.reach import Unreachable, connect_amqp
+from worker.settings import Settings
 
 SEARCH = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 

@@ -12,7 +12,7 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import settings_env
 from tests.runtime.conftest import sfworker
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 
 async def test_submit_from_flags_and_from_a_file(

@@ -12,7 +12,7 @@ from tests.conftest import make_settings, write_accounts
 from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 
 async def test_a_burst_through_the_queue_shares_composite_requests(

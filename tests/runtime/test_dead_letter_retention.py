@@ -16,7 +16,7 @@ from tests.conftest import wait_until
 from tests.job_client import JobClient
 from worker.app import Worker
 from worker.commands.dlq import inspect_dead_letters
-from worker.config import Settings
+from worker.settings import Settings
 
 DELIVERY_LIMIT_OF_RABBITMQ_4 = 20
 

@@ -15,7 +15,7 @@ from tests.conftest import make_settings, write_accounts
 from tests.job_client import JobClient
 from tests.runtime.conftest import sample
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 LOCKED = [{"errorCode": "SERVER_UNAVAILABLE", "message": "server too busy"}]
 

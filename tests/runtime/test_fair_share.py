@@ -24,8 +24,8 @@ from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorCli
 from tests.conftest import ROOT, WorkerProcess, free_port, wait_until, write_accounts
 from tests.job_client import JobClient
 from worker.app import Worker
-from worker.config import Settings
 from worker.runtime.topology import lane_queue
+from worker.settings import Settings
 
 SLOW_JOBS = 500
 SLOW_TIMEOUT_MS = 60_000

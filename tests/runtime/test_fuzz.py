@@ -35,7 +35,7 @@ from tests.cluster.helpers import metric
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.raw_amqp import raw_encoding
 from tests.runtime.fuzz_messages import NONE, ODD, OURS, Fuzzed, messages
-from worker.config import Settings
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -10,7 +10,7 @@ from sfsim.testing import DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from tests.conftest import WorkerProcess
 from tests.job_client import JobClient
-from worker.config import Settings
+from worker.settings import Settings
 
 SEARCH = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 

@@ -15,7 +15,7 @@ from tests.job_client import JobClient
 from tests.raw_amqp import RawStr, RawTimestamp, raw_encoding
 from tests.runtime.conftest import sample
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 JOB = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}
 

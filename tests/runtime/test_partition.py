@@ -25,7 +25,7 @@ from tests.job_client import JobClient
 from tests.metrics import metric
 from tests.tcp_proxy import TcpProxy
 from worker.app import Worker
-from worker.config import AMQP_HEARTBEAT_SECONDS, Settings
+from worker.settings import AMQP_HEARTBEAT_SECONDS, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -12,8 +12,8 @@ from tests.conftest import settings_env
 from tests.job_client import JobClient
 from tests.runtime.conftest import sample, sfworker
 from worker.app import Worker
-from worker.config import Settings
 from worker.jobs import JobRunner
+from worker.settings import Settings
 
 POISON = {"v": 1, "job_id": "poison-1", "operation": "search", "soql": "SELECT Id FROM Case"}
 

@@ -36,7 +36,7 @@ from tests.conftest import settings_env, wait_until, write_accounts
 from tests.job_client import JobClient
 from tests.runtime.conftest import sample, sfworker
 from worker.app import Worker
-from worker.config import Settings
+from worker.settings import Settings
 
 
 @dataclass(frozen=True)

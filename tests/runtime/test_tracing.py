@@ -21,9 +21,9 @@ from tests.conftest import make_settings, settings_env, write_accounts
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.runtime.conftest import sfworker
 from worker.app import Worker
-from worker.config import Settings
 from worker.observability import http
 from worker.observability.logging import JsonFormatter
+from worker.settings import Settings
 
 API_QUERY = "/services/data/v{}/query"
 

@@ -12,13 +12,14 @@ import pytest
 from sfsim.testing import SimulatorClient
 
 from tests.conftest import write_accounts
+from worker.accounts import Accounts, load_accounts
 from worker.app import token_manager
-from worker.config import Accounts, Settings, load_accounts
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming, JobRunner
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
+from worker.settings import Settings
 from worker.stores.base import ResultStore
 
 

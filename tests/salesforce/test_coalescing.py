@@ -16,9 +16,9 @@ from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorCli
 from tests.conftest import write_accounts
 from tests.metrics import metric as read_metric
 from tests.salesforce.conftest import Harness, open_harness
-from worker.config import Settings
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming
+from worker.settings import Settings
 
 PHONE_SOQL = "SELECT Id, LastName, Phone FROM Contact WHERE Phone = :p"
 

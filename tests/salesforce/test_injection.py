@@ -23,7 +23,7 @@ from sfsim.testing import SimulatorClient, running_simulator
 
 from tests.conftest import write_accounts
 from tests.salesforce.conftest import Harness, open_harness
-from worker.config import Settings
+from worker.settings import Settings
 
 T = TypeVar("T")
 NASTY = [

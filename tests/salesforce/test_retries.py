@@ -8,7 +8,7 @@ from pathlib import Path
 from sfsim.testing import SimulatorClient
 
 from tests.salesforce.conftest import Harness, open_harness
-from worker.config import Settings
+from worker.settings import Settings
 
 UNAVAILABLE = [{"errorCode": "SERVER_UNAVAILABLE", "message": "server too busy"}]
 LOCKED = [{"errorCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access"}]

@@ -18,7 +18,7 @@ from sfsim.testing import (
 
 from tests.conftest import rsa_key_pair, write_accounts
 from tests.salesforce.conftest import Harness, open_harness
-from worker.config import Settings
+from worker.settings import Settings
 
 SOQL = "SELECT Id, Name FROM Account WHERE Name = :n"
 

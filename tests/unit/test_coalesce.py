@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.config import Account, Flow
+from worker.accounts import Account, Flow
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite

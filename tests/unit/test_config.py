@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import rsa_key_pair
-from worker.config import ConfigError, Flow, Settings, load_accounts
+from worker.accounts import ConfigError, Flow, load_accounts
+from worker.settings import Settings
 
 SECRET = "s3cr3t-VALUE-never-shown"
 PEM, _ = rsa_key_pair()

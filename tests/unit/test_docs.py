@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.config import ACCOUNT_KEYS, Settings
+from worker.accounts import ACCOUNT_KEYS
+from worker.settings import Settings
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from worker.accounts import Account, Flow
 from worker.commands.accounts.org import identity_url_refusal
-from worker.config import Account, Flow
 
 ORG = Account(
     "main",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import ConfigError, Settings
+from worker.accounts import ConfigError
+from worker.settings import Settings
 from worker.stores.sealing import Seal, key_id_of, parse_keys, seal_from_settings
 
 OLD = base64.b64encode(b"o" * 32).decode()
@@ -140,8 +141,8 @@ def test_redis_without_a_key_refuses_to_start_unless_plain_text_is_chosen(tmp_pa
 
 
 def test_a_worker_with_redis_and_no_key_does_not_start(tmp_path: Path) -> None:
+    from worker.accounts import load_accounts
     from worker.app import Worker
-    from worker.config import load_accounts
 
     accounts = tmp_path / "accounts.toml"
     accounts.write_text(

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.broker_users import rabbitmqctl_lines, tenant_permissions, worker_permissions
+from worker.accounts import Accounts, ConfigError, load_accounts
 from worker.app import Worker
 from worker.commands.cli import main
-from worker.config import Accounts, ConfigError, Settings, load_accounts
 from worker.observability.metrics import Metrics
+from worker.settings import Settings
 from worker.tenancy import Reason, Verdict, check, reply_allowed, store_key
 
 ROOT = Path(__file__).resolve().parents[2]

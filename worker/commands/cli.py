@@ -12,10 +12,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from worker.accounts import ConfigError, load_accounts
 from worker.client import PublishFailed
-from worker.config import ConfigError, Settings, load_accounts
 from worker.observability.logging import configure
 from worker.runtime.reach import Unreachable
+from worker.settings import Settings
 
 EXIT_CONFIG = 2
 

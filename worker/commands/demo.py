@@ -22,9 +22,9 @@ from sfsim.testing import (
 from worker.app import Worker
 from worker.client import BlockClient
 from worker.commands.render import render_result, table
-from worker.config import Settings
 from worker.runtime import topology
 from worker.runtime.reach import connect_amqp, endpoint
+from worker.settings import Settings
 
 DEMO_PREFIX = "sfworker.commands.demo"
 

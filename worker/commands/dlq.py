@@ -11,9 +11,10 @@ import orjson
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractIncomingMessage
 
+from worker.accounts import ConfigError
 from worker.commands.render import table
-from worker.config import ConfigError, Settings
 from worker.runtime.reach import connect_amqp
+from worker.settings import Settings
 
 
 def _death(headers: dict[str, Any]) -> tuple[str, str, int]:

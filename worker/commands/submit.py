@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from worker.client import BlockClient
-from worker.config import Settings
 from worker.contract import BlockResult
 from worker.observability import tracing
+from worker.settings import Settings
 
 __all__ = ["submit_one"]
 

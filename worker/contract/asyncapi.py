@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.config import Settings
 from worker.contract import CONTRACT_VERSION, Operation, Status
+from worker.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING = "0.3.0"

@@ -22,6 +22,8 @@ import aiormq.exceptions
 from aio_pika import RobustConnection
 from yarl import URL
 
+from worker.runtime.amqp_urls import node_of
+
 log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (ConnectionError, OSError, TimeoutError, aio_pika.exceptions.AMQPError)
@@ -61,13 +63,6 @@ async def consume_retrying(
             async with asyncio.timeout(30):
                 await connection.connected.wait()
     raise AssertionError("unreachable")
-
-
-def node_of(url: URL | str) -> str:
-    """`host:port` of a broker URL: what a log line may show."""
-    parsed = URL(url) if isinstance(url, str) else url
-    default = 5671 if parsed.scheme == "amqps" else 5672
-    return f"{parsed.host or '?'}:{parsed.port or default}"
 
 
 class FailoverConnection(RobustConnection):

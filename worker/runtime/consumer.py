@@ -32,7 +32,6 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from worker.config import Settings
 from worker.contract import BlockResult, ErrorCode, Operation, Status
 from worker.contract.fingerprint import differences
 from worker.jobs import (
@@ -50,6 +49,7 @@ from worker.jobs import (
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
+from worker.settings import Settings
 from worker.stores.base import ResultStore, pack_result, unpack_result
 from worker.tenancy import Reason
 

@@ -48,12 +48,13 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import AMQPError, ChannelAccessRefused, ChannelInvalidStateError
 
-from worker.config import Accounts, ConfigError, Settings
+from worker.accounts import Accounts, ConfigError
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
 from worker.runtime.brokers import FailoverConnection, consume_retrying
 from worker.runtime.publisher import ResultPublisher, login_user
 from worker.runtime.topology import lane_queue
+from worker.settings import Settings
 from worker.tenancy import check, reply_allowed
 
 log = logging.getLogger(__name__)

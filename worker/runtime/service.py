@@ -34,11 +34,13 @@ from aio_pika.abc import (
     AbstractRobustChannel,
 )
 
-from worker.config import ConfigError, Settings
+from worker.accounts import ConfigError
 from worker.observability.metrics import Metrics
 from worker.runtime import amqp_decoding, brokers, topology
+from worker.runtime.amqp_urls import node_of
 from worker.runtime.linkwatch import LinkWatch
 from worker.runtime.publisher import ResultPublisher
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class RabbitService:
         give_up = loop.time() + startup_timeout
         attempt = 0
         while True:
-            node = brokers.node_of(urls[attempt % len(urls)])
+            node = node_of(urls[attempt % len(urls)])
             try:
                 self._connection = await brokers.connect_robust(
                     urls,
@@ -102,7 +104,7 @@ class RabbitService:
                 break
             except brokers.CONNECTION_ERRORS as exc:
                 if loop.time() + delay > give_up:
-                    where = ", ".join(brokers.node_of(u) for u in urls)
+                    where = ", ".join(node_of(u) for u in urls)
                     raise ConnectionError(
                         f"cannot reach RabbitMQ at {where} for {startup_timeout:.0f} s "
                         f"({type(exc).__name__}): start it, or fix SFWORKER_AMQP_URL"

@@ -20,7 +20,8 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
-from worker.config import ConfigError, Settings, load_accounts
+from worker.accounts import ConfigError, load_accounts
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from worker.config import Account
+from worker.accounts import Account
 from worker.contract import ErrorCode, Operation, ResultError, Status
 from worker.deadline import Deadline
 from worker.salesforce import composite

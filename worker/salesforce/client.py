@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from worker.config import Account, Settings
+from worker.accounts import Account
 from worker.contract import (
     AnyJob,
     DeleteJob,
@@ -68,6 +68,7 @@ from worker.salesforce.paging import next_page_url
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import AccessToken, TokenManager
 from worker.salesforce.usage import ApiUsage, parse_limit_info
+from worker.settings import Settings
 from worker.stores.slots import LocalSlots, Slots
 from worker.stores.usage import UsageReading
 

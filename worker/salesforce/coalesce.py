@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from worker.config import Account
+from worker.accounts import Account
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.salesforce.composite import MAX_QUERIES, MAX_SUBREQUESTS

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import orjson
 
-from worker.config import Account
+from worker.accounts import Account
 
 MAX_SUBREQUESTS = 25
 MAX_QUERIES = 5

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
-from worker.config import Account, Flow
+from worker.accounts import Account, Flow
 from worker.contract import ErrorCode
 from worker.observability.metrics import Metrics
 from worker.salesforce.oauth import AuthError, Grant

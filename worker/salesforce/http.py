@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 
-from worker.config import Settings
 from worker.observability import tracing
+from worker.settings import Settings
 
 
 class ResponseTooLarge(Exception):

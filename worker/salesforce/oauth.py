@@ -16,7 +16,7 @@ import jwt
 import orjson
 from pydantic import SecretStr
 
-from worker.config import Account, Flow
+from worker.accounts import Account, Flow
 from worker.contract import ErrorCode, SalesforceErrorItem
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

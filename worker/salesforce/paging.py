@@ -8,7 +8,7 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import unquote, urlsplit
 
-from worker.config import Account
+from worker.accounts import Account
 
 _DATA_ROOT = "/services/data/"
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-from worker.config import Account
+from worker.accounts import Account
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
 from worker.stores.usage import UsageReading

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from pydantic import SecretStr
 
-from worker.config import Account
+from worker.accounts import Account
 from worker.contract import ErrorCode
 from worker.observability.metrics import Metrics
 from worker.salesforce.oauth import AuthError, Grant

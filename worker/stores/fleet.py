@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 
-from worker.config import Account
+from worker.accounts import Account
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.slots import LocalSlots
 from worker.stores.usage import UsageReading

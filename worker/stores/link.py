@@ -23,8 +23,8 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
-from worker.config import Settings
 from worker.observability.metrics import Metrics
+from worker.settings import Settings
 from worker.stores.sealing import Seal, seal_from_settings
 from worker.tasks import stop
 

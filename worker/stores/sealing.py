@@ -31,7 +31,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from worker.config import ConfigError, Settings
+from worker.accounts import ConfigError
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import asyncio
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from worker.config import Account
+from worker.accounts import Account
 
 
 class Slots(Protocol):

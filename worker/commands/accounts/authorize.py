@@ -26,11 +26,12 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from aiohttp import web
 
+from worker.accounts import Account, ConfigError, Flow, parse_accounts
 from worker.commands.accounts.hints import auth_hint
 from worker.commands.accounts.org import OrgError, identity
-from worker.config import Account, ConfigError, Flow, Settings, parse_accounts
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, post_token_form
+from worker.settings import Settings
 
 SCOPES = "api refresh_token"
 CALLBACK_PATH = "/callback"

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import SecretStr
 
+from worker.accounts import Account, Accounts, ConfigError, Flow
 from worker.commands.accounts.hints import auth_hint
 from worker.commands.accounts.org import (
     ApiUsage,
@@ -28,13 +29,13 @@ from worker.commands.accounts.org import (
     object_access,
 )
 from worker.commands.render import table
-from worker.config import Account, Accounts, ConfigError, Flow, Settings
 from worker.contract import ErrorCode
 from worker.observability.metrics import Metrics
 from worker.runtime.reach import endpoint
 from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, request_token
+from worker.settings import Settings
 from worker.stores.link import RedisLink, RedisUnavailable, from_settings
 
 CONCURRENT_ACCOUNTS = 4

@@ -3,7 +3,7 @@ Salesforce's token endpoint (its `error` and `error_description`)."""
 
 from __future__ import annotations
 
-from worker.config import Account, Flow
+from worker.accounts import Account, Flow
 
 PROPAGATION = "changes to an External Client App take up to 10 minutes to reach the org"
 

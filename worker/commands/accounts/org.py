@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from worker.config import Account
+from worker.accounts import Account
 from worker.runtime.reach import endpoint
 from worker.salesforce.oauth import Grant
 

@@ -1,9 +1,9 @@
-"""Settings (environment variables `SFWORKER_*`) and the accounts file (TOML).
+"""The accounts file (TOML): integration accounts and tenants.
 
-Every setting is listed in docs/configuration.md. Secrets in the accounts file may be given inline,
-as `<key>_env` (the name of an environment variable) or as `<key>_file` (a path, e.g. a mounted
-Kubernetes Secret). A bad file fails at start with a message that names the account and the key;
-no secret value ever appears in an error, a repr or a log line.
+Secrets in the accounts file may be given inline, as `<key>_env` (the name of an environment
+variable) or as `<key>_file` (a path, e.g. a mounted Kubernetes Secret). A bad file fails at start
+with a message that names the account and the key; no secret value ever appears in an error, a repr
+or a log line.
 """
 
 from __future__ import annotations
@@ -15,250 +15,17 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, TypeAdapter, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-# Two missed heartbeats end a link (RabbitMQ's rule, and the worker's): at 2 s a partitioned
-# worker's deliveries go back to the queue 2 to 4 s after its link went silent, which leaves
-# most of a caller's 5 to 8 s for another worker to answer them. Lower makes a loaded process
-# or a GC pause look like a partition; RabbitMQ's own default (60 s) holds them a minute.
-AMQP_HEARTBEAT_SECONDS = 2
+from pydantic import SecretStr
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says where and why (never a secret)."""
-
-
-class Settings(BaseSettings):
-    """Process settings, read from `SFWORKER_<NAME>` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="SFWORKER_", extra="ignore", frozen=True)
-
-    amqp_url: SecretStr = Field(
-        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
-        description="RabbitMQ URL, or several comma-separated (the nodes of a cluster, tried in "
-        "turn); may carry credentials, never logged",
-    )
-    amqp_heartbeat_seconds: int = Field(
-        default=AMQP_HEARTBEAT_SECONDS,
-        ge=1,
-        le=60,
-        description="AMQP heartbeat of every broker URL that sets none (`?heartbeat=N`): a link "
-        "silent for two heartbeats is closed, by RabbitMQ and by the worker",
-    )
-    accounts_file: Path = Field(default=Path("accounts.toml"), description="TOML accounts file")
-    http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics and health")
-    http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the endpoint")
-    redis_url: SecretStr | None = Field(
-        default=None,
-        description="Redis URL for state shared by the fleet (tokens, results, limits); unset: "
-        "each process works alone",
-    )
-    redis_prefix: str = Field(
-        default="sfworker:", min_length=1, description="Prefix of every Redis key the worker writes"
-    )
-    redis_timeout_seconds: float = Field(
-        default=1.0, gt=0, le=10, description="Timeout of one Redis command (then: fallback)"
-    )
-    redis_retry_seconds: float = Field(
-        default=2.0, gt=0, le=15, description="While Redis is down, how often it is tried again"
-    )
-    redis_encryption_key: SecretStr | None = Field(
-        default=None,
-        description="Keys that seal tokens, results and claims in Redis (AES-256-GCM): "
-        "[ID:]KEY entries, comma-separated, newest first; the first seals, any opens",
-    )
-    redis_encryption_key_file: Path | None = Field(
-        default=None,
-        description="A file holding SFWORKER_REDIS_ENCRYPTION_KEY's value (one entry a line)",
-    )
-    redis_plaintext: bool = Field(
-        default=False,
-        description="With Redis and no encryption key: true stores values in plain text; "
-        "false (default) refuses to start",
-    )
-    refresh_token_ttl_days: float = Field(
-        default=30.0,
-        gt=0,
-        le=3650,
-        description="How long a refresh token the fleet rotated is kept in Redis after its last "
-        "use (match the External Client App's refresh-token idle timeout)",
-    )
-    token_lock_lease_seconds: float = Field(
-        default=5.0,
-        ge=1,
-        le=30,
-        description="Lease of the fleet-wide token refresh lock (renewed while its holder lives)",
-    )
-    usage_share_seconds: float = Field(
-        default=1.0, gt=0, le=2, description="How often API usage is shared with the fleet"
-    )
-    limits_probe_seconds: float = Field(
-        default=5.0, gt=0, le=10, description="While an account is held back, /limits is read"
-    )
-    prefetch: int = Field(default=32, ge=1, le=5000, description="In-flight jobs per process")
-    fair_share: bool = Field(
-        default=True,
-        description="A lane (queue) per account for jobs beyond its share of the prefetch",
-    )
-    routing_prefetch: int = Field(
-        default=1024,
-        ge=1,
-        le=65535,
-        description="With fair_share: unacked deliveries of the request queue per process",
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level"
-    )
-    log_format: Literal["json", "text"] = Field(default="json", description="Log line format")
-
-    request_exchange: str = "salesforce.blocks"
-    request_routing_key: str = "salesforce.blocks"
-    request_queue: str = "salesforce.blocks"
-    dead_letter_exchange: str = "salesforce.blocks.dlx"
-    dead_letter_queue: str = "salesforce.blocks.dead"
-    results_exchange: str = "salesforce.results"
-    delivery_limit: int = Field(default=5, ge=1, description="Quorum x-delivery-limit")
-    dead_letter_max_age: float = Field(
-        default=7 * 86400.0,
-        ge=1,
-        le=365 * 86400.0,
-        description="Seconds a dead letter is kept (x-message-ttl of the dead-letter queue); "
-        "also `7d`, `12h`, `30m`, `P7D`",
-    )
-    dead_letter_max_length: int = Field(
-        default=100_000, ge=1, description="Dead letters kept at most (oldest dropped first)"
-    )
-
-    max_message_bytes: int = Field(default=1_048_576, ge=1024, description="Larger -> rejected")
-    shutdown_grace_seconds: float = Field(default=25.0, ge=0, description="Drain time on SIGTERM")
-    publish_timeout_seconds: float = Field(default=5.0, gt=0, description="Wait for a confirm")
-    watchdog_interval_seconds: float = Field(default=5.0, gt=0, description="Consumer check")
-    reconnect_interval_seconds: float = Field(
-        default=2.0, gt=0, description="Pause between reconnection attempts to RabbitMQ"
-    )
-    startup_timeout_seconds: float = Field(
-        default=60.0, ge=0, description="How long the first connection to RabbitMQ is retried"
-    )
-
-    result_cache_size: int = Field(default=10_000, ge=0, description="Results kept for replay")
-    result_cache_ttl_seconds: float = Field(default=900.0, gt=0, description="How long")
-    result_cache_max_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="Bytes of results kept in memory at most"
-    )
-    max_response_bytes: int = Field(
-        default=16 * 1024 * 1024,
-        ge=64 * 1024,
-        description="A Salesforce response body larger than this is not read further",
-    )
-    max_result_bytes: int = Field(
-        default=8 * 1024 * 1024,
-        ge=16 * 1024,
-        description="A result larger than this is answered RESULT_TOO_LARGE (below RabbitMQ's "
-        "max_message_size: 16 MiB by default in 4.x, 128 MiB in 3.x)",
-    )
-
-    http_pool_size: int = Field(default=100, ge=1, description="Connections to Salesforce")
-    http_connect_timeout_seconds: float = Field(default=3.0, gt=0)
-    allow_insecure_localhost: bool = Field(
-        default=True,
-        description="Allow plain http:// to loopback hosts only (the simulator); false refuses it",
-    )
-    max_attempts: int = Field(default=4, ge=1, le=20, description="Calls per operation at most")
-    retry_base_ms: int = Field(default=100, ge=1, description="Backoff base (full jitter)")
-    retry_cap_ms: int = Field(default=2000, ge=1, description="Backoff cap")
-    token_backoff_initial_seconds: float = Field(default=1.0, gt=0)
-    token_backoff_max_seconds: float = Field(default=60.0, gt=0)
-    token_timeout_seconds: float = Field(default=5.0, gt=0, description="Token endpoint call")
-    coalesce_wait_ms: int = Field(
-        default=10,
-        ge=0,
-        le=1000,
-        description="How long a call waits for others of its account to share a Composite "
-        "request (0: never coalesce)",
-    )
-
-    @property
-    def request_prefetch(self) -> int:
-        """The request queue's prefetch: with fair share the routing window (a job holds it
-        only while it is moved to its lane, or while it runs within its small direct share)."""
-        return max(self.prefetch, self.routing_prefetch) if self.fair_share else self.prefetch
-
-    @field_validator("amqp_url")
-    @classmethod
-    def _check_amqp_urls(cls, value: SecretStr) -> SecretStr:
-        split_amqp_urls(value.get_secret_value())
-        return value
-
-    def amqp_urls(self) -> list[str]:
-        """The broker addresses of SFWORKER_AMQP_URL (comma-separated), in order; each with
-        `heartbeat=SFWORKER_AMQP_HEARTBEAT_SECONDS` unless it sets its own."""
-        return [
-            with_heartbeat(url, self.amqp_heartbeat_seconds)
-            for url in split_amqp_urls(self.amqp_url.get_secret_value())
-        ]
-
-    @field_validator("dead_letter_max_age", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if text[:1] in ("P", "p"):
-            return _DURATION.validate_python(text.upper()).total_seconds()
-        found = _SECONDS.fullmatch(text)
-        if found is None:
-            raise ValueError("a duration: seconds, or a number with s, m, h or d, or ISO 8601")
-        return float(found[1]) * _UNITS[found[2].lower()]
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-
-_SECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*([smhdSMHD]?)")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
-
-
-def with_heartbeat(url: str, seconds: int) -> str:
-    """`url` with `heartbeat=seconds` in its query string, unless it already names one."""
-    parts = urlsplit(url)
-    if "heartbeat" in parse_qs(parts.query, keep_blank_values=True):
-        return url
-    query = f"{parts.query}&heartbeat={seconds}" if parts.query else f"heartbeat={seconds}"
-    return urlunsplit(parts._replace(query=query))
-
-
-def split_amqp_urls(raw: str) -> list[str]:
-    """The comma-separated broker URLs of a setting; ValueError (naming the position, never the
-    value: it may carry a password) when one is not an amqp:// or amqps:// URL with a host."""
-    urls = [part.strip() for part in raw.split(",")]
-    for position, url in enumerate(urls, 1):
-        parts = urlsplit(url)
-        try:
-            host_ok = bool(parts.hostname)
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            host_ok = False
-        if parts.scheme not in {"amqp", "amqps"} or not host_ok:
-            where = f"address {position} of {len(urls)}" if len(urls) > 1 else "the address"
-            raise ValueError(
-                f"{where} must be an amqp:// or amqps:// URL with a host "
-                "(several addresses are separated by commas)"
-            )
-    return urls
-
-
-# --- accounts ------------------------------------------------------------------------------
 
 
 class Flow(StrEnum):
