@@ -2,7 +2,7 @@
 
 Jobs are started at a steady rate (10, 100, 400 per second by default) against the Salesforce
 simulator, running in a separate process with 100 ms of latency on every REST call. Each job goes
-the worker's own path from receipt to result (`JobRunner.run`: deadline, account, client,
+the worker's own path from receipt to result (`Execution.run`: deadline, account, client,
 coalescing), wired as in `worker.app`. For each kind of job (phone searches by SOQL, case
 inserts), each rate and each `SFWORKER_COALESCE_WAIT_MS` (0: off; 10: the default) the table shows
 how many API calls the simulator counted, per 1,000 jobs, and the p50/p99 job latency. Every job
@@ -30,11 +30,13 @@ from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorCli
 from worker.accounts import Accounts, parse_accounts
 from worker.app import token_manager
 from worker.contract import BlockResult, parse_job
-from worker.jobs import Incoming, JobRunner
+from worker.jobs import Execution, Incoming, admit
+from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
+from worker.stores.memory import MemoryResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -195,14 +197,14 @@ async def one_run(
     session = create_session(settings)
     tokens = token_manager(session, settings, metrics)
     client = SalesforceClient(session, tokens, settings, metrics)
-    runner = JobRunner(accts, client, settings, metrics)
+    runner = Execution(client, InsertGuard(MemoryResultStore(1000, 60)), metrics)
     run_id = f"{kind}-{rate}-{wait_ms}-{time.time_ns()}"
 
     async def run(i: int, body: dict[str, Any]) -> tuple[BlockResult, float]:
         now = time.time()
         incoming = Incoming(body=b"", received_wall=now, received_mono=time.monotonic())
         started = time.perf_counter()
-        result = await runner.run(parse_job(body), incoming)
+        result = await runner.run(admit(accts, parse_job(body), None), incoming)
         return result, (time.perf_counter() - started) * 1000
 
     try:
@@ -249,7 +251,7 @@ def report(rows: list[Summary], args: argparse.Namespace) -> None:
     print(
         f"\nsimulator latency {args.latency_ms} ms on every REST call; jobs paced at each rate "
         f"for {args.seconds:g} s (at most {args.max_jobs} jobs); latency = the worker's path from "
-        f"receipt to result (JobRunner.run); median of {args.repeat} run(s) per line\n"
+        f"receipt to result (Execution.run); median of {args.repeat} run(s) per line\n"
     )
     head = (
         "| jobs | rate/s | wait ms | jobs per run | API calls | calls per 1,000 jobs "

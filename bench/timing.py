@@ -3,7 +3,7 @@
 The tests assert behaviour (a job ends on its deadline, not on an answer; a backoff pause that
 would pass the deadline is not taken; a lone call does not wait for company); how many
 milliseconds each of these takes on a machine is measured here, over many trials, as
-percentiles. Each trial runs a job through `JobRunner.run` wired as in `worker.app`, against the
+percentiles. Each trial runs a job through `Execution.run` wired as in `worker.app`, against the
 simulator in this process (`sfsim.testing.running_simulator`).
 
 - **deadline overshoot**: a search with a 500 ms budget while Salesforce does not answer (a held
@@ -40,25 +40,29 @@ from bench.coalescing import accounts
 from worker.accounts import Accounts
 from worker.app import token_manager
 from worker.contract import BlockResult, parse_job
-from worker.jobs import Incoming, JobRunner
+from worker.jobs import Execution, Incoming, admit
+from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
+from worker.stores.memory import MemoryResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SOQL = "SELECT Id FROM Account"
 
 
 class Runner:
-    """JobRunner wired as in worker.app, for one settings."""
+    """Execution wired as in worker.app, for one settings."""
 
     def __init__(self, settings: Settings, accts: Accounts) -> None:
         self.metrics = Metrics()
         self.session = create_session(settings)
         self.tokens = token_manager(self.session, settings, self.metrics)
         self.client = SalesforceClient(self.session, self.tokens, settings, self.metrics)
-        self.runner = JobRunner(accts, self.client, settings, self.metrics)
+        store = MemoryResultStore(1000, 60)
+        self.runner = Execution(self.client, InsertGuard(store), self.metrics)
+        self._accounts = accts
         self._n = 0
 
     async def run(self, timeout_ms: int = 10_000) -> tuple[BlockResult, float]:
@@ -69,7 +73,7 @@ class Runner:
         now = time.time()
         incoming = Incoming(body=b"", received_wall=now, received_mono=time.monotonic())
         started = time.perf_counter()
-        result = await self.runner.run(job, incoming)
+        result = await self.runner.run(admit(self._accounts, job, None), incoming)
         return result, (time.perf_counter() - started) * 1000
 
     async def close(self) -> None:

@@ -12,10 +12,10 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from worker.accounts import Account, Accounts, load_accounts
-from worker.jobs import JobRunner
+from worker.jobs import JobPipeline
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
-from worker.runtime.consumer import DeliveryHandler
+from worker.runtime.consumer import Consumer
 from worker.runtime.lanes import FairShare
 from worker.runtime.service import RabbitService
 from worker.salesforce.client import SalesforceClient
@@ -148,6 +148,7 @@ class Worker:
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None
         self._client: SalesforceClient | None = None
+        self.pipeline: JobPipeline | None = None
         self.fleet = Fleet.create(settings, self.metrics)
         if self.fleet.link is None:
             log.info(
@@ -182,17 +183,17 @@ class Worker:
         # The org's usage before the first job (the gauges; the reserve), once per fleet start.
         self.fleet.reserve.prime(self.accounts.by_name.values())
         store = self.fleet.store
-        runner = JobRunner(self.accounts, client, s, self.metrics, store)
+        self.pipeline = JobPipeline(self.accounts, client, store, s, self.metrics)
         await self.service.connect(s.startup_timeout_seconds)
         publisher = await self.service.open()
-        handler = DeliveryHandler(runner, store, publisher, s, self.metrics)
+        consumer = Consumer(self.pipeline, publisher, s, self.metrics)
         if s.fair_share:
             # Lanes first: a job moved to one must find its consumer.
-            self._lanes = FairShare(s, self.accounts, handler.handle, publisher, self.metrics)
+            self._lanes = FairShare(s, self.accounts, consumer, publisher, self.metrics)
             await self._lanes.start(self.service.connection)
             await self.service.consume(self._lanes.route)
         else:
-            await self.service.consume(handler.handle)
+            await self.service.consume(consumer.handle)
         log.info("worker started", extra={"accounts": len(self.accounts)})
 
     async def stop(self) -> None:

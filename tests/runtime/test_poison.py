@@ -12,10 +12,22 @@ from tests.conftest import settings_env
 from tests.job_client import JobClient
 from tests.runtime.conftest import sample, sfworker
 from worker.app import Worker
-from worker.jobs import JobRunner
+from worker.jobs import Admission, Execution, Incoming
 from worker.settings import Settings
 
 POISON = {"v": 1, "job_id": "poison-1", "operation": "search", "soql": "SELECT Id FROM Case"}
+
+
+class CrashOnPoison:
+    """The worker's execution step, with a bug that this one job triggers."""
+
+    def __init__(self, execution: Execution) -> None:
+        self.execution = execution
+
+    async def run(self, admission: Admission, incoming: Incoming) -> Any:
+        if admission.job.job_id == POISON["job_id"]:
+            raise RuntimeError("bug triggered by this message")
+        return await self.execution.run(admission, incoming)
 
 
 async def test_a_poison_message_is_dead_lettered_by_the_delivery_limit(
@@ -23,17 +35,11 @@ async def test_a_poison_message_is_dead_lettered_by_the_delivery_limit(
     jobs: JobClient,
     settings: Settings,
     amqp: aio_pika.abc.AbstractRobustConnection,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    original = JobRunner.run
-
-    async def crash_on_poison(self: JobRunner, job: Any, incoming: Any) -> Any:
-        if job.job_id == POISON["job_id"]:
-            raise RuntimeError("bug triggered by this message")
-        return await original(self, job, incoming)
-
-    monkeypatch.setattr(JobRunner, "run", crash_on_poison)
+    assert worker.pipeline is not None
+    original = worker.pipeline.execution
+    worker.pipeline.execution = CrashOnPoison(original)  # type: ignore[assignment]
     await jobs.publish(POISON)
     channel = await amqp.channel()
     dead = await channel.get_queue(settings.dead_letter_queue)
@@ -49,7 +55,7 @@ async def test_a_poison_message_is_dead_lettered_by_the_delivery_limit(
     ok = await jobs.call({**POISON, "job_id": "healthy-1"})
     assert ok["status"] == "no_data"
 
-    monkeypatch.setattr(JobRunner, "run", original)
+    worker.pipeline.execution = original
     env = settings_env(settings)
     listing = await sfworker("dlq", env=env)
     assert listing.returncode == 0, listing.stderr

@@ -14,13 +14,27 @@ from sfsim.testing import SimulatorClient
 from tests.conftest import write_accounts
 from worker.accounts import Accounts, load_accounts
 from worker.app import token_manager
-from worker.contract import BlockResult, parse_job
-from worker.jobs import Incoming, JobRunner
+from worker.contract import AnyJob, BlockResult, parse_job
+from worker.jobs import Execution, Incoming, admit
+from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
 from worker.stores.base import ResultStore
+from worker.stores.memory import MemoryResultStore
+
+
+class JobRunner:
+    """A job through the pipeline's admission and execution (no job-id binding): what the
+    worker does with a job once it is admitted and claimed."""
+
+    def __init__(self, accounts: Accounts, execution: Execution) -> None:
+        self._accounts = accounts
+        self._execution = execution
+
+    async def run(self, job: AnyJob, incoming: Incoming) -> BlockResult:
+        return await self._execution.run(admit(self._accounts, job, incoming.user_id), incoming)
 
 
 class Harness:
@@ -52,7 +66,15 @@ async def open_harness(
     session = create_session(settings)
     tokens = token_manager(session, settings, metrics)
     client = SalesforceClient(session, tokens, settings, metrics)
-    runner = JobRunner(accounts, client, settings, metrics, store)
+    guard = InsertGuard(
+        store
+        or MemoryResultStore(
+            settings.result_cache_size,
+            settings.result_cache_ttl_seconds,
+            max_bytes=settings.result_cache_max_bytes,
+        )
+    )
+    runner = JobRunner(accounts, Execution(client, guard, metrics))
     try:
         yield Harness(runner, client, metrics, accounts)
     finally:

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from worker.contract import ErrorCode, Operation
-from worker.jobs import Incoming, decode
+from worker.jobs import Incoming
+from worker.jobs import read_request as decode
 
 SEARCH: dict[str, Any] = {"v": 1, "job_id": "a", "operation": "search", "soql": "SELECT Id FROM X"}
 

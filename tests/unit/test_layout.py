@@ -19,11 +19,18 @@ TOP_MODULES = {
     "accounts.py",
     "settings.py",
     "deadline.py",
-    "jobs.py",
     "tasks.py",
     "tenancy.py",
 }
-TOP_PACKAGES = {"commands", "contract", "observability", "runtime", "salesforce", "stores"}
+TOP_PACKAGES = {
+    "commands",
+    "contract",
+    "jobs",
+    "observability",
+    "runtime",
+    "salesforce",
+    "stores",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -75,3 +82,20 @@ def test_only_the_demo_and_the_simulator_command_reach_for_the_simulator() -> No
         if any(m == "sfsim" or m.startswith("sfsim.") for m in _imports(path))
     }
     assert users <= {"commands/demo.py", "commands/cli.py"}
+
+
+def test_the_consumer_settles_decisions_and_never_touches_the_stores() -> None:
+    """The policy (job-id binding, replay, insert markers) is the pipeline's (worker/jobs/):
+    the consumer only carries out its decision."""
+    imported = _imports(WORKER / "runtime" / "consumer.py")
+    assert {m for m in imported if m.startswith("worker.stores")} == set()
+    assert {m for m in imported if m.startswith("worker.salesforce")} == set()
+
+
+def test_no_module_of_the_worker_is_over_450_lines() -> None:
+    long = {
+        f"{path.relative_to(WORKER)}: {n}"
+        for path in WORKER.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 450
+    }
+    assert long == set()

@@ -37,29 +37,27 @@ sums the request queue and the lanes (deploy/kubernetes/keda-scaledobject.yaml).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import aio_pika
-import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import AMQPError, ChannelAccessRefused, ChannelInvalidStateError
 
 from worker.accounts import Accounts, ConfigError
+from worker.jobs import Checked, Incoming
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
 from worker.runtime.brokers import FailoverConnection, consume_retrying
+from worker.runtime.consumer import Consumer, to_incoming
 from worker.runtime.publisher import ResultPublisher, login_user
 from worker.runtime.topology import lane_queue
 from worker.settings import Settings
-from worker.tenancy import check, reply_allowed
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 PUBLISHER_HEADER = "x-sfworker-publisher"
 MOVERS = 4  # moves to one account's lane at once (each waits for the broker's confirm)
@@ -79,13 +77,13 @@ class FairShare:
         self,
         settings: Settings,
         accounts: Accounts,
-        handler: Handler,
+        consumer: Consumer,
         publisher: ResultPublisher,
         metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._accounts = accounts
-        self._handler = handler
+        self._consumer = consumer
         self._publisher = publisher
         self._metrics = metrics
         self._per_account, self._total = direct_limits(settings.prefetch)
@@ -137,9 +135,13 @@ class FairShare:
     # --- the request queue ---------------------------------------------------------------
 
     async def route(self, message: AbstractIncomingMessage) -> None:
-        account = self._account_of(message)
+        incoming = to_incoming(message)
+        # The pipeline's own check (reply rule, tenant, account): what it refuses runs here
+        # at once, and a job that runs here is not checked twice.
+        checked = self._consumer.pipeline.check(incoming)
+        account = checked.account if checked.account in self._lanes else None
         if account is None or self._may_run_here(account):
-            await self._run_here(message, account)
+            await self._run_here(message, account, incoming, checked)
             return
         # Moves wait their turn, per account: a flood of one account is moved a few at a
         # time, while the jobs of other accounts behind it in the window run (or move) at once.
@@ -151,47 +153,28 @@ class FairShare:
         if not moved:
             # The lane refused the copy (deleted meanwhile, broker trouble): the job still
             # holds its delivery here, so it runs here rather than spend a delivery attempt.
-            await self._run_here(message, account)
+            await self._run_here(message, account, incoming, checked)
 
     def _may_run_here(self, account: str) -> bool:
         return self._direct[account] < self._per_account and self._direct_total < self._total
 
-    async def _run_here(self, message: AbstractIncomingMessage, account: str | None) -> None:
+    async def _run_here(
+        self,
+        message: AbstractIncomingMessage,
+        account: str | None,
+        incoming: Incoming,
+        checked: Checked,
+    ) -> None:
         key = account or ""
         self._direct[key] += 1
         self._direct_total += 1
         try:
-            await self._handler(message)
+            await self._consumer.handle(message, incoming, checked)
         finally:
             self._direct_total -= 1
             self._direct[key] -= 1
             if not self._direct[key]:
                 del self._direct[key]
-
-    def _account_of(self, message: AbstractIncomingMessage) -> str | None:
-        """The account a job will run on, if it has a lane; None for anything the handler will
-        answer or dead-letter at once (it validates the job fully, this only looks)."""
-        if len(message.body) > self._settings.max_message_bytes:
-            return None
-        try:
-            data: Any = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        named, tenant = data.get("account"), data.get("tenant")
-        if not isinstance(named, str | None) or not isinstance(tenant, str | None):
-            return None
-        user_id = message.user_id or None
-        if not reply_allowed(self._accounts, user_id, message.reply_to or None):
-            return None
-        verdict = check(self._accounts, user_id, named, tenant)
-        if verdict.refused is not None:
-            return None
-        account = self._accounts.resolve(named, verdict.tenant)
-        if account is None or account.name not in self._lanes:
-            return None
-        return account.name
 
     async def _move(self, message: AbstractIncomingMessage, account: str) -> bool:
         """A confirmed copy on the account's lane, then the ack of the original. False when
@@ -228,11 +211,12 @@ class FairShare:
         try:
             # A copy the worker moved here (RabbitMQ vouches for its user_id) names the job's
             # publisher in a header; anything else in a lane keeps its own user_id.
+            incoming = to_incoming(message)
             if self._worker_user is not None and message.user_id == self._worker_user:
                 carried = (message.headers or {}).get(PUBLISHER_HEADER)
-                vouched: Any = message  # user_id is a plain slot of aio-pika's message
-                vouched.user_id = carried if isinstance(carried, str) else None
-            await self._handler(message)
+                publisher = carried if isinstance(carried, str) else None
+                incoming = dataclasses.replace(incoming, user_id=publisher)
+            await self._consumer.handle(message, incoming)
         finally:
             self._tasks.discard(task)
 
