@@ -68,7 +68,8 @@ async def open_harness(
     client = SalesforceClient(session, tokens, settings, metrics)
     guard = InsertGuard(
         store
-        or MemoryResultStore(
+        if store is not None
+        else MemoryResultStore(
             settings.result_cache_size,
             settings.result_cache_ttl_seconds,
             max_bytes=settings.result_cache_max_bytes,
