@@ -5,7 +5,7 @@ consumer, and drain on shutdown.
   process); one publishes results with confirms and raises on returned (unroutable) messages.
 - The connection is robust: channels, topology and the consumer come back after a broker restart.
   Deliveries in flight when a channel dies cannot be acked any more; the broker redelivers them
-  and the result store answers (see consumer.py).
+  and the result store answers (see worker/jobs/once.py).
 - A watchdog checks that the consumer still exists on its channel (the broker may cancel it:
   queue deleted, leader change). It re-declares and re-consumes; if that keeps failing, the
   process stops with a non-zero exit code so Kubernetes restarts it.
