@@ -149,7 +149,15 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     from worker.commands.dlq import inspect_dead_letters
 
     settings = _settings()
-    return asyncio.run(inspect_dead_letters(settings, limit=args.limit, requeue=args.requeue))
+    return asyncio.run(
+        inspect_dead_letters(
+            settings,
+            limit=args.limit,
+            requeue=args.requeue,
+            force=args.force,
+            force_inserts=args.force_inserts,
+        )
+    )
 
 
 def _cmd_accounts(args: argparse.Namespace) -> int:
@@ -266,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="show (and optionally requeue) dead-lettered jobs")
     dlq.add_argument("--limit", type=int, default=20)
     dlq.add_argument("--requeue", action="store_true", help="send them back to the queue")
+    dlq.add_argument(
+        "--force",
+        action="store_true",
+        help="with --requeue: also jobs past their own budget, with a fresh one",
+    )
+    dlq.add_argument(
+        "--force-inserts",
+        action="store_true",
+        help="with --force: inserts past their budget too (the record may exist already)",
+    )
 
     _add_accounts(sub)
     return parser

@@ -27,6 +27,23 @@ from worker.observability.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _PERSISTENT = 2  # AMQP delivery mode
+OWN_HEADERS = "x-sfworker-"  # the prefix of the headers the worker writes on its copies
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def encodable(value: Any) -> Any:
+    """A header value as pamqp can write it again: what it reads but cannot write (a long
+    string that is not UTF-8 reads as bytes; a double past a 32-bit float's range, which it
+    writes as one) becomes a byte array or text, so a copy of any message can be published."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, float) and not abs(value) <= _FLOAT32_MAX:
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [encodable(v) for v in value]
+    return value
 
 
 class Published(Enum):
@@ -156,12 +173,18 @@ class ResultPublisher:
         headers: dict[str, Any],
         drop: tuple[str, ...] = (),
     ) -> None:
-        """Put a copy of `message` (its body and properties; `headers` added, `drop` and the
-        broker's delivery count removed) in `queue` through the default exchange, under the
-        worker's own user_id. Raises like `publish` when the copy is not confirmed or routed
-        nowhere: the original must then stay."""
+        """Put a copy of `message` (its body and properties; `headers` added; `drop`, the
+        broker's delivery count and every incoming `x-sfworker-*` header removed) in `queue`
+        through the default exchange, under the worker's own user_id. Raises like `publish`
+        when the copy is not confirmed or routed nowhere: the original must then stay."""
         skip = {"x-delivery-count", *drop}
-        kept = {k: v for k, v in (message.headers or {}).items() if k not in skip}
+        # Headers of ours are written by the worker alone: whatever a publisher put under that
+        # prefix is dropped, so no copy carries a forged one.
+        kept = {
+            k: encodable(v)
+            for k, v in (message.headers or {}).items()
+            if k not in skip and not k.startswith(OWN_HEADERS)
+        }
         if self._channel.is_closed:
             raise ChannelInvalidStateError("the publishing channel is closed")
         channel = await self._channel.get_underlay_channel()
