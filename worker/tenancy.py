@@ -97,18 +97,44 @@ SERVER_NAMED = "amq.gen-"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
-def reply_allowed(accounts: Accounts, user_id: str | None, reply_to: str | None) -> bool:
+@dataclass(frozen=True)
+class WorkerQueues:
+    """The queues of the worker's own topology: the request queue, everything named under it
+    (its lanes, the dead-letter queue by default) and the dead-letter queue."""
+
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, request_queue: str, dead_letter_queue: str) -> WorkerQueues:
+        return cls(frozenset({request_queue, dead_letter_queue}), (f"{request_queue}.",))
+
+    def __contains__(self, queue: object) -> bool:
+        return isinstance(queue, str) and (queue in self.names or queue.startswith(self.prefixes))
+
+
+NO_WORKER_QUEUES = WorkerQueues()
+
+
+def reply_allowed(
+    accounts: Accounts,
+    user_id: str | None,
+    reply_to: str | None,
+    worker_queues: WorkerQueues = WorkerQueues(),
+) -> bool:
     """May a job published by `user_id` have its result sent to `reply_to`?
 
-    Open mode: anywhere. Strict mode: a queue named `<user_id>.<anything>` (the deploy recipe
-    lets that user read exactly those), a server-named `amq.gen-...` queue, direct reply-to,
-    or a queue whose whole name matches one of the `reply_to` patterns of the user's tenant.
+    Open mode: anywhere. Strict mode: never a queue of the worker's own (`worker_queues`),
+    whatever the user's name (a user named like the topology's prefix gets no way into a lane
+    or the dead letters); else a queue named `<user_id>.<anything>` (the deploy recipe lets that
+    user read exactly those), a server-named `amq.gen-...` queue, direct reply-to, or a queue
+    whose whole name matches one of the `reply_to` patterns of the user's tenant.
     No reply_to at all (the result goes to the results exchange) is always allowed."""
     if not accounts.strict or not reply_to:
         return True
     if reply_to.startswith((SERVER_NAMED, DIRECT_REPLY_TO)):
         return True
-    if not user_id:
+    if not user_id or reply_to in worker_queues:
         return False
     if reply_to.startswith(f"{user_id}.") and len(reply_to) > len(user_id) + 1:
         return True

@@ -14,7 +14,7 @@ from worker.app import Worker
 from worker.commands.cli import main
 from worker.observability.metrics import Metrics
 from worker.settings import Settings
-from worker.tenancy import Reason, Verdict, check, reply_allowed, store_key
+from worker.tenancy import Reason, Verdict, WorkerQueues, check, reply_allowed, store_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -265,3 +265,23 @@ def test_the_docs_show_the_recipe_the_tests_run() -> None:
     configuration = (ROOT / "docs" / "configuration.md").read_text()
     assert "`amqp_users`" in configuration
     assert "[tenants.NAME]" in configuration
+
+
+def test_no_tenant_name_lets_a_reply_into_the_worker_s_own_queues(tmp_path: Path) -> None:
+    """A tenant whose user is named like the topology's prefix (`salesforce`) may name its own
+    `salesforce.<anything>` queues, never the request queue, a lane or the dead letters."""
+    accounts = load(
+        tmp_path,
+        account("acme", "acme", default=True)
+        + "[tenants.acme]\namqp_users = ['salesforce']\nreply_to = ['salesforce[.].*']\n",
+    )
+    queues = WorkerQueues.of("salesforce.blocks", "salesforce.blocks.dead")
+    for worker_queue in (
+        "salesforce.blocks",
+        "salesforce.blocks.lane.acme",
+        "salesforce.blocks.tenant.acme",
+        "salesforce.blocks.dead",
+    ):
+        assert not reply_allowed(accounts, "salesforce", worker_queue, queues), worker_queue
+    assert reply_allowed(accounts, "salesforce", "salesforce.replies", queues)
+    assert reply_allowed(accounts, "salesforce", "amq.gen-abc", queues)

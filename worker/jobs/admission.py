@@ -13,7 +13,7 @@ from worker.contract.fingerprint import fingerprint
 from worker.jobs.answers import failed
 from worker.jobs.intake import Incoming
 from worker.observability.metrics import Metrics
-from worker.tenancy import Reason, check, reply_allowed, store_key
+from worker.tenancy import NO_WORKER_QUEUES, Reason, WorkerQueues, check, reply_allowed, store_key
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,18 @@ def admit(accounts: Accounts, job: AnyJob, user_id: str | None) -> Admission:
 class Gate:
     """The reply rule and admission, each refusal counted and logged."""
 
-    def __init__(self, accounts: Accounts, metrics: Metrics) -> None:
+    def __init__(
+        self, accounts: Accounts, metrics: Metrics, worker_queues: WorkerQueues = NO_WORKER_QUEUES
+    ) -> None:
         self._accounts = accounts
         self._metrics = metrics
+        self._worker_queues = worker_queues
 
     def may_reply(self, job_id: str, incoming: Incoming) -> bool:
         """Where its result would go: in strict mode only to a queue its publisher may read.
         Checked before anything else, refusals included, since even a refusal would put a
         message of the publisher's making (its correlation id) into that queue."""
-        if reply_allowed(self._accounts, incoming.user_id, incoming.reply_to):
+        if reply_allowed(self._accounts, incoming.user_id, incoming.reply_to, self._worker_queues):
             return True
         owner = self._accounts.tenant_of_user(incoming.user_id) if incoming.user_id else None
         tenant = owner.name if owner is not None else ""

@@ -33,7 +33,7 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.settings import Settings
 from worker.stores.base import ResultStore
-from worker.tenancy import Reason
+from worker.tenancy import Reason, WorkerQueues
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class JobPipeline:
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._gate = Gate(accounts, metrics)
+        queues = WorkerQueues.of(settings.request_queue, settings.dead_letter_queue)
+        self._gate = Gate(accounts, metrics, queues)
         self._once = AtMostOnce(store, settings.max_result_bytes, metrics, self.observe)
         self.execution = Execution(client, InsertGuard(store), metrics)
 
