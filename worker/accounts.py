@@ -36,7 +36,7 @@ class Flow(StrEnum):
 
 
 SECRET_KEYS = ("client_secret", "refresh_token", "private_key")
-_REQUIRED_SECRETS: dict[Flow, tuple[str, ...]] = {
+REQUIRED_SECRETS: dict[Flow, tuple[str, ...]] = {
     Flow.CLIENT_CREDENTIALS: ("client_secret",),
     Flow.REFRESH_TOKEN: ("client_secret", "refresh_token"),
     Flow.JWT_BEARER: ("private_key",),
@@ -187,7 +187,7 @@ class _Table(BaseModel):
 
 
 class AccountTable(_Table):
-    """One [accounts.NAME] table as written, its secrets resolved (docs/configuration.md)."""
+    """An [accounts.NAME] table: an External Client App connection to one org."""
 
     instance_url: str
     flow: Flow = Field(strict=False)
@@ -244,7 +244,7 @@ class AccountTable(_Table):
         base_dir = _context(info)[0]
         for key in SECRET_KEYS:
             setattr(self, key, self._secret(key, base_dir))
-        for key in _REQUIRED_SECRETS[self.flow]:
+        for key in REQUIRED_SECRETS[self.flow]:
             if getattr(self, key) is None:
                 raise _refuse(
                     f"missing key {key!r} (or {key}_env / {key}_file) for flow {self.flow.value}"
