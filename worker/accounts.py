@@ -1,10 +1,9 @@
-"""The accounts file (TOML): integration accounts and tenants.
-
-Secrets in the accounts file may be given inline, as `<key>_env` (the name of an environment
+"""The accounts file (TOML): `AccountsFile`, the pydantic model of the file as written (its JSON
+Schema is contracts/accounts.schema.json), and the frozen `Account`, `Tenant` and `Accounts` the
+worker uses, built from it. Secrets may be given inline, as `<key>_env` (the name of an environment
 variable) or as `<key>_file` (a path, e.g. a mounted Kubernetes Secret). A bad file fails at start
-with a message that names the account and the key; no secret value ever appears in an error, a repr
-or a log line.
-"""
+with a message that names the account (or tenant) and the key; no secret value ever appears in an
+error, a repr or a log line."""
 
 from __future__ import annotations
 
@@ -14,14 +13,16 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError, ValidationError
+from pydantic_core.core_schema import ValidationInfo
 
 
 class ConfigError(Exception):
@@ -35,41 +36,17 @@ class Flow(StrEnum):
 
 
 SECRET_KEYS = ("client_secret", "refresh_token", "private_key")
-_REQUIRED_SECRETS: dict[Flow, tuple[str, ...]] = {
+REQUIRED_SECRETS: dict[Flow, tuple[str, ...]] = {
     Flow.CLIENT_CREDENTIALS: ("client_secret",),
     Flow.REFRESH_TOKEN: ("client_secret", "refresh_token"),
     Flow.JWT_BEARER: ("private_key",),
 }
-_PLAIN_KEYS = {
-    "tenant",
-    "default",
-    "instance_url",
-    "token_url",
-    "flow",
-    "client_id",
-    "username",
-    "audience",
-    "sandbox",
-    "api_version",
-    "max_concurrency",
-    "api_reserve_percent",
-    "idempotency_fields",
-    "coalesce",
-}
-ACCOUNT_KEYS = (
-    _PLAIN_KEYS
-    | set(SECRET_KEYS)
-    | {f"{k}_env" for k in SECRET_KEYS}
-    | {f"{k}_file" for k in SECRET_KEYS}
-)
-_LOCAL_HOSTS = {"localhost"}
-TENANT_KEYS = {"amqp_users", "reply_to"}
-_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_API_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,79}$"
 # Salesforce limits long (>20 s) concurrent calls to 25 per org, not short ones: the cap is a
 # guard against a slow org, set above a process's prefetch so it never throttles normal load.
 DEFAULT_MAX_CONCURRENCY = 100
 DEFAULT_API_RESERVE_PERCENT = 95.0
-_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 
 
 @dataclass(frozen=True)
@@ -150,305 +127,312 @@ class Accounts:
 
 
 def _is_local_host(host: str) -> bool:
-    if host in _LOCAL_HOSTS:
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
-def check_url(url: str, *, allow_insecure_localhost: bool, where: str) -> str:
-    """Return the URL without a trailing slash, or raise ConfigError naming `where`."""
+def _url_problem(url: str, *, allow_insecure_localhost: bool) -> str | None:
+    """What is wrong with a Salesforce URL, or None."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme not in {"https", "http"} or not host:
-        raise ConfigError(f"{where}: must be an https:// URL with a host")
+        return "must be an https:// URL with a host"
     if parts.scheme == "http":
         if not _is_local_host(host):
-            raise ConfigError(f"{where}: plain http:// is refused; Salesforce needs https://")
+            return "plain http:// is refused; Salesforce needs https://"
         if not allow_insecure_localhost:
-            raise ConfigError(
-                f"{where}: plain http:// to {host} needs SFWORKER_ALLOW_INSECURE_LOCALHOST=true "
+            return (
+                f"plain http:// to {host} needs SFWORKER_ALLOW_INSECURE_LOCALHOST=true "
                 "(simulator only)"
             )
     if parts.query or parts.fragment:
-        raise ConfigError(f"{where}: must not carry a query or fragment")
+        return "must not carry a query or fragment"
+    return None
+
+
+def check_url(url: str, *, allow_insecure_localhost: bool, where: str) -> str:
+    """Return the URL without a trailing slash, or raise ConfigError naming `where`."""
+    problem = _url_problem(url, allow_insecure_localhost=allow_insecure_localhost)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
     return url.rstrip("/")
 
 
-def _read_secret(name: str, key: str, table: Mapping[str, Any], base_dir: Path) -> SecretStr | None:
-    given = [k for k in (key, f"{key}_env", f"{key}_file") if k in table]
-    if len(given) > 1:
-        raise ConfigError(f"account {name!r}: give only one of {', '.join(given)}")
-    if not given:
-        return None
-    which = given[0]
-    raw = table[which]
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"account {name!r}: key {which!r} must be a non-empty string")
-    if which == key:
-        return SecretStr(raw)
-    if which.endswith("_env"):
-        value = os.environ.get(raw)
-        if not value:
-            raise ConfigError(
-                f"account {name!r}: key {which!r}: environment variable {raw} is not set or empty"
-            )
-        return SecretStr(value)
-    path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"account {name!r}: key {which!r}: cannot read {path}: {exc.strerror or 'error'}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"account {name!r}: key {which!r}: {path} is not UTF-8 text") from None
-    text = text.strip() if key != "private_key" else text
-    if not text.strip():
-        raise ConfigError(f"account {name!r}: key {which!r}: {path} is empty")
-    return SecretStr(text)
+def _refuse(detail: str, *loc: str) -> PydanticCustomError:
+    """A refusal in the file's words; `loc` places it when the validator sees more than the table
+    at fault (the whole file's cross-checks). Never put a secret value in `detail`."""
+    return PydanticCustomError("sfworker", "{detail}", {"detail": detail, "loc": loc})
 
 
-def _typed(name: str, table: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    """table[key] checked to be of `kind`, or `default` when absent."""
-    if key not in table:
-        return default
-    value = table[key]
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(f"account {name!r}: key {key!r} must be an integer")
-    if not isinstance(value, kind):
-        raise ConfigError(f"account {name!r}: key {key!r} must be a {kind.__name__}")
-    return value
+def _context(info: ValidationInfo) -> tuple[Path, bool]:
+    """From parse_accounts: where relative `_file` paths start; is http://localhost allowed."""
+    context = info.context or {}
+    return Path(context.get("base_dir", ".")), bool(context.get("allow_insecure_localhost"))
 
 
-def _check_private_key(name: str, table: Mapping[str, Any], key: SecretStr | None) -> None:
-    """A jwt_bearer key must load as a PEM private key now, not fail the first job later."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    assert key is not None
-    which = next(k for k in ("private_key", "private_key_env", "private_key_file") if k in table)
-    try:
-        load_pem_private_key(key.get_secret_value().encode(), password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"account {name!r}: key {which!r}: not an unencrypted PEM private key"
-        ) from None
+_Text = Annotated[str, Field(min_length=1)]
+_Secret = Annotated[SecretStr, Field(min_length=1)]
+_FromEnv = Annotated[str, Field(min_length=1, description="A variable holding the secret")]
+_FromFile = Annotated[str, Field(min_length=1, description="A file holding the secret")]
+_ApiName = Annotated[str, Field(pattern=_API_NAME)]
+_TenantName = Annotated[str, Field(pattern=_TENANT_NAME)]
 
 
-def _api_version(name: str, raw: Any) -> str:
-    text = str(raw) if isinstance(raw, str | float | int) and not isinstance(raw, bool) else ""
-    if "." not in text:
-        text += ".0"
-    major, _, minor = text.partition(".")
-    if not (major.isdigit() and minor.isdigit() and 20 <= int(major) < 100):
-        raise ConfigError(f"account {name!r}: key 'api_version' must look like \"62.0\"")
-    return text
+class _Table(BaseModel):
+    # strict: TOML has types, so "10" is not an integer and 1 is not true; unknown keys are
+    # refused, so a typo never silently disables a setting.
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
 
 
-def _idempotency_fields(name: str, raw: Any) -> dict[str, str]:
-    """`{ Case = "Sfworker_Job_Id__c" }`: inserts on Case become upserts keyed by job_id."""
-    where = f"account {name!r}: key 'idempotency_fields'"
-    if not isinstance(raw, dict):
-        raise ConfigError(f'{where} must be a table of object = "External_Id_Field__c"')
-    fields: dict[str, str] = {}
-    for sobject, field_name in raw.items():
-        if not _API_NAME.match(sobject):
-            raise ConfigError(f"{where}: {sobject!r} is not an object API name")
-        if not isinstance(field_name, str) or not _API_NAME.match(field_name):
-            raise ConfigError(f"{where}: the field for {sobject} must be a field API name")
-        fields[sobject] = field_name
-    return fields
+class AccountTable(_Table):
+    """An [accounts.NAME] table: an External Client App connection to one org."""
+
+    instance_url: str
+    flow: Flow = Field(strict=False)
+    client_id: str = Field(min_length=1)
+    client_secret: _Secret | None = None
+    client_secret_env: _FromEnv | None = None
+    client_secret_file: _FromFile | None = None
+    refresh_token: _Secret | None = None
+    refresh_token_env: _FromEnv | None = None
+    refresh_token_file: _FromFile | None = None
+    private_key: _Secret | None = None
+    private_key_env: _FromEnv | None = None
+    private_key_file: _FromFile | None = None
+    username: str | None = None
+    token_url: str | None = None  # {instance_url}/services/oauth2/token
+    audience: str | None = None  # https://login.salesforce.com, test. with sandbox = true
+    sandbox: bool = False
+    tenant: str | None = None
+    default: bool = False
+    api_version: str = Field("62.0", pattern=r"^[2-9][0-9]\.[0-9]+$")
+    max_concurrency: int = Field(DEFAULT_MAX_CONCURRENCY, ge=1)
+    api_reserve_percent: float = Field(DEFAULT_API_RESERVE_PERCENT, gt=0, le=100)
+    idempotency_fields: dict[_ApiName, _ApiName] = Field(default_factory=dict)
+    coalesce: bool = True
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_text(cls, raw: object) -> object:
+        """62, 62.0 and "62" all mean "62.0"."""
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            return raw
+        text = str(raw)
+        return text if "." in text else f"{text}.0"
+
+    @field_validator("instance_url", "token_url")
+    @classmethod
+    def _salesforce_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None:
+            return None
+        problem = _url_problem(url, allow_insecure_localhost=_context(info)[1])
+        if problem is not None:
+            raise _refuse(problem)
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _complete(self, info: ValidationInfo) -> Self:
+        """Defaults that depend on other keys; each secret resolved from its one source; the
+        flow's secrets present and usable."""
+        self.tenant = self.tenant or None
+        self.token_url = self.token_url or f"{self.instance_url}/services/oauth2/token"
+        if self.audience is None:
+            sandbox = "test" if self.sandbox else "login"
+            self.audience = f"https://{sandbox}.salesforce.com"
+        base_dir = _context(info)[0]
+        for key in SECRET_KEYS:
+            setattr(self, key, self._secret(key, base_dir))
+        for key in REQUIRED_SECRETS[self.flow]:
+            if getattr(self, key) is None:
+                raise _refuse(
+                    f"missing key {key!r} (or {key}_env / {key}_file) for flow {self.flow.value}"
+                )
+        if self.flow is Flow.JWT_BEARER:
+            if not self.username:
+                raise _refuse("missing key 'username' for flow jwt_bearer")
+            self._check_private_key()
+        return self
+
+    def _sources(self, key: str) -> list[str]:
+        return [k for k in (key, f"{key}_env", f"{key}_file") if getattr(self, k) is not None]
+
+    def _secret(self, key: str, base_dir: Path) -> SecretStr | None:
+        given = self._sources(key)
+        if len(given) > 1:
+            raise _refuse(f"give only one of {', '.join(given)}")
+        if not given or given[0] == key:
+            inline: SecretStr | None = getattr(self, key)
+            return inline
+        which = given[0]
+        raw: str = getattr(self, which)
+        if which.endswith("_env"):
+            value = os.environ.get(raw)
+            if not value:
+                raise _refuse(f"key {which!r}: environment variable {raw} is not set or empty")
+            return SecretStr(value)
+        path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise _refuse(f"key {which!r}: cannot read {path}: {exc.strerror or 'error'}") from None
+        except UnicodeDecodeError:
+            raise _refuse(f"key {which!r}: {path} is not UTF-8 text") from None
+        text = text.strip() if key != "private_key" else text
+        if not text.strip():
+            raise _refuse(f"key {which!r}: {path} is empty")
+        return SecretStr(text)
+
+    def _check_private_key(self) -> None:
+        """A jwt_bearer key must load as a PEM private key now, not fail the first job later."""
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        assert self.private_key is not None
+        try:
+            load_pem_private_key(self.private_key.get_secret_value().encode(), password=None)
+        except (ValueError, TypeError):
+            which = self._sources("private_key")[-1]  # resolved: private_key and its source
+            raise _refuse(f"key {which!r}: not an unencrypted PEM private key") from None
+
+    def account(self, name: str) -> Account:
+        return Account(name=name, **{f.name: getattr(self, f.name) for f in _ACCOUNT_FIELDS})
 
 
-def _parse_account(
-    name: str, table: Any, base_dir: Path, *, allow_insecure_localhost: bool
-) -> Account:
-    if not isinstance(table, dict):
-        raise ConfigError(f"account {name!r}: [accounts.{name}] must be a table")
-    unknown = sorted(set(table) - ACCOUNT_KEYS)
-    if unknown:
-        raise ConfigError(f"account {name!r}: unknown key {unknown[0]!r}")
-    for required in ("instance_url", "flow", "client_id"):
-        if required not in table:
-            raise ConfigError(f"account {name!r}: missing key {required!r}")
-    flow_raw = _typed(name, table, "flow", str, "")
-    try:
-        flow = Flow(flow_raw)
-    except ValueError:
-        allowed = ", ".join(f.value for f in Flow)
-        raise ConfigError(
-            f"account {name!r}: key 'flow': unknown flow {flow_raw!r} (one of {allowed})"
-        ) from None
-    instance_url = check_url(
-        _typed(name, table, "instance_url", str, ""),
-        allow_insecure_localhost=allow_insecure_localhost,
-        where=f"account {name!r}: key 'instance_url'",
-    )
-    token_url = check_url(
-        _typed(name, table, "token_url", str, f"{instance_url}/services/oauth2/token"),
-        allow_insecure_localhost=allow_insecure_localhost,
-        where=f"account {name!r}: key 'token_url'",
-    )
-    secrets = {key: _read_secret(name, key, table, base_dir) for key in SECRET_KEYS}
-    for key in _REQUIRED_SECRETS[flow]:
-        if secrets[key] is None:
-            raise ConfigError(
-                f"account {name!r}: missing key {key!r} (or {key}_env / {key}_file) "
-                f"for flow {flow.value}"
-            )
-    client_id = _typed(name, table, "client_id", str, "")
-    if not client_id:
-        raise ConfigError(f"account {name!r}: key 'client_id' must not be empty")
-    username = _typed(name, table, "username", str, None)
-    if flow is Flow.JWT_BEARER:
-        if not username:
-            raise ConfigError(f"account {name!r}: missing key 'username' for flow jwt_bearer")
-        _check_private_key(name, table, secrets["private_key"])
-    sandbox = _typed(name, table, "sandbox", bool, False)
-    default_audience = "https://test.salesforce.com" if sandbox else "https://login.salesforce.com"
-    api_version = _api_version(name, table.get("api_version", "62.0"))
-    max_concurrency = _typed(name, table, "max_concurrency", int, DEFAULT_MAX_CONCURRENCY)
-    if max_concurrency < 1:
-        raise ConfigError(f"account {name!r}: key 'max_concurrency' must be at least 1")
-    reserve = table.get("api_reserve_percent", DEFAULT_API_RESERVE_PERCENT)
-    if isinstance(reserve, bool) or not isinstance(reserve, int | float) or not 0 < reserve <= 100:
-        raise ConfigError(
-            f"account {name!r}: key 'api_reserve_percent' must be a number above 0, at most 100"
-        )
-    tenant = _typed(name, table, "tenant", str, None)
-    return Account(
-        name=name,
-        instance_url=instance_url,
-        token_url=token_url,
-        flow=flow,
-        client_id=client_id,
-        client_secret=secrets["client_secret"],
-        refresh_token=secrets["refresh_token"],
-        private_key=secrets["private_key"],
-        username=username,
-        audience=_typed(name, table, "audience", str, default_audience),
-        tenant=tenant or None,
-        default=_typed(name, table, "default", bool, False),
-        api_version=api_version,
-        max_concurrency=max_concurrency,
-        api_reserve_percent=float(reserve),
-        idempotency_fields=_idempotency_fields(name, table.get("idempotency_fields", {})),
-        coalesce=_typed(name, table, "coalesce", bool, True),
-    )
+class TenantTable(_Table):
+    """One [tenants.NAME] table: the RabbitMQ users that publish the tenant's jobs."""
 
+    amqp_users: list[str] = Field(min_length=1)
+    reply_to: list[_Text] = Field(default_factory=list)  # regexes of further reply queues
 
-def _parse_tenants(data: Any) -> dict[str, Tenant]:
-    """The [tenants.NAME] tables; each RabbitMQ user publishes for one tenant at most."""
-    if data is None:
-        return {}
-    if not isinstance(data, dict) or not data:
-        raise ConfigError("accounts file: [tenants] needs at least one [tenants.NAME] table")
-    tenants: dict[str, Tenant] = {}
-    owner: dict[str, str] = {}
-    for name, table in data.items():
-        if not _TENANT_NAME.fullmatch(name):
-            raise ConfigError(
-                f"tenant {name!r}: a tenant name is letters, digits, '.', '_' and '-' "
-                "(at most 128, starting with a letter or digit)"
-            )
-        if not isinstance(table, dict):
-            raise ConfigError(f"tenant {name!r}: [tenants.{name}] must be a table")
-        unknown = sorted(set(table) - TENANT_KEYS)
-        if unknown:
-            raise ConfigError(f"tenant {name!r}: unknown key {unknown[0]!r}")
-        users = table.get("amqp_users")
-        if users is None:
-            raise ConfigError(f"tenant {name!r}: missing key 'amqp_users'")
-        if not isinstance(users, list) or not users or not all(isinstance(u, str) for u in users):
-            raise ConfigError(
-                f"tenant {name!r}: key 'amqp_users' must be a non-empty list of RabbitMQ user names"
-            )
+    @field_validator("amqp_users")
+    @classmethod
+    def _user_names(cls, users: list[str]) -> list[str]:
         for user in users:
             if not user.strip() or user != user.strip():
-                raise ConfigError(
-                    f"tenant {name!r}: key 'amqp_users': {user!r} is not a RabbitMQ user name"
-                )
-            if owner.get(user, name) != name:
-                raise ConfigError(
-                    f"tenant {name!r}: key 'amqp_users': user {user!r} already publishes for "
-                    f"tenant {owner[user]!r}"
-                )
-            owner[user] = name
-        tenants[name] = Tenant(
-            name=name, amqp_users=frozenset(users), reply_to=_reply_patterns(name, table)
+                raise _refuse(f"{user!r} is not a RabbitMQ user name")
+        return users
+
+    @field_validator("reply_to")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise _refuse(f"{pattern!r} is not a regex ({exc})") from None
+        return patterns
+
+    def tenant(self, name: str) -> Tenant:
+        patterns = tuple(re.compile(p) for p in self.reply_to)
+        return Tenant(name=name, amqp_users=frozenset(self.amqp_users), reply_to=patterns)
+
+
+class AccountsFile(_Table):
+    """The accounts file: [accounts.NAME] tables and, for strict tenancy, [tenants.NAME] ones."""
+
+    tenants: dict[_TenantName, TenantTable] = Field(default_factory=dict, min_length=1)
+    accounts: dict[str, AccountTable] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        """A user publishes for one tenant; one default per tenant; with tenant tables, every
+        account belongs to one of them."""
+        owner: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for user in tenant.amqp_users:
+                if owner.setdefault(user, name) != name:
+                    already = f"user {user!r} already publishes for tenant {owner[user]!r}"
+                    raise _refuse(already, "tenants", name, "amqp_users")
+        defaults: dict[str | None, str] = {}
+        for name, account in self.accounts.items():
+            if account.default and account.tenant in defaults:
+                of_tenant = f" of tenant {account.tenant!r}" if account.tenant else ""
+                already = f"account {defaults[account.tenant]!r} is already the default{of_tenant}"
+                raise _refuse(already, "accounts", name, "default")
+            if account.default:
+                defaults[account.tenant] = name
+        for name, account in self.accounts.items() if self.tenants else ():
+            if account.tenant is None:
+                why = "every account needs one when the file has [tenants.NAME] tables"
+                raise _refuse(f"missing key 'tenant' ({why})", "accounts", name)
+            if account.tenant not in self.tenants:
+                raise _refuse(f"no [tenants.{account.tenant}] table", "accounts", name, "tenant")
+        return self
+
+    def built(self) -> Accounts:
+        return Accounts(
+            by_name={name: table.account(name) for name, table in self.accounts.items()},
+            tenants={name: table.tenant(name) for name, table in self.tenants.items()},
         )
-    return tenants
 
 
-def _reply_patterns(name: str, table: Mapping[str, Any]) -> tuple[re.Pattern[str], ...]:
-    """A tenant's `reply_to`: regexes a reply queue's whole name may match."""
-    raw = table.get("reply_to", [])
-    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
-        raise ConfigError(
-            f"tenant {name!r}: key 'reply_to' must be a list of regexes of queue names"
-        )
-    patterns = []
-    for pattern in raw:
-        try:
-            patterns.append(re.compile(pattern))
-        except re.error as exc:
-            raise ConfigError(
-                f"tenant {name!r}: key 'reply_to': {pattern!r} is not a regex ({exc})"
-            ) from None
-    return tuple(patterns)
+ACCOUNT_KEYS = frozenset(AccountTable.model_fields)
+_ACCOUNT_FIELDS = [f for f in fields(Account) if f.name != "name"]  # all keys of a table
+TENANT_KEYS = frozenset(TenantTable.model_fields)
+# Why a value was refused, by key or by pydantic's error type, in the file's words; the value
+# itself is never quoted.
+_RULES = {
+    "accounts": "needs at least one [accounts.NAME] table",
+    "tenants": "[tenants] needs at least one [tenants.NAME] table",
+    "[key]": "a tenant name is letters, digits, '.', '_' and '-' "
+    "(at most 128, starting with a letter or digit)",
+    "api_version": 'must look like "62.0"',
+    "max_concurrency": "must be an integer, at least 1",
+    "api_reserve_percent": "must be a number above 0, at most 100",
+    "idempotency_fields": 'must be a table of object = "External_Id_Field__c"',
+    "amqp_users": "must be a non-empty list of RabbitMQ user names",
+    "reply_to": "must be a list of regexes of queue names",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "string_too_short": "must not be empty",
+    "too_short": "must not be empty",
+}
 
 
-def _check_tenants(accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]) -> None:
-    """With tenant tables, every account belongs to one of them."""
-    if not tenants:
-        return
-    for account in accounts.values():
-        if account.tenant is None:
-            raise ConfigError(
-                f"account {account.name!r}: missing key 'tenant' (every account needs one when "
-                "the file has [tenants.NAME] tables)"
-            )
-        if account.tenant not in tenants:
-            raise ConfigError(
-                f"account {account.name!r}: key 'tenant': no [tenants.{account.tenant}] table"
-            )
+def _message(error: ErrorDetails) -> str:
+    """One pydantic error as the ConfigError message: where (account or tenant), key, why."""
+    kind, msg = error["type"], error["msg"]
+    loc = [str(part) for part in error.get("ctx", {}).get("loc") or error["loc"]]
+    if len(loc) < 2:
+        key = loc[0] if loc else ""
+        if kind == "extra_forbidden":  # a misspelt [tenant.acme] must not turn tenancy off
+            tables = "the file holds [accounts.NAME] and [tenants.NAME] tables"
+            return f"accounts file: unknown table or key {key!r} ({tables})"
+        return f"accounts file: {_RULES.get(key, msg)}"
+    where = f"{'account' if loc[0] == 'accounts' else 'tenant'} {loc[1]!r}"
+    key = loc[2] if len(loc) > 2 else ""
+    if kind == "sfworker":
+        return f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}"
+    if not key or key == "[key]":
+        return f"{where}: {_RULES[key] if key else f'[{loc[0]}.{loc[1]}] must be a table'}"
+    if kind in {"extra_forbidden", "missing"}:
+        return f"{where}: {'unknown' if kind == 'extra_forbidden' else 'missing'} key {key!r}"
+    if key == "flow":
+        return f"{where}: key 'flow': unknown flow {error['input']!r} (one of {', '.join(Flow)})"
+    if key == "idempotency_fields" and len(loc) > 3:
+        if loc[-1] == "[key]":
+            return f"{where}: key {key!r}: {loc[3]!r} is not an object API name"
+        return f"{where}: key {key!r}: the field for {loc[3]} must be a field API name"
+    rule = _RULES.get(key) or _RULES.get(kind)
+    return f"{where}: key {key!r} {rule}" if rule else f"{where}: key {key!r}: {msg}"
 
 
 def parse_accounts(
     data: Mapping[str, Any], base_dir: Path, *, allow_insecure_localhost: bool = False
 ) -> Accounts:
-    unknown = sorted(set(data) - {"accounts", "tenants"})
-    if unknown:
-        # A misspelt [tenant.acme] must not silently turn tenant isolation off.
-        raise ConfigError(
-            f"accounts file: unknown table or key {unknown[0]!r} "
-            "(the file holds [accounts.NAME] and [tenants.NAME] tables)"
-        )
-    tenants = _parse_tenants(data.get("tenants"))
-    tables = data.get("accounts")
-    if not isinstance(tables, dict) or not tables:
-        raise ConfigError("accounts file: needs at least one [accounts.NAME] table")
-    accounts = {
-        name: _parse_account(
-            name, table, base_dir, allow_insecure_localhost=allow_insecure_localhost
-        )
-        for name, table in tables.items()
-    }
-    seen_default: dict[str | None, str] = {}
-    for account in accounts.values():
-        if not account.default:
-            continue
-        if account.tenant in seen_default:
-            raise ConfigError(
-                f"account {account.name!r}: key 'default': account "
-                f"{seen_default[account.tenant]!r} is already the default"
-                + (f" of tenant {account.tenant!r}" if account.tenant else "")
-            )
-        seen_default[account.tenant] = account.name
-    _check_tenants(accounts, tenants)
-    return Accounts(by_name=accounts, tenants=tenants)
+    """The accounts file's tables (as tomllib reads them) validated, or a ConfigError naming the
+    first problem (unknown keys first) and no value."""
+    context = {"base_dir": base_dir, "allow_insecure_localhost": allow_insecure_localhost}
+    try:
+        file = AccountsFile.model_validate(dict(data), context=context)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+        message = _message(errors[0])
+    else:
+        return file.built()
+    raise ConfigError(message)  # outside the except: no chained error carrying values
 
 
 def load_accounts(path: Path, *, allow_insecure_localhost: bool = False) -> Accounts:

@@ -3,10 +3,13 @@ secret value ever shows up in an error, a repr or a log line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tomllib
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from tests.conftest import rsa_key_pair
@@ -256,3 +259,33 @@ def test_fleet_keys_of_an_account_and_their_defaults(tmp_path: Path) -> None:
     account = next(iter(load(write(tmp_path, tuned)).by_name.values()))
     assert account.api_reserve_percent == 90.0
     assert dict(account.idempotency_fields) == {"Case": "Sfworker_Job_Id__c"}
+
+
+def test_the_published_schema_takes_the_documented_file_and_refuses_what_the_model_refuses(
+    tmp_path: Path,
+) -> None:
+    """contracts/accounts.schema.json (generated from the model) lets an editor or a CI step
+    check an accounts file: the example of docs/configuration.md passes, mistakes do not."""
+    root = Path(__file__).resolve().parents[2]
+    schema = json.loads((root / "contracts" / "accounts.schema.json").read_text())
+    doc = (root / "docs" / "configuration.md").read_text()
+    example = doc[doc.index("## The accounts file") :].split("```toml\n", 1)[1].split("```")[0]
+    jsonschema.validate(tomllib.loads(example), schema)
+    good = (
+        f'[accounts.acme]\ninstance_url = "https://acme.my.salesforce.com"\n'
+        f'flow = "client_credentials"\nclient_id = "x"\nclient_secret = "{SECRET}"\n'
+    )
+    jsonschema.validate(tomllib.loads(good), schema)
+    assert load_accounts(write(tmp_path, good)).by_name["acme"].client_id == "x"
+    for bad in (
+        good + 'client_scret = "x"\n',  # a typo
+        good.replace(f'client_secret = "{SECRET}"', 'client_secret_env = ""'),
+        good.replace('"client_credentials"', '"jwt_bearer"'),  # no private key, no username
+        good + "max_concurrency = 0\n",
+        good + '[tenant.acme]\namqp_users = ["rt-acme"]\n',
+        good + '[tenants."a/b"]\namqp_users = ["rt-acme"]\n',
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(tomllib.loads(bad), schema)
+        with pytest.raises(ConfigError):
+            load(write(tmp_path, bad))

@@ -1,5 +1,6 @@
 """Generate contracts/ from the models: JSON Schemas of the request and the result, one example
-per operation and per error code, and the AsyncAPI 3.0 document (asyncapi.yaml).
+per operation and per error code, the AsyncAPI 3.0 document (asyncapi.yaml), and the JSON Schema
+of the accounts file (accounts.schema.json, from worker/accounts.py).
 
     python -m worker.contract.gen            # rewrite contracts/
     python -m worker.contract.gen --check    # exit 1 when contracts/ differs from the models
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
+from worker.accounts import REQUIRED_SECRETS, AccountsFile, Flow
 from worker.contract import (
     JOB_ADAPTER,
     BlockResult,
@@ -255,6 +259,54 @@ def result_schema() -> dict[str, Any]:
     }
 
 
+class _TomlSchema(GenerateJsonSchema):
+    """TOML has no null (an optional key is absent, never null), and a table whose names follow
+    a pattern holds no other names."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        if schema.get("default", ...) is None:
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        json_schema = super().dict_schema(schema)
+        if "patternProperties" in json_schema:
+            json_schema["additionalProperties"] = False
+        return json_schema
+
+
+def _flow_rules() -> list[dict[str, Any]]:
+    """What each flow needs (the model checks it after reading the secrets): each of its secrets
+    given one way, and jwt_bearer's username."""
+    rules = []
+    for flow, keys in REQUIRED_SECRETS.items():
+        then: dict[str, Any] = {
+            "allOf": [
+                {"anyOf": [{"required": [k]} for k in (key, f"{key}_env", f"{key}_file")]}
+                for key in keys
+            ]
+        }
+        if flow is Flow.JWT_BEARER:
+            then["required"] = ["username"]
+        condition = {"required": ["flow"], "properties": {"flow": {"const": flow.value}}}
+        rules.append({"if": condition, "then": then})
+    return rules
+
+
+def accounts_schema() -> dict[str, Any]:
+    schema = AccountsFile.model_json_schema(schema_generator=_TomlSchema)
+    schema["$defs"]["AccountTable"]["allOf"] = _flow_rules()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/sfworker/sfworker/contracts/accounts.schema.json",
+        **schema,
+        "title": "sfworker accounts file (TOML)",
+    }
+
+
 def asyncapi_yaml() -> bytes:
     import yaml  # a dev dependency: only the generator and its check need it
 
@@ -282,6 +334,7 @@ def generated_files() -> dict[str, bytes]:
         "request.schema.json": _dump(request_schema()),
         "result.schema.json": _dump(result_schema()),
         "asyncapi.yaml": asyncapi_yaml(),
+        "accounts.schema.json": _dump(accounts_schema()),
     }
     for name, request in REQUESTS.items():
         JOB_ADAPTER.validate_python(request)  # an example that does not validate is a bug here
