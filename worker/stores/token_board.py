@@ -260,7 +260,7 @@ class MemoryTokenBoard:
             return None
         self._failures = 0
         self._last = None
-        token = AccessToken(access_token, next_generation(), issued_at)
+        token = AccessToken(access_token, next_generation(), issued_at, source=self.source)
         # Rotation: the old refresh token is dead from now on; keep the new one.
         self.adopt(token, refresh_token)
         return token
