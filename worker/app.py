@@ -19,17 +19,17 @@ from worker.runtime.consumer import Consumer
 from worker.runtime.lanes import FairShare
 from worker.runtime.service import RabbitService
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
 from worker.salesforce.reserve import ApiReserve, LocalBoard
-from worker.salesforce.tokens import Backoff, MemoryTokenManager, TokenManager
+from worker.salesforce.tokens import Backoff, BoardTokenManager, TokenManager
 from worker.settings import Settings
 from worker.stores.base import ResultStore
 from worker.stores.fleet import FleetSlots, RedisUsageBoard
 from worker.stores.link import RedisLink, from_settings
 from worker.stores.memory import MemoryResultStore
 from worker.stores.redis import RedisResultStore
+from worker.stores.redis_token_board import RedisTokenBoards
 from worker.stores.slots import LocalSlots, Slots
 
 log = logging.getLogger(__name__)
@@ -45,18 +45,15 @@ def token_manager(
         return await request_token(session, account, refresh_token=refresh_token)
 
     backoff = Backoff(settings.token_backoff_initial_seconds, settings.token_backoff_max_seconds)
+    shared = None
     if link is not None:
-        return RedisTokenManager(
+        shared = RedisTokenBoards(
             link,
-            fetch,
-            metrics,
-            backoff,
             lease=settings.token_lock_lease_seconds,
-            request_timeout=settings.token_timeout_seconds,
             refresh_ttl=settings.refresh_token_ttl_days * 86400,
         )
-    return MemoryTokenManager(
-        fetch, metrics, backoff, request_timeout=settings.token_timeout_seconds
+    return BoardTokenManager(
+        fetch, metrics, backoff, shared=shared, request_timeout=settings.token_timeout_seconds
     )
 
 

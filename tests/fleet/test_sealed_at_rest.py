@@ -227,9 +227,10 @@ async def test_a_refresh_token_rotated_before_sealing_is_carried_over_not_replay
 
     from tests.conftest import write_accounts
     from worker.observability.metrics import Metrics
-    from worker.salesforce.fleet_tokens import RedisTokenManager, fingerprint
     from worker.salesforce.oauth import Grant, request_token
+    from worker.salesforce.tokens import BoardTokenManager
     from worker.stores.link import RedisLink
+    from worker.stores.redis_token_board import RedisTokenBoards, seed_of
 
     rotated = "5Aep861rotated-by-the-previous-version"
     await simulator.set_client(
@@ -239,9 +240,7 @@ async def test_a_refresh_token_rotated_before_sealing_is_carried_over_not_replay
     account = load_accounts(path, allow_insecure_localhost=True).by_name["main"]
     legacy, key = f"{redis_prefix}refresh:main", f"{redis_prefix}refresh:main:{account.scope}"
     client = aioredis.from_url(redis_url)
-    await client.hset(
-        legacy, mapping={"value": rotated, "seed": fingerprint(account.refresh_token)}
-    )
+    await client.hset(legacy, mapping={"value": rotated, "seed": seed_of(account.refresh_token)})
     seal = Seal(parse_keys(TEST_REDIS_KEY, "test key"))
     link = RedisLink(redis_url, redis_prefix, Metrics(), seal=seal)
     await link.start()
@@ -250,7 +249,7 @@ async def test_a_refresh_token_rotated_before_sealing_is_carried_over_not_replay
         async def fetch(account: Any, refresh_token: SecretStr | None) -> Grant:
             return await request_token(session, account, refresh_token=refresh_token)
 
-        tokens = RedisTokenManager(link, fetch, Metrics())
+        tokens = BoardTokenManager(fetch, Metrics(), shared=RedisTokenBoards(link))
         try:
             await tokens.get(account)
         finally:

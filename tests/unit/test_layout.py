@@ -63,6 +63,19 @@ def test_stores_never_import_from_salesforce() -> None:
     assert offenders == set()
 
 
+def test_salesforce_sees_token_boards_not_redis() -> None:
+    """The Salesforce side reads and writes token boards (stores/token_board.py); Redis, its
+    connection, its pipelines and the sealing of values stay behind them in stores/."""
+    hidden = {"redis", "worker.stores.link", "worker.stores.sealing", "worker.stores.pipe"}
+    offenders = {
+        f"{path.relative_to(WORKER)}: {module}"
+        for path in (WORKER / "salesforce").rglob("*.py")
+        for module in _imports(path)
+        if any(module == h or module.startswith(f"{h}.") for h in hidden)
+    }
+    assert offenders == set()
+
+
 def test_the_product_package_holds_no_simulator_and_no_test_helper() -> None:
     offenders = {
         f"{path.relative_to(WORKER)}: {module}"

@@ -7,53 +7,56 @@
   so a burst of 401s after one refresh does not refresh again.
 - Backoff: after a failed token request, jobs fail fast with the same error until the backoff
   passes (the token endpoint allows 3,600 logins per user per hour).
+- Timeouts: a token request that does not answer within SFWORKER_TOKEN_TIMEOUT_SECONDS fails.
 
-`TokenManager` is the interface; `MemoryTokenManager` keeps state in this process. A shared
-implementation (single-flight across the fleet) plugs in behind the same interface.
+`AccountTokens` is that state machine for one account, written over a token *board*
+(stores/token_board.py): the process's own (`MemoryTokenBoard`), or one the fleet shares
+(Redis: stores/redis_token_board.py), which makes the rules above hold fleet-wide: one worker
+takes the board's refresh lock (renewing its lease while its request runs) and the others poll
+the board every 50 ms for the new token. When the shared board is out of reach, the process's own
+board takes over (seeded with the newest refresh token seen); a refresh token rotated meanwhile
+is written back on return. `BoardTokenManager` holds the accounts' state machines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from pydantic import SecretStr
 
-from worker.accounts import Account
-from worker.contract import ErrorCode
+from worker.accounts import Account, Flow
 from worker.observability.metrics import Metrics
 from worker.salesforce.oauth import AuthError, Grant
+from worker.salesforce.token_errors import SealedRefreshToken, paused, refusal_of, unavailable
+from worker.stores.token_board import (
+    AccessToken,
+    Backoff,
+    BoardUnavailable,
+    MemoryTokenBoard,
+    TokenBoard,
+    TokenBoards,
+    UnreadableRefreshToken,
+    next_generation,
+)
+from worker.tasks import Loop, stop
+
+__all__ = [
+    "AccessToken",
+    "AccountTokens",
+    "Backoff",
+    "BoardTokenManager",
+    "TokenFetcher",
+    "TokenManager",
+]
 
 log = logging.getLogger(__name__)
 
-_generations = itertools.count(1)
-
-
-def next_generation() -> int:
-    """A number for a token this process obtained (local generations)."""
-    return next(_generations)
-
-
-@dataclass(frozen=True)
-class AccessToken:
-    value: SecretStr = field(repr=False)
-    generation: int
-    issued_at: float
-    # "local" (this process numbered it) or "fleet" (Redis numbered it): generations of the two
-    # are compared only within one source.
-    source: str = "local"
-
-    def same_as(self, other: AccessToken) -> bool:
-        return self.generation == other.generation and self.source == other.source
-
-    @property
-    def bearer(self) -> str:
-        return f"Bearer {self.value.get_secret_value()}"
+_POLL_SECONDS = 0.05
 
 
 class TokenFetcher(Protocol):
@@ -78,143 +81,96 @@ class TokenManager(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 1.0
-    maximum: float = 60.0
-
-    def delay(self, failures: int) -> float:
-        return float(min(self.maximum, self.initial * 2.0 ** max(0, failures - 1)))
-
-
 class AccountTokens:
-    """Token state of one account inside one process."""
+    """The token state machine of one account in this process.
+
+    `own` is the process's board: its token is the one held (handed out without waiting),
+    its refresh token the newest this process has seen. `board` is where the account's token
+    lives: `own` itself when the process works alone, or the fleet's."""
 
     def __init__(
         self,
         account: Account,
         fetch: TokenFetcher,
-        backoff: Backoff,
         metrics: Metrics,
-        clock: Callable[[], float],
+        own: MemoryTokenBoard,
+        board: TokenBoard | None = None,
+        *,
+        backoff: Backoff,
         request_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.account = account
-        self._request_timeout = request_timeout
         self._fetch = fetch
-        self._backoff = backoff
         self._metrics = metrics
+        self._own = own
+        self._board: TokenBoard = board if board is not None else own
+        self._backoff = backoff
+        self._request_timeout = request_timeout
         self._clock = clock
-        self._token: AccessToken | None = None
-        self._refresh_token = account.refresh_token
+        # The token held is the board's current one (not one obtained while it was out).
+        self._from_board = True
         self._inflight: asyncio.Task[AccessToken] | None = None
-        self._failures = 0
-        self._last_error: AuthError | None = None
-        self._retry_at = 0.0
 
-    async def get(self) -> AccessToken:
-        if self._token is not None:
-            return self._token
-        if self._inflight is not None:
-            self._metrics.token_waits.labels(self.account.name).inc()
-        else:
-            now = self._clock()
-            if self._last_error is not None and now < self._retry_at:
-                raise self._backing_off(self._retry_at - now)
-            self._inflight = asyncio.create_task(
-                self._refresh(), name=f"token-refresh:{self.account.name}"
-            )
-            self._inflight.add_done_callback(_consume_exception)
-        # shield: a job that gives up (its deadline) must not cancel the shared request.
-        return await asyncio.shield(self._inflight)
-
-    @property
-    def refresh_token(self) -> SecretStr | None:
-        return self._refresh_token
+    # --- what the client calls -------------------------------------------------------------
 
     @property
     def token(self) -> AccessToken | None:
-        """The token held now, if any (no request made)."""
-        return self._token
+        """The token to use now, without waiting (None: `get` decides)."""
+        token = self._own.token
+        if token is not None and (self._from_board or not self._board.available):
+            return token
+        return None
 
-    async def settled(self) -> None:
-        """Wait for this process's token request in flight, if any, whatever its outcome."""
-        task = self._inflight
-        if task is not None:
-            await asyncio.wait({task})
-
-    def adopt(self, token: AccessToken | None, refresh_token: SecretStr | None) -> None:
-        """Take over state obtained elsewhere (the fleet): the newest refresh token, and a
-        token to use while Redis is out of reach."""
-        if refresh_token is not None:
-            self._refresh_token = refresh_token
+    async def get(self) -> AccessToken:
+        token = self.token
         if token is not None:
-            self._token = token
+            return token
+        if self._inflight is not None:
+            self._metrics.token_waits.labels(self.account.name).inc()
+        else:
+            if self._alone:
+                self._raise_if_paused()
+            self._inflight = asyncio.create_task(
+                self._acquire(), name=f"token-refresh:{self.account.name}"
+            )
+            self._inflight.add_done_callback(self._done)
+        # shield: a job that gives up (its deadline) must not cancel the shared request.
+        return await asyncio.shield(self._inflight)
 
-    def invalidate(self, token: AccessToken) -> bool:
-        if self._token is not None and self._token.same_as(token):
-            self._token = None
+    async def invalidate(self, token: AccessToken) -> bool:
+        dropped = self._own.drop(token)
+        if dropped:
             self._metrics.token_invalidations.labels(self.account.name).inc()
-            return True
-        return False
+        if self._board is not self._own and token.source == self._board.source:
+            await self._board.invalidate(token)
+        return dropped
 
-    def _backing_off(self, wait: float) -> AuthError:
-        last = self._last_error
-        assert last is not None
-        return AuthError(
-            f"{last.message} (token requests paused for {wait:.1f} s after "
-            f"{self._failures} failure(s))",
-            code=last.code,
-            retryable=last.retryable,
-            error=last.error,
-            description=last.description,
-            http_status=last.http_status,
-        )
+    async def refresh_now(self) -> None:
+        """Make one token request under the board's lock, with its newest refresh token, and
+        publish what it returns (`sfworker accounts check`: a check must never spend a refresh
+        token behind the workers' back). BoardUnavailable when the board is out of reach."""
+        give_up = self._clock() + self._patience
+        while True:
+            holder = await self._board.lock()
+            if holder is not None:
+                try:
+                    await self._refresh(self._board, holder)
+                    return
+                finally:
+                    await self._board.release(holder)
+            if self._clock() > give_up:
+                raise unavailable("another worker's token request did not finish in time")
+            await asyncio.sleep(_POLL_SECONDS)
 
-    async def _refresh(self) -> AccessToken:
-        flow = self.account.flow.value
-        started = time.perf_counter()
-        try:
-            try:
-                async with asyncio.timeout(self._request_timeout):
-                    grant = await self._fetch(self.account, self._refresh_token)
-            except TimeoutError:
-                raise AuthError(
-                    f"token endpoint did not answer within {self._request_timeout:.1f} s",
-                    code=ErrorCode.SALESFORCE_UNAVAILABLE,
-                    retryable=True,
-                ) from None
-        except AuthError as exc:
-            self._failures += 1
-            self._last_error = exc
-            delay = self._backoff.delay(self._failures)
-            self._retry_at = self._clock() + delay
-            self._metrics.token_requests.labels(self.account.name, flow, "error").inc()
-            log.warning(
-                "token request failed",
-                extra={
-                    "account": self.account.name,
-                    "flow": flow,
-                    "error": exc.message,
-                    "retry_in_s": round(delay, 2),
-                },
-            )
-            raise
-        finally:
-            self._metrics.token_request_duration.labels(self.account.name).observe(
-                time.perf_counter() - started
-            )
-            self._inflight = None
-        self._failures = 0
-        self._last_error = None
-        if grant.refresh_token is not None:
-            # Rotation: the old refresh token is dead from now on; keep the new one.
-            self._refresh_token = grant.refresh_token
-        token = AccessToken(grant.access_token, next(_generations), grant.issued_at)
-        self._token = token
-        self._metrics.token_requests.labels(self.account.name, flow, "ok").inc()
-        log.info("access token obtained", extra={"account": self.account.name, "flow": flow})
-        return token
+    async def write_back(self) -> None:
+        """After an outage of the board: a refresh token this process rotated meanwhile is the
+        only live one; the board takes it."""
+        if self._board is self._own or self.account.flow is not Flow.REFRESH_TOKEN:
+            return
+        newest = self._own.newest_refresh_token
+        if newest is not None:
+            await self._board.write_back(newest)
 
     async def close(self) -> None:
         task = self._inflight
@@ -222,29 +178,227 @@ class AccountTokens:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    # --- which board -----------------------------------------------------------------------
 
-def _consume_exception(task: asyncio.Task[AccessToken]) -> None:
-    if not task.cancelled():
-        task.exception()
+    @property
+    def _rotates(self) -> bool:
+        """The refresh token rotates (this process has seen it change)."""
+        return (
+            self.account.flow is Flow.REFRESH_TOKEN
+            and self._own.newest_refresh_token != self.account.refresh_token
+        )
+
+    @property
+    def _alone(self) -> bool:
+        """This process's own board decides: no other, or it is out of reach and nothing forbids
+        refreshing alone."""
+        return self._board is self._own or (not self._board.available and not self._rotates)
+
+    @property
+    def _patience(self) -> float:
+        """How long to wait for another holder of the lock before giving up."""
+        return self._board.lease + self._request_timeout + 1.0
+
+    def _done(self, task: asyncio.Task[AccessToken]) -> None:
+        self._inflight = None
+        if not task.cancelled():
+            task.exception()
+
+    def _raise_if_paused(self) -> None:
+        refusal = self._own.paused()
+        if refusal is not None:
+            raise paused(refusal)
+
+    async def _acquire(self) -> AccessToken:
+        if self._alone:
+            return await self._by_own()
+        try:
+            return await self._by_board()
+        except BoardUnavailable:
+            if not self._rotates:
+                return await self._by_own()
+        # With rotation, a worker cut off from the fleet's board does not refresh alone: the
+        # others may spend the same refresh token (one is refused) or have rotated it already (a
+        # replay, and Salesforce revokes the chain for the whole fleet). It uses the token it
+        # holds, or waits for the board (the jobs' deadlines bound the wait).
+        held = self._own.token
+        if held is not None:
+            return held
+        await self._board.wait_available(self._patience)
+        try:
+            return await self._by_board()
+        except BoardUnavailable:
+            raise unavailable(
+                "no access token: Redis is out of reach and the refresh token rotates, so "
+                "this worker does not refresh it alone"
+            ) from None
+
+    async def _by_own(self) -> AccessToken:
+        held = self._own.token
+        if held is not None:
+            return held
+        self._raise_if_paused()
+        return await self._from(self._own)
+
+    async def _by_board(self) -> AccessToken:
+        # A refresh token rotated while the board was out goes to it before anyone refreshes.
+        await self.write_back()
+        return await self._from(self._board)
+
+    async def _from(self, board: TokenBoard) -> AccessToken:
+        """The board's token, or a new one requested under its lock, or one another holder of
+        the lock publishes (polled)."""
+        give_up = self._clock() + self._patience
+        waited = False
+        while True:
+            token = await self._read(board)
+            if token is not None:
+                return token
+            refusal = await board.refusal()
+            if refusal is not None:
+                raise paused(refusal)
+            holder = await board.lock()
+            if holder is not None:
+                try:
+                    token = await self._read(board)  # published while we asked for the lock?
+                    if token is not None:
+                        return token
+                    return await self._refresh(board, holder)
+                finally:
+                    await board.release(holder)
+            if not waited:
+                waited = True
+                log.debug("waiting for another worker's token request", extra=self._extra())
+            if self._clock() > give_up:
+                raise unavailable(
+                    "no access token: another worker's token request did not finish in time"
+                )
+            await asyncio.sleep(_POLL_SECONDS)
+
+    async def _read(self, board: TokenBoard) -> AccessToken | None:
+        token = await board.current()
+        if token is None:
+            return None
+        self._hold(token, board)
+        if board is not self._own:
+            # Keep the newest refresh token at hand, should the board go away later.
+            with contextlib.suppress(UnreadableRefreshToken):
+                self._own.adopt(None, await board.refresh_token())
+        return token
+
+    def _hold(self, token: AccessToken, board: TokenBoard | None) -> None:
+        """Hold `token`, read or published on `board` (None: obtained while it was out)."""
+        self._own.adopt(token, None)
+        self._from_board = board is self._board
+
+    # --- one token request -----------------------------------------------------------------
+
+    async def _refresh(self, board: TokenBoard, holder: str) -> AccessToken:
+        try:
+            refresh_token = await board.refresh_token()
+        except UnreadableRefreshToken:
+            raise SealedRefreshToken() from None
+        self._own.adopt(None, refresh_token)
+        started = time.perf_counter()
+        keeping = Loop()
+        keeper = (
+            asyncio.create_task(self._keep_lock(board, holder, keeping), name="token-lock-lease")
+            if board.lease > 0
+            else None
+        )
+        try:
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    grant = await self._fetch(self.account, refresh_token)
+            except TimeoutError:
+                raise unavailable(
+                    f"token endpoint did not answer within {self._request_timeout:.1f} s"
+                ) from None
+        except AuthError as exc:
+            await self._refused(board, exc)
+            raise
+        finally:
+            await stop(keeper, keeping)
+            self._metrics.token_request_duration.labels(self.account.name).observe(
+                time.perf_counter() - started
+            )
+        self._metrics.token_requests.labels(self.account.name, self.account.flow.value, "ok").inc()
+        return await self._publish(board, holder, grant)
+
+    async def _keep_lock(self, board: TokenBoard, holder: str, loop: Loop) -> None:
+        """Renew the lock's lease while this holder's token request runs: a live holder keeps
+        the lock however long the request takes; a dead one loses it within one lease."""
+        while loop.running:
+            await asyncio.sleep(board.lease / 3)
+            await board.renew(holder)
+
+    async def _refused(self, board: TokenBoard, exc: AuthError) -> None:
+        flow = self.account.flow.value
+        self._metrics.token_requests.labels(self.account.name, flow, "error").inc()
+        try:
+            delay = await board.refused(refusal_of(exc), self._backoff)
+        except BoardUnavailable:
+            delay = self._backoff.initial
+        log.warning(
+            "token request failed",
+            extra={**self._extra(), "error": exc.message, "retry_in_s": round(delay, 2)},
+        )
+
+    async def _publish(self, board: TokenBoard, holder: str, grant: Grant) -> AccessToken:
+        rotated = grant.refresh_token
+        try:
+            token = await board.publish(holder, grant.access_token, rotated, grant.issued_at)
+        except BoardUnavailable:
+            # Only this process knows the new tokens now: keep them for the fallback, and the
+            # restore hook writes a rotated refresh token back.
+            return self._keep_alone(grant)
+        if token is None:
+            log.error(
+                "token lock lost during the token request (its lease could not be renewed: Redis "
+                "too slow, or this process stalled); check Redis or raise "
+                "SFWORKER_TOKEN_LOCK_LEASE_SECONDS",
+                extra=self._extra(),
+            )
+            return self._keep_alone(grant)
+        self._hold(token, board)
+        self._own.adopt(None, rotated)
+        fleet = " for the fleet" if board is not self._own else ""
+        log.info(f"access token obtained{fleet}", extra=self._extra())
+        return token
+
+    def _keep_alone(self, grant: Grant) -> AccessToken:
+        token = AccessToken(grant.access_token, next_generation(), grant.issued_at)
+        self._hold(token, None)
+        self._own.adopt(None, grant.refresh_token)
+        return token
+
+    def _extra(self) -> dict[str, str]:
+        return {"account": self.account.name, "flow": self.account.flow.value}
 
 
-class MemoryTokenManager:
-    """Token manager with state in this process (single-flight per account within it)."""
+class BoardTokenManager:
+    """TokenManager over boards: the process's own per account, and the fleet's when `shared`
+    is given (then single-flight holds across every process sharing it)."""
 
     def __init__(
         self,
         fetch: TokenFetcher,
         metrics: Metrics,
         backoff: Backoff | None = None,
+        *,
+        shared: TokenBoards | None = None,
         clock: Callable[[], float] = time.monotonic,
         request_timeout: float = 10.0,
     ) -> None:
-        self._request_timeout = request_timeout
         self._fetch = fetch
         self._metrics = metrics
         self._backoff = backoff or Backoff()
+        self._shared = shared
         self._clock = clock
+        self._request_timeout = request_timeout
         self._accounts: dict[str, AccountTokens] = {}
+        if shared is not None:
+            shared.on_restore(self._write_back)
 
     def state(self, account: Account) -> AccountTokens:
         state = self._accounts.get(account.name)
@@ -252,10 +406,12 @@ class MemoryTokenManager:
             state = AccountTokens(
                 account,
                 self._fetch,
-                self._backoff,
                 self._metrics,
-                self._clock,
-                self._request_timeout,
+                MemoryTokenBoard(account, self._clock),
+                self._shared.board(account) if self._shared is not None else None,
+                backoff=self._backoff,
+                request_timeout=self._request_timeout,
+                clock=self._clock,
             )
             self._accounts[account.name] = state
         return state
@@ -264,11 +420,15 @@ class MemoryTokenManager:
         return await self.state(account).get()
 
     async def invalidate(self, account: Account, token: AccessToken) -> bool:
-        return self.state(account).invalidate(token)
+        return await self.state(account).invalidate(token)
 
     def cached(self, account: Account) -> AccessToken | None:
         state = self._accounts.get(account.name)
         return state.token if state is not None else None
+
+    async def _write_back(self) -> None:
+        for state in self._accounts.values():
+            await state.write_back()
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._accounts.values()))

@@ -32,11 +32,13 @@ from worker.commands.render import table
 from worker.contract import ErrorCode
 from worker.observability.metrics import Metrics
 from worker.runtime.reach import endpoint
-from worker.salesforce.fleet_tokens import RedisTokenManager
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import AuthError, Grant, request_token
+from worker.salesforce.tokens import BoardTokenManager
 from worker.settings import Settings
-from worker.stores.link import RedisLink, RedisUnavailable, from_settings
+from worker.stores.link import RedisLink, from_settings
+from worker.stores.redis_token_board import RedisTokenBoards
+from worker.stores.token_board import BoardUnavailable
 
 CONCURRENT_ACCOUNTS = 4
 
@@ -130,12 +132,11 @@ async def _fleet_token(
         grants.append(await request_token(session, account, refresh_token=refresh_token))
         return grants[-1]
 
-    tokens = RedisTokenManager(
-        fleet, fetch, Metrics(), request_timeout=within, refresh_ttl=refresh_ttl
-    )
+    boards = RedisTokenBoards(fleet, refresh_ttl=refresh_ttl)
+    tokens = BoardTokenManager(fetch, Metrics(), shared=boards, request_timeout=within)
     try:
         await tokens.state(account).refresh_now()
-    except RedisUnavailable:
+    except BoardUnavailable:
         raise AuthError(
             f"Redis ({fleet.where}) does not answer: the fleet's refresh token is there, and "
             "refreshing with the accounts file's one could revoke it; check Redis first",
