@@ -3,7 +3,8 @@
 Each call: take a slot of the account's concurrency cap, take a token, send, classify the answer
 (errors.py), and then succeed, refresh the token once, retry with full-jitter backoff, or fail.
 An insert whose request left this process but whose answer was lost is OUTCOME_UNKNOWN: it is
-never sent a second time. Every response's Sforce-Limit-Info updates the account's usage.
+never sent a second time. Every response's Sforce-Limit-Info goes to the API reserve (and the
+usage gauges).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from worker.salesforce.oauth import AuthError
 from worker.salesforce.paging import next_page_url
 from worker.salesforce.reserve import ApiReserve, LocalBoard
 from worker.salesforce.tokens import AccessToken, TokenManager
-from worker.salesforce.usage import ApiUsage, parse_limit_info
+from worker.salesforce.usage import parse_limit_info
 from worker.settings import Settings
 from worker.stores.slots import LocalSlots, Slots
 from worker.stores.usage import UsageReading
@@ -98,7 +99,6 @@ class SalesforceClient:
         self._slots: Slots = slots or LocalSlots()
         self.reserve = reserve or ApiReserve(LocalBoard(), metrics)
         self.reserve.attach(self.read_limits)
-        self._usage: dict[str, ApiUsage] = {}
         self._coalescer: Coalescer[Pending, Answer] = Coalescer(
             settings.coalesce_wait_ms / 1000, tracing.composite(self._together), metrics
         )
@@ -106,12 +106,6 @@ class SalesforceClient:
     async def close(self) -> None:
         await self._coalescer.close()
         await self._plain.close()
-
-    def usage(self, account: Account) -> ApiUsage:
-        usage = self._usage.get(account.name)
-        if usage is None:
-            usage = self._usage[account.name] = ApiUsage()
-        return usage
 
     # --- operations ------------------------------------------------------------------------
 
@@ -535,10 +529,8 @@ class SalesforceClient:
 
     def _record_usage(self, account: Account, header: str | None) -> None:
         reading = parse_limit_info(header)
-        if reading is None:
-            return
-        self.usage(account).update(reading)
-        self.reserve.observe(account, reading)  # and the usage gauges
+        if reading is not None:
+            self.reserve.observe(account, reading)  # and the usage gauges
 
     async def read_limits(self, account: Account) -> UsageReading | None:
         """The org's daily API usage from `/limits` (None when it cannot be read now)."""
