@@ -370,11 +370,15 @@ async def test_search_follows_next_records_url_up_to_max_records(
 async def test_usage_is_read_from_every_response(sf: Harness, simulator: SimulatorClient) -> None:
     await simulator.set_daily_limit(15000, used=100)
     await sf.run(operation="search", soql="SELECT Id FROM Account")
-    reading = sf.client.usage(sf.account).latest
-    assert reading is not None
-    assert reading.limit == 15000
-    assert reading.used >= 101
-    sample = sf.metrics.registry.get_sample_value(
-        "sfworker_salesforce_api_usage_limit", {"account": "main"}
+    # Nothing reads /limits here (no fleet, no reserve reached): the gauges show the reading
+    # of the search's own response.
+    labels = {"account": "main"}
+    limit = sf.metrics.registry.get_sample_value("sfworker_salesforce_api_usage_limit", labels)
+    used = sf.metrics.registry.get_sample_value("sfworker_salesforce_api_usage_used", labels)
+    assert limit == 15000
+    assert used is not None
+    assert used >= 101
+    probes = sf.metrics.registry.get_sample_value(
+        "sfworker_limits_probes_total", {"account": "main", "outcome": "ok"}
     )
-    assert sample == 15000
+    assert not probes

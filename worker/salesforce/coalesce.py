@@ -11,8 +11,9 @@ pressed member ends. A call that found no company is handed back, to be sent by 
 single call (no other delay than the wait). A group of two or more is sent by `together`, which
 returns one answer per call, in order; each waiting job gets exactly its own.
 
-The batcher knows nothing of HTTP, tokens or answers: the client (client.py) decides which calls
-may travel together (composite.supports) and what an answer means for each job.
+The batcher knows nothing of HTTP, tokens or answers: the transport (transport.py) decides which
+calls may travel together (composite.supports), sends them, and says what an answer means for each
+job.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from worker.salesforce.composite import MAX_QUERIES, MAX_SUBREQUESTS
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")  # one call, as the client needs it to send it
+T = TypeVar("T")  # one call, as the transport needs it to send it
 R = TypeVar("R")  # its answer
 
 

@@ -94,10 +94,10 @@ class ApiReserve:
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, probe: LimitsProbe) -> None:
-        """The call that reads /limits (the Salesforce client's)."""
+        """The call that reads /limits (the transport's)."""
         self._probe = probe
 
-    # --- read by the client ----------------------------------------------------------------
+    # --- read by the transport -------------------------------------------------------------
 
     def observe(self, account: Account, reading: UsageReading) -> None:
         at = time.time()

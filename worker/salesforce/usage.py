@@ -29,13 +29,3 @@ def parse_limit_info(header: str | None) -> UsageReading | None:
         app_limit=int(app.group(2)) if app else None,
         app_name=app.group(3) if app else None,
     )
-
-
-class ApiUsage:
-    """The latest usage known for one account (updated from every response)."""
-
-    def __init__(self) -> None:
-        self.latest: UsageReading | None = None
-
-    def update(self, reading: UsageReading) -> None:
-        self.latest = reading

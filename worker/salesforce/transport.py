@@ -1,0 +1,350 @@
+"""The one transport to Salesforce: every request a job's call makes, alone or inside a Composite
+request carrying several jobs' calls, goes through `_carry`, the same steps in the same order.
+
+Take a slot of the account's concurrency cap; check the API reserve again (it may have been
+reached while waiting); take the token (read only now, so a call queued behind the cap never
+carries a token that died meanwhile); let an insert claim its exactly-once marker; send; read
+the answer (capped); drop a token Salesforce called dead before the slot is freed; count the
+request (metrics, with the job's trace as exemplar), record the org's API usage from
+`Sforce-Limit-Info`; classify each call's answer (errors.py). What a request that failed as a
+whole means for each call it carried is in failures.py.
+
+A call first looks for company (coalesce.py): with other calls of its account ready at about
+the same time it travels inside one Composite request (composite.py); otherwise alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from worker.accounts import Account
+from worker.contract import ErrorCode, Operation
+from worker.observability import tracing
+from worker.observability.metrics import Metrics
+from worker.salesforce import composite
+from worker.salesforce.call import Answer, Attempt, Call, Response
+from worker.salesforce.coalesce import Coalescer
+from worker.salesforce.errors import Verdict, classify
+from worker.salesforce.failures import (
+    CallFailed,
+    auth_failed,
+    error,
+    lost,
+    outcome_unknown,
+    timeout_error,
+    too_large,
+)
+from worker.salesforce.http import ResponseTooLarge, SendRefused, SendState, read_capped, untraced
+from worker.salesforce.oauth import AuthError
+from worker.salesforce.reserve import ApiReserve
+from worker.salesforce.tokens import AccessToken, TokenManager
+from worker.salesforce.usage import parse_limit_info
+from worker.settings import Settings
+from worker.stores.slots import Slots
+from worker.stores.usage import UsageReading
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+
+
+class Transport:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        tokens: TokenManager,
+        settings: Settings,
+        metrics: Metrics,
+        slots: Slots,
+        reserve: ApiReserve,
+    ) -> None:
+        self._session = session
+        self._plain = untraced(session)
+        self._tokens = tokens
+        self._max_bytes = settings.max_response_bytes
+        self._limits_timeout = settings.token_timeout_seconds * 2
+        self._metrics = metrics
+        self._slots = slots
+        self._reserve = reserve
+        self._coalescer: Coalescer[Attempt, Answer] = Coalescer(
+            settings.coalesce_wait_ms / 1000, tracing.composite(self._together), metrics
+        )
+
+    async def close(self) -> None:
+        await self._coalescer.close()
+        await self._plain.close()
+
+    async def send(
+        self,
+        call: Call,
+        method: str,
+        url: str,
+        params: dict[str, str] | None,
+        body: bytes | None,
+    ) -> Response:
+        """One attempt of a call: its answer (any verdict), or CallFailed, Retryable, or
+        SendRefused (the insert's marker is held elsewhere) raised."""
+        self._check_reserve(call)
+        account = call.account
+        attempt = Attempt(call, composite.Subrequest(method, url, params, body, call.extra_headers))
+        answer: Answer | None = None
+        if self._coalescer.enabled(account) and composite.supports(account, attempt.request):
+            answer = await self._join(attempt)
+        if answer is None:  # no company: alone
+            answer = (await self._carry(account, [attempt], call.deadline.at, alone=True))[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def _join(self, attempt: Attempt) -> Answer | None:
+        """Wait for company (coalesce.py): the answer when the call travelled inside a Composite
+        request, or None when it is to go alone."""
+        call = attempt.call
+        query = composite.is_query(call.account, attempt.request)
+        try:
+            async with asyncio.timeout_at(call.deadline.at):
+                with tracing.active.coalescing() as attempt.trace:
+                    return await self._coalescer.join(
+                        call.account, attempt, deadline=call.deadline, query=query
+                    )
+        except TimeoutError:
+            attempt.abandoned = True
+            if attempt.committed and not call.idempotent:
+                raise CallFailed(outcome_unknown("the deadline passed"), None) from None
+            raise timeout_error(call) from None
+        except asyncio.CancelledError:
+            attempt.abandoned = True
+            raise
+
+    async def _together(self, account: Account, group: list[Attempt]) -> list[Answer]:
+        """One Composite request carrying calls of several jobs (the coalescer's sender)."""
+        deadline = max(a.call.deadline.at for a in group)
+        return await self._carry(account, group, deadline, alone=False)
+
+    async def _carry(
+        self, account: Account, attempts: list[Attempt], deadline: float, *, alone: bool
+    ) -> list[Answer]:
+        """One HTTP request carrying `attempts`: one call `alone`, or a Composite request. Each
+        attempt's answer, in order: Salesforce's, or what the request's failure means for it."""
+        label = attempts[0].call.operation.value if alone else "composite"
+        # Alone, an insert's marker is claimed at the last moment, when the connection is ready
+        # (http.py); a Composite request claims its inserts' markers together, before sending.
+        state = SendState(attempts[0].call.before_send if alone else None)
+        started = 0.0
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
+                    going = False
+                    for attempt in attempts:  # again: the reserve may be reached meanwhile
+                        attempt.unsent = self._reserve_refusal(attempt.call)
+                        going = going or attempt.unsent is None
+                    if not going:
+                        return [a.unsent for a in attempts if a.unsent is not None]
+                    token = await self._token(account)
+                    sent = attempts if alone else await _claim(attempts)
+                    if not sent:
+                        return [a.unsent for a in attempts if a.unsent is not None]
+                    for attempt in sent:
+                        attempt.call.attempts += 1
+                    request = sent[0].request if alone else _composite_request(account, sent)
+                    headers = {"Accept": _JSON, **request.headers}
+                    if request.body is not None:
+                        headers["Content-Type"] = _JSON
+                    headers["Authorization"] = token.bearer
+                    started = time.perf_counter()
+                    async with self._session_for(sent[0].call, alone).request(
+                        request.method,
+                        request.url,
+                        params=request.params,
+                        data=request.body,
+                        headers=headers,
+                        allow_redirects=False,
+                        trace_request_ctx=state,
+                    ) as response:
+                        status = response.status
+                        limit_info = response.headers.get("Sforce-Limit-Info")
+                        raw = await read_capped(response, self._max_bytes)
+                    parsed = decode_body(raw)
+                    # Alone, or when a Composite request failed as a whole (401, the daily
+                    # limit, 5xx), the request's answer is each call's.
+                    each = None if alone or status != 200 else composite.answers(parsed, len(sent))
+                    if _session_died(status, parsed, each):
+                        await self._tokens.invalidate(account, token)
+        except AuthError as exc:
+            return [a.unsent or auth_failed(a.call, exc) for a in attempts]
+        except ResponseTooLarge as exc:
+            self._count(account.name, label, "too_large", started)
+            return [a.unsent or too_large(a.call, state, exc) for a in attempts]
+        except TimeoutError:
+            self._count(account.name, label, "timeout", started)
+            return [a.unsent or lost(a.call, state, "the deadline passed", True) for a in attempts]
+        except aiohttp.ClientError as exc:
+            self._count(account.name, label, "error", started)
+            what = f"connection lost ({type(exc).__name__})"
+            return [a.unsent or lost(a.call, state, what) for a in attempts]
+        self._count(account.name, label, str(status), started)
+        self._record_usage(account, limit_info)
+        if not alone and status == 200 and each is None:
+            unreadable = "Composite answer unreadable"
+            return [a.unsent or lost(a.call, state, unreadable) for a in attempts]
+        if each is None:
+            return [a.unsent or self._answer(a.call, status, parsed, token) for a in attempts]
+        subanswers = iter(each)  # one for each call sent, in order
+        return [a.unsent or self._subanswer(a.call, next(subanswers), token) for a in attempts]
+
+    def _session_for(self, call: Call, alone: bool) -> aiohttp.ClientSession:
+        """The session with the hooks (whether the request left; the HTTP spans) when they
+        matter: for a Composite request, an insert's lost answer, or a traced job's call."""
+        hooked = not alone or call.before_send is not None or not call.idempotent
+        return self._session if hooked or tracing.traced_job() else self._plain
+
+    def _check_reserve(self, call: Call) -> None:
+        refused = self._reserve_refusal(call)
+        if refused is not None:
+            raise refused
+
+    def _reserve_refusal(self, call: Call) -> CallFailed | None:
+        refusal = self._reserve.refusal(call.account)
+        if refusal is None:
+            return None
+        self._metrics.rate_limited.labels(call.account.name, "reserve").inc()
+        return CallFailed(error(ErrorCode.RATE_LIMITED, refusal, True), call.http_status)
+
+    async def _token(self, account: Account) -> AccessToken:
+        token = self._tokens.cached(account)
+        if token is not None:  # the usual case: no wait
+            return token
+        with tracing.active.span("token wait"):
+            return await self._tokens.get(account)
+
+    def _subanswer(self, call: Call, sub: composite.SubAnswer, token: AccessToken) -> Response:
+        return self._answer(call, sub.status, sub.body, token)
+
+    def _answer(self, call: Call, status: int, parsed: Any, token: AccessToken) -> Response:
+        """What Salesforce's answer (to a single call, or to one subrequest) means for the job."""
+        account, operation = call.account, call.operation.value
+        call.http_status = status
+        classified = classify(status, parsed, call.operation)
+        if classified.code is ErrorCode.RATE_LIMITED:
+            kind = "concurrent" if classified.retry_reason == "concurrent_limit" else "daily"
+            self._metrics.rate_limited.labels(account.name, kind).inc()
+        if classified.verdict is not Verdict.SUCCESS:
+            log.info(
+                "salesforce answered",
+                extra={
+                    "account": account.name,
+                    "operation": operation,
+                    "http_status": status,
+                    "verdict": classified.verdict.value,
+                    "sf_error": classified.errors[0].errorCode if classified.errors else "",
+                },
+            )
+        return Response(status, parsed, classified, token)
+
+    def _count(self, account: str, operation: str, status: str, started: float) -> None:
+        self._metrics.sf_requests.labels(account, operation, status).inc()
+        if started:
+            self._metrics.sf_request_duration.labels(account, operation).observe(
+                time.perf_counter() - started, tracing.exemplar()
+            )
+
+    def _record_usage(self, account: Account, header: str | None) -> None:
+        reading = parse_limit_info(header)
+        if reading is not None:
+            self._reserve.observe(account, reading)  # and the usage gauges
+
+    async def read_limits(self, account: Account) -> UsageReading | None:
+        """The org's daily API usage from `/limits` (None when it cannot be read now). The
+        reserve's probe: it goes outside `_carry`, whose reserve check would refuse it exactly
+        when the reserve needs it, and outside any job's deadline."""
+        url = f"{account.api_base}/limits"
+        for _ in range(2):
+            try:
+                async with asyncio.timeout(self._limits_timeout):
+                    token = await self._tokens.get(account)
+                    async with self._session.get(
+                        url,
+                        headers={"Authorization": token.bearer, "Accept": _JSON},
+                        allow_redirects=False,
+                    ) as response:
+                        raw = await read_capped(response, self._max_bytes)
+                        status = response.status
+                        header = response.headers.get("Sforce-Limit-Info")
+            except (TimeoutError, aiohttp.ClientError, AuthError, ResponseTooLarge) as exc:
+                log.info(
+                    "reading /limits failed",
+                    extra={"account": account.name, "error": type(exc).__name__},
+                )
+                return None
+            self._metrics.sf_requests.labels(account.name, "limits", str(status)).inc()
+            if status == 401:
+                await self._tokens.invalidate(account, token)
+                continue
+            body = decode_body(raw)
+            daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
+            stamped = parse_limit_info(header)
+            if status == 200 and isinstance(daily, dict):
+                limit = int(daily.get("Max") or 0)
+                remaining = int(daily.get("Remaining") or 0)
+                org = UsageReading(used=max(0, limit - remaining), limit=limit)
+                if stamped is None:
+                    return org
+                # The connected app's share is only in the header.
+                return dataclasses.replace(stamped, used=org.used, limit=org.limit)
+            return stamped
+        return None
+
+
+async def _claim(group: list[Attempt]) -> list[Attempt]:
+    """The calls of a Composite request that go: not those whose job stopped waiting, nor
+    inserts whose marker another delivery holds. From here on a job that stops waiting cannot
+    take its call back (`committed`)."""
+    for attempt in group:
+        if attempt.unsent is None and attempt.abandoned:
+            attempt.unsent = timeout_error(attempt.call)
+        elif attempt.unsent is None:
+            attempt.committed = True
+    # The inserts' markers at once (one round trip for the group, not one each): the window in
+    # which a claimed insert has not left yet stays as short as one claim.
+    claiming = [a for a in group if a.committed and a.call.before_send is not None]
+    claimed = await asyncio.gather(
+        *(a.call.before_send() for a in claiming if a.call.before_send is not None)
+    )
+    for attempt, ok in zip(claiming, claimed, strict=True):
+        if not ok:
+            attempt.unsent = SendRefused()  # the same insert is being sent elsewhere
+    return [a for a in group if a.unsent is None]
+
+
+def _composite_request(account: Account, sent: list[Attempt]) -> composite.Subrequest:
+    body = composite.request_body(account, [a.request for a in sent])
+    return composite.Subrequest("POST", f"{account.api_base}/composite", body=body)
+
+
+def _session_died(status: int, parsed: Any, answers: list[composite.SubAnswer] | None) -> bool:
+    """Salesforce said INVALID_SESSION_ID (to the request, or to one of its subrequests): the
+    token must be dropped before the slot is freed, or a call granted that slot next would
+    start with it."""
+    if status == 401:
+        return classify(status, parsed, Operation.SEARCH).verdict is Verdict.REFRESH
+    return any(
+        a.status == 401 and classify(a.status, a.body, Operation.SEARCH).verdict is Verdict.REFRESH
+        for a in answers or ()
+    )
+
+
+def decode_body(raw: bytes) -> Any:
+    """A response body: its JSON, or (not JSON) the start of its text; None when empty."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:2000].decode("utf-8", errors="replace")
