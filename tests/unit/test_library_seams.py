@@ -131,9 +131,19 @@ def test_pamqp_decodes_through_the_tables_the_worker_replaces() -> None:
     _source_mentions(decode.embedded_value, "TABLE_MAPPING", used_by)
 
 
-def test_odd_properties_decode_once_the_worker_installed_its_decoders() -> None:
+def test_odd_properties_decode_once_the_worker_installed_its_decoders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """What the replaced decoders are for, through pamqp's own unmarshalling: a content
-    header whose timestamp lies past the year 9999 and whose short strings are not UTF-8."""
+    header whose timestamp lies past the year 9999 and whose short strings are not UTF-8.
+    pamqp's tables are as before afterwards (the worker installs its decoders at start-up)."""
+    monkeypatch.setattr(amqp_decoding, "_installed", False)
+    for name in ("timestamp", "shortstr", "table"):
+        monkeypatch.setitem(decode.METHODS, name, decode.METHODS[name])
+    for tag in (b"T", b"F"):
+        monkeypatch.setitem(decode.TABLE_MAPPING, tag, decode.TABLE_MAPPING[tag])
+    for name in ("timestamp", "short_str", "field_table"):
+        monkeypatch.setattr(decode, name, getattr(decode, name))
     sent = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
     properties = commands.Basic.Properties(
         timestamp=sent, correlation_id="ab", headers={"kk": 1, "at": sent}
