@@ -15,6 +15,7 @@ from worker.accounts import Account, Accounts, load_accounts
 from worker.jobs import JobPipeline
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
+from worker.runtime import amqp_decoding
 from worker.runtime.consumer import Consumer
 from worker.runtime.lanes import FairShare
 from worker.runtime.service import RabbitService
@@ -163,6 +164,7 @@ class Worker:
         # its hooks.
         self._tracer = tracing.from_environment()
         tracing.install(self._tracer)
+        amqp_decoding.install()  # pamqp's decoders, process-wide, before the first frame
         if s.http_port:
             app = http.create_app(self.metrics, self.service.readiness)
             self._http = await http.start(app, s.http_host, s.http_port)

@@ -7,9 +7,11 @@ aiormq then closes the whole connection: every job in flight on it loses its cha
 message is redelivered and cuts the connection again, until the delivery limit dead-letters it,
 and its caller never hears back. RabbitMQ itself accepts such messages from any publisher.
 
-`install()` replaces those three decoders: such a timestamp reads as absent (the job's budget
-then counts from receipt), such a string with U+FFFD replacement characters. The message reaches
-the worker, which answers it like any other.
+`install()` replaces those three decoders, process-wide: such a timestamp reads as absent (the
+job's budget then counts from receipt), such a string with U+FFFD replacement characters. The
+message reaches the worker, which answers it like any other. The worker installs them at
+start-up, before it connects (`Worker.start`); tests/unit/test_library_seams.py checks that
+pamqp still decodes through the tables replaced here.
 """
 
 from __future__ import annotations

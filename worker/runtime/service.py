@@ -36,7 +36,7 @@ from aio_pika.abc import (
 
 from worker.accounts import ConfigError
 from worker.observability.metrics import Metrics
-from worker.runtime import amqp_decoding, brokers, topology
+from worker.runtime import brokers, topology
 from worker.runtime.amqp_urls import node_of
 from worker.runtime.linkwatch import LinkWatch
 from worker.runtime.publisher import ResultPublisher
@@ -60,7 +60,6 @@ def _channel_closed(message: AbstractIncomingMessage) -> bool:
 
 class RabbitService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        amqp_decoding.install()
         self._settings = settings
         self._metrics = metrics
         self._connection: brokers.FailoverConnection | None = None

@@ -218,6 +218,7 @@ class TickBatch:
         held: list[Reply] = []
 
         def on_bound(reply: Reply) -> None:
+            held.append(reply)  # first: whatever happens below, on_result finds it
             if isinstance(reply, hiredis.ReplyError) and "syntax error" in str(reply):
                 # Redis older than 7.0: the claim by script from now on, this one included.
                 self._claim_by_script = True
@@ -225,7 +226,6 @@ class TickBatch:
                 keys = [claim.key, claim.result_key]
                 self._evals.append(_Eval(CLAIM_SCRIPT, keys, args, claim.future))
                 self._schedule()
-            held.append(reply)
 
         def on_result(reply: Reply) -> None:
             if self._claim_by_script and isinstance(held[0], hiredis.ReplyError):

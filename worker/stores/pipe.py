@@ -11,6 +11,12 @@ read and written directly.
 Failure is the link's: a batch unanswered within the link's timeout, a reset or a closed
 connection drops the connection, fails every command waiting on it with RedisUnavailable and
 switches the link to fallback (link.py); the next batch after the link is back opens a new one.
+Every batch is timed from the moment it is sent, also while it waits for a connection, and an
+opening that fails at any step fails what waits for it. A reply handler that raises is told its
+command has no reply (its caller uses the fallback); the connection and the other batches go on.
+
+redis-py's private `connection_class`, `_reader`, `_writer` and `_close()` are used here and
+nowhere else (tests/unit/test_library_seams.py names them).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ class Pipe:
         self._opening: asyncio.Task[None] | None = None
         self._outages = -1  # the link's outage count when this connection was opened
         self._sent: deque[_Batch] = deque()  # written, replies due in this order
-        self._unsent: list[tuple[bytes, _Batch]] = []  # waiting for the connection
+        self._unsent: deque[tuple[bytes, _Batch]] = deque()  # waiting for the connection
         self._drained: asyncio.Future[None] | None = None  # set when close waits for replies
 
     @staticmethod
@@ -75,47 +81,78 @@ class Pipe:
             # The link fell back since this connection was opened: it may be dead or stale.
             self._drop(None)
         if self._writer is None:
+            self._arm(batch)  # waiting for the connection: bounded as well
             self._unsent.append((packed, batch))
             if self._opening is None:
                 self._opening = asyncio.create_task(self._open(), name="redis-pipe-open")
             return
         self._write(self._writer, packed, batch)
 
-    def _write(self, writer: asyncio.StreamWriter, packed: bytes, batch: _Batch) -> None:
+    def _arm(self, batch: _Batch) -> None:
+        if batch.timer is not None:
+            batch.timer.cancel()
         batch.timer = asyncio.get_running_loop().call_later(
             self._link.timeout * 2, self._expired, batch
         )
+
+    def _write(self, writer: asyncio.StreamWriter, packed: bytes, batch: _Batch) -> None:
         self._sent.append(batch)
+        self._arm(batch)  # its reply's time, from its write
         writer.write(packed)
 
     def _expired(self, batch: _Batch) -> None:
         if batch in self._sent:
             self._drop(TimeoutError(f"no reply from Redis within {self._link.timeout * 2:g} s"))
+        elif any(waiting is batch for _, waiting in self._unsent):
+            # No connection in time (an opening that hangs): what waits for it fails, and the
+            # next batch after the link is back opens a new one.
+            if self._opening is not None:
+                self._opening.cancel()
+                self._opening = None
+            self._link.fail(TimeoutError(f"no connection within {self._link.timeout * 2:g} s"))
+            self._fail_unsent(RedisUnavailable(self._link.where))
 
     async def _open(self) -> None:
-        pool = self._link.client.connection_pool
-        conn: Any = pool.connection_class(**pool.connection_kwargs)
+        me = asyncio.current_task()
+        conn: Any = None
         outages = self._link.outages
         try:
+            pool = self._link.client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
             async with asyncio.timeout(self._link.timeout * 2):
                 await conn.connect()
-        except Exception as exc:
+            if self._opening is not me:
+                _discard(conn)  # given up on meanwhile (its time ran out, or the pipe closed)
+                return
+            # redis-py's streams of the connection it opened; from here on only this class
+            # uses them.
+            reader: asyncio.StreamReader = conn._reader
+            writer: asyncio.StreamWriter = conn._writer
+            if reader is None or writer is None:
+                raise ConnectionError("redis-py opened the connection without its streams")
+            self._conn, self._outages, self._writer = conn, outages, writer
+            self._reading = asyncio.create_task(self._read(reader), name="redis-pipe-read")
+            while self._unsent:
+                packed, batch = self._unsent.popleft()
+                self._write(writer, packed, batch)
             self._opening = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            self._link.fail(exc)  # first: what the failures below start finds the link down
+        except asyncio.CancelledError:
+            if self._conn is not conn:
+                _discard(conn)
+            raise
+        except Exception as exc:
+            # Any step (the connection, its streams, the first writes): nothing stays opening,
+            # nothing waits for it.
+            if self._opening is not me:
+                _discard(conn)
+                return
+            self._opening = None
+            if conn is not None and self._conn is conn:
+                self._drop(exc)  # its reader, and what was written on it
+            else:
+                _discard(conn)
+                self._link.fail(exc)  # first: what the failures below start finds the link down
             self._fail_unsent(RedisUnavailable(self._link.where))
-            return
-        self._conn, self._outages = conn, outages
-        # redis-py's streams of the connection it opened; from here on only this class uses them.
-        reader: asyncio.StreamReader = conn._reader
-        writer: asyncio.StreamWriter = conn._writer
-        self._writer = writer
-        self._reading = asyncio.create_task(self._read(reader), name="redis-pipe-read")
-        self._opening = None
-        unsent, self._unsent = self._unsent, []
-        for packed, batch in unsent:
-            self._write(writer, packed, batch)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         parser = hiredis.Reader()
@@ -145,12 +182,25 @@ class Pipe:
             self._sent.popleft()
             if batch.timer is not None:
                 batch.timer.cancel()
-            handler(reply)
-            batch.done()
+            try:
+                handler(reply)
+            except Exception:
+                self._unhandled(handler)
+            _finish(batch)
             if not self._sent and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
         else:
-            handler(reply)
+            try:
+                handler(reply)
+            except Exception:
+                self._unhandled(handler)
+
+    def _unhandled(self, handler: OnReply) -> None:
+        """A handler raised on its reply: it is told its command has none, as when the
+        connection is lost (its caller uses the fallback). The connection goes on."""
+        log.exception("a Redis reply could not be handled; its caller goes without it")
+        with contextlib.suppress(Exception):
+            handler(RedisUnavailable(self._link.where))
 
     def _drop(self, exc: BaseException | None) -> None:
         """Close the connection; what waited on it fails; an error switches the link."""
@@ -169,7 +219,7 @@ class Pipe:
             self._drained.set_result(None)
 
     def _fail_unsent(self, exc: RedisUnavailable) -> None:
-        unsent, self._unsent = self._unsent, []
+        unsent, self._unsent = self._unsent, deque()
         for _, batch in unsent:
             self._fail_batch(batch, exc)
 
@@ -177,10 +227,13 @@ class Pipe:
     def _fail_batch(batch: _Batch, exc: RedisUnavailable) -> None:
         if batch.timer is not None:
             batch.timer.cancel()
-        for handler in batch.handlers[batch.next :]:
-            handler(exc)
-        batch.next = len(batch.handlers)
-        batch.done()
+        handlers, batch.next = batch.handlers[batch.next :], len(batch.handlers)
+        for handler in handlers:
+            try:
+                handler(exc)
+            except Exception:
+                log.exception("a Redis command's failure could not be handled")
+        _finish(batch)
 
     async def close(self) -> None:
         """Batches written get their replies (each is bounded by the timeout), then the
@@ -201,3 +254,18 @@ class Pipe:
         if reading is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
+
+
+def _finish(batch: _Batch) -> None:
+    """The batch's `done`, which never stops the connection's own bookkeeping."""
+    try:
+        batch.done()
+    except Exception:
+        log.exception("a Redis batch's completion could not be handled")
+
+
+def _discard(conn: Any) -> None:
+    """Close a connection this class did not adopt, without waiting (redis-py's own way)."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn._close()

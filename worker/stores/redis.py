@@ -8,11 +8,13 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
+from typing import Any
 
 from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
 from worker.stores.batch import CLAIM_SCRIPT, TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore
+from worker.stores.overdue import OverdueWatch
 from worker.tasks import Loop, stop
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.5
 WRITE_BACK_MAX = 10_000  # results and insert markers kept for Redis while it is away
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
+# A store call waits for Redis at most this many SFWORKER_REDIS_TIMEOUT_SECONDS, whatever holds
+# it up; then it uses memory and the link falls back. Past the batcher's own bounds (a batch
+# may wait for the one on its way, 2 timeouts at most, then for its own reply, 2 more).
+WAIT_TIMEOUTS = 4
 # KEYS: the marker; ARGV: this process (sealed), ttl ms. Set it unless one is there; else
 # return the one there (sealed: only the caller can tell whose it is).
 _MARK = """
@@ -44,6 +50,7 @@ class RedisResultStore:
         self._mark = link.script(_MARK)
         self._claim = link.script(CLAIM_SCRIPT)
         self._batch = TickBatch(link)
+        self._overdue = OverdueWatch(link.timeout * WAIT_TIMEOUTS, self._gave_up)
         self._claim_ttl_ms = self._ttl_ms + int(CLAIM_MARGIN_SECONDS * 1000)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
@@ -88,7 +95,7 @@ class RedisResultStore:
         """Lookups of one tick travel together (batch.py)."""
         key = self._link.key("result", job_id)
         try:
-            value = await self._batch.get(key)
+            value = await self._overdue.watch(self._batch.get(key))
         except RedisUnavailable:
             return await self._memory.get(job_id)
         # A result that does not open reads as absent: the job runs again (an insert does not:
@@ -103,7 +110,8 @@ class RedisResultStore:
         key = self._link.key("result", job_id)
         sealed = self._link.seal.seal(key, result)
         try:
-            await self._batch.set(key, sealed, self._ttl_ms)  # with the others of its tick
+            # With the others of its tick.
+            await self._overdue.watch(self._batch.set(key, sealed, self._ttl_ms))
         except RedisUnavailable:
             self._keep("result", job_id, result)
 
@@ -117,8 +125,8 @@ class RedisResultStore:
         sealed = self._link.seal.seal(claim_key, fingerprint)
         try:
             # Claims of one tick travel together (batch.py).
-            held, stored = await self._batch.claim(
-                claim_key, sealed, self._claim_ttl_ms, result_key
+            held, stored = await self._overdue.watch(
+                self._batch.claim(claim_key, sealed, self._claim_ttl_ms, result_key)
             )
         except RedisUnavailable:
             self._keep("claim", job_id, fingerprint)
@@ -130,6 +138,15 @@ class RedisResultStore:
         return Claimed(
             self._link.seal.open(claim_key, held), result if result is not None else mine.stored
         )
+
+    def _gave_up(self, waiting: list[asyncio.Future[Any]]) -> None:
+        """Store calls that waited for Redis past their bound: the same outage as a command
+        that timed out (the link falls back), and each caller uses memory."""
+        bound = self._overdue.bound
+        self._link.fail(TimeoutError(f"a result store call waited {bound:g} s for Redis"))
+        for future in waiting:
+            if not future.done():
+                future.set_exception(RedisUnavailable(self._link.where))
 
     def _keep(self, kind: str, job_id: str, value: bytes | None) -> None:
         self._unwritten[(kind, job_id)] = value
@@ -169,7 +186,7 @@ class RedisResultStore:
         ]
         try:
             # Markers of one tick (a Composite request's inserts) travel together (batch.py).
-            marked = await self._batch.eval(_MARK, [key], args)
+            marked = await self._overdue.watch(self._batch.eval(_MARK, [key], args))
             if marked == 1:
                 return True
             if self._link.seal.open_text(key, marked) != self.sender_id:
@@ -215,4 +232,5 @@ class RedisResultStore:
             with contextlib.suppress(Exception):
                 await self._link.attempt(lambda r: r.delete(key))
         await self._batch.close()
+        self._overdue.close()
         await self._memory.close()
