@@ -1,40 +1,27 @@
 """Shared fixtures: a real RabbitMQ (env var first, then 127.0.0.1, then testcontainers where
-Docker works), the Salesforce simulator on 127.0.0.1, per-test queue names, worker processes."""
+Docker works), the Salesforce simulator on 127.0.0.1, per-test queue names, worker processes.
+The helpers behind them live in tests/support/."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
-import aiohttp
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from sfsim.testing import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    DEFAULT_REFRESH_TOKEN,
-    SimulatorClient,
-    running_simulator,
-)
+from sfsim.testing import SimulatorClient, running_simulator
 
-from tests.job_client import JobClient
+from tests.support.accounts import write_accounts
+from tests.support.job_client import JobClient
+from tests.support.settings import LOCAL_AMQP, LOCAL_REDIS, make_settings, topology_names
+from tests.support.workers import spawning
 from worker.runtime import topology
 from worker.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def _reachable(url: str) -> bool:
@@ -124,58 +111,6 @@ def names() -> dict[str, str]:
     return topology_names()
 
 
-def topology_names() -> dict[str, str]:
-    """Queue and exchange names no other test uses."""
-    prefix = f"test.{uuid.uuid4().hex[:10]}"
-    return {
-        "request_exchange": f"{prefix}.blocks",
-        "request_routing_key": f"{prefix}.blocks",
-        "request_queue": f"{prefix}.blocks",
-        "dead_letter_exchange": f"{prefix}.dlx",
-        "dead_letter_queue": f"{prefix}.dead",
-        "results_exchange": f"{prefix}.results",
-    }
-
-
-def rsa_key_pair() -> tuple[str, str]:
-    """A fresh RSA-2048 key for jwt-bearer: (private key PEM in PKCS8, public key PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private.decode(), public.decode()
-
-
-def write_accounts(
-    path: Path,
-    base_url: str,
-    *,
-    extra: str = "",
-    flow: str = "client_credentials",
-    credentials: str | None = None,
-) -> Path:
-    """An accounts file whose account `main` talks to the simulator at `base_url`.
-    `credentials` replaces the simulator's default secret lines (a wrong secret, a JWT key)."""
-    secret = f'client_secret = "{DEFAULT_CLIENT_SECRET}"\n'
-    if flow == "refresh_token":
-        secret += f'refresh_token = "{DEFAULT_REFRESH_TOKEN}"\n'
-    if credentials is not None:
-        secret = credentials
-    path.write_text(
-        "[accounts.main]\n"
-        'tenant = "acme"\n'
-        "default = true\n"
-        f'instance_url = "{base_url}"\n'
-        f'flow = "{flow}"\n'
-        f'client_id = "{DEFAULT_CLIENT_ID}"\n' + secret + extra,
-        encoding="utf-8",
-    )
-    return path
-
-
 @pytest.fixture
 def accounts_file(tmp_path: Path, simulator: SimulatorClient) -> Path:
     return write_accounts(tmp_path / "accounts.toml", simulator.base_url)
@@ -192,131 +127,6 @@ async def settings(
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
         await topology.delete(await connection.channel(), made)
-
-
-# The fleet's Redis key of the tests (32 bytes, base64): every fleet in the tests seals its
-# values, as production does (a worker with Redis and no key refuses to start).
-TEST_REDIS_KEY = "t1:c2Z3b3JrZXItdGVzdHMtcmVkaXMta2V5LTMyYnl0ZXM="
-
-
-def make_settings(amqp_url: str, names: dict[str, str], accounts_file: Path, **kw: Any) -> Settings:
-    if kw.get("redis_url") and not {"redis_encryption_key", "redis_plaintext"} & set(kw):
-        kw["redis_encryption_key"] = TEST_REDIS_KEY
-    values: dict[str, Any] = {
-        "amqp_url": amqp_url,
-        "accounts_file": accounts_file,
-        "http_port": 0,
-        "allow_insecure_localhost": True,
-        "watchdog_interval_seconds": 0.5,
-        "reconnect_interval_seconds": 0.5,
-        "startup_timeout_seconds": 10,
-        **names,
-        **kw,
-    }
-    return Settings(**values)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a `sfworker run` process these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFWORKER_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"SFWORKER_{name.upper()}"] = str(raw).lower() if isinstance(raw, bool) else str(raw)
-    env["SFWORKER_LOG_FORMAT"] = "json"
-    return env
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Poll `predicate` every 50 ms; fail naming `what` if it is still false after `within` s."""
-    try:
-        async with asyncio.timeout(within):
-            while not await predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"still waiting for {what} after {within} s") from None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class WorkerProcess:
-    """`python -m worker run` in a subprocess, as Kubernetes would run it."""
-
-    def __init__(self, settings: Settings, log_path: Path, **overrides: Any) -> None:
-        self.port = free_port()
-        env = settings_env(settings)
-        env["SFWORKER_HTTP_PORT"] = str(self.port)
-        env["SFWORKER_HTTP_HOST"] = "127.0.0.1"
-        for key, value in overrides.items():
-            env[f"SFWORKER_{key.upper()}"] = str(value)
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def wait_ready(self, within: float = 20.0) -> None:
-        async with asyncio.timeout(within), aiohttp.ClientSession() as http:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"worker exited {self.proc.returncode}: {self.logs()}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{self.url}/readyz") as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.05)
-
-    async def metrics(self) -> str:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as response:
-            return await response.text()
-
-    async def wait_exit(self, within: float) -> int:
-        async with asyncio.timeout(within):
-            while self.proc.poll() is None:
-                await asyncio.sleep(0.05)
-        return self.proc.returncode
-
-    def logs(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-@contextlib.contextmanager
-def spawning(log_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """A function that starts `sfworker run` processes (logs in `log_dir`); every one of them
-    is stopped on exit."""
-    started: list[WorkerProcess] = []
-
-    def spawn(settings: Settings, **overrides: Any) -> WorkerProcess:
-        worker = WorkerProcess(settings, log_dir / f"worker-{len(started)}.log", **overrides)
-        started.append(worker)
-        return worker
-
-    try:
-        yield spawn
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 @pytest.fixture

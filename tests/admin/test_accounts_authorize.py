@@ -14,8 +14,10 @@ from pathlib import Path
 import aiohttp
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
-from tests.conftest import ROOT, free_port, write_accounts
-from tests.runtime.conftest import sfworker
+from tests.runtime.helpers import sfworker
+from tests.support import ROOT
+from tests.support.accounts import write_accounts
+from tests.support.ports import free_port
 
 ADMIN = "admin@acme.example"
 

@@ -16,9 +16,11 @@ from sfsim.testing import (
     SimulatorClient,
 )
 
-from tests.conftest import TEST_REDIS_KEY, free_port, write_accounts
-from tests.eavesdropper import eavesdropper
-from tests.runtime.conftest import sfworker
+from tests.runtime.helpers import sfworker
+from tests.support.accounts import write_accounts
+from tests.support.eavesdropper import eavesdropper
+from tests.support.ports import free_port
+from tests.support.settings import TEST_REDIS_KEY
 
 
 def env_for(accounts: Path) -> dict[str, str]:

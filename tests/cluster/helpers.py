@@ -1,17 +1,21 @@
-"""What the cluster tests share: a steady job stream, answers bookkeeping, metrics parsing."""
+"""What the cluster tests share: a private three-node RabbitMQ cluster (scripts/rabbit-cluster)
+on free ports, a steady job stream, answers bookkeeping."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import socket
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tests.job_client import JobClient
-from tests.metrics import metric
-
-__all__ = ["Stream", "differing_duplicates", "metric"]
+from tests.support import ROOT
+from tests.support.job_client import JobClient
 
 
 @dataclass
@@ -53,3 +57,81 @@ def differing_duplicates(results: list[dict[str, Any]]) -> list[str]:
     for result in results:
         by_id.setdefault(str(result["job_id"]), []).append(result)
     return sorted(job_id for job_id, seen in by_id.items() if any(r != seen[0] for r in seen))
+
+
+SCRIPT = ROOT / "scripts" / "rabbit-cluster"
+
+
+def _ports_free(ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_base_port() -> int:
+    """A base port whose AMQP (base..base+2), epmd (base+3) and distribution (base+20000..)
+    ports are free."""
+    for _ in range(200):
+        base = random.randrange(12000, 19000, 10)
+        if _ports_free(
+            [base, base + 1, base + 2, base + 3, base + 20000, base + 20001, base + 20002]
+        ):
+            return base
+    raise RuntimeError("no free ports for the test cluster")
+
+
+class Cluster:
+    """Three RabbitMQ nodes, 1..3, driven through scripts/rabbit-cluster."""
+
+    def __init__(self, base: int, directory: Path) -> None:
+        self.base = base
+        self.directory = directory
+        self.env = {
+            **os.environ,
+            "RABBIT_CLUSTER_PORT": str(base),
+            "RABBIT_CLUSTER_DIR": str(directory),
+        }
+
+    def url(self, node: int) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.base + node - 1}/"
+
+    def urls(self, first: int = 1) -> str:
+        """SFWORKER_AMQP_URL listing every node, starting with `first`."""
+        order = [first, *(n for n in (1, 2, 3) if n != first)]
+        return ",".join(self.url(n) for n in order)
+
+    def run(self, *args: str, limit: float = 300) -> str:
+        done = subprocess.run(
+            [str(SCRIPT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbit-cluster {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    async def arun(self, *args: str, limit: float = 300) -> str:
+        return await asyncio.to_thread(self.run, *args, limit=limit)
+
+    async def kill(self, node: int) -> None:
+        await self.arun("kill", str(node), limit=60)
+
+    async def start(self, node: int) -> None:
+        await self.arun("start", str(node))
+
+    async def leader(self, queue: str) -> int:
+        return int(await self.arun("leader", queue, limit=60))
+
+    async def members(self, queue: str) -> list[int]:
+        return [int(n) for n in (await self.arun("members", queue, limit=60)).split()]
+
+    async def messages(self, queue: str) -> int:
+        """Messages in a quorum queue, ready and unacknowledged."""
+        return int(await self.arun("info", queue, "messages", limit=60))

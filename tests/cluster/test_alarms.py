@@ -18,10 +18,11 @@ import aiohttp
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.cluster.conftest import Cluster
-from tests.conftest import WorkerProcess, wait_until
-from tests.job_client import JobClient
-from tests.metrics import metric
+from tests.cluster.helpers import Cluster
+from tests.support.job_client import JobClient
+from tests.support.metrics import metric
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -16,10 +16,11 @@ import aiohttp
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.cluster.conftest import Cluster
-from tests.cluster.helpers import Stream, differing_duplicates, metric
-from tests.conftest import WorkerProcess, wait_until
-from tests.job_client import JobClient
+from tests.cluster.helpers import Cluster, Stream, differing_duplicates
+from tests.support.job_client import JobClient
+from tests.support.metrics import metric
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -29,7 +29,7 @@ import jsonschema
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.helpers import Cluster
 from tests.cluster.storm import (
     OPERATIONS,
     Caller,
@@ -40,9 +40,13 @@ from tests.cluster.storm import (
     job_body,
     make_plans,
 )
-from tests.conftest import ROOT, WorkerProcess, make_settings, wait_until, write_accounts
-from tests.redis_server import RedisServer
-from tests.tcp_proxy import TcpProxy
+from tests.support import ROOT
+from tests.support.accounts import write_accounts
+from tests.support.redis_server import RedisServer
+from tests.support.settings import make_settings
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.runtime import brokers, topology
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -71,7 +75,7 @@ async def _seed_records(simulator: SimulatorClient, plans: list[Plan]) -> list[P
 
 async def test_fault_storm(
     rabbit_cluster: Cluster,
-    cluster_names: dict[str, str],
+    names: dict[str, str],
     durable_redis: RedisServer,
     cluster_workers: Any,
     simulator: SimulatorClient,
@@ -114,7 +118,7 @@ async def test_fault_storm(
     )
     settings = make_settings(
         rabbit_cluster.urls(),
-        cluster_names,
+        names,
         proxied_accounts,
         redis_url=durable_redis.url,
         redis_prefix=f"sfworker-storm-{uuid.uuid4().hex[:8]}:",

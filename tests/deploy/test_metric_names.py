@@ -12,8 +12,8 @@ from typing import Any
 
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import wait_until
-from tests.job_client import JobClient
+from tests.support.job_client import JobClient
+from tests.support.waiting import wait_until
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,37 +6,34 @@ it sends nothing and answers with the other one's result."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import pytest
-from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, wait_until
-from tests.fleet.test_exactly_once import insert
-from tests.job_client import JobClient
-from tests.metrics import metric
-from worker.settings import Settings
+from tests.fleet.helpers import Fleet, insert
+from tests.support.metrics import metric
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
 
 async def test_the_same_insert_on_two_workers_at_once_is_sent_once(
-    fleet_settings: Settings, spawn_worker: Any, jobs: JobClient, simulator: SimulatorClient
+    fleet: Fleet,
 ) -> None:
     # Fresh workers wait for the fleet's first token, held until the test lets it go: both
     # deliveries of each job are past their marker check, on different workers, when it comes.
-    await simulator.hold("token", route="token")
+    await fleet.simulator.hold("token", route="token")
     # The token timeout (which also bounds a wait for another worker's request) outlasts the
     # hold, and so do the jobs' budgets.
     workers: list[WorkerProcess] = [
-        spawn_worker(fleet_settings, prefetch=50, token_timeout_seconds=120) for _ in range(2)
+        fleet.spawn(fleet.settings, prefetch=50, token_timeout_seconds=120) for _ in range(2)
     ]
     for worker in workers:
         await worker.wait_ready()
     batch = [insert(f"twice-{i}", timeout_ms=60_000) for i in range(10)]
     for body in batch:
-        await jobs.publish(body)
-        await jobs.publish(body)
+        await fleet.jobs.publish(body)
+        await fleet.jobs.publish(body)
 
     async def in_flight(worker: WorkerProcess) -> float:
         return metric(await worker.metrics(), "sfworker_jobs_in_flight")
@@ -46,23 +43,25 @@ async def test_the_same_insert_on_two_workers_at_once_is_sent_once(
         # means each of the 10 jobs runs on both at once.
         return [await in_flight(w) for w in workers] == [len(batch)] * 2
 
-    await simulator.wait_held("token")
+    await fleet.simulator.wait_held("token")
     await wait_until(every_job_on_both, 30, "every insert in flight on both workers")
-    await simulator.release("token")
+    await fleet.simulator.release("token")
 
     async def all_answered() -> bool:
-        return len(jobs.results) >= 2 * len(batch)
+        return len(fleet.jobs.results) >= 2 * len(batch)
 
     await wait_until(all_answered, 60, "both deliveries of every insert answered")
     for worker in workers:  # no delivery was answered from the store after the fact
         assert metric(await worker.metrics(), "sfworker_results_replayed_total") == 0
-    records = [r for r in await simulator.records("Case") if r["Subject"].startswith("twice-")]
+    records = [
+        r for r in await fleet.simulator.records("Case") if r["Subject"].startswith("twice-")
+    ]
     assert sorted(Counter(r["Subject"] for r in records).values()) == [1] * len(batch)
-    counters = await simulator.counters()
+    counters = await fleet.simulator.counters()
     posts = counters["requests"].get("sobject_create", 0)
     posts += counters["subrequests"].get("sobject_create", 0)  # inside Composite requests
     assert posts == len(batch)
     ids = {r["Subject"]: r["Id"] for r in records}
-    for result in jobs.results:  # both deliveries answer with the one record's id
+    for result in fleet.jobs.results:  # both deliveries answer with the one record's id
         assert result["status"] == "ok", result
         assert result["id"] == ids[result["job_id"]]

@@ -11,8 +11,9 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.conftest import make_settings, spawning, topology_names
-from tests.job_client import JobClient
+from tests.support.job_client import JobClient
+from tests.support.settings import make_settings, topology_names
+from tests.support.workers import spawning
 from worker.runtime import topology
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import write_accounts
-from tests.salesforce.conftest import Harness, open_harness
+from tests.support.accounts import write_accounts
+from tests.support.harness import Harness, open_harness
 from worker.contract import BlockResult, Status
 from worker.observability.metrics import Metrics
 from worker.settings import Settings

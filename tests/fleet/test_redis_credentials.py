@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.conftest import PrivateRedis
+from tests.support.redis_server import RedisServer
 from worker.observability.metrics import Metrics
 from worker.stores.link import RedisLink
 
@@ -16,7 +16,7 @@ from worker.stores.link import RedisLink
 async def test_a_wrong_redis_password_is_named_as_such_without_the_password(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = PrivateRedis(tmp_path, "--requirepass", "right-horse-battery")
+    server = RedisServer(tmp_path, "--requirepass", "right-horse-battery")
     await server.start()
     metrics = Metrics()
     link = RedisLink(f"redis://:wrong-staple-4711@127.0.0.1:{server.port}/0", "sfw-cred:", metrics)

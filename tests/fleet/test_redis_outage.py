@@ -10,15 +10,13 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, make_settings, wait_until
-from tests.fleet.conftest import PrivateRedis
-from tests.fleet.test_fleet_tokens import answers
-from tests.job_client import JobClient
-from tests.metrics import metric
+from tests.fleet.helpers import Fleet
+from tests.support.metrics import metric
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.accounts import load_accounts
-from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -37,29 +35,21 @@ async def fallback_values(workers: list[WorkerProcess]) -> list[float]:
 
 
 async def test_redis_killed_mid_run_degrades_and_recovers(
-    amqp_url: str,
-    names: dict[str, str],
-    settings: Settings,
-    spawn_worker: Any,
-    jobs: JobClient,
-    simulator: SimulatorClient,
-    private_redis: PrivateRedis,
+    fleet: Fleet,
+    private_redis: RedisServer,
 ) -> None:
     prefix = "sfworker-outage:"
-    fleet = make_settings(
-        amqp_url,
-        names,
-        settings.accounts_file,
+    private = fleet.settings_with(
         redis_url=private_redis.url,
         redis_prefix=prefix,
         redis_retry_seconds=1,
     )
-    workers: list[WorkerProcess] = [spawn_worker(fleet, prefetch=50) for _ in range(2)]
+    workers: list[WorkerProcess] = [fleet.spawn(private, prefetch=50) for _ in range(2)]
     for worker in workers:
         await worker.wait_ready()
     assert await fallback_values(workers) == [0.0, 0.0]  # present from start
-    await simulator.seed("Case", [{"Subject": "anchor"}])
-    await simulator.set_latency(50)
+    await fleet.simulator.seed("Case", [{"Subject": "anchor"}])
+    await fleet.simulator.set_latency(50)
     batch = [job(i) for i in range(300)]
     # The last 30 jobs go out once both workers are back on Redis: their results must be there.
     during, after = batch[:-30], batch[-30:]
@@ -67,14 +57,14 @@ async def test_redis_killed_mid_run_degrades_and_recovers(
 
     async def stream() -> None:
         for body in during:
-            await jobs.publish(body)
+            await fleet.jobs.publish(body)
             published.append(body)
             await asyncio.sleep(0.03)
 
     streaming = asyncio.create_task(stream())
     try:
         await wait_until(lambda: _at_least(published, 60), 30, "60 jobs published")
-        await simulator.expire_sessions()
+        await fleet.simulator.expire_sessions()
         private_redis.kill()
 
         async def both_fell_back() -> bool:
@@ -83,9 +73,9 @@ async def test_redis_killed_mid_run_degrades_and_recovers(
         await wait_until(both_fell_back, 15, "sfworker_redis_fallback = 1 on both workers")
         # Once the workers run alone, expire the sessions again (not within the same job's
         # retry: a second 401 after a refresh is final for a job, by design).
-        seen = len(jobs.results)
-        await wait_until(lambda: _at_least(jobs.results, seen + 20), 30, "20 more answers")
-        await simulator.expire_sessions()
+        seen = len(fleet.jobs.results)
+        await wait_until(lambda: _at_least(fleet.jobs.results, seen + 20), 30, "20 more answers")
+        await fleet.simulator.expire_sessions()
         await wait_until(lambda: _at_least(published, 200), 30, "200 jobs published")
         await private_redis.start()  # same port, empty
         back = time.monotonic()
@@ -97,19 +87,21 @@ async def test_redis_killed_mid_run_degrades_and_recovers(
         print(f"\nworkers back on Redis {time.monotonic() - back:.1f} s after it answered")
         await streaming
         for body in after:
-            await jobs.publish(body)
+            await fleet.jobs.publish(body)
     finally:
         streaming.cancel()
         await asyncio.gather(streaming, return_exceptions=True)
 
-    statuses = await answers(jobs, batch)
-    failures = [r for r in jobs.results if r["status"] != "ok"]
+    statuses = await fleet.answers(batch)
+    failures = [r for r in fleet.jobs.results if r["status"] != "ok"]
     assert statuses == ["ok"] * len(batch), [(r["job_id"], r["error"]) for r in failures[:3]]
-    subjects = Counter(r["Subject"] for r in await simulator.records("Case"))
+    subjects = Counter(r["Subject"] for r in await fleet.simulator.records("Case"))
     inserts = [b["job_id"] for b in batch if b["operation"] == "insert"]
     assert all(subjects[job_id] == 1 for job_id in inserts)  # each insert exactly once
     # The workers write to Redis again: the results of the jobs sent since are there.
-    scope = load_accounts(fleet.accounts_file, allow_insecure_localhost=True).by_name["main"].scope
+    scope = (
+        load_accounts(private.accounts_file, allow_insecure_localhost=True).by_name["main"].scope
+    )
     late = {f"{prefix}result:{scope}/{b['job_id']}".encode() for b in after}
     stored = set(await private_redis.keys(f"{prefix}result:*"))
     assert late <= stored

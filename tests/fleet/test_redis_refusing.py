@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, make_settings, wait_until
-from tests.fleet.conftest import PrivateRedis, gauge
-from tests.fleet.test_fleet_tokens import run_all
-from tests.job_client import JobClient
-from worker.settings import Settings
+from tests.fleet.helpers import Fleet
+from tests.support.metrics import metric
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -39,47 +38,39 @@ def jobs_of(tag: str, n: int) -> list[dict[str, Any]]:
 
 
 async def test_a_redis_refusing_writes_is_an_outage(
-    amqp_url: str,
-    names: dict[str, str],
-    settings: Settings,
-    spawn_worker: Any,
-    jobs: JobClient,
-    simulator: SimulatorClient,
-    private_redis: PrivateRedis,
+    fleet: Fleet,
+    private_redis: RedisServer,
 ) -> None:
-    fleet = make_settings(
-        amqp_url,
-        names,
-        settings.accounts_file,
+    private = fleet.settings_with(
         redis_url=private_redis.url,
         redis_prefix="sfworker-readonly:",
         redis_retry_seconds=0.5,
     )
-    await simulator.seed("Case", [{"Subject": "anchor"}])
-    worker: WorkerProcess = spawn_worker(fleet)
+    await fleet.simulator.seed("Case", [{"Subject": "anchor"}])
+    worker: WorkerProcess = fleet.spawn(private)
     await worker.wait_ready()
-    assert await run_all(jobs, jobs_of("before", 6)) == ["ok"] * 6
+    assert await fleet.run_all(jobs_of("before", 6)) == ["ok"] * 6
 
     admin = aioredis.from_url(private_redis.url)
     try:
         # A replica of a primary that is not there: reads answered, writes refused READONLY.
         await admin.execute_command("REPLICAOF", "127.0.0.1", "1")
         batch = jobs_of("readonly", 20)
-        statuses = await run_all(jobs, batch)
+        statuses = await fleet.run_all(batch)
         text = await worker.metrics()
-        assert gauge(text, "sfworker_redis_fallback") == 1.0
+        assert metric(text, "sfworker_redis_fallback") == 1.0
         await admin.execute_command("REPLICAOF", "NO", "ONE")
     finally:
         await admin.aclose()
-    failures = [r for r in jobs.results if r["status"] != "ok"]
+    failures = [r for r in fleet.jobs.results if r["status"] != "ok"]
     assert statuses == ["ok"] * 20, [(r["job_id"], r["error"]) for r in failures[:3]]
-    assert gauge(text, "sfworker_handler_crashes_total") == 0.0
+    assert metric(text, "sfworker_handler_crashes_total") == 0.0
 
     async def back() -> bool:
-        return gauge(await worker.metrics(), "sfworker_redis_fallback") == 0.0
+        return metric(await worker.metrics(), "sfworker_redis_fallback") == 0.0
 
     await wait_until(back, 15, "sfworker_redis_fallback = 0")
-    assert await run_all(jobs, jobs_of("after", 6)) == ["ok"] * 6
-    subjects = Counter(r["Subject"] for r in await simulator.records("Case"))
+    assert await fleet.run_all(jobs_of("after", 6)) == ["ok"] * 6
+    subjects = Counter(r["Subject"] for r in await fleet.simulator.records("Case"))
     inserts = [b["job_id"] for b in jobs_of("readonly", 20) if b["operation"] == "insert"]
     assert [subjects[i] for i in inserts] == [1] * len(inserts)

@@ -14,13 +14,14 @@ from typing import Any
 
 import aio_pika
 import pytest
-from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, free_port, make_settings, wait_until
-from tests.fleet.conftest import PrivateRedis
-from tests.job_client import JobClient
-from tests.metrics import metric
-from tests.tcp_proxy import TcpProxy
+from tests.fleet.helpers import Fleet
+from tests.support.metrics import metric
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.app import Worker
 from worker.runtime import topology
 from worker.settings import Settings
@@ -38,7 +39,7 @@ def job(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def redis_proxy(private_redis: PrivateRedis) -> AsyncIterator[TcpProxy]:
+async def redis_proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
     proxy = TcpProxy("127.0.0.1", private_redis.port)
     await proxy.start()
     yield proxy
@@ -52,35 +53,28 @@ async def _fallback(worker: WorkerProcess) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_a_stalled_redis_falls_back_in_time_and_inserts_stay_exactly_once(
-    amqp_url: str,
-    names: dict[str, str],
-    settings: Settings,
-    spawn_worker: Any,
-    jobs: JobClient,
-    simulator: SimulatorClient,
-    private_redis: PrivateRedis,
+    fleet: Fleet,
+    private_redis: RedisServer,
     redis_proxy: TcpProxy,
 ) -> None:
-    def fleet(redis_url: str) -> Settings:
-        return make_settings(
-            amqp_url, names, settings.accounts_file, redis_url=redis_url, redis_prefix="stall:"
-        )
+    def through(redis_url: str) -> Settings:
+        return fleet.settings_with(redis_url=redis_url, redis_prefix="stall:")
 
-    stalled: WorkerProcess = spawn_worker(fleet(f"redis://127.0.0.1:{redis_proxy.port}/0"))
-    other: WorkerProcess = spawn_worker(fleet(private_redis.url))
+    stalled: WorkerProcess = fleet.spawn(through(f"redis://127.0.0.1:{redis_proxy.port}/0"))
+    other: WorkerProcess = fleet.spawn(through(private_redis.url))
     await asyncio.gather(stalled.wait_ready(), other.wait_ready())
-    timeout = settings.redis_timeout_seconds
+    timeout = fleet.settings.redis_timeout_seconds
     assert await _fallback(stalled) == 0
 
     first: dict[str, dict[str, Any]] = {}
-    jobs.client.add_listener(lambda r: first.setdefault(str(r["job_id"]), r))
+    fleet.jobs.client.add_listener(lambda r: first.setdefault(str(r["job_id"]), r))
     marks: dict[str, float] = {}
 
     async def load() -> None:
         start = time.monotonic()
         for i in range(JOBS):
             await asyncio.sleep(max(0.0, start + i * PACE - time.monotonic()))
-            await jobs.publish(job(i))
+            await fleet.jobs.publish(job(i))
 
     async def stall() -> None:
         await asyncio.sleep(STALL_AT)
@@ -110,28 +104,28 @@ async def test_a_stalled_redis_falls_back_in_time_and_inserts_stay_exactly_once(
     written_back = "written back to Redis" in stalled.logs()
     stalled.proc.terminate()
     assert await stalled.wait_exit(30) == 0
-    answers_before = len(jobs.results)
+    answers_before = len(fleet.jobs.results)
     for i in range(0, JOBS, 3):
-        await jobs.publish(job(i))
+        await fleet.jobs.publish(job(i))
 
     async def again() -> bool:
-        return len(jobs.results) >= answers_before + len(inserts)
+        return len(fleet.jobs.results) >= answers_before + len(inserts)
 
     await wait_until(again, 60, "every insert answered again")
-    cases = Counter(r["Subject"] for r in await simulator.records("Case"))
+    cases = Counter(r["Subject"] for r in await fleet.simulator.records("Case"))
     by_job: dict[str, list[dict[str, Any]]] = {}
-    for result in jobs.results:
+    for result in fleet.jobs.results:
         by_job.setdefault(str(result["job_id"]), []).append(result)
     fell_back_after = marks["fallback"] - marks["stalled"]
     print(
         f"\nredis stall: fallback after {fell_back_after:.1f} s, back in Redis "
         f"{marks['back'] - marks['resumed']:.1f} s after it answered; "
-        f"statuses {dict(Counter(r['status'] for r in jobs.results))}"
+        f"statuses {dict(Counter(r['status'] for r in fleet.jobs.results))}"
     )
     # Within its Redis timeout of the first command that met the stall (a command goes out at
     # least every 1.5 s: the liveness beat, and every job).
     assert fell_back_after <= 2 * timeout + 1.5
-    assert {r["status"] for r in jobs.results} <= {"ok", "no_data"}
+    assert {r["status"] for r in fleet.jobs.results} <= {"ok", "no_data"}
     assert all(len(by_job[f"stall-{i}"]) == 1 for i in range(JOBS) if i % 3)
     assert all({r["id"] for r in by_job[j]} == {first[j]["id"]} for j in inserts)
     assert all(cases[f"st-{i}"] == 1 for i in range(0, JOBS, 3)), "an insert ran twice"
@@ -140,24 +134,18 @@ async def test_a_stalled_redis_falls_back_in_time_and_inserts_stay_exactly_once(
 
 @pytest.mark.timeout(60)
 async def test_a_redelivered_insert_is_not_sent_while_the_fleet_cannot_be_read(
-    amqp_url: str,
-    names: dict[str, str],
-    settings: Settings,
+    fleet: Fleet,
     amqp: aio_pika.abc.AbstractRobustConnection,
-    jobs: JobClient,
-    simulator: SimulatorClient,
 ) -> None:
     """Redis out of reach: a first delivery of an insert is sent (this worker alone knows it),
     but a redelivered one is answered OUTCOME_UNKNOWN: the claim of an earlier delivery, made
     by another worker, cannot be read, and a claim that cannot be read is no proof of none."""
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
-    alone = make_settings(
-        amqp_url, names, settings.accounts_file, redis_url=nowhere, redis_prefix="blind:"
-    )
+    alone = fleet.settings_with(redis_url=nowhere, redis_prefix="blind:")
     channel = await amqp.channel()
     await topology.declare(channel, alone)
     fresh = {"v": 1, "operation": "insert", "object": "Case", "timeout_ms": 10000}
-    await jobs.publish({**fresh, "job_id": "again", "fields": {"Subject": "blind-again"}})
+    await fleet.jobs.publish({**fresh, "job_id": "again", "fields": {"Subject": "blind-again"}})
     queue = await channel.get_queue(alone.request_queue, ensure=False)
     taken = await queue.get(no_ack=False, timeout=10)  # another worker took it and died
     assert taken is not None
@@ -168,11 +156,13 @@ async def test_a_redelivered_insert_is_not_sent_while_the_fleet_cannot_be_read(
     try:
         assert worker.fleet.link is not None
         assert not worker.fleet.link.available  # Redis out of reach from the start
-        again = await jobs.result("again", wait=20)
-        first = await jobs.call({**fresh, "job_id": "first", "fields": {"Subject": "blind-first"}})
+        again = await fleet.jobs.result("again", wait=20)
+        first = await fleet.jobs.call(
+            {**fresh, "job_id": "first", "fields": {"Subject": "blind-first"}}
+        )
     finally:
         await worker.stop()
-    subjects = Counter(r["Subject"] for r in await simulator.records("Case"))
+    subjects = Counter(r["Subject"] for r in await fleet.simulator.records("Case"))
     assert (again["status"], again["error"]["code"]) == ("failed", "OUTCOME_UNKNOWN")
     assert subjects["blind-again"] == 0
     assert first["status"] == "ok"

@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
 
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, wait_until
-from tests.fleet.conftest import FleetConfig
-from tests.fleet.test_fleet_tokens import run_all, searches, start_fleet
-from tests.job_client import JobClient
+from tests.fleet.helpers import Fleet, searches
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -39,24 +37,22 @@ async def _queries(simulator: SimulatorClient) -> int:
     return int((await simulator.counters())["requests"].get("query", 0))
 
 
-async def _held_back_everywhere(
-    jobs: JobClient, simulator: SimulatorClient, workers: list[WorkerProcess], tag: str
-) -> None:
+async def _held_back_everywhere(fleet: Fleet, workers: list[WorkerProcess], tag: str) -> None:
     """A batch spread across the fleet: every job refused, no call sent, every worker refused
     some (so none of them still calls)."""
     before = await _counts(workers, _RESERVE)
-    queries = await _queries(simulator)
+    queries = await _queries(fleet.simulator)
     batch = searches(tag, 6 * len(workers))
-    assert await run_all(jobs, batch) == ["failed"] * len(batch)
-    by_id = {r["job_id"]: r for r in jobs.results}
+    assert await fleet.run_all(batch) == ["failed"] * len(batch)
+    by_id = {r["job_id"]: r for r in fleet.jobs.results}
     assert {by_id[b["job_id"]]["error"]["code"] for b in batch} == {"RATE_LIMITED"}
-    assert await _queries(simulator) == queries  # nothing reached Salesforce
+    assert await _queries(fleet.simulator) == queries  # nothing reached Salesforce
     after = await _counts(workers, _RESERVE)
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
 
 
 async def _resumed_everywhere(
-    jobs: JobClient, workers: list[WorkerProcess], tag: str, since: float
+    fleet: Fleet, workers: list[WorkerProcess], tag: str, since: float
 ) -> float:
     """Seconds from `since` until a batch spread across the fleet is all answered ok and every
     worker has answered ok again."""
@@ -64,7 +60,7 @@ async def _resumed_everywhere(
     n = 0
     while True:
         n += 1
-        statuses = await run_all(jobs, searches(f"{tag}-{n}", 3 * len(workers)))
+        statuses = await fleet.run_all(searches(f"{tag}-{n}", 3 * len(workers)))
         after = await _counts(workers, _OK)
         served = all(a > b for a, b in zip(after, before, strict=True))
         if served and statuses == ["ok"] * len(statuses):
@@ -76,52 +72,47 @@ async def _resumed_everywhere(
 @pytest.mark.parametrize("size", [2, 3])
 async def test_the_reserve_holds_and_frees_every_worker_of_the_fleet(
     size: int,
-    fleet_config: FleetConfig,
-    spawn_worker: Any,
-    jobs: JobClient,
-    simulator: SimulatorClient,
+    fleet: Fleet,
 ) -> None:
-    await simulator.seed("Account", [{"Name": "Acme"}])
-    await simulator.set_daily_limit(1000, used=100)
+    await fleet.simulator.seed("Account", [{"Name": "Acme"}])
+    await fleet.simulator.set_daily_limit(1000, used=100)
     # One call per job: a job answered ok is a call that reached Salesforce.
-    fleet = fleet_config(coalesce_wait_ms=0)
-    workers = await start_fleet(spawn_worker, fleet, size)
-    assert await run_all(jobs, searches("warm", 4 * size)) == ["ok"] * 4 * size
+    uncoalesced = fleet.configure(coalesce_wait_ms=0)
+    workers = await fleet.start(size, uncoalesced)
+    assert await fleet.run_all(searches("warm", 4 * size)) == ["ok"] * 4 * size
 
     for round_, free in ((1, "raised"), (2, "rolled"), (3, "raised")):
         # No worker has seen it: one job's answer (961 of 1,000, past the 95 % reserve) is the
         # first reading that crosses it, seen by whichever worker ran that job.
-        await simulator.set_daily_limit(1000, used=960)
-        assert await run_all(jobs, searches(f"cross-{round_}", 1)) == ["ok"]
+        await fleet.simulator.set_daily_limit(1000, used=960)
+        assert await fleet.run_all(searches(f"cross-{round_}", 1)) == ["ok"]
         crossed = time.monotonic()
         await asyncio.sleep(max(0.0, HOLD_WITHIN - (time.monotonic() - crossed)))
-        await _held_back_everywhere(jobs, simulator, workers, f"held-{round_}")
+        await _held_back_everywhere(fleet, workers, f"held-{round_}")
 
         if free == "raised":
-            await simulator.set_daily_limit(100_000, used=970)
+            await fleet.simulator.set_daily_limit(100_000, used=970)
         else:  # the rolling 24 h window: yesterday's calls no longer count
-            await simulator.set_daily_limit(1000, used=100)
+            await fleet.simulator.set_daily_limit(1000, used=100)
         resumed = await _resumed_everywhere(
-            jobs, workers, f"resume-{round_}", since=time.monotonic()
+            fleet, workers, f"resume-{round_}", since=time.monotonic()
         )
         print(f"\n{size} workers, round {round_}: every worker resumed {resumed:.1f} s after")
         assert resumed < RESUME_WITHIN
 
 
 async def test_a_starting_fleet_reads_limits_once_and_every_worker_shows_the_usage(
-    fleet_config: FleetConfig,
-    spawn_worker: Any,
-    simulator: SimulatorClient,
+    fleet: Fleet,
 ) -> None:
-    await simulator.set_daily_limit(80_000, used=4321)
-    workers = await start_fleet(spawn_worker, fleet_config(), 3)
+    await fleet.simulator.set_daily_limit(80_000, used=4321)
+    workers = await fleet.start(3, fleet.configure())
 
     async def usage_shown() -> bool:
         shown = await _counts(workers, 'sfworker_salesforce_api_usage_limit{account="main"}')
         return shown == [80_000.0] * 3
 
     await wait_until(usage_shown, 20, "the API usage gauge on every worker")
-    counters = await simulator.counters()
+    counters = await fleet.simulator.counters()
     assert counters["requests"] == {"token": 1, "limits": 1}  # one of each for the fleet
     used = float(counters["api_usage"]["used"])
     assert (

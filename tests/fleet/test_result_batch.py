@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import wait_until
-from tests.fleet.conftest import PrivateRedis
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from worker.observability.metrics import Metrics
 from worker.stores.batch import CLAIM_SCRIPT, TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
@@ -86,7 +86,7 @@ async def test_a_ticks_claims_reads_and_writes_each_get_their_own_answer(
 
 
 async def test_a_script_redis_forgot_is_sent_again_by_its_source(
-    private_redis: PrivateRedis, batcher: Batcher
+    private_redis: RedisServer, batcher: Batcher
 ) -> None:
     link, batch = await batcher(private_redis.url, "t:")
     client = aioredis.from_url(private_redis.url)
@@ -103,7 +103,7 @@ async def test_a_script_redis_forgot_is_sent_again_by_its_source(
 
 
 async def test_a_stalled_redis_fails_the_waiting_commands_and_switches_to_fallback(
-    private_redis: PrivateRedis, batcher: Batcher
+    private_redis: RedisServer, batcher: Batcher
 ) -> None:
     link, batch = await batcher(private_redis.url, "t:", redis_timeout=0.3)
     assert private_redis.proc is not None
@@ -134,7 +134,7 @@ async def test_a_stalled_redis_fails_the_waiting_commands_and_switches_to_fallba
 
 
 async def test_a_killed_redis_fails_the_waiting_commands_and_a_restarted_one_is_used_again(
-    private_redis: PrivateRedis, batcher: Batcher
+    private_redis: RedisServer, batcher: Batcher
 ) -> None:
     link, batch = await batcher(private_redis.url, "t:")
     assert await batch.get("t:result:warm") is None
@@ -174,7 +174,7 @@ async def test_an_error_reply_fails_the_command_and_switches_to_fallback(
 async def test_a_connection_the_server_closes_while_idle_is_opened_again_without_fallback(
     tmp_path: Path, batcher: Batcher
 ) -> None:
-    server = PrivateRedis(tmp_path, "--timeout", "1")  # idle clients closed after 1 s
+    server = RedisServer(tmp_path, "--timeout", "1")  # idle clients closed after 1 s
     await server.start()
     link, batch = await batcher(server.url, "t:")
     client = aioredis.from_url(server.url)

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
-from tests.conftest import wait_until
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from worker.observability.metrics import Metrics
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory import MemoryResultStore

@@ -22,10 +22,9 @@ from sfsim.testing import (
     SimulatorClient,
 )
 
-from tests.conftest import TEST_REDIS_KEY, wait_until
-from tests.fleet.conftest import FleetConfig
-from tests.fleet.test_fleet_tokens import expire_mid_flight, run_all, start_fleet
-from tests.job_client import JobClient
+from tests.fleet.helpers import Fleet
+from tests.support.settings import TEST_REDIS_KEY
+from tests.support.waiting import wait_until
 from worker.accounts import load_accounts
 from worker.stores.sealing import MAGIC, Seal, parse_keys
 
@@ -97,41 +96,36 @@ def field(dump: dict[bytes, list[bytes]], key: str, name: bytes) -> bytes:
 
 
 async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
-    fleet_config: FleetConfig,
-    spawn_worker: Any,
-    jobs: JobClient,
-    simulator: SimulatorClient,
-    redis_url: str,
-    redis_prefix: str,
+    fleet: Fleet,
 ) -> None:
-    await simulator.set_client(
+    await fleet.simulator.set_client(
         DEFAULT_CLIENT_ID,
         DEFAULT_CLIENT_SECRET,
         rotation=True,
         refresh_tokens=[DEFAULT_REFRESH_TOKEN],
     )
-    ids = await simulator.seed("Account", [{"Name": NAME, "Phone": PHONE}])
-    fleet = fleet_config(extra=ROTATING.format(url=simulator.base_url))
-    accounts = load_accounts(fleet.accounts_file, allow_insecure_localhost=True).by_name
-    workers = await start_fleet(spawn_worker, fleet, 2, prefetch=100)
+    ids = await fleet.simulator.seed("Account", [{"Name": NAME, "Phone": PHONE}])
+    two_accounts = fleet.configure(extra=ROTATING.format(url=fleet.simulator.base_url))
+    accounts = load_accounts(two_accounts.accounts_file, allow_insecure_localhost=True).by_name
+    workers = await fleet.start(2, two_accounts, prefetch=100)
 
     issued: set[str] = set()
     warm = [search(f"warm-{i}", "main" if i % 2 else "rotating") for i in range(20)]
     warm += [insert(f"ins-{i}", i) for i in range(10)]
-    assert await run_all(jobs, warm) == ["ok"] * 30
-    issued |= set(simulator.state.auth.access) if simulator.state else set()
-    await simulator.set_latency(300)
+    assert await fleet.run_all(warm) == ["ok"] * 30
+    issued |= set(fleet.simulator.state.auth.access) if fleet.simulator.state else set()
+    await fleet.simulator.set_latency(300)
     storm = [search(f"storm-{i}", "main" if i % 2 else "rotating") for i in range(200)]
-    assert await expire_mid_flight(jobs, simulator, storm) == ["ok"] * 200
-    await simulator.set_latency(0)
-    assert simulator.state is not None
-    issued |= set(simulator.state.auth.access)
-    refresh_tokens = set(simulator.state.auth.refresh)
-    assert (await simulator.counters())["oauth_events"] == {}  # rotated, never replayed
-    created = [r["Id"] for r in await simulator.records("Case")]
+    assert await fleet.expire_mid_flight(storm) == ["ok"] * 200
+    await fleet.simulator.set_latency(0)
+    assert fleet.simulator.state is not None
+    issued |= set(fleet.simulator.state.auth.access)
+    refresh_tokens = set(fleet.simulator.state.auth.refresh)
+    assert (await fleet.simulator.counters())["oauth_events"] == {}  # rotated, never replayed
+    created = [r["Id"] for r in await fleet.simulator.records("Case")]
     assert len(created) == 10
 
-    dump = await raw_dump(redis_url, redis_prefix)
+    dump = await raw_dump(fleet.redis_url, fleet.redis_prefix)
     everything = b"\n".join([*dump, *(b for values in dump.values() for b in values)])
     secrets = {*issued, *refresh_tokens, DEFAULT_CLIENT_SECRET}
     records = {NAME, PHONE, SUBJECT, "Quartermaine", *ids, *created}
@@ -141,30 +135,34 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     assert [r for r in records if r.encode() in everything] == []
     # The shape of every Salesforce access token: the org id, then "!AQ" (the 18 bytes; "!AQ"
     # alone turns up in random ciphertext about once in a few hundred dumps).
-    token_shape = f"{simulator.state.auth.org_id[:15]}!AQ".encode()
+    token_shape = f"{fleet.simulator.state.auth.org_id[:15]}!AQ".encode()
     assert token_shape not in everything
 
     # Not vacuous: the tokens, refresh token, results and claims are there, and they open.
     seal = Seal(parse_keys(TEST_REDIS_KEY, "test key"))
     main, rotating = accounts["main"], accounts["rotating"]
-    token_key = f"{redis_prefix}token:main:{main.scope}"
-    refresh_key = f"{redis_prefix}refresh:rotating:{rotating.scope}"
+    token_key = f"{fleet.redis_prefix}token:main:{main.scope}"
+    refresh_key = f"{fleet.redis_prefix}refresh:rotating:{rotating.scope}"
     assert seal.open_text(token_key, field(dump, token_key, b"value")) in issued
     assert seal.open_text(refresh_key, field(dump, refresh_key, b"value")) in (
-        await simulator.refresh_tokens(DEFAULT_CLIENT_ID)
+        await fleet.simulator.refresh_tokens(DEFAULT_CLIENT_ID)
     )
-    client = aioredis.from_url(redis_url)
+    client = aioredis.from_url(fleet.redis_url)
     try:
         ttl_days = await client.pttl(refresh_key) / 86_400_000
     finally:
         await client.aclose()
     assert 29 < ttl_days <= 30  # SFWORKER_REFRESH_TOKEN_TTL_DAYS, default 30
-    results = [k for k in dump if k.startswith(f"{redis_prefix}result:{main.scope}/".encode())]
-    claims = [k for k in dump if k.startswith(f"{redis_prefix}insert-sent:".encode())]
+    results = [
+        k for k in dump if k.startswith(f"{fleet.redis_prefix}result:{main.scope}/".encode())
+    ]
+    claims = [k for k in dump if k.startswith(f"{fleet.redis_prefix}insert-sent:".encode())]
     assert len(results) >= 10 + 100 + 10
     assert len(claims) == 10
     for kind in ("result", "insert-sent", "claim"):
-        values = [vs for k, vs in dump.items() if k.startswith(f"{redis_prefix}{kind}:".encode())]
+        values = [
+            vs for k, vs in dump.items() if k.startswith(f"{fleet.redis_prefix}{kind}:".encode())
+        ]
         assert values, kind
         assert all(v[0].startswith(MAGIC) for v in values), kind  # every one sealed
     stored = seal.open(results[0].decode(), dump[results[0]][0])
@@ -174,38 +172,38 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     # A third worker with another key: it reads none of it, and answers every job.
     for worker in workers:
         worker.stop()
-    third = spawn_worker(fleet, prefetch=100, redis_encryption_key=OTHER_KEY)
+    third = fleet.spawn(two_accounts, prefetch=100, redis_encryption_key=OTHER_KEY)
     await third.wait_ready()
-    await simulator.reset_counters()
+    await fleet.simulator.reset_counters()
     fresh = [search(f"third-{i}") for i in range(10)] + [insert("ins-new", 99)]
-    assert await run_all(jobs, fresh) == ["ok"] * 11
+    assert await fleet.run_all(fresh) == ["ok"] * 11
     # The same job ids again: a search whose sealed result it cannot read runs again; an insert
     # whose sealed claim it cannot read is not sent a second time (OUTCOME_UNKNOWN).
     again = [search("warm-1"), insert("ins-3", 3)]
     for body in again:
-        await jobs.publish(body, correlation_id=f"again-{body['job_id']}")
+        await fleet.jobs.publish(body, correlation_id=f"again-{body['job_id']}")
 
     async def answered_twice() -> bool:
-        seen = Counter(r["job_id"] for r in jobs.results)
+        seen = Counter(r["job_id"] for r in fleet.jobs.results)
         return all(seen[b["job_id"]] >= 2 for b in again)
 
     await wait_until(answered_twice, 60, "the repeated jobs' answers")
-    last = {r["job_id"]: r for r in jobs.results}
+    last = {r["job_id"]: r for r in fleet.jobs.results}
     assert last["warm-1"]["status"] == "ok"
     assert last["ins-3"]["status"] == "failed"
     assert last["ins-3"]["error"]["code"] == "OUTCOME_UNKNOWN"
-    subjects = Counter(r["Subject"] for r in await simulator.records("Case"))
+    subjects = Counter(r["Subject"] for r in await fleet.simulator.records("Case"))
     assert subjects[f"{SUBJECT} #3"] == 1
     assert subjects[f"{SUBJECT} #99"] == 1
     # The fleet's refresh token is sealed under a key it lacks: it does not replay the file's
     # (spent) one, which would make Salesforce revoke the fleet's chain; it answers the job.
-    refused = await jobs.call(search("third-rotating", "rotating"), wait=30)
+    refused = await fleet.jobs.call(search("third-rotating", "rotating"), wait=30)
     assert refused["status"] == "failed"
     assert refused["error"]["code"] == "AUTH_FAILED"
-    counters = await simulator.counters()
+    counters = await fleet.simulator.counters()
     assert counters["token_requests"] == {"client_credentials": 1}
     assert counters["oauth_events"] == {}
-    assert len(await simulator.refresh_tokens(DEFAULT_CLIENT_ID)) == 1  # the chain is alive
+    assert len(await fleet.simulator.refresh_tokens(DEFAULT_CLIENT_ID)) == 1  # the chain is alive
 
     metrics = await third.metrics()
     unreadable = [ln for ln in metrics.splitlines() if ln.startswith("sfworker_redis_unreadable")]
@@ -225,7 +223,7 @@ async def test_a_refresh_token_rotated_before_sealing_is_carried_over_not_replay
     import aiohttp
     from pydantic import SecretStr
 
-    from tests.conftest import write_accounts
+    from tests.support.accounts import write_accounts
     from worker.observability.metrics import Metrics
     from worker.salesforce.oauth import Grant, request_token
     from worker.salesforce.tokens import BoardTokenManager

@@ -8,7 +8,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 from worker.accounts import Account, Flow
 from worker.observability.metrics import Metrics
 from worker.stores.fleet import FleetSlots

@@ -28,9 +28,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import free_port, settings_env, wait_until
-from tests.image_spec import ROOT, ImageSpec, image_spec
-from tests.job_client import JobClient
+from tests.support import ROOT
+from tests.support.image_spec import ImageSpec, image_spec
+from tests.support.job_client import JobClient
+from tests.support.ports import free_port
+from tests.support.settings import settings_env
+from tests.support.waiting import wait_until
 from worker.settings import Settings
 
 IMAGE = os.environ.get("SFWORKER_TEST_IMAGE", "")

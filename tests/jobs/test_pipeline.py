@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import write_accounts
+from tests.support.accounts import write_accounts
 from worker.accounts import Accounts, load_accounts
 from worker.contract import AnyJob, ResultError, Status
 from worker.jobs import Decision, Incoming, JobPipeline, Settle, admit

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
-from tests.raw_amqp import RawStr, RawTimestamp
+from tests.support.raw_amqp import RawStr, RawTimestamp
 from worker.contract import SALESFORCE_ID_PATTERN
 
 # The reply_to kinds: the test's reply queue, none at all, or a name that routes nowhere.

@@ -9,9 +9,9 @@ import aio_pika
 import orjson
 import pytest
 
-from tests.conftest import wait_until
-from tests.job_client import JobClient
-from tests.runtime.conftest import sample
+from tests.runtime.helpers import sample
+from tests.support.job_client import JobClient
+from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.settings import Settings
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess
-from tests.job_client import JobClient
+from tests.support.job_client import JobClient
+from tests.support.workers import WorkerProcess
 from worker.app import Worker
 from worker.settings import Settings
 

@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import free_port, make_settings, wait_until
-from tests.job_client import JobClient
-from tests.runtime.conftest import sample
-from tests.tcp_proxy import TcpProxy
+from tests.runtime.helpers import sample
+from tests.support.job_client import JobClient
+from tests.support.ports import free_port
+from tests.support.settings import make_settings
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.runtime.amqp_urls import node_of
 from worker.runtime.reach import Unreachable, connect_amqp

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import settings_env
-from tests.runtime.conftest import sfworker
+from tests.runtime.helpers import sfworker
+from tests.support.settings import settings_env
 from worker.app import Worker
 from worker.settings import Settings
 

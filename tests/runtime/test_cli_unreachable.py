@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, write_accounts
-from tests.runtime.conftest import sfworker
+from tests.runtime.helpers import sfworker
+from tests.support.accounts import write_accounts
+from tests.support.ports import free_port
 
 PASSWORD = "s3cret-pw"
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import make_settings, write_accounts
-from tests.job_client import JobClient
-from tests.runtime.conftest import sample
+from tests.runtime.helpers import sample
+from tests.support.accounts import write_accounts
+from tests.support.job_client import JobClient
+from tests.support.settings import make_settings
 from worker.app import Worker
 from worker.settings import Settings
 

@@ -12,8 +12,8 @@ import aio_pika
 import orjson
 import pytest
 
-from tests.conftest import wait_until
-from tests.job_client import JobClient
+from tests.support.job_client import JobClient
+from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.commands.dlq import inspect_dead_letters
 from worker.settings import Settings

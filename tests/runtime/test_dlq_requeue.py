@@ -14,9 +14,10 @@ import orjson
 import pytest
 from pamqp import decode, encode
 
-from tests.conftest import settings_env, wait_until
-from tests.job_client import JobClient
-from tests.runtime.conftest import sfworker
+from tests.runtime.helpers import sfworker
+from tests.support.job_client import JobClient
+from tests.support.settings import settings_env
+from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.commands.dlq import inspect_dead_letters
 from worker.runtime.publisher import encodable

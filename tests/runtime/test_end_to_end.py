@@ -11,9 +11,10 @@ import aio_pika
 import pytest
 from sfsim.testing import DEFAULT_CLIENT_ID, SimulatorClient
 
-from tests.conftest import make_settings, write_accounts
-from tests.job_client import JobClient
-from tests.runtime.conftest import sample
+from tests.runtime.helpers import sample
+from tests.support.accounts import write_accounts
+from tests.support.job_client import JobClient
+from tests.support.settings import make_settings
 from worker.app import Worker
 from worker.settings import Settings
 

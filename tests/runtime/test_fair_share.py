@@ -21,8 +21,12 @@ import aiohttp
 import pytest
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
-from tests.conftest import ROOT, WorkerProcess, free_port, wait_until, write_accounts
-from tests.job_client import JobClient
+from tests.support import ROOT
+from tests.support.accounts import write_accounts
+from tests.support.job_client import JobClient
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.app import Worker
 from worker.runtime.topology import lane_queue
 from worker.settings import Settings

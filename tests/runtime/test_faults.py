@@ -15,9 +15,12 @@ import aio_pika
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import LOCAL_AMQP, WorkerProcess, wait_until
-from tests.job_client import JobClient
-from tests.metrics import metric
+from tests.support.job_client import JobClient
+from tests.support.metrics import metric
+from tests.support.queues import queue_depth
+from tests.support.settings import LOCAL_AMQP
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -41,16 +44,6 @@ def searches_and_inserts(n: int, tag: str) -> list[dict[str, Any]]:
         else:
             jobs.append({**base, "operation": "search", "soql": "SELECT Id FROM Case LIMIT 1"})
     return jobs
-
-
-async def queue_depth(amqp: aio_pika.abc.AbstractRobustConnection, name: str) -> tuple[int, int]:
-    channel = await amqp.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-        result = queue.declaration_result
-        return result.message_count, result.consumer_count
-    finally:
-        await channel.close()
 
 
 async def test_kill_9_loses_nothing(

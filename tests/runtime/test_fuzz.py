@@ -31,10 +31,12 @@ from hypothesis import settings as hypothesis_settings
 from sfsim.faults import OAUTH_ROUTES
 from sfsim.testing import SimulatorClient
 
-from tests.cluster.helpers import metric
-from tests.conftest import ROOT, WorkerProcess, wait_until
-from tests.raw_amqp import raw_encoding
 from tests.runtime.fuzz_messages import NONE, ODD, OURS, Fuzzed, messages
+from tests.support import ROOT
+from tests.support.metrics import metric
+from tests.support.raw_amqp import raw_encoding
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.eavesdropper import eavesdropper
-from tests.job_client import JobClient
+from tests.support.eavesdropper import eavesdropper
+from tests.support.job_client import JobClient
 from worker.app import Worker
 
 PAGE = "/services/data/v60.0/query/01gD0000000abcdEFG-200"

@@ -8,8 +8,8 @@ from typing import Any
 
 from sfsim.testing import DEFAULT_CLIENT_SECRET, SimulatorClient
 
-from tests.conftest import WorkerProcess
-from tests.job_client import JobClient
+from tests.support.job_client import JobClient
+from tests.support.workers import WorkerProcess
 from worker.settings import Settings
 
 SEARCH = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Case"}

@@ -20,10 +20,13 @@ import aiohttp
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import WorkerProcess, make_settings, wait_until, write_accounts
-from tests.job_client import JobClient
-from tests.metrics import metric
-from tests.tcp_proxy import TcpProxy
+from tests.support.accounts import write_accounts
+from tests.support.job_client import JobClient
+from tests.support.metrics import metric
+from tests.support.settings import make_settings
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
 from worker.app import Worker
 from worker.settings import AMQP_HEARTBEAT_SECONDS, Settings
 

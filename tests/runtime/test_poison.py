@@ -8,9 +8,9 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.conftest import settings_env
-from tests.job_client import JobClient
-from tests.runtime.conftest import sample, sfworker
+from tests.runtime.helpers import sample, sfworker
+from tests.support.job_client import JobClient
+from tests.support.settings import settings_env
 from worker.app import Worker
 from worker.jobs import Admission, Execution, Incoming
 from worker.settings import Settings

@@ -26,15 +26,17 @@ from sfsim.testing import (
     running_simulator,
 )
 
-from tests.broker_users import (
+from tests.runtime.helpers import sample, sfworker
+from tests.support.accounts import write_accounts
+from tests.support.broker_users import (
     BrokerUsers,
     require_rabbitmqctl,
     tenant_permissions,
     worker_permissions,
 )
-from tests.conftest import settings_env, wait_until, write_accounts
-from tests.job_client import JobClient
-from tests.runtime.conftest import sample, sfworker
+from tests.support.job_client import JobClient
+from tests.support.settings import settings_env
+from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.settings import Settings
 

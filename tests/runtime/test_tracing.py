@@ -17,9 +17,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import make_settings, settings_env, write_accounts
-from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
-from tests.runtime.conftest import sfworker
+from tests.runtime.helpers import sfworker
+from tests.support.accounts import write_accounts
+from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tests.support.settings import make_settings, settings_env
 from worker.app import Worker
 from worker.observability import http
 from worker.observability.logging import JsonFormatter

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
-from tests.conftest import write_accounts
-from tests.metrics import metric as read_metric
-from tests.salesforce.conftest import Harness, open_harness
+from tests.support.accounts import write_accounts
+from tests.support.harness import Harness, open_harness
+from tests.support.metrics import metric as read_metric
 from worker.contract import BlockResult, parse_job
 from worker.jobs import Incoming
 from worker.settings import Settings
@@ -145,7 +145,7 @@ async def test_a_refused_field_and_a_deleted_record_fail_only_their_own_jobs(
 
 
 async def test_jobs_one_at_a_time_go_alone_without_waiting(
-    sf_settings: Settings, account_file: Path, simulator: SimulatorClient
+    sf_settings: Settings, accounts_file: Path, simulator: SimulatorClient
 ) -> None:
     """Acceptance 4: at low load (one job at a time, each call longer than twice the wait) an
     account is quiet: every call goes alone at once, without waiting for company. The wait is
@@ -154,7 +154,7 @@ async def test_jobs_one_at_a_time_go_alone_without_waiting(
     waiting = sf_settings.model_copy(update={"coalesce_wait_ms": 100})
     await simulator.seed("Contact", [{"LastName": "Solo", "Phone": "555-0100"}])
     await simulator.set_latency(250)
-    async with open_harness(waiting, account_file) as sf:
+    async with open_harness(waiting, accounts_file) as sf:
         for _ in range(6):
             result = await sf.run(operation="search", soql=PHONE_SOQL, params={"p": "555-0100"})
             assert result.status == "ok"
@@ -406,10 +406,10 @@ async def test_coalesce_false_sends_every_call_alone(
 
 
 async def test_wait_zero_turns_coalescing_off(
-    sf_settings: Settings, account_file: Path, simulator: SimulatorClient
+    sf_settings: Settings, accounts_file: Path, simulator: SimulatorClient
 ) -> None:
     settings = sf_settings.model_copy(update={"coalesce_wait_ms": 0})
-    async with open_harness(settings, account_file) as harness:
+    async with open_harness(settings, accounts_file) as harness:
         await burst(
             harness, [{"operation": "get", "sobject": "Case", "id": "500000000000000AAA"}] * 4
         )

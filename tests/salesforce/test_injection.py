@@ -21,8 +21,8 @@ from sfsim.soql import parse_soql
 from sfsim.sosl import parse_sosl
 from sfsim.testing import SimulatorClient, running_simulator
 
-from tests.conftest import write_accounts
-from tests.salesforce.conftest import Harness, open_harness
+from tests.support.accounts import write_accounts
+from tests.support.harness import Harness, open_harness
 from worker.settings import Settings
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sfsim.testing import SimulatorClient
 
-from tests.salesforce.conftest import Harness
+from tests.support.harness import Harness
 
 
 @dataclass

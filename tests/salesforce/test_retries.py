@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sfsim.testing import SimulatorClient
 
-from tests.salesforce.conftest import Harness, open_harness
+from tests.support.harness import Harness, open_harness
 from worker.settings import Settings
 
 UNAVAILABLE = [{"errorCode": "SERVER_UNAVAILABLE", "message": "server too busy"}]
@@ -114,13 +114,13 @@ async def test_latency_past_the_deadline_is_timeout_within_budget(
 
 
 async def test_retries_never_sleep_past_the_deadline(
-    sf_settings: Settings, account_file: Path, simulator: SimulatorClient
+    sf_settings: Settings, accounts_file: Path, simulator: SimulatorClient
 ) -> None:
     """A backoff pause that would end after the deadline is not taken: the job answers at once
     with Salesforce's error instead of sleeping into a TIMEOUT."""
     days = sf_settings.model_copy(update={"retry_base_ms": 10**9, "retry_cap_ms": 10**9})
     await simulator.add_fault(status=503, body=UNAVAILABLE, route="query", count=1000)
-    async with open_harness(days, account_file) as sf, asyncio.timeout(30):
+    async with open_harness(days, accounts_file) as sf, asyncio.timeout(30):
         result = await sf.run(operation="search", soql="SELECT Id FROM Account", timeout_ms=5000)
     assert result.error is not None
     assert (result.error.code.value, result.http_status) == ("SALESFORCE_UNAVAILABLE", 503)

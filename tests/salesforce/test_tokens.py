@@ -16,8 +16,8 @@ from sfsim.testing import (
     SimulatorClient,
 )
 
-from tests.conftest import rsa_key_pair, write_accounts
-from tests.salesforce.conftest import Harness, open_harness
+from tests.support.accounts import rsa_key_pair, write_accounts
+from tests.support.harness import Harness, open_harness
 from worker.settings import Settings
 
 SOQL = "SELECT Id, Name FROM Account WHERE Name = :n"
@@ -53,10 +53,10 @@ async def test_500_concurrent_searches_cause_one_token_request_each_time(
 
 
 @pytest.fixture
-async def sf_alone(sf_settings: Settings, account_file: Path) -> AsyncIterator[Harness]:
+async def sf_alone(sf_settings: Settings, accounts_file: Path) -> AsyncIterator[Harness]:
     """Coalescing off: every job makes its own call (and reads the token itself)."""
     async with open_harness(
-        sf_settings.model_copy(update={"coalesce_wait_ms": 0}), account_file
+        sf_settings.model_copy(update={"coalesce_wait_ms": 0}), accounts_file
     ) as h:
         yield h
 

@@ -11,7 +11,7 @@ import aiohttp
 from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_USERNAME
 from sfsim.testing import SimulatorClient
 
-from tests.simulator.conftest import Api, token_request
+from tests.simulator.helpers import Api, token_request
 
 CALLBACK = "http://localhost:1717/callback"
 VERIFIER = "pkce-verifier-" + "x" * 40

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from .conftest import VERSION, Api, Reply
+from tests.simulator.helpers import VERSION, Api, Reply
 
 BASE = f"/services/data/{VERSION}"
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from sfsim.testing import SimulatorClient, SimulatorControlError
 
-from .conftest import Api, client_credentials_token
+from tests.simulator.helpers import Api, client_credentials_token
 
 
 async def test_reset_restores_a_fresh_org(api: Api, sim: SimulatorClient) -> None:

@@ -11,7 +11,7 @@ import pytest
 from sfsim import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from sfsim.testing import SimulatorClient, SimulatorControlError
 
-from .conftest import Api, token_request
+from tests.simulator.helpers import Api, token_request
 
 LIMIT_RE = re.compile(r"api-usage=(\d+)/(\d+); per-app-api-usage=(\d+)/(\d+)\(appName=sfworker\)")
 

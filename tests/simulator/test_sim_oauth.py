@@ -21,9 +21,8 @@ from sfsim import (
 )
 from sfsim.testing import SimulatorClient
 
-from tests.conftest import rsa_key_pair
-
-from .conftest import VERSION, token_request
+from tests.simulator.helpers import VERSION, token_request
+from tests.support.accounts import rsa_key_pair
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 

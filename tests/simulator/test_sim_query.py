@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sfsim.testing import SimulatorClient
 
-from .conftest import VERSION, Api
+from tests.simulator.helpers import VERSION, Api
 
 TRICKY = ["O'Neil & Sons", "back\\slash", "two\nlines", 'say "hi"', "tab\there", "100% _real_"]
 

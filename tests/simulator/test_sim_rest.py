@@ -8,7 +8,7 @@ import pytest
 from sfsim.ids import to_18
 from sfsim.testing import SimulatorClient
 
-from .conftest import VERSION, Api
+from tests.simulator.helpers import VERSION, Api
 
 SF_DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000")
 

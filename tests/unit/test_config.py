@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.conftest import rsa_key_pair
+from tests.support.accounts import rsa_key_pair
 from worker.accounts import ConfigError, Flow, load_accounts
 from worker.settings import Settings
 

@@ -1,11 +1,11 @@
-"""The suite's one metrics reader (tests/metrics.py) fails on what is not exported."""
+"""The suite's one metrics reader (tests/support/metrics.py) fails on what is not exported."""
 
 from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from tests.metrics import MissingMetric, metric
+from tests.support.metrics import MissingMetric, metric
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker_users import rabbitmqctl_lines, tenant_permissions, worker_permissions
+from tests.support.broker_users import rabbitmqctl_lines, tenant_permissions, worker_permissions
 from worker.accounts import Accounts, ConfigError, load_accounts
 from worker.app import Worker
 from worker.commands.cli import main

@@ -10,7 +10,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError
 
-from tests.conftest import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 class RedisServer:
