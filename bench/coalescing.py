@@ -36,7 +36,7 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

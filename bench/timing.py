@@ -46,7 +46,7 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SOQL = "SELECT Id FROM Account"

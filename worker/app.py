@@ -22,16 +22,17 @@ from worker.runtime.service import RabbitService
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
-from worker.salesforce.reserve import ApiReserve, LocalBoard
+from worker.salesforce.reserve import ApiReserve
 from worker.salesforce.tokens import Backoff, BoardTokenManager, TokenManager
 from worker.settings import Settings
-from worker.stores.base import ResultStore
-from worker.stores.fleet import FleetSlots, RedisUsageBoard
 from worker.stores.link import RedisLink, from_settings
-from worker.stores.memory import MemoryResultStore
-from worker.stores.redis import RedisResultStore
+from worker.stores.memory_results import MemoryResultStore
+from worker.stores.redis_results import RedisResultStore
 from worker.stores.redis_token_board import RedisTokenBoards
+from worker.stores.results import ResultStore
+from worker.stores.slot_leases import FleetSlots
 from worker.stores.slots import LocalSlots, Slots
+from worker.stores.usage_board import LocalBoard, RedisUsageBoard
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ from typing import Any
 STOP_WITHIN = 2.0
 
 
-class Loop:
-    """A stop flag for a background loop: `while loop.running:`."""
+class StopFlag:
+    """A stop flag for a background loop: `while flag.running:`."""
 
     def __init__(self) -> None:
         self.running = True
 
 
-async def stop(task: asyncio.Task[Any] | None, loop: Loop | None = None) -> None:
+async def stop(task: asyncio.Task[Any] | None, flag: StopFlag | None = None) -> None:
     """Ask the task to stop (flag and cancel) and wait for it at most STOP_WITHIN seconds."""
-    if loop is not None:
-        loop.running = False
+    if flag is not None:
+        flag.running = False
     if task is None or task.done():
         return
     task.cancel()

@@ -31,7 +31,7 @@ class Reason(StrEnum):
 
 
 @dataclass(frozen=True)
-class Verdict:
+class TenantCheck:
     """The tenant a job runs for (None: none, in open mode), or why it may not run."""
 
     tenant: str | None
@@ -41,16 +41,16 @@ class Verdict:
 
 def check(
     accounts: Accounts, user_id: str | None, account: str | None, tenant: str | None
-) -> Verdict:
+) -> TenantCheck:
     """May a job published by `user_id`, naming `account` and claiming `tenant`, run?
 
     In strict mode the verdict's tenant is the publisher's: a job naming no account then gets
     that tenant's default. An account that does not exist is not refused here: resolving it
     answers UNKNOWN_ACCOUNT as in open mode."""
     if not accounts.strict:
-        return Verdict(tenant)
+        return TenantCheck(tenant)
     if not user_id:
-        return Verdict(
+        return TenantCheck(
             None,
             Reason.NO_USER_ID,
             "the message has no user_id: jobs must be published with the user_id property set "
@@ -58,23 +58,23 @@ def check(
         )
     owner = accounts.tenant_of_user(user_id)
     if owner is None:
-        return Verdict(
+        return TenantCheck(
             None, Reason.UNKNOWN_USER, f"RabbitMQ user {user_id!r} publishes for no tenant"
         )
     if tenant is not None and tenant != owner.name:
-        return Verdict(
+        return TenantCheck(
             owner.name,
             Reason.TENANT_MISMATCH,
             f"the job claims tenant {tenant!r} but {user_id!r} publishes for tenant {owner.name!r}",
         )
     named = accounts.by_name.get(account) if account is not None else None
     if named is not None and named.tenant != owner.name:
-        return Verdict(
+        return TenantCheck(
             owner.name,
             Reason.FOREIGN_ACCOUNT,
             f"account {named.name!r} does not belong to tenant {owner.name!r}",
         )
-    return Verdict(owner.name)
+    return TenantCheck(owner.name)
 
 
 def store_key(

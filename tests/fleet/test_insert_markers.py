@@ -18,8 +18,8 @@ from worker.contract import BlockResult, Status
 from worker.observability.metrics import Metrics
 from worker.settings import Settings
 from worker.stores.link import RedisLink
-from worker.stores.memory import MemoryResultStore
-from worker.stores.redis import RedisResultStore
+from worker.stores.memory_results import MemoryResultStore
+from worker.stores.redis_results import RedisResultStore
 
 
 async def fleet_store(redis_url: str, prefix: str) -> tuple[RedisLink, RedisResultStore]:

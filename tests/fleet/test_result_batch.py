@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 from worker.observability.metrics import Metrics
-from worker.stores.batch import CLAIM_SCRIPT, TickBatch
+from worker.stores.batch import BIND_SCRIPT, TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
 
 pytestmark = pytest.mark.asyncio
@@ -61,7 +61,7 @@ async def test_a_ticks_claims_reads_and_writes_each_get_their_own_answer(
         await client.set(f"{redis_prefix}claim:c", b"someone-else")
         # One tick: 3 claims, 2 lookups, 2 writes, issued without waiting in between.
         futures = [
-            batch.claim(
+            batch.bind(
                 f"{redis_prefix}claim:{job}",
                 b"mine-" + job.encode(),
                 60_000,
@@ -92,10 +92,10 @@ async def test_a_script_redis_forgot_is_sent_again_by_its_source(
     client = aioredis.from_url(private_redis.url)
     try:
         keys = ["t:claim:j", "t:result:j"]
-        assert await batch.eval(CLAIM_SCRIPT, keys, [b"f1", 60_000]) == [None, None]
+        assert await batch.eval(BIND_SCRIPT, keys, [b"f1", 60_000]) == [None, None]
         await client.script_flush()  # as after a restart or a failover
         before = await _commands(client, "eval")
-        assert await batch.eval(CLAIM_SCRIPT, keys, [b"f2", 60_000]) == [b"f1", None]
+        assert await batch.eval(BIND_SCRIPT, keys, [b"f2", 60_000]) == [b"f1", None]
         assert await _commands(client, "eval") == before + 1  # by source, once
         assert link.available
     finally:
@@ -150,7 +150,7 @@ async def test_a_killed_redis_fails_the_waiting_commands_and_a_restarted_one_is_
         return link.available
 
     await wait_until(back, 20, "the link back on the restarted Redis")
-    claimed = await batch.claim("t:claim:j", b"f", 60_000, "t:result:j")
+    claimed = await batch.bind("t:claim:j", b"f", 60_000, "t:result:j")
     assert claimed == (None, None)
 
 
@@ -162,7 +162,7 @@ async def test_an_error_reply_fails_the_command_and_switches_to_fallback(
     try:
         await client.hset(f"{redis_prefix}claim:h", "field", "value")  # not a string: WRONGTYPE
         good = batch.get(f"{redis_prefix}result:other")
-        bad = batch.claim(f"{redis_prefix}claim:h", b"f", 60_000, f"{redis_prefix}result:h")
+        bad = batch.bind(f"{redis_prefix}claim:h", b"f", 60_000, f"{redis_prefix}result:h")
         assert await good is None  # its neighbour in the pipeline is answered
         with pytest.raises(RedisUnavailable):
             await bad

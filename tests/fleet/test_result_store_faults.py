@@ -22,9 +22,9 @@ from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 from worker.observability.metrics import Metrics
 from worker.stores.link import RedisLink, RedisUnavailable
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 from worker.stores.pipe import OnReply, Pipe, Reply
-from worker.stores.redis import WAIT_TIMEOUTS, RedisResultStore
+from worker.stores.redis_results import WAIT_TIMEOUTS, RedisResultStore
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,7 +64,7 @@ async def test_a_reply_handler_that_raises_fails_its_own_caller_and_the_connecti
     link, store, memory = await stores(redis_url, redis_prefix)
     client = aioredis.from_url(redis_url)
     try:
-        assert await store.claim("warm", b"fp-warm") == (None, None)  # the connection is open
+        assert await store.bind("warm", b"fp-warm") == (None, None)  # the connection is open
         await memory.put("j", b"known here")
         batch: Any = store._batch
         reads = batch._on_values
@@ -87,7 +87,7 @@ async def test_a_reply_handler_that_raises_fails_its_own_caller_and_the_connecti
         assert took < link.timeout, f"the caller waited {took:.2f} s for a reply it had"
         assert link.available  # a handler's fault is no outage: /readyz stays true, rightly
         # The connection's bookkeeping is whole: the calls after it are answered by Redis.
-        claims = [store.claim(f"k{i}", f"fp-{i}".encode()) for i in range(3)]
+        claims = [store.bind(f"k{i}", f"fp-{i}".encode()) for i in range(3)]
         assert await asyncio.wait_for(asyncio.gather(*claims), 5) == [(None, None)] * 3
         await store.put("r", b"stored")
         assert await asyncio.wait_for(store.get("r"), 5) == b"stored"
@@ -116,7 +116,7 @@ async def test_an_opening_that_fails_after_connect_fails_its_callers_at_once_and
     try:
         monkeypatch.setattr(link.client.connection_pool, "connection_class", _StreamsMoved)
         started = time.monotonic()
-        claimed = await asyncio.wait_for(store.claim("a", b"fp-a"), 10)
+        claimed = await asyncio.wait_for(store.bind("a", b"fp-a"), 10)
         took = time.monotonic() - started
         monkeypatch.undo()
         assert claimed == (None, None)  # this process's own binding: the fallback
@@ -126,7 +126,7 @@ async def test_an_opening_that_fails_after_connect_fails_its_callers_at_once_and
         # What Redis missed is written back, and the next batch opens a connection again.
         assert await client.get(f"{redis_prefix}claim:a") == b"fp-a"
         started = time.monotonic()
-        assert await asyncio.wait_for(store.claim("b", b"fp-b"), 10) == (None, None)
+        assert await asyncio.wait_for(store.bind("b", b"fp-b"), 10) == (None, None)
         took = time.monotonic() - started
         assert took < link.timeout, f"{took:.2f} s: the batcher did not open a new connection"
         assert await client.get(f"{redis_prefix}claim:b") == b"fp-b"
@@ -156,7 +156,7 @@ async def test_callers_waiting_for_a_connection_that_never_opens_fail_in_the_bat
     try:
         monkeypatch.setattr(link.client.connection_pool, "connection_class", Hangs)
         started = time.monotonic()
-        claimed = await asyncio.wait_for(store.claim("a", b"fp-a"), 10)
+        claimed = await asyncio.wait_for(store.bind("a", b"fp-a"), 10)
         took = time.monotonic() - started
         monkeypatch.undo()
         assert claimed == (None, None)  # the fallback's
@@ -165,7 +165,7 @@ async def test_callers_waiting_for_a_connection_that_never_opens_fail_in_the_bat
         assert took < link.timeout * WAIT_TIMEOUTS, f"the caller waited {took:.2f} s"
         await _back(link)
         started = time.monotonic()
-        assert await asyncio.wait_for(store.claim("b", b"fp-b"), 10) == (None, None)
+        assert await asyncio.wait_for(store.bind("b", b"fp-b"), 10) == (None, None)
         took = time.monotonic() - started
         assert took < link.timeout, f"{took:.2f} s: the batcher waited for the old opening"
         assert await client.get(f"{redis_prefix}claim:b") == b"fp-b"
@@ -186,7 +186,7 @@ async def test_a_store_call_that_stalls_falls_back_within_its_own_bound(
     link, store, memory = await stores(server.url, "t:", redis_timeout=0.3)
     monkeypatch.setattr(Pipe, "_expired", lambda self, batch: None)
     try:
-        assert await store.claim("warm", b"fp") == (None, None)  # the connection is open
+        assert await store.bind("warm", b"fp") == (None, None)  # the connection is open
         await memory.put("a", b"known here")
         os.kill(server.proc.pid, signal.SIGSTOP)
         started = time.monotonic()

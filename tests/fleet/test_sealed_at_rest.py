@@ -19,7 +19,6 @@ from sfsim.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
-    SimulatorClient,
 )
 
 from tests.fleet.helpers import Fleet
@@ -213,52 +212,3 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     warnings = [ln for ln in log_lines if "key id t1" in ln]
     assert len(warnings) == 1, warnings  # once per key id, however many values
     await asyncio.sleep(0)
-
-
-async def test_a_refresh_token_rotated_before_sealing_is_carried_over_not_replayed(
-    tmp_path: Any, simulator: SimulatorClient, redis_url: str, redis_prefix: str
-) -> None:
-    """Upgrading a fleet whose refresh token rotated: the plain one under the old key (named by
-    account alone) is sealed under the new key and used; the file's spent token is not sent."""
-    import aiohttp
-    from pydantic import SecretStr
-
-    from tests.support.accounts import write_accounts
-    from worker.observability.metrics import Metrics
-    from worker.salesforce.oauth import Grant, request_token
-    from worker.salesforce.tokens import BoardTokenManager
-    from worker.stores.link import RedisLink
-    from worker.stores.redis_token_board import RedisTokenBoards, seed_of
-
-    rotated = "5Aep861rotated-by-the-previous-version"
-    await simulator.set_client(
-        DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, rotation=True, refresh_tokens=[rotated]
-    )
-    path = write_accounts(tmp_path / "a.toml", simulator.base_url, flow="refresh_token")
-    account = load_accounts(path, allow_insecure_localhost=True).by_name["main"]
-    legacy, key = f"{redis_prefix}refresh:main", f"{redis_prefix}refresh:main:{account.scope}"
-    client = aioredis.from_url(redis_url)
-    await client.hset(legacy, mapping={"value": rotated, "seed": seed_of(account.refresh_token)})
-    seal = Seal(parse_keys(TEST_REDIS_KEY, "test key"))
-    link = RedisLink(redis_url, redis_prefix, Metrics(), seal=seal)
-    await link.start()
-    async with aiohttp.ClientSession() as session:
-
-        async def fetch(account: Any, refresh_token: SecretStr | None) -> Grant:
-            return await request_token(session, account, refresh_token=refresh_token)
-
-        tokens = BoardTokenManager(fetch, Metrics(), shared=RedisTokenBoards(link))
-        try:
-            await tokens.get(account)
-        finally:
-            await tokens.close()
-            await link.close()
-    counters = await simulator.counters()
-    assert counters["token_requests"] == {"refresh_token": 1}
-    assert counters["oauth_events"] == {}  # the spent file token was never replayed
-    assert not await client.exists(legacy)
-    stored = await client.hget(key, "value")
-    await client.aclose()
-    assert stored is not None
-    assert rotated.encode() not in stored
-    assert seal.open_text(key, stored) in await simulator.refresh_tokens(DEFAULT_CLIENT_ID)

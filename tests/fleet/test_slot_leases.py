@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from tests.support.waiting import wait_until
 from worker.accounts import Account, Flow
 from worker.observability.metrics import Metrics
-from worker.stores.fleet import FleetSlots
 from worker.stores.link import RedisLink
+from worker.stores.slot_leases import FleetSlots
 
 CAP = 4
 

@@ -21,7 +21,7 @@ from worker.jobs.intake import read_request
 from worker.observability.metrics import Metrics
 from worker.salesforce.http import SendRefused
 from worker.settings import Settings
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 
 SEARCH = {"v": 1, "operation": "search", "soql": "SELECT Id FROM Contact WHERE Phone = :p"}
 INSERT = {"v": 1, "operation": "insert", "object": "Case", "fields": {"Subject": "s"}}
@@ -304,7 +304,7 @@ async def test_a_job_id_bound_to_another_job_elsewhere_is_refused_before_it_runs
     request = read_request(Incoming(body=orjson.dumps(first)), 1 << 20)
     assert request.job is not None
     admission = admit(rig.accounts, request.job, None)
-    await rig.store.claim(admission.key, admission.fingerprint)
+    await rig.store.bind(admission.key, admission.fingerprint)
     decision = await rig.send({**first, "params": {"p": "2"}})
     assert code_of(decision) == "JOB_ID_REUSED"
     assert rig.salesforce.calls == []

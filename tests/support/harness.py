@@ -18,8 +18,8 @@ from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
-from worker.stores.base import ResultStore
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
+from worker.stores.results import ResultStore
 
 
 class JobRunner:

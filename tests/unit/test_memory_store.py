@@ -3,7 +3,7 @@ expired results instead of keeping them until they are asked for."""
 
 from __future__ import annotations
 
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 
 
 class Clock:

@@ -9,7 +9,7 @@ import tracemalloc
 
 import orjson
 
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 
 RESULTS = 2_000
 

@@ -14,7 +14,7 @@ from worker.app import Worker
 from worker.commands.cli import main
 from worker.observability.metrics import Metrics
 from worker.settings import Settings
-from worker.tenancy import Reason, Verdict, WorkerQueues, check, reply_allowed, store_key
+from worker.tenancy import Reason, TenantCheck, WorkerQueues, check, reply_allowed, store_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,8 +139,8 @@ def test_a_bad_tenant_table_fails_at_start_naming_where(
 
 def test_the_rule_in_strict_mode(tmp_path: Path) -> None:
     accounts = load(tmp_path, GOOD)
-    assert check(accounts, "rt-acme", None, None) == Verdict("acme")
-    assert check(accounts, "rt-acme-ivr", "acme-sandbox", "acme") == Verdict("acme")
+    assert check(accounts, "rt-acme", None, None) == TenantCheck("acme")
+    assert check(accounts, "rt-acme-ivr", "acme-sandbox", "acme") == TenantCheck("acme")
     assert check(accounts, None, "acme", None).refused is Reason.NO_USER_ID
     assert check(accounts, "", None, None).refused is Reason.NO_USER_ID
     assert check(accounts, "guest", "acme", None).refused is Reason.UNKNOWN_USER
@@ -149,7 +149,7 @@ def test_the_rule_in_strict_mode(tmp_path: Path) -> None:
     foreign = check(accounts, "rt-acme", "globex", None)
     assert (foreign.refused, foreign.tenant) == (Reason.FOREIGN_ACCOUNT, "acme")
     # An account that does not exist is left to resolve(): UNKNOWN_ACCOUNT, as in open mode.
-    assert check(accounts, "rt-acme", "nope", None) == Verdict("acme")
+    assert check(accounts, "rt-acme", "nope", None) == TenantCheck("acme")
     # A job naming no account gets its publisher's tenant's default.
     default = accounts.resolve(None, check(accounts, "rt-globex", None, None).tenant)
     assert default is not None
@@ -192,8 +192,8 @@ def test_replies_go_only_where_the_publisher_may_read(tmp_path: Path) -> None:
 
 def test_open_mode_is_the_job_s_own_word(tmp_path: Path) -> None:
     accounts = load(tmp_path, account("acme", "acme", default=True) + account("globex", "globex"))
-    assert check(accounts, None, "globex", None) == Verdict(None)
-    assert check(accounts, "anyone", "globex", "acme") == Verdict("acme")
+    assert check(accounts, None, "globex", None) == TenantCheck(None)
+    assert check(accounts, "anyone", "globex", "acme") == TenantCheck("acme")
     assert store_key(accounts, None, "j-1") == "j-1"
     # Replies go wherever reply_to points, as before tenant tables existed.
     assert reply_allowed(accounts, "rt-acme", "rt-globex.replies")

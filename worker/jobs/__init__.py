@@ -3,25 +3,25 @@ bottom: intake (read and check) -> admission (reply rule, tenant, account) -> at
 (once.py) -> execution (execute.py) -> a `Decision` the consumer settles."""
 
 from worker.jobs.admission import Admission, admit
-from worker.jobs.answers import Answer, failed, finish, result_json, too_large
+from worker.jobs.answers import ResultBody, failed, finish, result_json, result_too_large
 from worker.jobs.execute import Execution
 from worker.jobs.intake import Incoming, Request, read_request
 from worker.jobs.pipeline import Checked, Decision, JobPipeline, Settle
 
 __all__ = [
     "Admission",
-    "Answer",
     "Checked",
     "Decision",
     "Execution",
     "Incoming",
     "JobPipeline",
     "Request",
+    "ResultBody",
     "Settle",
     "admit",
     "failed",
     "finish",
     "read_request",
     "result_json",
-    "too_large",
+    "result_too_large",
 ]

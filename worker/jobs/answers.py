@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class ResultBody:
     """A serialized result and what its routing key needs."""
 
     body: bytes
@@ -24,7 +24,7 @@ class Answer:
     operation: str
 
     @classmethod
-    def from_result(cls, result: BlockResult) -> Answer:
+    def from_result(cls, result: BlockResult) -> ResultBody:
         return cls(
             result_json(result),
             result.status.value,
@@ -32,7 +32,7 @@ class Answer:
         )
 
     @classmethod
-    def of(cls, body: bytes) -> Answer:
+    def of(cls, body: bytes) -> ResultBody:
         """A stored result's bytes, published again as they are."""
         data: Any = orjson.loads(body)
         return cls(
@@ -58,7 +58,7 @@ def failed(
     )
 
 
-def too_large(result: BlockResult, size: int, limit: int) -> BlockResult:
+def result_too_large(result: BlockResult, size: int, limit: int) -> BlockResult:
     """RESULT_TOO_LARGE in place of a result of `size` bytes, over the `limit` a result may have
     (a message the broker would refuse, or one a caller would choke on)."""
     records = len(result.records or [])

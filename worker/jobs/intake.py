@@ -86,7 +86,8 @@ def read_request(incoming: Incoming, max_bytes: int) -> Request:
 
     if len(incoming.body) > max_bytes:
         return refuse(
-            "too_large", f"body is {len(incoming.body)} bytes, larger than the {max_bytes} allowed"
+            "too_large",
+            f"body is {len(incoming.body)} bytes, larger than the {max_bytes} allowed",
         )
     try:
         data: Any = orjson.loads(incoming.body)

@@ -2,7 +2,7 @@
 and answers every redelivery, a job already running in this process is joined rather than run
 again, and an insert is never sent twice (the insert marker written before it is sent).
 
-Two records in the result store (worker/stores/base.py) carry this:
+Two records in the result store (worker/stores/results.py) carry this:
 - the **job-id binding**: the job's key bound to its fingerprint at its first delivery (a later
   job under the same id that differs is JOB_ID_REUSED) with the stored result, if any;
 - the **insert marker**: written just before an insert leaves (by the worker that sends it), so
@@ -21,11 +21,11 @@ from worker.contract import BlockResult, ErrorCode, Operation
 from worker.contract.fingerprint import differences
 from worker.deadline import Deadline
 from worker.jobs.admission import Admission
-from worker.jobs.answers import Answer, failed, finish, too_large
+from worker.jobs.answers import ResultBody, failed, finish, result_too_large
 from worker.jobs.intake import Incoming
 from worker.observability.metrics import Metrics
 from worker.salesforce.http import SendRefused
-from worker.stores.base import ResultStore, pack_result, unpack_result
+from worker.stores.results import ResultStore, pack_result, unpack_result
 
 log = logging.getLogger(__name__)
 _SENDER_POLL = 0.1
@@ -60,30 +60,29 @@ class AtMostOnce:
         self._max_result_bytes = max_result_bytes
         self._metrics = metrics
         self._observe = observe
-        self._running: dict[str, tuple[bytes, asyncio.Future[Answer]]] = {}
+        self._running: dict[str, tuple[bytes, asyncio.Future[ResultBody]]] = {}
 
-    async def answer(self, admission: Admission, incoming: Incoming, run: Run) -> Answer:
-        held, stored = await self._store.claim(admission.key, admission.fingerprint)
+    async def answer(self, admission: Admission, incoming: Incoming, run: Run) -> ResultBody:
+        held, stored = await self._store.bind(admission.key, admission.fingerprint)
         if held is not None and held != admission.fingerprint:
             return self._reused(admission, held, incoming)
         if stored is not None:
             return self._replay(admission, stored, incoming)
         return await self._run_once(admission, incoming, run)
 
-    def _replay(self, admission: Admission, stored: bytes, incoming: Incoming) -> Answer:
-        """The stored result of this job (of another job, for one stored by a version before
-        job-id bindings: JOB_ID_REUSED)."""
+    def _replay(self, admission: Admission, stored: bytes, incoming: Incoming) -> ResultBody:
+        """The stored result of this job (of another job: JOB_ID_REUSED)."""
         first, body = unpack_result(stored)
-        if first is not None and first != admission.fingerprint:
+        if first != admission.fingerprint:
             return self._reused(admission, first, incoming)
         self._metrics.results_replayed.inc()
         log.info(
             "answering a redelivered job from the result store",
             extra={"job_id": admission.job.job_id},
         )
-        return Answer.of(body)
+        return ResultBody.of(body)
 
-    def _reused(self, admission: Admission, first: bytes, incoming: Incoming) -> Answer:
+    def _reused(self, admission: Admission, first: bytes, incoming: Incoming) -> ResultBody:
         """JOB_ID_REUSED: counted and logged (the parts that differ, never values); nothing is
         stored, so the first job's result stays as it was."""
         result = finish(reused(admission, first), incoming)
@@ -96,9 +95,9 @@ class AtMostOnce:
             },
         )
         self._observe(result)
-        return Answer.from_result(result)
+        return ResultBody.from_result(result)
 
-    async def _run_once(self, admission: Admission, incoming: Incoming, run: Run) -> Answer:
+    async def _run_once(self, admission: Admission, incoming: Incoming, run: Run) -> ResultBody:
         """Run the job, or join the run already going on in this process for the same job
         (same job_id, and in strict tenant mode the same tenant)."""
         key = admission.key
@@ -112,15 +111,15 @@ class AtMostOnce:
                 extra={"job_id": admission.job.job_id},
             )
             return await asyncio.shield(joined)
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ResultBody] = asyncio.get_running_loop().create_future()
         self._running[key] = (admission.fingerprint, future)
         self._metrics.jobs_in_flight.inc()
         try:
             result = finish(await run(), incoming)
-            answer = Answer.from_result(result)
+            answer = ResultBody.from_result(result)
             if len(answer.body) > self._max_result_bytes:
-                result = too_large(result, len(answer.body), self._max_result_bytes)
-                answer = Answer.from_result(result)
+                result = result_too_large(result, len(answer.body), self._max_result_bytes)
+                answer = ResultBody.from_result(result)
             await self._store.put(key, pack_result(admission.fingerprint, answer.body))
             self._observe(result)
             future.set_result(answer)

@@ -15,7 +15,7 @@ from enum import Enum
 from worker.accounts import Accounts
 from worker.contract import AnyJob, BlockResult, ErrorCode, Operation
 from worker.jobs.admission import Admission, Gate
-from worker.jobs.answers import Answer, failed, finish
+from worker.jobs.answers import ResultBody, failed, finish
 from worker.jobs.execute import Execution
 from worker.jobs.intake import (
     FORGED_DEATH,
@@ -32,7 +32,7 @@ from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
 from worker.settings import Settings
-from worker.stores.base import ResultStore
+from worker.stores.results import ResultStore
 from worker.tenancy import Reason, WorkerQueues
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Decision:
 
     settle: Settle
     job_id: str
-    answer: Answer | None = None
+    answer: ResultBody | None = None
     reason: str = ""  # why it is dead-lettered (the dead-letter reason header and metric)
 
 
@@ -157,14 +157,14 @@ class JobPipeline:
         return Decision(Settle.REPLY, job_id, answer)
 
     def _refuse(self, incoming: Incoming, refusal: BlockResult, reason: str) -> Decision:
-        """Answer a job refused before execution, or dead-letter it when it has no reply_to
+        """ResultBody a job refused before execution, or dead-letter it when it has no reply_to
         (nobody to tell: it is kept for a human). A forged `x-death` is copied, since RabbitMQ
         cannot dead-letter it."""
         if not incoming.reply_to and reason != "binding":
             return self._dead_letter(refusal.job_id, reason, copy=reason == FORGED_DEATH)
         result = finish(refusal, incoming)
         self.observe(result)
-        return Decision(Settle.REPLY, refusal.job_id, Answer.from_result(result))
+        return Decision(Settle.REPLY, refusal.job_id, ResultBody.from_result(result))
 
     def _dead_letter(self, job_id: str, reason: str, *, copy: bool) -> Decision:
         self._metrics.dead_lettered.labels(reason).inc()

@@ -35,12 +35,13 @@ from worker.salesforce.call import BeforeSend, Call
 from worker.salesforce.errors import Verdict
 from worker.salesforce.failures import CallFailed, error
 from worker.salesforce.paging import next_page_url
-from worker.salesforce.reserve import ApiReserve, LocalBoard
+from worker.salesforce.reserve import ApiReserve
 from worker.salesforce.retry import RetryPolicy
 from worker.salesforce.tokens import TokenManager
 from worker.salesforce.transport import Transport
 from worker.settings import Settings
 from worker.stores.slots import LocalSlots, Slots
+from worker.stores.usage_board import LocalBoard
 
 _MIN_BATCH = 200
 _MAX_BATCH = 2000

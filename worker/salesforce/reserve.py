@@ -20,51 +20,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
 
 from worker.accounts import Account
 from worker.deadline import Deadline
 from worker.observability.metrics import Metrics
-from worker.stores.usage import UsageReading
+from worker.stores.usage_board import UsageBoard, UsageReading
 
 log = logging.getLogger(__name__)
 
 LimitsProbe = Callable[[Account], Awaitable[UsageReading | None]]
 _FIRST_READ_WAIT = 3.0  # at most this long does a first job wait to learn the usage
-
-
-class UsageBoard(Protocol):
-    """Where readings are shared: nowhere (one process) or Redis (the fleet)."""
-
-    @property
-    def fleet(self) -> bool:
-        """Readings are meant to be shared (Redis configured, reachable or not)."""
-        ...
-
-    @property
-    def shared(self) -> bool:
-        """Readings are shared right now (Redis reachable)."""
-        ...
-
-    async def publish(self, account: str, reading: UsageReading, at: float) -> None: ...
-
-    async def read(self, account: str) -> tuple[UsageReading, float] | None: ...
-
-    async def claim_probe(self, account: str, lease: float) -> bool: ...
-
-
-class LocalBoard:
-    fleet = False
-    shared = False
-
-    async def publish(self, account: str, reading: UsageReading, at: float) -> None:
-        return None
-
-    async def read(self, account: str) -> tuple[UsageReading, float] | None:
-        return None
-
-    async def claim_probe(self, account: str, lease: float) -> bool:
-        return True
 
 
 def held_back(account: Account, reading: UsageReading) -> bool:
@@ -208,7 +173,7 @@ class ApiReserve:
             if shared is not None:
                 self._remember(account, *shared)
                 return
-            if await self._board.claim_probe(account.name, self._probe_every):
+            if await self._board.take_probe_turn(account.name, self._probe_every):
                 await self._read_limits(account)
                 return
             # Another worker is reading /limits: its reading will be on the board.
@@ -260,7 +225,9 @@ class ApiReserve:
             if known is None or not held_back(account, known[0]):
                 continue
             due = self._last_probe.get(name, 0.0) + self._probe_every
-            if time.monotonic() >= due and await self._board.claim_probe(name, self._probe_every):
+            if time.monotonic() >= due and await self._board.take_probe_turn(
+                name, self._probe_every
+            ):
                 await self._read_limits(account)
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ from worker.stores.token_board import (
     UnreadableRefreshToken,
     next_generation,
 )
-from worker.tasks import Loop, stop
+from worker.tasks import StopFlag, stop
 
 __all__ = [
     "AccessToken",
@@ -300,7 +300,7 @@ class AccountTokens:
             raise SealedRefreshToken() from None
         self._own.adopt(None, refresh_token)
         started = time.perf_counter()
-        keeping = Loop()
+        keeping = StopFlag()
         keeper = (
             asyncio.create_task(self._keep_lock(board, holder, keeping), name="token-lock-lease")
             if board.lease > 0
@@ -325,10 +325,10 @@ class AccountTokens:
         self._metrics.token_requests.labels(self.account.name, self.account.flow.value, "ok").inc()
         return await self._publish(board, holder, grant)
 
-    async def _keep_lock(self, board: TokenBoard, holder: str, loop: Loop) -> None:
+    async def _keep_lock(self, board: TokenBoard, holder: str, flag: StopFlag) -> None:
         """Renew the lock's lease while this holder's token request runs: a live holder keeps
         the lock however long the request takes; a dead one loses it within one lease."""
-        while loop.running:
+        while flag.running:
             await asyncio.sleep(board.lease / 3)
             await board.renew(holder)
 

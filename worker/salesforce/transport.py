@@ -48,7 +48,7 @@ from worker.salesforce.tokens import AccessToken, TokenManager
 from worker.salesforce.usage import parse_limit_info
 from worker.settings import Settings
 from worker.stores.slots import Slots
-from worker.stores.usage import UsageReading
+from worker.stores.usage_board import UsageReading
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Transport:
         """One HTTP request carrying `attempts`: one call `alone`, or a Composite request. Each
         attempt's answer, in order: Salesforce's, or what the request's failure means for it."""
         label = attempts[0].call.operation.value if alone else "composite"
-        # Alone, an insert's marker is claimed at the last moment, when the connection is ready
+        # Alone, an insert's marker is marked at the last moment, when the connection is ready
         # (http.py); a Composite request claims its inserts' markers together, before sending.
         state = SendState(attempts[0].call.before_send if alone else None)
         started = 0.0
@@ -148,7 +148,7 @@ class Transport:
                     if not going:
                         return [a.unsent for a in attempts if a.unsent is not None]
                     token = await self._token(account)
-                    sent = attempts if alone else await _claim(attempts)
+                    sent = attempts if alone else await _mark_inserts(attempts)
                     if not sent:
                         return [a.unsent for a in attempts if a.unsent is not None]
                     for attempt in sent:
@@ -302,7 +302,7 @@ class Transport:
         return None
 
 
-async def _claim(group: list[Attempt]) -> list[Attempt]:
+async def _mark_inserts(group: list[Attempt]) -> list[Attempt]:
     """The calls of a Composite request that go: not those whose job stopped waiting, nor
     inserts whose marker another delivery holds. From here on a job that stops waiting cannot
     take its call back (`committed`)."""
@@ -312,12 +312,12 @@ async def _claim(group: list[Attempt]) -> list[Attempt]:
         elif attempt.unsent is None:
             attempt.committed = True
     # The inserts' markers at once (one round trip for the group, not one each): the window in
-    # which a claimed insert has not left yet stays as short as one claim.
-    claiming = [a for a in group if a.committed and a.call.before_send is not None]
-    claimed = await asyncio.gather(
-        *(a.call.before_send() for a in claiming if a.call.before_send is not None)
+    # which a marked insert has not left yet stays as short as one claim.
+    marking = [a for a in group if a.committed and a.call.before_send is not None]
+    marked = await asyncio.gather(
+        *(a.call.before_send() for a in marking if a.call.before_send is not None)
     )
-    for attempt, ok in zip(claiming, claimed, strict=True):
+    for attempt, ok in zip(marking, marked, strict=True):
         if not ok:
             attempt.unsent = SendRefused()  # the same insert is being sent elsewhere
     return [a for a in group if a.unsent is None]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from worker.stores.usage import UsageReading
+from worker.stores.usage_board import UsageReading
 
 _API_USAGE = re.compile(r"(?<![-\w])api-usage=(\d+)/(\d+)")
 _PER_APP = re.compile(r"per-app-api-usage=(\d+)/(\d+)\(appName=([^)]*)\)")

@@ -1,1 +1,2 @@
-"""State kept beside the queue: results of recent jobs (and, later, shared tokens and locks)."""
+"""State kept beside the queue, in this process or for the fleet in Redis: the result store
+(results, job-id bindings, insert markers), slot leases, the usage board and the token boards."""

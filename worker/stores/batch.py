@@ -1,6 +1,6 @@
 """Result-store commands of one loop tick, sent to Redis together: the jobs that arrive or
 finish at about the same moment (a burst of deliveries, a Composite request's answers) cost one
-write on the batcher's own connection (`MGET`, the claims' script and `SET ... PX` in one
+write on the batcher's own connection (`MGET`, the bindings' script and `SET ... PX` in one
 pipeline, pipe.py), not one round trip each."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ _IN_FLIGHT = 1  # pipelines on their way at once; what comes meanwhile waits for
 
 
 # KEYS: the job id's binding, its result; ARGV: fingerprint (sealed), ttl ms. Bind it unless
-# bound; return the binding before and the stored result. The claim's form for a Redis older
+# bound; return the binding before and the stored result. The binding's form for a Redis older
 # than 7.0, which has no `SET ... NX GET` (the form used otherwise: native, about a fifth of the
 # script's cost in Redis' own CPU).
-CLAIM_SCRIPT = """
+BIND_SCRIPT = """
 local held = redis.call('GET', KEYS[1])
 if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return {held, redis.call('GET', KEYS[2])}
@@ -43,7 +43,7 @@ class _Eval:
 
 
 @dataclass(frozen=True)
-class _Claim:
+class _Bind:
     """One job id's binding and the read of its stored result."""
 
     key: str
@@ -54,7 +54,7 @@ class _Claim:
 
 
 class TickBatch:
-    """Collects `get`, `set`, `claim` and `eval` calls until the loop has run the callbacks
+    """Collects `get`, `set`, `bind` and `eval` calls until the loop has run the callbacks
     ready now (two iterations), then writes them as one pipeline. Each caller gets its own
     reply, or RedisUnavailable as `link.call` would raise it."""
 
@@ -64,8 +64,8 @@ class TickBatch:
         self._gets: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._sets: list[tuple[str, bytes, int, asyncio.Future[None]]] = []
         self._evals: list[_Eval] = []
-        self._claims: list[_Claim] = []
-        self._claim_by_script = False  # Redis < 7.0 refused `SET ... NX GET`
+        self._bindings: list[_Bind] = []
+        self._bind_by_script = False  # Redis < 7.0 refused `SET ... NX GET`
         self._sha: dict[str, str] = {}  # script source -> SHA1 (EVALSHA: the source sent once)
         self._scheduled = False
         self._in_flight = 0
@@ -92,15 +92,15 @@ class TickBatch:
         self._schedule()
         return future
 
-    def claim(
-        self, claim_key: str, value: bytes, px: int, result_key: str
+    def bind(
+        self, binding_key: str, value: bytes, px: int, result_key: str
     ) -> asyncio.Future[tuple[bytes | None, bytes | None]]:
-        """Bind `claim_key` to `value` unless bound, and read `result_key`: the binding before
+        """Bind `binding_key` to `value` unless bound, and read `result_key`: the binding before
         (None: this call bound it) and the stored result, in the pipeline of its tick."""
-        if self._claim_by_script:
-            return self.eval(CLAIM_SCRIPT, [claim_key, result_key], [value, px])
+        if self._bind_by_script:
+            return self.eval(BIND_SCRIPT, [binding_key, result_key], [value, px])
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._claims.append(_Claim(claim_key, value, px, result_key, future))
+        self._bindings.append(_Bind(binding_key, value, px, result_key, future))
         self._schedule()
         return future
 
@@ -131,7 +131,7 @@ class TickBatch:
         gets, self._gets = self._gets, {}
         sets, self._sets = self._sets, []
         evals, self._evals = self._evals, []
-        claims, self._claims = self._claims, []
+        bindings, self._bindings = self._bindings, []
         if self._closed or not self._link.usable:
             exc = RedisUnavailable(self._link.where)
             for future in [f for waiting in gets.values() for f in waiting]:
@@ -140,10 +140,10 @@ class TickBatch:
                 _fail(done, exc)
             for call in evals:
                 _fail(call.future, exc)
-            for claim in claims:
-                _fail(claim.future, exc)
+            for binding in bindings:
+                _fail(binding.future, exc)
             return
-        while gets or sets or evals or claims:
+        while gets or sets or evals or bindings:
             commands: list[Command] = []
             handlers: list[OnReply] = []
             keys = list(gets)[: _MAX_BATCH - 1]
@@ -162,11 +162,11 @@ class TickBatch:
                 commands.append(self._eval_command(call))
                 handlers.append(self._on_eval(call))
             room = (_MAX_BATCH - len(commands)) // 2
-            some_claims, claims = claims[:room], claims[room:]
-            for claim in some_claims:
-                commands.append(("SET", claim.key, claim.value, "NX", "GET", "PX", claim.px))
-                commands.append(("GET", claim.result_key))
-                on_bound, on_result = self._on_claim(claim)
+            some_bindings, bindings = bindings[:room], bindings[room:]
+            for binding in some_bindings:
+                commands.append(("SET", binding.key, binding.value, "NX", "GET", "PX", binding.px))
+                commands.append(("GET", binding.result_key))
+                on_bound, on_result = self._on_bind(binding)
                 handlers += [on_bound, on_result]
             self._in_flight += 1
             self._pipe.send(Pipe.pack(commands), handlers, self._answered)
@@ -214,27 +214,27 @@ class TickBatch:
 
         return on_reply
 
-    def _on_claim(self, claim: _Claim) -> tuple[OnReply, OnReply]:
+    def _on_bind(self, binding: _Bind) -> tuple[OnReply, OnReply]:
         held: list[Reply] = []
 
         def on_bound(reply: Reply) -> None:
             held.append(reply)  # first: whatever happens below, on_result finds it
             if isinstance(reply, hiredis.ReplyError) and "syntax error" in str(reply):
-                # Redis older than 7.0: the claim by script from now on, this one included.
-                self._claim_by_script = True
-                args: list[bytes | str | int] = [claim.value, claim.px]
-                keys = [claim.key, claim.result_key]
-                self._evals.append(_Eval(CLAIM_SCRIPT, keys, args, claim.future))
+                # Redis older than 7.0: the binding by script from now on, this one included.
+                self._bind_by_script = True
+                args: list[bytes | str | int] = [binding.value, binding.px]
+                keys = [binding.key, binding.result_key]
+                self._evals.append(_Eval(BIND_SCRIPT, keys, args, binding.future))
                 self._schedule()
 
         def on_result(reply: Reply) -> None:
-            if self._claim_by_script and isinstance(held[0], hiredis.ReplyError):
+            if self._bind_by_script and isinstance(held[0], hiredis.ReplyError):
                 return  # gone again by script
             failed = self._failed(held[0]) or self._failed(reply)
             if failed is not None:
-                _fail(claim.future, failed)
+                _fail(binding.future, failed)
             else:
-                _settle(claim.future, (_as_bytes(held[0]), _as_bytes(reply)))
+                _settle(binding.future, (_as_bytes(held[0]), _as_bytes(reply)))
 
         return on_bound, on_result
 

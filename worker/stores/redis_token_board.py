@@ -35,7 +35,6 @@ from redis.commands.core import AsyncScript
 
 from worker.accounts import Account, Flow
 from worker.stores.link import Redis, RedisLink, RedisUnavailable, as_text
-from worker.stores.sealing import MAGIC
 from worker.stores.token_board import (
     FLEET,
     AccessToken,
@@ -70,15 +69,6 @@ redis.call('HSET', KEYS[2], 'value', ARGV[2], 'gen', gen)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('DEL', KEYS[5], KEYS[6])
 return gen
-"""
-# KEYS: refresh, legacy refresh; ARGV: sealed value, seed, ttl ms
-_CARRY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'value', ARGV[1], 'seed', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-redis.call('DEL', KEYS[2])
-return 0
 """
 # KEYS: lock; ARGV: holder
 _RELEASE = """
@@ -139,7 +129,6 @@ class _Scripts:
         self.release = link.script(_RELEASE)
         self.renew = link.script(_RENEW)
         self.invalidate = link.script(_INVALIDATE)
-        self.carry = link.script(_CARRY)
 
 
 class RedisTokenBoards:
@@ -288,8 +277,6 @@ class RedisTokenBoard:
             return None
         key = self._refresh
         data = await self._call(lambda r: r.hgetall(key))
-        if not data:
-            data = await self._carry_over()
         raw, seed = data.get(b"value"), as_text(data.get(b"seed"))
         value = self._seal.open_text(key, raw)
         if raw is not None and value is None and seed == self._seed:
@@ -301,22 +288,6 @@ class RedisTokenBoard:
         else:
             self._latest_refresh = self._account.refresh_token
         return self._latest_refresh
-
-    async def _carry_over(self) -> dict[Any, Any]:
-        """A refresh token rotated by a version before sealing, under the key named by account
-        alone and in plain text: moved (sealed) to this account's key, unless the fleet wrote
-        one there meanwhile. Without it, an upgrade would replay the file's spent token."""
-        legacy, key = self._link.key("refresh", self._account.name), self._refresh
-        data = await self._call(lambda r: r.hgetall(legacy))
-        value, seed = data.get(b"value"), data.get(b"seed")
-        if not isinstance(value, bytes) or not isinstance(seed, bytes) or value.startswith(MAGIC):
-            return {}
-        args: list[bytes | int] = [self._seal.seal(key, value), seed, self._refresh_ttl_ms]
-        script = self._scripts.carry
-        await self._call(lambda r: script(keys=[key, legacy], args=args, client=r))
-        log.warning("refresh token of the previous version carried over", extra=self._extra())
-        carried: dict[Any, Any] = await self._call(lambda r: r.hgetall(key))
-        return carried
 
     async def write_back(self, refresh_token: SecretStr) -> None:
         """A refresh token this process rotated while Redis was out is the only live one: put

@@ -1,7 +1,7 @@
 """The concurrency cap of an account: how many calls to its org may be in flight at once.
 
-`LocalSlots` caps this process; the fleet's implementation (stores/fleet.py) caps every process
-sharing Redis together. The client holds a slot for the time of one HTTP call.
+`LocalSlots` caps this process; the fleet's implementation (stores/slot_leases.py) caps every
+process sharing Redis together. The client holds a slot for the time of one HTTP call.
 """
 
 from __future__ import annotations

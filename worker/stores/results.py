@@ -1,5 +1,6 @@
-"""The interface every result store implements: in this process (memory.py) or for the fleet
-(redis.py)."""
+"""The result store's interface (`ResultStore`), implemented in this process
+(memory_results.py) and for the fleet (redis_results.py): results, job-id bindings and insert
+markers."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from typing import NamedTuple, Protocol
 
 # A job id's binding lives this much longer than its result: it is written before the job runs
 # (at most a 60 s budget) and so outlives the result and the insert marker written after it.
-CLAIM_MARGIN_SECONDS = 65.0
+BINDING_MARGIN_SECONDS = 65.0
 _FINGERPRINTED = b"fp1:"
 
 
-class Claimed(NamedTuple):
-    """What `claim` found: the fingerprint the job id was bound to before (None when this call
+class Binding(NamedTuple):
+    """What `bind` found: the fingerprint the job id was bound to before (None when this call
     bound it) and the stored result (None when there is none)."""
 
     held: bytes | None
@@ -24,11 +25,11 @@ def pack_result(fingerprint: bytes, result: bytes) -> bytes:
     return _FINGERPRINTED + fingerprint + b"\n" + result
 
 
-def unpack_result(stored: bytes) -> tuple[bytes | None, bytes]:
-    """The fingerprint (None for a result stored by a version before fingerprints) and the
-    published result of a stored value."""
+def unpack_result(stored: bytes) -> tuple[bytes, bytes]:
+    """The fingerprint of its job and the published result of a stored value (a value not
+    packed by `pack_result` binds no job: an empty fingerprint)."""
     if not stored.startswith(_FINGERPRINTED):
-        return None, stored
+        return b"", stored
     fingerprint, _, result = stored[len(_FINGERPRINTED) :].partition(b"\n")
     return fingerprint, result
 
@@ -41,11 +42,11 @@ class ResultStore(Protocol):
 
     async def put(self, job_id: str, result: bytes) -> None: ...
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
+    async def bind(self, job_id: str, fingerprint: bytes) -> Binding:
         """Bind the job id to the job of this fingerprint unless it is bound already, and read
         its stored result, in one step (one round trip to Redis: the same count as a plain
         `get`). A binding outlives the job's stored result and insert marker
-        (CLAIM_MARGIN_SECONDS)."""
+        (BINDING_MARGIN_SECONDS)."""
         ...
 
     async def mark_insert_sent(self, job_id: str) -> bool:

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
+from worker.stores.results import BINDING_MARGIN_SECONDS, Binding
 
 
 def compact(value: bytes) -> bytes:
@@ -88,7 +88,7 @@ class MemoryResultStore:
     ) -> None:
         self._results = _Cache(size, ttl, clock, max_bytes)
         self._inserts = _Cache(size, ttl, clock)
-        self._claims = _Cache(size, ttl + CLAIM_MARGIN_SECONDS, clock)
+        self._bindings = _Cache(size, ttl + BINDING_MARGIN_SECONDS, clock)
 
     async def get(self, job_id: str) -> bytes | None:
         return self._results.get(job_id)
@@ -96,11 +96,11 @@ class MemoryResultStore:
     async def put(self, job_id: str, result: bytes) -> None:
         self._results.put(job_id, result)
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
-        held = self._claims.get(job_id)
+    async def bind(self, job_id: str, fingerprint: bytes) -> Binding:
+        held = self._bindings.get(job_id)
         if held is None:
-            self._claims.put(job_id, fingerprint)
-        return Claimed(held, self._results.get(job_id))
+            self._bindings.put(job_id, fingerprint)
+        return Binding(held, self._results.get(job_id))
 
     async def mark_insert_sent(self, job_id: str) -> bool:
         # Only this process writes here; deliveries running here at once are joined by the
@@ -133,4 +133,4 @@ class MemoryResultStore:
     async def close(self) -> None:
         self._results.clear()
         self._inserts.clear()
-        self._claims.clear()
+        self._bindings.clear()

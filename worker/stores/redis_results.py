@@ -10,12 +10,12 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from worker.stores.base import CLAIM_MARGIN_SECONDS, Claimed
-from worker.stores.batch import CLAIM_SCRIPT, TickBatch
+from worker.stores.batch import BIND_SCRIPT, TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
-from worker.stores.memory import MemoryResultStore
+from worker.stores.memory_results import MemoryResultStore
 from worker.stores.overdue import OverdueWatch
-from worker.tasks import Loop, stop
+from worker.stores.results import BINDING_MARGIN_SECONDS, Binding
+from worker.tasks import StopFlag, stop
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ if marked then return marked end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-# A claim that does not open (sealed with a key this worker does not hold, or tampered): some
-# process claimed the insert and may have sent it. It is never sent again from here.
+# An insert marker that does not open (sealed with a key this worker does not hold, or
+# tampered): some process marked the insert and may have sent it. It is never sent again from here.
 UNKNOWN_SENDER = "unreadable"
 
 
@@ -48,17 +48,17 @@ class RedisResultStore:
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
         self._mark = link.script(_MARK)
-        self._claim = link.script(CLAIM_SCRIPT)
+        self._bind_script = link.script(BIND_SCRIPT)
         self._batch = TickBatch(link)
         self._overdue = OverdueWatch(link.timeout * WAIT_TIMEOUTS, self._gave_up)
-        self._claim_ttl_ms = self._ttl_ms + int(CLAIM_MARGIN_SECONDS * 1000)
+        self._binding_ttl_ms = self._ttl_ms + int(BINDING_MARGIN_SECONDS * 1000)
         self.sender_id = uuid.uuid4().hex[:16]
         self._heartbeat: asyncio.Task[None] | None = None
-        self._beating = Loop()
+        self._beating = StopFlag()
         # What Redis did not take while it was away (fallback, or a write that timed out: a
-        # claim the worker could not write is not a claim the fleet can see): results, job id
-        # bindings and insert markers, written back when it answers again, so that a redelivery
-        # to another worker is answered, not sent to Salesforce again.
+        # binding or marker the worker could not write is not one the fleet can see): results,
+        # job-id bindings and insert markers, written back when it answers again, so that a
+        # redelivery to another worker is answered, not sent to Salesforce again.
         self._unwritten: OrderedDict[tuple[str, str], bytes | None] = OrderedDict()
         link.on_restore(self._write_back)
 
@@ -78,11 +78,11 @@ class RedisResultStore:
         sealed = self._link.seal.seal(key, value)
         await self._link.call(lambda r: r.set(key, sealed, px=self._ttl_ms, nx=True))
 
-    async def _write_claim(self, job_id: str, fingerprint: bytes) -> None:
+    async def _write_binding(self, job_id: str, fingerprint: bytes) -> None:
         """This process's binding of the job id, unless the fleet has one (it stays)."""
         keys = [self._link.key("claim", job_id), self._link.key("result", job_id)]
-        args: list[bytes | int] = [self._link.seal.seal(keys[0], fingerprint), self._claim_ttl_ms]
-        await self._link.call(lambda r: self._claim(keys=keys, args=args, client=r))
+        args: list[bytes | int] = [self._link.seal.seal(keys[0], fingerprint), self._binding_ttl_ms]
+        await self._link.call(lambda r: self._bind_script(keys=keys, args=args, client=r))
 
     async def _write_marker(self, job_id: str) -> bool:
         """This process's insert marker; False when another process's is there."""
@@ -99,7 +99,7 @@ class RedisResultStore:
         except RedisUnavailable:
             return await self._memory.get(job_id)
         # A result that does not open reads as absent: the job runs again (an insert does not:
-        # its claim stops it, see insert_sender).
+        # its marker stops it, see insert_sender).
         opened = self._link.seal.open(key, value)
         if opened is None:
             return await self._memory.get(job_id)
@@ -115,28 +115,28 @@ class RedisResultStore:
         except RedisUnavailable:
             self._keep("result", job_id, result)
 
-    async def claim(self, job_id: str, fingerprint: bytes) -> Claimed:
+    async def bind(self, job_id: str, fingerprint: bytes) -> Binding:
         """The fleet's binding of the job id (`claim:<job_id>`) and its stored result, in one
         round trip; this process's own when Redis is down."""
-        mine = await self._memory.claim(job_id, fingerprint)
+        mine = await self._memory.bind(job_id, fingerprint)
         if mine.held is not None and mine.held != fingerprint:
             return mine
-        claim_key, result_key = self._link.key("claim", job_id), self._link.key("result", job_id)
-        sealed = self._link.seal.seal(claim_key, fingerprint)
+        binding_key, result_key = self._link.key("claim", job_id), self._link.key("result", job_id)
+        sealed = self._link.seal.seal(binding_key, fingerprint)
         try:
             # Claims of one tick travel together (batch.py).
             held, stored = await self._overdue.watch(
-                self._batch.claim(claim_key, sealed, self._claim_ttl_ms, result_key)
+                self._batch.bind(binding_key, sealed, self._binding_ttl_ms, result_key)
             )
         except RedisUnavailable:
-            self._keep("claim", job_id, fingerprint)
+            self._keep("binding", job_id, fingerprint)
             return mine
         # A binding that does not open reads as absent: the job goes on as its own (a stored
         # result it cannot read makes it run again; an insert is still stopped by its marker).
         # A result that does not open reads as absent too (see get).
         result = self._link.seal.open(result_key, stored)
-        return Claimed(
-            self._link.seal.open(claim_key, held), result if result is not None else mine.stored
+        return Binding(
+            self._link.seal.open(binding_key, held), result if result is not None else mine.stored
         )
 
     def _gave_up(self, waiting: list[asyncio.Future[Any]]) -> None:
@@ -162,8 +162,8 @@ class RedisResultStore:
             (kind, job_id), value = next(iter(self._unwritten.items()))
             if kind == "result" and value is not None:
                 await self._write_result(job_id, value)
-            elif kind == "claim" and value is not None:
-                await self._write_claim(job_id, value)
+            elif kind == "binding" and value is not None:
+                await self._write_binding(job_id, value)
             elif not await self._write_marker(job_id):
                 log.warning(
                     "an insert was sent by another worker too while Redis was away; the "
@@ -176,8 +176,8 @@ class RedisResultStore:
             log.info("results and insert markers written back to Redis", extra={"count": written})
 
     async def mark_insert_sent(self, job_id: str) -> bool:
-        """A claim, not only a note: of two deliveries of one insert running at once on two
-        workers, only the one that marks it first sends it."""
+        """A marker that refuses, not only a note: of two deliveries of one insert running at
+        once on two workers, only the one that marks it first sends it."""
         await self._memory.mark_insert_sent(job_id)
         key = self._link.key("insert-sent", job_id)
         args: list[bytes | str | int] = [
@@ -206,7 +206,7 @@ class RedisResultStore:
             raw = None
         sender = self._link.seal.open_text(key, raw)
         if raw is not None and sender is None:
-            sender = UNKNOWN_SENDER  # claimed, by whom we cannot tell: it may have been sent
+            sender = UNKNOWN_SENDER  # marked, by whom we cannot tell: it may have been sent
         if sender is None or sender == self.sender_id:
             return await self._memory.insert_sender(job_id) or sender
         return sender
@@ -216,7 +216,7 @@ class RedisResultStore:
 
     async def sender_alive(self, sender: str) -> bool:
         if sender in (self.sender_id, UNKNOWN_SENDER):
-            # This process (the consumer joins a run still going here); or a claim that did not
+            # This process (the pipeline joins a run still going here); or a marker that did not
             # open, whose sender and result this worker could not read anyway.
             return False
         key = self._link.key("alive", sender)

@@ -1,5 +1,6 @@
-"""Limits the fleet shares through Redis: the concurrency cap of each account (a semaphore whose
-slots are leases, so a dead worker cannot leak them) and the org's API usage as last seen."""
+"""The concurrency cap of each account, shared by the fleet through Redis: a semaphore whose
+slots are leases, so a dead worker cannot leak them (`LocalSlots`, stores/slots.py, caps one
+process)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
-
 from worker.accounts import Account
 from worker.stores.link import RedisLink, RedisUnavailable, as_text
 from worker.stores.slots import LocalSlots
-from worker.stores.usage import UsageReading
-from worker.tasks import Loop, stop
+from worker.tasks import StopFlag, stop
 
 # A dead worker's slots free within a lease; a living one renews the leases of its slots.
 SLOT_LEASE_MS = 6_000
@@ -218,7 +216,7 @@ class FleetSlots:
         self._ids = itertools.count()
         self._owner = uuid.uuid4().hex[:16]
         self._renewer: asyncio.Task[None] | None = None
-        self._renewing = Loop()
+        self._renewing = StopFlag()
         self._giving: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -283,56 +281,3 @@ class FleetSlots:
                 self.give_back(leases.key, members)
         if self._giving:
             await asyncio.wait(set(self._giving), timeout=1.0)
-
-
-# KEYS: the reading, its time; ARGV: the reading, its time, ttl s. Only a newer reading goes in.
-_PUBLISH_USAGE = """
-local at = tonumber(redis.call('GET', KEYS[2]) or '0')
-if at and at >= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-_USAGE_TTL_SECONDS = 3600
-
-
-class RedisUsageBoard:
-    """The newest `Sforce-Limit-Info` reading of each account, for the whole fleet: a reading
-    older than the one on the board (a worker sharing late) never replaces it."""
-
-    fleet = True
-
-    def __init__(self, link: RedisLink) -> None:
-        self._link = link
-        self._publish = link.script(_PUBLISH_USAGE)
-
-    async def publish(self, account: str, reading: UsageReading, at: float) -> None:
-        keys = [self._link.key("usage", account), self._link.key("usage-at", account)]
-        value = orjson.dumps({"used": reading.used, "limit": reading.limit, "at": at})
-        args: list[bytes | str | int] = [value, repr(at), _USAGE_TTL_SECONDS]
-        await self._link.attempt(lambda r: self._publish(keys=keys, args=args, client=r))
-
-    async def read(self, account: str) -> tuple[UsageReading, float] | None:
-        key = self._link.key("usage", account)
-        try:
-            raw = await self._link.call(lambda r: r.get(key))
-        except RedisUnavailable:
-            return None
-        if raw is None:
-            return None
-        data = orjson.loads(raw)
-        return UsageReading(used=int(data["used"]), limit=int(data["limit"])), float(data["at"])
-
-    async def claim_probe(self, account: str, lease: float) -> bool:
-        """One worker of the fleet reads /limits per lease."""
-        key = self._link.key("limits-probe", account)
-        try:
-            return bool(
-                await self._link.call(lambda r: r.set(key, b"1", nx=True, px=int(lease * 1000)))
-            )
-        except RedisUnavailable:
-            return True
-
-    @property
-    def shared(self) -> bool:
-        return self._link.available
