@@ -10,8 +10,8 @@ is held back, one worker of the fleet reads `/limits` every `SFWORKER_LIMITS_PRO
 raised limit or the rolling 24-hour window ending lets work resume.
 
 At start each account's usage is learnt once for the whole fleet (`prime`): from the fleet's
-reading when there is one, else one worker reads `/limits` (the probe's claim), so the usage
-gauges show the org's usage before the first job.
+reading when there is one younger than `STALE_AFTER_SHARES` share periods, else one worker reads
+`/limits` (its turn at the probe), so the usage gauges show the org's usage before the first job.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 LimitsProbe = Callable[[Account], Awaitable[UsageReading | None]]
 _FIRST_READ_WAIT = 3.0  # at most this long does a first job wait to learn the usage
+# At start a fleet reading older than this many share periods is not trusted: the org's usage
+# may have moved any way since (a fleet that stopped hours ago left "13 of 13" behind).
+STALE_AFTER_SHARES = 4
 
 
 def held_back(account: Account, reading: UsageReading) -> bool:
@@ -49,6 +52,7 @@ class ApiReserve:
         self._metrics = metrics
         self._share_every = share_every
         self._probe_every = probe_every
+        self._trusted_for = STALE_AFTER_SHARES * share_every
         self._probe: LimitsProbe | None = None
         self._known: dict[str, tuple[UsageReading, float]] = {}
         self._accounts: dict[str, Account] = {}
@@ -169,7 +173,7 @@ class ApiReserve:
         self._accounts[account.name] = account
         self._ensure_running()
         try:
-            shared = await self._board.read(account.name)
+            shared = self._recent(await self._board.read(account.name))
             if shared is not None:
                 self._remember(account, *shared)
                 return
@@ -180,11 +184,19 @@ class ApiReserve:
             give_up = time.monotonic() + _FIRST_READ_WAIT
             while time.monotonic() < give_up and account.name not in self._known:
                 await asyncio.sleep(0.05)
-                shared = await self._board.read(account.name)
+                shared = self._recent(await self._board.read(account.name))
                 if shared is not None:
                     self._remember(account, *shared)
         except Exception:
             log.exception("reading the API usage failed", extra={"account": account.name})
+
+    def _recent(
+        self, shared: tuple[UsageReading, float] | None
+    ) -> tuple[UsageReading, float] | None:
+        """A fleet reading young enough to start from (`STALE_AFTER_SHARES` share periods)."""
+        if shared is None or time.time() - shared[1] > self._trusted_for:
+            return None
+        return shared
 
     async def _read_limits(self, account: Account) -> None:
         self._last_probe[account.name] = time.monotonic()
