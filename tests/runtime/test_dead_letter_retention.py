@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.support.job_client import JobClient
+from tests.support.queues import queue_depth
 from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.commands.dlq import inspect_dead_letters
@@ -22,12 +23,8 @@ DELIVERY_LIMIT_OF_RABBITMQ_4 = 20
 
 
 async def depth(amqp: aio_pika.abc.AbstractRobustConnection, queue: str) -> int:
-    channel = await amqp.channel()
-    try:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
-    finally:
-        await channel.close()
+    ready, _consumers = await queue_depth(amqp, queue)
+    return ready
 
 
 async def dead_letter(

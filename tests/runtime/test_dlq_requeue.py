@@ -16,6 +16,7 @@ from pamqp import decode, encode
 
 from tests.runtime.helpers import sfworker
 from tests.support.job_client import JobClient
+from tests.support.queues import queue_depth
 from tests.support.settings import settings_env
 from tests.support.waiting import wait_until
 from worker.app import Worker
@@ -60,17 +61,9 @@ async def to_dead_letters(
         await channel.close()
 
 
-async def depth(amqp: aio_pika.abc.AbstractRobustConnection, queue: str) -> int:
-    channel = await amqp.channel()
-    try:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
-    finally:
-        await channel.close()
-
-
 async def dead_letters(amqp: aio_pika.abc.AbstractRobustConnection, settings: Settings) -> int:
-    return await depth(amqp, settings.dead_letter_queue)
+    ready, _consumers = await queue_depth(amqp, settings.dead_letter_queue)
+    return ready
 
 
 async def test_a_requeue_nothing_routes_leaves_the_letter_and_fails(
