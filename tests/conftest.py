@@ -124,9 +124,12 @@ async def settings(
     every worker and client of the test has stopped (a running worker would re-declare it)."""
     made = make_settings(amqp_url, names, accounts_file)
     yield made
+    # Every accounts file the test wrote: the lanes and tenant queues of all their accounts
+    # and tenants go too (each quorum queue holds files on the broker).
+    written = sorted(accounts_file.parent.rglob("*.toml"))
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
-        await topology.delete(await connection.channel(), made)
+        await topology.delete(await connection.channel(), made, written)
 
 
 @pytest.fixture

@@ -15,10 +15,13 @@ from worker.accounts import Account, Accounts, load_accounts
 from worker.jobs import JobPipeline
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
-from worker.runtime import amqp_decoding
+from worker.runtime import amqp_decoding, brokers
 from worker.runtime.consumer import Consumer
 from worker.runtime.lanes import FairShare
+from worker.runtime.orphans import report_orphans
 from worker.runtime.service import RabbitService
+from worker.runtime.tenant_queues import TenantQueues
+from worker.runtime.topology import lane_queue, tenant_queue
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
@@ -155,6 +158,7 @@ class Worker:
             )
         self._http: web.AppRunner | None = None
         self._lanes: FairShare | None = None
+        self._tenants: TenantQueues | None = None
         self._tracer: tracing.Tracer = tracing.OFF
 
     async def start(self) -> None:
@@ -186,6 +190,8 @@ class Worker:
         self.pipeline = JobPipeline(self.accounts, client, store, s, self.metrics)
         await self.service.connect(s.startup_timeout_seconds)
         publisher = await self.service.open()
+        if s.amqp_login_user:
+            await brokers.check_login(self.service.connection, s.amqp_login_user)
         consumer = Consumer(self.pipeline, publisher, s, self.metrics)
         if s.fair_share:
             # Lanes first: a job moved to one must find its consumer.
@@ -194,13 +200,28 @@ class Worker:
             await self.service.consume(self._lanes.route)
         else:
             await self.service.consume(consumer.handle)
+        if self.accounts.strict and s.tenant_queues:
+            self._tenants = TenantQueues(s, self.accounts, consumer)
+            await self._tenants.start(self.service.connection)
+        await report_orphans(
+            self.service.connection, self.fleet.link, self._own_queues(), self.metrics
+        )
         log.info("worker started", extra={"accounts": len(self.accounts)})
+
+    def _own_queues(self) -> list[str]:
+        """The lanes and tenant queues this worker declared."""
+        s = self.settings
+        lanes = [lane_queue(s, a) for a in self.accounts.by_name] if self._lanes else []
+        tenants = [tenant_queue(s, t) for t in self.accounts.tenants] if self._tenants else []
+        return lanes + tenants
 
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace_seconds
         drains = [self.service.drain(grace)]
         if self._lanes is not None:
             drains.append(self._lanes.drain(grace))
+        if self._tenants is not None:
+            drains.append(self._tenants.drain(grace))
         cancelled = sum(await asyncio.gather(*drains))
         await self.service.close()
         if self._client is not None:

@@ -15,7 +15,10 @@
 
 What it does for every job (contracts/asyncapi.yaml describes the same on the wire):
 - publishes it persistent, with publisher confirms, to the request exchange (`salesforce.blocks`,
-  routing key `salesforce.blocks`), `content_type` application/json, `message_id` = the job id,
+  routing key `salesforce.blocks`), or with `tenant_queue=True` (strict tenant mode) to the
+  tenant exchange (`salesforce.blocks.tenants`, routing key `salesforce.blocks.<user>`), which
+  feeds its tenant's own queue (a full one is `QueueFull`); `content_type` application/json,
+  `message_id` = the job id,
   `correlation_id` (the job id unless given), `reply_to` = this client's reply queue, `timestamp`
   (the worker counts the job's budget from it when the job has no `sent_at`), and `user_id` = the
   user the connection logged in as, so that RabbitMQ vouches for who published the job;
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE = "salesforce.blocks"
 DEFAULT_ROUTING_KEY = "salesforce.blocks"
+DEFAULT_TENANT_EXCHANGE = "salesforce.blocks.tenants"
 
 __all__ = [
     "CONNECTION_USER",
@@ -61,6 +65,7 @@ __all__ = [
     "ClientClosed",
     "InvalidResult",
     "PublishFailed",
+    "QueueFull",
     "Unreachable",
     "connection_user",
 ]
@@ -86,6 +91,12 @@ class InvalidResult(ValueError):
 
 class PublishFailed(RuntimeError):
     """RabbitMQ did not take the job (no such exchange, unroutable, refused, no confirm)."""
+
+
+class QueueFull(PublishFailed):
+    """The broker refused the job (a negative confirm): its tenant's queue holds as many jobs as
+    it may (`SFWORKER_TENANT_QUEUE_MAX_LENGTH`). The workers are behind on this tenant's jobs;
+    other tenants are not affected. Try again later, or answer the caller without it."""
 
 
 class ClientClosed(RuntimeError):
@@ -153,8 +164,12 @@ class BlockClient:
         publish_timeout: float = 10.0,
         max_unclaimed: int = 10_000,
         worker_user: str | None = None,
+        tenant_exchange: str | None = None,
     ) -> None:
         self._channel = channel
+        # A tenant's own queue (strict mode): the tenant exchange, under the routing key
+        # `<routing_key>.<the connection's user>`, set at start().
+        self._tenant_exchange = tenant_exchange
         self._user_id = user_id
         self._worker_user = worker_user or None
         self.foreign_replies = 0  # replies dropped: not published by worker_user
@@ -183,8 +198,12 @@ class BlockClient:
         connect_timeout: float = 10.0,
         publish_timeout: float = 10.0,
         worker_user: str | None = None,
+        tenant_queue: bool = False,
+        tenant_exchange: str = DEFAULT_TENANT_EXCHANGE,
     ) -> AsyncIterator[BlockClient]:
         """Connect, start consuming results, yield the client; close everything on exit.
+        `tenant_queue`: publish to the tenant's own request queue (strict tenant mode): the
+        tenant exchange, routing key `<routing_key>.<the connection's user>`.
 
         Raises `worker.runtime.reach.Unreachable` (one line naming host:port) when RabbitMQ
         cannot be reached or refuses the login."""
@@ -198,6 +217,7 @@ class BlockClient:
                 routing_key=routing_key,
                 publish_timeout=publish_timeout,
                 worker_user=worker_user,
+                tenant_exchange=tenant_exchange if tenant_queue else None,
             )
             await client.start(reply_queue)
             try:
@@ -225,6 +245,10 @@ class BlockClient:
         self.user = await connection_user(self._channel)
         if self._user_id is CONNECTION_USER:
             self._user_id = self.user
+        if self._tenant_exchange is not None:
+            self._exchange_name = self._tenant_exchange
+            self._routing_key = f"{self._routing_key}.{self.user}"
+            self._tenant_exchange = None
         if reply_queue:
             self._queue = await self._channel.declare_queue(
                 reply_queue, durable=True, timeout=self._publish_timeout
@@ -307,6 +331,13 @@ class BlockClient:
             future = self._waiting.pop(correlation, None)
             if future is not None:
                 future.cancel()
+            if isinstance(exc, aio_pika.exceptions.DeliveryError) and not isinstance(
+                exc, aio_pika.exceptions.PublishError
+            ):
+                raise QueueFull(
+                    f"RabbitMQ refused the job (a negative confirm): the queue behind "
+                    f"{self._exchange_name!r} (key {self._routing_key!r}) is full"
+                ) from None
             if isinstance(exc, aio_pika.exceptions.DeliveryError):
                 raise PublishFailed(
                     f"exchange {self._exchange_name!r} routed the job nowhere (key "

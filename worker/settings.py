@@ -100,6 +100,30 @@ class Settings(BaseSettings):
         le=65535,
         description="With fair_share: unacked deliveries of the request queue per process",
     )
+    tenant_queues: bool = Field(
+        default=True,
+        description="Strict tenant mode: a request queue per tenant, fed by the tenant exchange "
+        "under routing keys only the tenant's users may publish with",
+    )
+    tenant_exchange: str = Field(
+        default="salesforce.blocks.tenants",
+        description="The topic exchange a tenant's runtime publishes to, with the routing key "
+        "`<request routing key>.<its RabbitMQ user>`",
+    )
+    tenant_prefetch: int = Field(
+        default=16, ge=1, le=5000, description="Unacked deliveries of each tenant queue per process"
+    )
+    tenant_queue_max_length: int = Field(
+        default=10_000,
+        ge=1,
+        description="Jobs a tenant queue holds at most; past it the broker refuses the tenant's "
+        "publishes (a negative confirm), never another tenant's",
+    )
+    amqp_login_user: str | None = Field(
+        default=None,
+        description="The RabbitMQ user the worker logs in as, when the URL does not say "
+        "(EXTERNAL authentication: the certificate's user as RabbitMQ maps it); checked at start",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level"
     )

@@ -82,14 +82,17 @@ def test_custom_resources_have_a_name_a_spec_and_point_at_real_objects() -> None
     }
     [trigger] = scaled["triggers"]
     assert trigger["type"] == "rabbitmq"
-    # The request queue and the accounts' lanes (fair share), summed; never the dead letters.
+    # The request queue, the accounts' lanes (fair share) and the tenants' queues (strict
+    # mode), summed; never the dead letters.
     assert (trigger["metadata"]["useRegex"], trigger["metadata"]["operation"]) == ("true", "sum")
     counted = re.compile(trigger["metadata"]["queueName"])
     queue = config["SFWORKER_REQUEST_QUEUE"]
     assert counted.search(queue)
     assert counted.search(f"{queue}.lane.acme-prod")
+    assert counted.search(f"{queue}.tenant.acme")
     assert not counted.search(f"{queue}.dead")
     assert not counted.search(f"{queue}.lane.")
+    assert not counted.search(f"{queue}.tenant.")
     assert (
         trigger["authenticationRef"]["name"] == by_kind("TriggerAuthentication")["metadata"]["name"]
     )

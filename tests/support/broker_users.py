@@ -33,11 +33,26 @@ def literal(name: str) -> str:
 
 
 def tenant_permissions(settings: Settings, user: str) -> Permissions:
-    """A tenant runtime's user: publish to the request exchange; declare and read its own
-    reply queues (server-named `amq.gen-...` ones, which are exclusive to their connection,
-    or named `<user>.<anything>`); nothing else."""
+    """A tenant runtime's user: publish to the request exchange and the tenant exchange;
+    declare and read its own reply queues (server-named `amq.gen-...` ones, which are exclusive
+    to their connection, or named `<user>.<anything>`); nothing else."""
     own = rf"^(amq\.gen-.*|{literal(user)}\..*)$"
-    return Permissions(configure=own, write=rf"^{literal(settings.request_exchange)}$", read=own)
+    exchanges = "|".join(literal(e) for e in (settings.request_exchange, settings.tenant_exchange))
+    return Permissions(configure=own, write=f"^({exchanges})$", read=own)
+
+
+@dataclass(frozen=True)
+class TopicPermission:
+    exchange: str
+    write: str
+    read: str
+
+
+def tenant_topic_permission(settings: Settings) -> TopicPermission:
+    """On the tenant exchange, a tenant's user publishes under its own routing key alone
+    (`{username}` is RabbitMQ's, expanded to the user's name); it binds nothing."""
+    key = literal(settings.request_routing_key)
+    return TopicPermission(settings.tenant_exchange, rf"^{key}\.{{username}}$", "^$")
 
 
 def worker_permissions(settings: Settings) -> Permissions:
@@ -52,9 +67,12 @@ def worker_permissions(settings: Settings) -> Permissions:
             settings.results_exchange,
         )
     )
-    # The accounts' lanes (fair share): `<request queue>.lane.<account>`.
+    # The accounts' lanes (fair share) and the tenants' queues: `<request queue>.lane.<account>`,
+    # `<request queue>.tenant.<tenant>`, and the tenant exchange.
     lanes = rf"{literal(settings.request_queue)}\.lane\..*"
-    topology = "|".join([*(literal(name) for name in names), lanes])
+    tenant_queues = rf"{literal(settings.request_queue)}\.tenant\..*"
+    names[settings.tenant_exchange] = None
+    topology = "|".join([*(literal(name) for name in names), lanes, tenant_queues])
     return Permissions(
         configure=f"^({topology})$",
         write=rf"^({topology}|amq\.default)$",
@@ -62,13 +80,21 @@ def worker_permissions(settings: Settings) -> Permissions:
     )
 
 
-def rabbitmqctl_lines(user: str, permissions: Permissions, vhost: str = "/") -> list[str]:
+def rabbitmqctl_lines(
+    user: str, permissions: Permissions, vhost: str = "/", topic: TopicPermission | None = None
+) -> list[str]:
     """The recipe as an operator types it (the password is asked for on the terminal)."""
     p = permissions
-    return [
+    lines = [
         f"rabbitmqctl add_user {user}",
         f"rabbitmqctl set_permissions -p {vhost} {user} '{p.configure}' '{p.write}' '{p.read}'",
     ]
+    if topic is not None:
+        lines.append(
+            f"rabbitmqctl set_topic_permissions -p {vhost} {user} {topic.exchange} "
+            f"'{topic.write}' '{topic.read}'"
+        )
+    return lines
 
 
 def rabbitmqctl(*args: str, stdin: str | None = None) -> str:
@@ -101,13 +127,23 @@ class BrokerUsers:
     def name(self, base: str) -> str:
         return f"{base}-{self.run}"
 
-    def add(self, user: str, permissions: Permissions) -> str:
-        """Create `user` with `permissions`; returns its AMQP URL."""
+    def add(self, user: str, permissions: Permissions, topic: TopicPermission | None = None) -> str:
+        """Create `user` with `permissions` (and `topic`); returns its AMQP URL."""
         password = uuid.uuid4().hex
         rabbitmqctl("add_user", user, stdin=password + "\n")
         self.made.append(user)
         p = permissions
         rabbitmqctl("set_permissions", "-p", self.vhost, user, p.configure, p.write, p.read)
+        if topic is not None:
+            rabbitmqctl(
+                "set_topic_permissions",
+                "-p",
+                self.vhost,
+                user,
+                topic.exchange,
+                topic.write,
+                topic.read,
+            )
         parts = urlsplit(self.amqp_url)
         netloc = f"{quote(user, safe='')}:{password}@{parts.hostname}:{parts.port or 5672}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

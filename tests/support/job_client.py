@@ -27,7 +27,11 @@ class JobClient:
     """BlockClient on the settings' topology, answering raw result dicts."""
 
     def __init__(
-        self, channel: AbstractChannel, settings: Settings, worker_user: str | None = None
+        self,
+        channel: AbstractChannel,
+        settings: Settings,
+        worker_user: str | None = None,
+        tenant_queue: bool = False,
     ) -> None:
         self.client = BlockClient(
             channel,
@@ -35,6 +39,7 @@ class JobClient:
             routing_key=settings.request_routing_key,
             publish_timeout=settings.publish_timeout_seconds,
             worker_user=worker_user,
+            tenant_exchange=settings.tenant_exchange if tenant_queue else None,
         )
         self.results: list[dict[str, Any]] = []
         self.client.add_listener(self.results.append)

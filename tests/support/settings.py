@@ -24,6 +24,7 @@ def topology_names() -> dict[str, str]:
         "dead_letter_exchange": f"{prefix}.dlx",
         "dead_letter_queue": f"{prefix}.dead",
         "results_exchange": f"{prefix}.results",
+        "tenant_exchange": f"{prefix}.blocks.tenants",
     }
 
 

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker_users import rabbitmqctl_lines, tenant_permissions, worker_permissions
+from tests.support.broker_users import (
+    rabbitmqctl_lines,
+    tenant_permissions,
+    tenant_topic_permission,
+    worker_permissions,
+)
 from worker.accounts import Accounts, ConfigError, load_accounts
 from worker.app import Worker
 from worker.commands.cli import main
@@ -257,7 +262,11 @@ def test_the_docs_show_the_recipe_the_tests_run() -> None:
     readme = (ROOT / "deploy" / "README.md").read_text()
     defaults = Settings()
     recipe = [
-        *rabbitmqctl_lines("rt-acme", tenant_permissions(defaults, "rt-acme")),
+        *rabbitmqctl_lines(
+            "rt-acme",
+            tenant_permissions(defaults, "rt-acme"),
+            topic=tenant_topic_permission(defaults),
+        ),
         *rabbitmqctl_lines("sfworker", worker_permissions(defaults)),
     ]
     missing = [line for line in recipe if line not in readme]

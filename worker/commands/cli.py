@@ -121,7 +121,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     job = _job_from_args(args)
     wait = max(args.wait, job.get("timeout_ms", 8000) / 1000 + 5)
     try:
-        result = asyncio.run(submit_one(settings, job, wait)).model_dump(mode="json")
+        result = asyncio.run(
+            submit_one(settings, job, wait, tenant_queue=args.tenant_queue)
+        ).model_dump(mode="json")
     except TimeoutError:
         print(f"sfworker: no result within {wait:.0f} s: is a worker running?", file=sys.stderr)
         return 1
@@ -263,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout-ms", dest="timeout_ms", type=int)
     submit.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a result")
     submit.add_argument("--json", action="store_true", help="print the raw result JSON")
+    submit.add_argument(
+        "--tenant-queue",
+        action="store_true",
+        help="publish to the tenant's own queue (SFWORKER_TENANT_EXCHANGE, strict tenant mode)",
+    )
 
     demo = sub.add_parser("demo", help="simulator + worker + one job of each operation")
     demo.add_argument(

@@ -12,9 +12,12 @@ from worker.settings import Settings
 __all__ = ["submit_one"]
 
 
-async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> BlockResult:
-    """Publish `job` on the settings' topology and return its result (TimeoutError after
-    `wait` seconds; worker.runtime.reach.Unreachable when RabbitMQ cannot be reached).
+async def submit_one(
+    settings: Settings, job: dict[str, Any], wait: float, *, tenant_queue: bool = False
+) -> BlockResult:
+    """Publish `job` on the settings' topology (with `tenant_queue`, to the tenant's own queue
+    through the tenant exchange) and return its result (TimeoutError after `wait` seconds;
+    worker.runtime.reach.Unreachable when RabbitMQ cannot be reached).
     With OTEL_EXPORTER_OTLP_ENDPOINT set, the block is one trace whose root is `sfworker
     submit`; the job carries its context to the worker."""
     tracer = tracing.from_environment(service="sfworker-submit")
@@ -25,6 +28,8 @@ async def submit_one(settings: Settings, job: dict[str, Any], wait: float) -> Bl
                 exchange=settings.request_exchange,
                 routing_key=settings.request_routing_key,
                 publish_timeout=settings.publish_timeout_seconds,
+                tenant_queue=tenant_queue,
+                tenant_exchange=settings.tenant_exchange,
             ) as client:
                 return await client.call(job, wait)
     finally:

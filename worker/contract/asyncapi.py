@@ -145,6 +145,45 @@ def _channels() -> dict[str, Any]:
                 }
             },
         },
+        "tenantBlockJobs": {
+            "address": f"{_default('request_routing_key')}.{{user}}",
+            "title": "Block jobs of one tenant (tenant exchange, strict mode)",
+            "description": (
+                f"In strict tenant mode a runtime publishes to the topic exchange "
+                f"`{_default('tenant_exchange')}` with the routing key "
+                f"`{_default('request_routing_key')}.<its RabbitMQ user>`; RabbitMQ's topic "
+                "permissions refuse any other key. The jobs wait in their tenant's own queue; a "
+                "full one answers the publish with a negative confirm."
+            ),
+            "parameters": {"user": {"description": "The RabbitMQ user the runtime logs in as"}},
+            "messages": {"blockJob": job_ref},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": _exchange(_default("tenant_exchange"), "topic"),
+                    "bindingVersion": AMQP_BINDING,
+                }
+            },
+        },
+        "tenantBlockQueue": {
+            "address": f"{request_queue}.tenant.{{tenant}}",
+            "title": "Block job queue of one tenant",
+            "description": (
+                f"Quorum queue per tenant, bound to `{_default('tenant_exchange')}` under the "
+                "routing key of each of the tenant's users, consumed by every worker with its own "
+                f"prefetch: as `{request_queue}`, plus `x-max-length: "
+                f"{_default('tenant_queue_max_length')}` and `x-overflow: reject-publish`."
+            ),
+            "parameters": {"tenant": {"description": "The tenant's name in the accounts file"}},
+            "messages": {"blockJob": job_ref},
+            "bindings": {
+                "amqp": {
+                    "is": "queue",
+                    "queue": _queue(f"{request_queue}.tenant.{{tenant}}"),
+                    "bindingVersion": AMQP_BINDING,
+                }
+            },
+        },
         "replies": {
             "address": None,
             "title": "The caller's reply queue",
@@ -214,6 +253,22 @@ def _operations() -> dict[str, Any]:
             ),
             "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
             "messages": [{"$ref": "#/channels/blockQueue/messages/blockJob"}],
+            "reply": {
+                "address": {
+                    "location": "$message.header#/reply_to",
+                    "description": "The job's AMQP reply_to property",
+                },
+                "channel": {"$ref": "#/channels/replies"},
+                "messages": [{"$ref": "#/channels/replies/messages/blockResult"}],
+            },
+        },
+        "receiveTenantBlockJob": {
+            "action": "receive",
+            "channel": {"$ref": "#/channels/tenantBlockQueue"},
+            "title": "Run a block job of a tenant's own queue",
+            "summary": "As receiveBlockJob, from the tenant's queue (strict tenant mode).",
+            "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
+            "messages": [{"$ref": "#/channels/tenantBlockQueue/messages/blockJob"}],
             "reply": {
                 "address": {
                     "location": "$message.header#/reply_to",

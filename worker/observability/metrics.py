@@ -231,6 +231,13 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.orphan_queue_messages = Gauge(
+            "sfworker_orphan_queue_messages",
+            "Jobs waiting in a lane or tenant queue whose account or tenant is gone from the "
+            "accounts file (nobody answers them), as seen at start",
+            ["queue"],
+            registry=r,
+        )
         self.handler_crashes = Counter(
             "sfworker_handler_crashes_total",
             "Unexpected errors while handling a delivery (the message is requeued)",

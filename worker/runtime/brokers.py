@@ -22,6 +22,7 @@ import aiormq.exceptions
 from aio_pika import RobustConnection
 from yarl import URL
 
+from worker.accounts import ConfigError
 from worker.runtime.amqp_urls import node_of
 
 log = logging.getLogger(__name__)
@@ -107,3 +108,26 @@ async def connect_robust(
             await connection.close()
         raise
     return connection
+
+
+async def check_login(connection: RobustConnection, user: str) -> None:
+    """ConfigError unless `user` is the user RabbitMQ authenticated this connection as: a
+    message stamped with another `user_id` is refused (PRECONDITION_FAILED). For
+    SFWORKER_AMQP_LOGIN_USER, which EXTERNAL authentication leaves to the operator."""
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        # Routed nowhere and not mandatory: the broker checks user_id, confirms, and drops it.
+        message = aio_pika.Message(b"", user_id=user)
+        async with asyncio.timeout(10):
+            await channel.default_exchange.publish(
+                message, routing_key="sfworker.login-check", mandatory=False
+            )
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        raise ConfigError(
+            f"SFWORKER_AMQP_LOGIN_USER={user!r} is not the RabbitMQ user this worker logs in as "
+            "(the broker refused a message stamped with it): set the user RabbitMQ maps the "
+            "certificate to"
+        ) from None
+    finally:
+        if not channel.is_closed:
+            await channel.close()

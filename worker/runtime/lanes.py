@@ -40,19 +40,18 @@ import asyncio
 import dataclasses
 import logging
 from collections import Counter
-from functools import partial
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-from aiormq.exceptions import AMQPError, ChannelAccessRefused, ChannelInvalidStateError
+from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from worker.accounts import Accounts, ConfigError
+from worker.accounts import Accounts
 from worker.jobs import Checked, Incoming
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
-from worker.runtime.brokers import FailoverConnection, consume_retrying
+from worker.runtime.brokers import FailoverConnection
 from worker.runtime.consumer import Consumer, to_incoming
+from worker.runtime.own_queues import OwnQueues
 from worker.runtime.publisher import ResultPublisher, login_user
 from worker.runtime.topology import lane_queue
 from worker.settings import Settings
@@ -89,8 +88,12 @@ class FairShare:
         self._per_account, self._total = direct_limits(settings.prefetch)
         self._direct: Counter[str] = Counter()
         self._direct_total = 0
-        self._lanes: dict[str, tuple[AbstractQueue, str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lanes = OwnQueues(
+            "lane queue",
+            "give the worker's RabbitMQ user the lanes in its permissions (deploy/README.md "
+            "section 7), or set SFWORKER_FAIR_SHARE=false",
+        )
+        self._lane_of: set[str] = set()  # the accounts with a lane
         self._worker_user: str | None = None
         self._movers: dict[str, asyncio.Semaphore] = {}
 
@@ -98,31 +101,16 @@ class FairShare:
 
     async def start(self, connection: FailoverConnection) -> None:
         """Declare every account's lane and consume it on a channel of its own."""
-        self._worker_user = login_user(connection.url)
+        self._worker_user = login_user(connection.url, self._settings.amqp_login_user)
         for name in self._accounts.by_name:
-            channel = await connection.channel(publisher_confirms=False)
-            await channel.set_qos(
-                prefetch_count=self._settings.prefetch, timeout=topology.DECLARE_TIMEOUT
+            await self._lanes.consume(
+                connection,
+                lane_queue(self._settings, name),
+                topology.request_queue_arguments(self._settings),
+                self._settings.prefetch,
+                self._on_lane,
             )
-            lane = lane_queue(self._settings, name)
-            try:
-                queue = await channel.declare_queue(
-                    lane,
-                    durable=True,
-                    arguments=topology.request_queue_arguments(self._settings),
-                    timeout=topology.DECLARE_TIMEOUT,
-                )
-            except ChannelAccessRefused:
-                raise ConfigError(
-                    f"the broker refused the lane queue {lane!r}: give the worker's RabbitMQ "
-                    "user the lanes in its permissions (deploy/README.md section 7), or set "
-                    "SFWORKER_FAIR_SHARE=false"
-                ) from None
-            consume = partial(
-                queue.consume, self._on_lane, no_ack=False, timeout=topology.DECLARE_TIMEOUT
-            )
-            tag = await consume_retrying(connection, lane, consume)
-            self._lanes[name] = (queue, tag)
+            self._lane_of.add(name)
         log.info(
             "fair share: a lane per account",
             extra={
@@ -139,7 +127,7 @@ class FairShare:
         # The pipeline's own check (reply rule, tenant, account): what it refuses runs here
         # at once, and a job that runs here is not checked twice.
         checked = self._consumer.pipeline.check(incoming)
-        account = checked.account if checked.account in self._lanes else None
+        account = checked.account if checked.account in self._lane_of else None
         if account is None or self._may_run_here(account):
             await self._run_here(message, account, incoming, checked)
             return
@@ -205,39 +193,20 @@ class FairShare:
     # --- the lanes -------------------------------------------------------------------------
 
     async def _on_lane(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            # A copy the worker moved here (RabbitMQ vouches for its user_id) names the job's
-            # publisher in a header; anything else in a lane keeps its own user_id.
-            incoming = to_incoming(message)
-            if self._worker_user is not None and message.user_id == self._worker_user:
-                carried = (message.headers or {}).get(PUBLISHER_HEADER)
-                publisher = carried if isinstance(carried, str) else None
-                incoming = dataclasses.replace(incoming, user_id=publisher)
-            await self._consumer.handle(message, incoming)
-        finally:
-            self._tasks.discard(task)
+        # A copy the worker moved here (RabbitMQ vouches for its user_id) names the job's
+        # publisher in a header; anything else in a lane keeps its own user_id.
+        incoming = to_incoming(message)
+        if self._worker_user is not None and message.user_id == self._worker_user:
+            carried = (message.headers or {}).get(PUBLISHER_HEADER)
+            publisher = carried if isinstance(carried, str) else None
+            incoming = dataclasses.replace(incoming, user_id=publisher)
+        await self._consumer.handle(message, incoming)
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._lanes.in_flight
 
     async def drain(self, grace: float) -> int:
-        """Stop the lanes' consumers, wait up to `grace` s for their jobs, cancel the rest
-        (left unacked: the broker gives them to another worker). Returns how many."""
-        for queue, tag in self._lanes.values():
-            try:
-                async with asyncio.timeout(5):
-                    await queue.cancel(tag)
-            except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
-                log.warning("lane consumer cancel failed", extra={"error": type(exc).__name__})
-        pending = set(self._tasks)
-        if pending:
-            _done, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        return len(pending)
+        """Stop the lanes' consumers, wait up to `grace` s for their jobs, cancel the rest (left
+        unacked: the broker gives them to another worker). Returns how many."""
+        return await self._lanes.drain(grace)

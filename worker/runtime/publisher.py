@@ -61,9 +61,13 @@ class Reply:
     operation: str
 
 
-def login_user(url: URL) -> str | None:
-    """The RabbitMQ user a connection to `url` logs in as: the URL's, else `guest` (aiormq's
-    default); unknown (None) with EXTERNAL authentication, where the certificate names it."""
+def login_user(url: URL, configured: str | None = None) -> str | None:
+    """The RabbitMQ user a connection to `url` logs in as: `configured`
+    (SFWORKER_AMQP_LOGIN_USER) when given, else the URL's, else `guest` (aiormq's default);
+    unknown (None) with EXTERNAL authentication and no `configured`, where the certificate
+    names it."""
+    if configured:
+        return configured
     if url.user:
         return url.user
     return None if url.query.get("auth", "").lower() == "external" else "guest"
@@ -78,8 +82,10 @@ class ResultPublisher:
         timeout: float,
         dead_letter_queue: str = "",
         blocked: Callable[[], bool] = lambda: False,
+        login: str | None = None,
     ) -> None:
         self._channel = channel
+        self._login = login  # SFWORKER_AMQP_LOGIN_USER
         self._results = results
         self._metrics = metrics
         self._timeout = timeout
@@ -101,7 +107,7 @@ class ResultPublisher:
             delivery_mode=_PERSISTENT,
             # RabbitMQ checks it against the connection's user: a caller can tell a result
             # from a message some other publisher put in its queue (BlockClient worker_user).
-            user_id=login_user(channel.connection.url),
+            user_id=login_user(channel.connection.url, self._login),
         )
         if reply.reply_to:
             exchange, key, destination = "", reply.reply_to, "reply_to"  # the default exchange
@@ -203,7 +209,7 @@ class ResultPublisher:
             timestamp=message.timestamp or datetime.now(UTC),
             message_type=message.type,
             app_id=message.app_id,
-            user_id=login_user(channel.connection.url),
+            user_id=login_user(channel.connection.url, self._login),
             delivery_mode=_PERSISTENT,
         )
         # As in publish(): the frame built directly; a return raises PublishError.

@@ -147,6 +147,7 @@ class RabbitService:
             self._settings.publish_timeout_seconds,
             dead_letter_queue=self._settings.dead_letter_queue,
             blocked=self.blocked,
+            login=self._settings.amqp_login_user,
         )
         return self.publisher
 

@@ -14,7 +14,9 @@ how to give it retention with a policy (docs/runbook.md#dead-letters).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -56,6 +58,27 @@ DECLARE_TIMEOUT = 10.0
 def lane_queue(settings: Settings, account: str) -> str:
     """The queue of an account's jobs beyond its share of the request queue (lanes.py)."""
     return f"{settings.request_queue}.lane.{account}"
+
+
+def tenant_queue(settings: Settings, tenant: str) -> str:
+    """The request queue of one tenant's jobs (strict mode, tenant_queues.py)."""
+    return f"{settings.request_queue}.tenant.{tenant}"
+
+
+def tenant_routing_key(settings: Settings, user: str) -> str:
+    """The routing key a tenant's runtime, logged in as `user`, publishes with on the tenant
+    exchange; RabbitMQ's topic permission `^<request routing key>\\.{username}$` lets each user
+    publish with its own key alone."""
+    return f"{settings.request_routing_key}.{user}"
+
+
+def tenant_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """A tenant queue: as the request queue, and bounded (a flood is refused at its publisher)."""
+    return {
+        **request_queue_arguments(settings),
+        "x-max-length": settings.tenant_queue_max_length,
+        "x-overflow": "reject-publish",
+    }
 
 
 async def dead_letter_retention(connection: AbstractConnection, settings: Settings) -> bool:
@@ -122,19 +145,28 @@ async def declare(
     return Topology(requests=requests, queue=queue, results=results, dead_letters=dead)
 
 
-async def delete(channel: AbstractChannel, settings: Settings) -> None:
-    """Remove everything `declare` made, and the lanes of the accounts file's accounts (demo
-    and test topologies; never used by `run`)."""
-    try:
-        read = load_accounts(settings.accounts_file, allow_insecure_localhost=True)
-        accounts = list(read.by_name)
-    except (ConfigError, OSError):
-        accounts = []
-    lanes = [lane_queue(settings, account) for account in accounts]
-    for queue in (settings.request_queue, settings.dead_letter_queue, *lanes):
+async def delete(
+    channel: AbstractChannel, settings: Settings, accounts_files: Iterable[Path] = ()
+) -> None:
+    """Remove everything `declare` made, the lanes of the accounts' accounts and the queues of
+    their tenants (of the settings' accounts file and of `accounts_files`: demo and test
+    topologies; never used by `run`)."""
+    accounts: set[str] = set()
+    tenants: set[str] = set()
+    for path in (settings.accounts_file, *accounts_files):
+        try:
+            read = load_accounts(path, allow_insecure_localhost=True)
+        except (ConfigError, OSError):
+            continue
+        accounts |= set(read.by_name)
+        tenants |= set(read.tenants)
+    lanes = [lane_queue(settings, account) for account in sorted(accounts)]
+    tenant_queues = [tenant_queue(settings, tenant) for tenant in sorted(tenants)]
+    for queue in (settings.request_queue, settings.dead_letter_queue, *lanes, *tenant_queues):
         await channel.queue_delete(queue)
     for exchange in (
         settings.request_exchange,
+        settings.tenant_exchange,
         settings.dead_letter_exchange,
         settings.results_exchange,
     ):

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -20,127 +16,16 @@ import orjson
 import pytest
 from pydantic import SecretStr
 from sfsim.testing import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     SimulatorClient,
-    running_simulator,
 )
 
 from tests.runtime.helpers import sample, sfworker
-from tests.support.accounts import write_accounts
-from tests.support.broker_users import (
-    BrokerUsers,
-    require_rabbitmqctl,
-    tenant_permissions,
-    worker_permissions,
-)
 from tests.support.job_client import JobClient
 from tests.support.settings import settings_env
+from tests.support.tenants import Users, client_as, search
 from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.settings import Settings
-
-
-@dataclass(frozen=True)
-class Users:
-    acme: str
-    acme_url: str
-    globex: str
-    globex_url: str
-    worker: str
-    worker_url: str
-
-
-@pytest.fixture
-def users(amqp_url: str, names: dict[str, str]) -> Iterator[Users]:
-    require_rabbitmqctl(amqp_url)
-    topology = Settings(**names)
-    made = BrokerUsers(amqp_url)
-    try:
-        acme, globex, worker = (made.name(n) for n in ("rt-acme", "rt-globex", "sfworker"))
-        yield Users(
-            acme=acme,
-            acme_url=made.add(acme, tenant_permissions(topology, acme)),
-            globex=globex,
-            globex_url=made.add(globex, tenant_permissions(topology, globex)),
-            worker=worker,
-            worker_url=made.add(worker, worker_permissions(topology)),
-        )
-    finally:
-        made.delete_all()
-
-
-@pytest.fixture
-async def globex_sim() -> AsyncIterator[SimulatorClient]:
-    async with running_simulator() as sim:
-        yield sim
-
-
-@pytest.fixture
-def accounts_file(
-    tmp_path: Path, simulator: SimulatorClient, globex_sim: SimulatorClient, users: Users
-) -> Path:
-    """Strict mode: account `main` (tenant acme, default) and `globex` (tenant globex)."""
-    return write_accounts(
-        tmp_path / "accounts.toml",
-        simulator.base_url,
-        extra=f"""
-[accounts.globex]
-tenant = "globex"
-default = true
-instance_url = "{globex_sim.base_url}"
-flow = "client_credentials"
-client_id = "{DEFAULT_CLIENT_ID}"
-client_secret = "{DEFAULT_CLIENT_SECRET}"
-
-[tenants.acme]
-amqp_users = ["{users.acme}"]
-reply_to = ['^{users.acme}-ivr\\..*$']
-
-[tenants.globex]
-amqp_users = ["{users.globex}"]
-""",
-    )
-
-
-@pytest.fixture
-async def worker(
-    settings: Settings, users: Users, simulator: SimulatorClient, globex_sim: SimulatorClient
-) -> AsyncIterator[Worker]:
-    """The worker, connected as its own user with the recipe's permissions."""
-    running = Worker(settings.model_copy(update={"amqp_url": SecretStr(users.worker_url)}))
-    await running.start()
-    # Each org's usage is read once at start (/limits): count what the test's jobs do.
-    await running.fleet.reserve.primed()
-    for sim in (simulator, globex_sim):
-        await sim.reset_counters()
-    yield running
-    await running.stop()
-
-
-@asynccontextmanager
-async def client_as(
-    url: str,
-    settings: Settings,
-    durable_queue: str | None = None,
-    worker_user: str | None = None,
-) -> AsyncIterator[JobClient]:
-    """A runtime publishing with its own connection (so as its own RabbitMQ user)."""
-    connection = await aio_pika.connect(url, timeout=10)
-    async with connection:
-        client = JobClient(await connection.channel(), settings, worker_user=worker_user)
-        await client.start(durable_queue)
-        yield client
-
-
-def search(job_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "job_id": job_id,
-        "operation": "search",
-        "soql": "SELECT Id, Name FROM Contact",
-        **fields,
-    }
 
 
 def found(result: dict[str, Any]) -> tuple[str, str | None, list[str]]:
