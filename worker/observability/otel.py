@@ -347,6 +347,11 @@ class OtelTracer(Tracer):
     # --- HTTP ---------------------------------------------------------------------------------
 
     def http_trace_configs(self) -> list[aiohttp.TraceConfig]:
+        config = aiohttp.TraceConfig()
+        self.add_http_hooks(config)
+        return [config]
+
+    def add_http_hooks(self, config: aiohttp.TraceConfig) -> None:
         child = self.child
 
         async def start(
@@ -393,11 +398,9 @@ class OtelTracer(Tracer):
                 fail(span, params.exception)
                 span.end()
 
-        config = aiohttp.TraceConfig()
         config.on_request_start.append(start)
         config.on_request_end.append(end)
         config.on_request_exception.append(failed)
-        return [config]
 
     async def shutdown(self) -> None:
         """Export what is queued (bounded)."""
