@@ -71,13 +71,39 @@ def any_value(value: AttributeValue | Sequence[AttributeValue]) -> bytes:
     return b"\x21" + _pack_double(value)
 
 
+# A KeyValue's bytes (with their length) by (key, type, value), for the attributes whose values
+# repeat from job to job (a queue, an account, a status, a route): most of a span's encoding.
+# Values unique to a span are never kept; the cache stops growing at _MAX_CACHED.
+_kvs: dict[tuple[str, type, object], bytes] = {}
+_MAX_CACHED = 4096
+_UNIQUE = frozenset(
+    {
+        "sfworker.job.id",
+        "messaging.message.id",
+        "sfworker.composite.trace_id",
+        "sfworker.composite.span_id",
+    }
+)
+
+
 def key_values(
     tag: bytes, attributes: Mapping[str, AttributeValue | Sequence[AttributeValue]]
 ) -> bytes:
     """Each attribute as a KeyValue in field `tag`."""
-    return b"".join(
-        _len(tag, _key(key) + _len(b"\x12", any_value(value))) for key, value in attributes.items()
-    )
+    parts = []
+    for key, value in attributes.items():
+        if isinstance(value, list | tuple):  # never cached (a resource's, encoded once)
+            parts.append(_len(tag, _key(key) + _len(b"\x12", any_value(value))))
+            continue
+        cache_key = (key, value.__class__, value)
+        encoded = _kvs.get(cache_key)
+        if encoded is None:
+            kv = _key(key) + _len(b"\x12", any_value(value))
+            encoded = varint(len(kv)) + kv
+            if key not in _UNIQUE and not isinstance(value, float) and len(_kvs) < _MAX_CACHED:
+                _kvs[cache_key] = encoded
+        parts.append(tag + encoded)
+    return b"".join(parts)
 
 
 def _ids(ref: SpanRef) -> bytes:
