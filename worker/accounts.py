@@ -207,7 +207,8 @@ class AccountTable(_Table):
     sandbox: bool = False
     tenant: str | None = None
     default: bool = False
-    api_version: str = Field("62.0", pattern=r"^[2-9][0-9]\.[0-9]+$")
+    # 31.0 and later: Salesforce retired 21.0 to 30.0 (Summer '25); salesforce.md's shapes.
+    api_version: str = Field("62.0", pattern=r"^(3[1-9]|[4-9][0-9])\.[0-9]+$")
     max_concurrency: int = Field(DEFAULT_MAX_CONCURRENCY, ge=1)
     api_reserve_percent: float = Field(DEFAULT_API_RESERVE_PERCENT, gt=0, le=100)
     idempotency_fields: dict[_ApiName, _ApiName] = Field(default_factory=dict)
@@ -377,7 +378,7 @@ _RULES = {
     "tenants": "[tenants] needs at least one [tenants.NAME] table",
     "[key]": "a tenant name is letters, digits, '.', '_' and '-' "
     "(at most 128, starting with a letter or digit)",
-    "api_version": 'must look like "62.0"',
+    "api_version": 'must be a version Salesforce serves, 31.0 or later, like "62.0"',
     "max_concurrency": "must be an integer, at least 1",
     "api_reserve_percent": "must be a number above 0, at most 100",
     "idempotency_fields": 'must be a table of object = "External_Id_Field__c"',

@@ -21,6 +21,10 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 # Area of a stack: the first rule whose pattern is in any of its frames' file paths, checked
 # from the leaf up, so time in orjson called by logging counts as logging.
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "tracing (OpenTelemetry, export, hooks)",
+        ("opentelemetry", "google/protobuf", "observability/otel", "observability/tracing.py"),
+    ),
     ("logging (per-job log lines)", ("/logging/", "observability/logging.py")),
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("pydantic (validate, copy, dump)", ("pydantic",)),

@@ -38,6 +38,7 @@ SECTIONS = (
     "noisy",
     "profile",
     "profile-redis",
+    "profile-tracing",
 )
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
@@ -226,6 +227,15 @@ async def run_sections(
         system = Sfworker(ctx, "profile-redis", SfworkerOptions(redis=True))
         run = profile_trial(lab, system, SEARCH, counts.jobs, out)
         await trial("profile", 1, run, redis=True)
+    if "profile-tracing" in chosen:  # tracing on, every job sampled: what the spans cost
+        out = results / f"profile-tracing-{ctx.run_id}.txt"
+        async with otlp_sink() as sink:
+            label = TRACING[1]
+            options = SfworkerOptions(env=_tracing_env(label, sink), label=label)
+            run = profile_trial(
+                lab, Sfworker(ctx, "profile-tracing", options), SEARCH, counts.jobs, out
+            )
+            await trial("profile", 1, run, tracing=label)
 
 
 async def seed(lab: Lab) -> None:

@@ -10,7 +10,7 @@ matched on the subrequest's own method, route name and url (`respond` answers it
 stops there and closes the connection; `drop_after` runs everything and then closes it), and the
 same handler a plain call reaches. The answer is 200 with one result per subrequest, in order.
 `allOrNone: true` rolls every change back at the first failure; the others then answer
-PROCESSING_HALTED.
+PROCESSING_HALTED. Before API v38.0 the resource does not exist: 404 NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from multidict import CIMultiDict, MultiDict
 from . import rest_describe, rest_query, rest_sobjects
 from .composite_refs import REFERENCE_ID_RE, References, Unresolved
 from .errors import SfError, json_response, not_found
-from .routing import Handler, Route, SfHandler, drop_connection, state_of
+from .routing import Handler, Route, SfHandler, api_version, drop_connection, state_of
 
 MAX_SUBREQUESTS = 25
+COMPOSITE_SINCE = 38  # the resource exists from v38.0 on (404 NOT_FOUND before)
 MAX_QUERIES = 5
 QUERY_ROUTES = frozenset({"query", "query_all", "query_more"})
 # The resources a subrequest may reach (sObject rows, rows by external id and describe, query,
@@ -340,6 +341,9 @@ def handler(table: Sequence[Route]) -> Handler:
     router = _Router(table)
 
     async def composite(request: web.Request) -> web.StreamResponse:
+        version = api_version(request)
+        if version is not None and version[1] < COMPOSITE_SINCE:
+            raise not_found()  # no such resource before v38.0
         all_or_none, subs = parse(await request.read(), router)
         answers, drop = await _execute(request, router, all_or_none, subs)
         # After a drop_before fault there are fewer answers than subrequests; nobody sees them.
@@ -353,6 +357,9 @@ def handler(table: Sequence[Route]) -> Handler:
 
 
 async def resources(request: web.Request) -> web.StreamResponse:
+    version = api_version(request)
+    if version is not None and version[1] < COMPOSITE_SINCE:
+        raise not_found()
     base = f"/services/data/{request.match_info['version']}/composite"
     return json_response(
         {"batch": f"{base}/batch", "sobjects": f"{base}/sobjects", "tree": f"{base}/tree"}

@@ -9,7 +9,7 @@ from aiohttp import web
 from .cursors import clamp_batch
 from .errors import SfError, json_response
 from .rest_describe import session_username
-from .routing import Handler, SfRequest, state_of
+from .routing import Handler, SfRequest, api_version, state_of
 from .schema import ObjectDef, Record
 from .search import run_sosl
 from .soql import parse_soql
@@ -17,6 +17,8 @@ from .soql_eval import UrlFor, run_soql
 from .sosl import parse_sosl
 from .state import SimulatorState
 from .users import invalid_type
+
+SEARCH_WRAPPED_SINCE = 37  # SOSL answers {"searchRecords": [...]} from v37.0 on
 
 __all__ = ["Handler", "query", "query_all", "query_more", "search", "url_for"]
 
@@ -108,4 +110,7 @@ async def search(request: SfRequest) -> web.StreamResponse:
         parse_sosl(_statement(request, "MALFORMED_SEARCH", "search")),
         url_for=url_for(request.match_info["version"]),
     )
+    version = api_version(request)
+    if version is not None and version[1] < SEARCH_WRAPPED_SINCE:
+        return json_response(found)  # up to v36.0: the records as a bare array
     return json_response({"searchRecords": found})

@@ -19,7 +19,7 @@ from .soql_lexer import located
 from .state import SimulatorState
 from .users import require
 
-UPSERT_200_SINCE = 46
+UPSERT_200_SINCE = 46  # an upsert that updates: 204 without a body before, 200 created:false
 
 
 def _object(state: SimulatorState, request: SfRequest, action: str = "read") -> ObjectDef:
@@ -186,6 +186,8 @@ async def upsert(request: SfRequest) -> web.StreamResponse:
     if not isinstance(body, Mapping):
         raise json_parser_error(f"Cannot deserialize instance of {obj.name} from request body")
     record_id = state.records.insert(obj, {**body, fd.name: request.match_info["value"]})
-    return json_response(
-        {"id": record_id, "success": True, "errors": [], "created": True}, status=201
-    )
+    answer: dict[str, object] = {"id": record_id, "success": True, "errors": []}
+    version = api_version(request)
+    if version is None or version[1] >= UPSERT_200_SINCE:
+        answer["created"] = True  # before v46.0 a create answers without it
+    return json_response(answer, status=201)

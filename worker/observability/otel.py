@@ -1,48 +1,70 @@
 """The tracing hooks (tracing.py) as OpenTelemetry spans: the `sfworker[otel]` extra.
 
-Imported only when an OTLP endpoint is configured. The SDK is configured by the standard
-variables alone: the exporter by `OTEL_EXPORTER_OTLP_*` (HTTP/protobuf), the sampler by
-`OTEL_TRACES_SAMPLER[_ARG]` (parent-based by default: a job's sampled flag decides), the resource
-by `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, the batching by `OTEL_BSP_*`.
+Imported only when an OTLP endpoint is configured, and configured by the standard variables
+alone: the sampler by `OTEL_TRACES_SAMPLER[_ARG]` (the SDK's own sampler, parent-based by
+default: a job's sampled flag decides), the resource by `OTEL_SERVICE_NAME` and
+`OTEL_RESOURCE_ATTRIBUTES` (the SDK's `Resource`), the export by `OTEL_EXPORTER_OTLP_*`
+(HTTP/protobuf) and the batching by `OTEL_BSP_*` (export.py).
 
-The provider is this worker's own (not the global one): several workers in one process (the
-tests) each export their own spans. Attributes never hold a parameter value, a record field, a
-token or an exception's message: traces leave the cluster.
+The spans are the worker's own (spans.py), not the SDK's: the same names, kinds, parents,
+attributes, events, links and status, at a fraction of the CPU (docs/benchmarks.md §8). Only
+the span that decides a job's trace asks the sampler; the spans under it follow its decision
+(what every built-in sampler decides for them too). A job that is not sampled gets ids for its
+logs and result and nothing else. Each worker has its own exporter: several workers in one
+process (the tests) each export their own spans. Attributes never hold a parameter value, a
+record field, a token or an exception's message: traces leave the cluster.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager
-from contextvars import Token
-from types import SimpleNamespace, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.trace.status import Status, StatusCode
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.span import TraceState
 
 import worker
+from worker.observability import otlp
+from worker.observability.export import ExportConfig, SpanExporter
+from worker.observability.otel_scopes import (
+    Consume,
+    Current,
+    Waited,
+    Waiting,
+    fail,
+    headers_of,
+    job_trace,
+    sampled,
+)
+from worker.observability.spans import (
+    CLIENT,
+    CONSUMER,
+    INTERNAL,
+    PRODUCER,
+    AttributeValue,
+    Span,
+    SpanRef,
+    current_span,
+    new_span_id,
+    new_trace_id,
+)
 from worker.observability.tracing import (
     _HEADERS,
     NOTHING,
     TRACEPARENT,
-    TRACESTATE,
-    JobTrace,
     Tracer,
     _job,
-    _text,
+    parse_traceparent,
     route_template,
 )
 
@@ -56,153 +78,17 @@ A = TypeVar("A")
 P = TypeVar("P")
 R = TypeVar("R")
 
-_PROPAGATOR = TraceContextTextMapPropagator()
-SHORTEST_WAIT_NS = 1_000_000  # a wait shorter than 1 ms is no wait: no span
 _SHUTDOWN_SECONDS = 10.0
-
-
-def _job_trace(span: Span) -> JobTrace:
-    ctx = span.get_span_context()
-    trace_id, span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
-    flags = "01" if ctx.trace_flags.sampled else "00"
-    state = ctx.trace_state.to_header() if ctx.trace_state else None
-    return JobTrace(
-        trace_id, span_id, ctx.trace_flags.sampled, f"00-{trace_id}-{span_id}-{flags}", state
-    )
-
-
-def _fail(span: Span, exc: BaseException) -> None:
-    """An exception's type, never its message (it may quote Salesforce or a caller)."""
-    name = type(exc).__name__
-    span.set_attribute("error.type", name)
-    span.set_status(Status(StatusCode.ERROR, name))
-
-
-@contextmanager
-def _current(span: Span) -> Iterator[Span]:
-    """`span` current for the block, ended after it; an exception marks it failed."""
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        yield span
-    except BaseException as exc:
-        _fail(span, exc)
-        raise
-    finally:
-        otel_context.detach(token)
-        span.end()
-
-
-class _Consume:
-    """The job's CONSUMER span, current while the delivery is handled."""
-
-    __slots__ = ("_parent", "_span", "_tokens")
-
-    def __init__(self, span: Span, parent: Context) -> None:
-        self._span = span
-        self._parent = parent
-        self._tokens: tuple[Token[Context], Token[JobTrace | None]] | None = None
-
-    def __enter__(self) -> Span:
-        self._tokens = (
-            otel_context.attach(trace.set_span_in_context(self._span, self._parent)),
-            _job.set(_job_trace(self._span)),
-        )
-        return self._span
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        if exc is not None:
-            _fail(self._span, exc)
-        if self._tokens is not None:
-            _job.reset(self._tokens[1])
-            otel_context.detach(self._tokens[0])
-        self._span.end()
-
-
-class _Waited(AbstractAsyncContextManager[T]):
-    """An async context manager whose entry (the wait for it) is a span, when it was a wait:
-    at least SHORTEST_WAIT_NS, or failed."""
-
-    def __init__(self, tracer: trace.Tracer, cm: AbstractAsyncContextManager[T], name: str):
-        self._tracer = tracer
-        self._cm = cm
-        self._name = name
-
-    async def __aenter__(self) -> T:
-        started = time.time_ns()
-        try:
-            value = await self._cm.__aenter__()
-        except BaseException as exc:
-            span = self._tracer.start_span(self._name, start_time=started)
-            _fail(span, exc)
-            span.end()
-            raise
-        ended = time.time_ns()
-        if ended - started >= SHORTEST_WAIT_NS:
-            self._tracer.start_span(self._name, start_time=started).end(end_time=ended)
-        return value
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._cm.__aexit__(kind, exc, tb)
-
-
-class Waiting:
-    """A call waiting for company (coalescing): the handle a Composite request reports to. Its
-    span is recorded when the call waited at least SHORTEST_WAIT_NS or travelled in a
-    Composite request (a quiet account's call goes at once)."""
-
-    __slots__ = ("_carried", "_started", "_tracer", "job_context", "job_span")
-
-    def __init__(self, tracer: trace.Tracer, job_span: Span) -> None:
-        self._tracer = tracer
-        self._started = time.time_ns()
-        self._carried: dict[str, str] | None = None
-        self.job_span = job_span
-        self.job_context = job_span.get_span_context()
-
-    def carried_by(self, composite: SpanContext) -> None:
-        ids = {
-            "sfworker.composite.trace_id": f"{composite.trace_id:032x}",
-            "sfworker.composite.span_id": f"{composite.span_id:016x}",
-        }
-        self._carried = ids
-        self.job_span.set_attributes(ids)
-        self.job_span.add_link(composite, {"sfworker.link": "carried by"})
-
-    def end(self, exc: BaseException | None) -> None:
-        ended = time.time_ns()
-        if exc is None and self._carried is None and ended - self._started < SHORTEST_WAIT_NS:
-            return
-        span = self._tracer.start_span("coalesce wait", start_time=self._started)
-        if self._carried is not None:
-            span.set_attributes(self._carried)
-        if exc is not None:
-            _fail(span, exc)
-        span.end(end_time=ended)
-
-
-def _sampled() -> bool:
-    """Is the job this task works for recorded? (Not: its spans would be dropped anyway, so
-    none is made; its trace context still travels.)"""
-    job = _job.get()
-    return job is not None and job.sampled
+_KINDS = {INTERNAL: SpanKind.INTERNAL, CONSUMER: SpanKind.CONSUMER, CLIENT: SpanKind.CLIENT}
 
 
 class OtelTracer(Tracer):
     enabled = True
 
-    def __init__(self, provider: TracerProvider) -> None:
-        self._provider = provider
-        self._tracer = provider.get_tracer("sfworker", worker.__version__)
+    def __init__(self, sampler: Sampler, exporter: SpanExporter) -> None:
+        self._sampler = sampler
+        self._exporter = exporter
+        self._sink = exporter.add
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str], service: str) -> OtelTracer:
@@ -220,10 +106,65 @@ class OtelTracer(Tracer):
         )
         if not named:
             attributes["service.name"] = service
-        provider = TracerProvider(resource=Resource.create(attributes))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        resource = Resource.create(attributes)
+        # The SDK's sampler as OTEL_TRACES_SAMPLER[_ARG] choose it (the provider only reads it).
+        sampler = TracerProvider(shutdown_on_exit=False).sampler
+        scalars = cast(dict[str, AttributeValue], dict(resource.attributes))
+        envelope = otlp.envelope(scalars, "sfworker", worker.__version__)
+        exporter = SpanExporter(ExportConfig.from_environment(env), *envelope)
         log.info("tracing on: spans are exported over OTLP/HTTP")
-        return cls(provider)
+        return cls(sampler, exporter)
+
+    # --- spans --------------------------------------------------------------------------------
+
+    def root(
+        self,
+        name: str,
+        kind: int,
+        attributes: dict[str, AttributeValue],
+        parent: SpanRef | None = None,
+    ) -> Span:
+        """A span that starts or continues a trace: the sampler decides whether it is recorded
+        (the SDK's decision, from the same inputs)."""
+        trace_id = parent.trace_id if parent is not None else new_trace_id()
+        context = Context()
+        if parent is not None:
+            parent_context = SpanContext(
+                parent.trace_id,
+                parent.span_id,
+                is_remote=parent.remote,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED if parent.sampled else 0),
+                trace_state=TraceState.from_header([parent.trace_state])
+                if parent.trace_state
+                else None,
+            )
+            context = trace.set_span_in_context(NonRecordingSpan(parent_context), context)
+        result = self._sampler.should_sample(
+            context, trace_id, name, _KINDS.get(kind, SpanKind.INTERNAL), attributes
+        )
+        sampled = result.decision is Decision.RECORD_AND_SAMPLE  # as the SDK exports
+        state = result.trace_state.to_header() if result.trace_state else None
+        ref = SpanRef(trace_id, new_span_id(), sampled, state or None)
+        if not sampled:
+            return Span(None, name, ref, parent, kind)
+        recorded = cast(dict[str, AttributeValue], dict(result.attributes or attributes))
+        return Span(self._sink, name, ref, parent, kind, recorded)
+
+    def child(
+        self,
+        name: str,
+        kind: int = INTERNAL,
+        attributes: dict[str, AttributeValue] | None = None,
+        start_ns: int | None = None,
+    ) -> Span:
+        """A span under the current one, recorded when it is."""
+        parent = current_span.get()
+        if parent is None:
+            return self.root(name, kind, attributes or {})
+        ref = parent.ref
+        own = SpanRef(ref.trace_id, new_span_id(), ref.sampled, ref.trace_state)
+        sink = self._sink if parent.recording else None
+        return Span(sink, name, own, ref, kind, attributes, start_ns)
 
     # --- the job ------------------------------------------------------------------------------
 
@@ -234,14 +175,18 @@ class OtelTracer(Tracer):
         message_id: str | None,
         routing_key: str | None,
     ) -> Any:
-        carrier: dict[str, str] = {}
-        if headers:
-            for name in (TRACEPARENT, TRACESTATE):
-                value = _text(headers.get(name))
-                if value is not None:
-                    carrier[name] = value
-        parent = _PROPAGATOR.extract(carrier, context=Context()) if carrier else Context()
-        attributes: dict[str, str] = {
+        parent: SpanRef | None = None
+        if headers and TRACEPARENT in headers:
+            job = parse_traceparent(headers)
+            if job is not None:
+                parent = SpanRef(
+                    int(job.trace_id, 16),
+                    int(job.span_id, 16),
+                    job.sampled,
+                    job.tracestate,
+                    remote=True,
+                )
+        attributes: dict[str, AttributeValue] = {
             "messaging.system": "rabbitmq",
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
@@ -251,15 +196,12 @@ class OtelTracer(Tracer):
             attributes["messaging.message.id"] = message_id
         if routing_key:
             attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
-        span = self._tracer.start_span(
-            f"process {destination}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-        )
-        return _Consume(span, parent)
+        return Consume(self.root(f"process {destination}", CONSUMER, attributes, parent))
 
     def job_started(self, job: AnyJob) -> None:
-        if not _sampled():
+        span = current_span.get()
+        if span is None or not sampled():
             return
-        span = trace.get_current_span()
         span.set_attribute("sfworker.job.id", job.job_id)
         span.set_attribute("sfworker.operation", getattr(job.operation, "value", job.operation))
         if job.account:
@@ -268,22 +210,22 @@ class OtelTracer(Tracer):
             span.set_attribute("sfworker.tenant", job.tenant)
 
     def account(self, name: str, tenant: str | None) -> None:
-        if not _sampled():
+        span = current_span.get()
+        if span is None or not sampled():
             return
-        span = trace.get_current_span()
         span.set_attribute("sfworker.account", name)
         if tenant:
             span.set_attribute("sfworker.tenant", tenant)
 
     def queue_wait(self, seconds: float) -> None:
-        if _sampled():
-            span = trace.get_current_span()
+        span = current_span.get()
+        if span is not None and sampled():
             span.set_attribute("sfworker.queue.wait_ms", round(seconds * 1000, 3))
 
     def job_done(self, result: BlockResult) -> None:
-        if not _sampled():
+        span = current_span.get()
+        if span is None or not sampled():
             return
-        span = trace.get_current_span()
         span.set_attribute("sfworker.job.id", result.job_id)
         span.set_attribute("sfworker.status", result.status.value)
         span.set_attribute("sfworker.attempts", result.attempts)
@@ -297,27 +239,28 @@ class OtelTracer(Tracer):
             code = result.error.code.value
             span.set_attribute("sfworker.error.code", code)
             span.set_attribute("error.type", code)
-            span.set_status(Status(StatusCode.ERROR, code))
+            span.fail(code)
 
     # --- inside the job -----------------------------------------------------------------------
 
     def span(self, name: str) -> Any:
-        if not _sampled():
+        if not sampled():
             return NOTHING
-        return _current(self._tracer.start_span(name))
+        return Current(self.child(name))
 
     def event(self, name: str, attributes: Mapping[str, str | int | float] | None = None) -> None:
-        if _sampled():
-            trace.get_current_span().add_event(name, dict(attributes or {}))
+        span = current_span.get()
+        if span is not None and sampled():
+            span.add_event(name, dict(attributes or {}))
 
     def waiting(
         self, cm: AbstractAsyncContextManager[T], name: str
     ) -> AbstractAsyncContextManager[T]:
-        return _Waited(self._tracer, cm, name) if _sampled() else cm
+        return Waited(self.child, cm, name) if sampled() else cm
 
     @contextmanager
-    def _coalescing(self) -> Iterator[Waiting]:
-        waiting = Waiting(self._tracer, trace.get_current_span())
+    def _coalescing(self, job_span: Span) -> Iterator[Waiting]:
+        waiting = Waiting(self.child, job_span)
         try:
             yield waiting
         except BaseException as exc:
@@ -326,47 +269,50 @@ class OtelTracer(Tracer):
         waiting.end(None)
 
     def coalescing(self) -> Any:
-        return self._coalescing() if _sampled() else NOTHING
+        span = current_span.get()
+        return self._coalescing(span) if span is not None and sampled() else NOTHING
 
     async def in_composite(
         self, together: Callable[[A, list[P]], Awaitable[list[R]]], account: A, group: list[P]
     ) -> list[R]:
         handles = [h for h in (getattr(p, "trace", None) for p in group) if isinstance(h, Waiting)]
-        contexts = [h.job_context for h in handles]
-        parent = next((c for c in contexts if c.trace_flags.sampled), None)
+        refs = [h.job_ref for h in handles]
+        parent = next((r for r in refs if r.sampled), None)
         if parent is None:  # none of its jobs is recorded
             return await together(account, group)
-        context = trace.set_span_in_context(NonRecordingSpan(parent), Context())
-        span = self._tracer.start_span(
+        span = Span(
+            self._sink,
             "salesforce composite",
-            context=context,
-            kind=SpanKind.CLIENT,
-            links=[Link(c, {"sfworker.link": "carries"}) for c in contexts],
-            attributes={
+            SpanRef(parent.trace_id, new_span_id(), True, parent.trace_state),
+            parent,
+            CLIENT,
+            {
                 "sfworker.account": str(getattr(account, "name", "")),
                 "sfworker.composite.calls": len(group),
             },
         )
+        for ref in refs:
+            span.add_link(ref, {"sfworker.link": "carries"})
         for handle in handles:
-            handle.carried_by(span.get_span_context())
-        token = _job.set(_job_trace(span))
+            handle.carried_by(span.ref)
+        token = _job.set(job_trace(span))
         try:
-            with _current(span):
+            with Current(span):
                 return await together(account, group)
         finally:
             _job.reset(token)
 
     def publish(self, destination: str, routing_key: str) -> Any:
-        if not _sampled():
+        if not sampled():
             return _HEADERS  # the job's own context (its span, not recorded) goes back
         return self._publish(destination, routing_key)
 
     @contextmanager
     def _publish(self, destination: str, routing_key: str) -> Iterator[dict[str, str]]:
-        span = self._tracer.start_span(
+        span = self.child(
             f"publish {destination}",
-            kind=SpanKind.PRODUCER,
-            attributes={
+            PRODUCER,
+            {
                 "messaging.system": "rabbitmq",
                 "messaging.operation.type": "send",
                 "messaging.operation.name": "publish",
@@ -374,38 +320,57 @@ class OtelTracer(Tracer):
                 "messaging.rabbitmq.destination.routing_key": routing_key,
             },
         )
-        with _current(span):
-            headers: dict[str, str] = {}
-            _PROPAGATOR.inject(headers)
-            yield headers
+        with Current(span):
+            yield headers_of(span.ref)
+
+    @contextmanager
+    def _root(self, name: str) -> Iterator[Span]:
+        span = self.root(name, INTERNAL, {})
+        ref = span.ref
+        # Current for OpenTelemetry too: BlockClient injects the caller's context from there.
+        context = SpanContext(
+            ref.trace_id,
+            ref.span_id,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if ref.sampled else 0),
+        )
+        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(context)))
+        try:
+            with Current(span):
+                yield span
+        finally:
+            otel_context.detach(token)
 
     def start_root(self, name: str) -> Any:
-        return _current(self._tracer.start_span(name, context=Context()))
+        return self._root(name)
 
     # --- HTTP ---------------------------------------------------------------------------------
 
     def http_trace_configs(self) -> list[aiohttp.TraceConfig]:
-        tracer = self._tracer
+        config = aiohttp.TraceConfig()
+        self.add_http_hooks(config)
+        return [config]
+
+    def add_http_hooks(self, config: aiohttp.TraceConfig) -> None:
+        child = self.child
 
         async def start(
             _session: aiohttp.ClientSession,
             ctx: SimpleNamespace,
             params: aiohttp.TraceRequestStartParams,
         ) -> None:
-            if not _sampled():
+            if not sampled():
                 return
             url = params.url
             template = route_template(url.path)
-            attributes: dict[str, str | int] = {
+            attributes: dict[str, AttributeValue] = {
                 "http.request.method": params.method,
                 "url.template": template,
                 "server.address": url.host or "",
             }
             if url.port is not None:
                 attributes["server.port"] = url.port
-            ctx.sfworker_span = tracer.start_span(
-                f"{params.method} {template}", kind=SpanKind.CLIENT, attributes=attributes
-            )
+            ctx.sfworker_span = child(f"{params.method} {template}", CLIENT, attributes)
 
         async def end(
             _session: aiohttp.ClientSession,
@@ -420,7 +385,7 @@ class OtelTracer(Tracer):
             if status >= 400:
                 span.set_attribute("error.type", str(status))
             if status >= 500:
-                span.set_status(Status(StatusCode.ERROR, str(status)))
+                span.fail(str(status))
             span.end()
 
         async def failed(
@@ -430,18 +395,13 @@ class OtelTracer(Tracer):
         ) -> None:
             span: Span | None = getattr(ctx, "sfworker_span", None)
             if span is not None:
-                _fail(span, params.exception)
+                fail(span, params.exception)
                 span.end()
 
-        config = aiohttp.TraceConfig()
         config.on_request_start.append(start)
         config.on_request_end.append(end)
         config.on_request_exception.append(failed)
-        return [config]
 
     async def shutdown(self) -> None:
-        """Export what is buffered (bounded), in a thread: the exporter's HTTP is blocking."""
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self._provider.shutdown), _SHUTDOWN_SECONDS)
-        except TimeoutError:
-            log.warning("spans not exported within the shutdown time; dropped")
+        """Export what is queued (bounded)."""
+        await self._exporter.shutdown(within=_SHUTDOWN_SECONDS)

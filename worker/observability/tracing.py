@@ -18,7 +18,8 @@ The hooks, in the order one job meets them:
   wraps the function that sends one, into a span linked to every job it carries;
 - `active.waiting(cm, name)`: the wait to enter an async context manager (a concurrency slot);
 - `active.span(name)`: a child span (the token wait); `active.event(name, ...)`: a retry;
-- `active.http_trace_configs()`: aiohttp hooks giving every HTTP call its CLIENT span;
+- `active.add_http_hooks(config)`: aiohttp hooks giving every HTTP call its CLIENT span, added to
+  the session's own trace config (`http_trace_configs()`: the same as a config of their own);
 - `active.publish(destination, key)`: the result's PRODUCER span; yields the headers to send.
 """
 
@@ -262,6 +263,10 @@ class Tracer:
     def publish(self, destination: str, routing_key: str) -> Any:
         """Around the result's publish and confirm; enters as the headers to send (or None)."""
         return _HEADERS
+
+    def add_http_hooks(self, config: aiohttp.TraceConfig) -> None:
+        """Add the HTTP spans' hooks to `config` (one trace config per session: aiohttp makes
+        the parameters of every signal once per config and request)."""
 
     def http_trace_configs(self) -> list[aiohttp.TraceConfig]:
         return []

@@ -151,8 +151,7 @@ class SalesforceClient:
         assert job.sosl is not None
         statement = bind_sosl(job.sosl, job.params)
         response = await self._request(call, "GET", f"{base}/search", params={"q": statement})
-        found = response.body.get("searchRecords") if isinstance(response.body, dict) else None
-        found = found if isinstance(found, list) else []
+        found = search_records(response.body)
         status = Status.OK if found else Status.NO_DATA
         return self._outcome(call, status, records=found[: job.max_records], count=len(found))
 
@@ -215,3 +214,10 @@ class SalesforceClient:
     @staticmethod
     def _outcome(call: Call, status: Status, **fields: Any) -> Outcome:
         return Outcome(status, http_status=call.http_status, attempts=call.attempts, **fields)
+
+
+def search_records(body: Any) -> list[dict[str, Any]]:
+    """The records of a SOSL answer: up to API v36.0 a bare JSON array, from v37.0
+    `{"searchRecords": [...]}` (shared/reference/salesforce.md); both are read on any version."""
+    found = body.get("searchRecords") if isinstance(body, dict) else body
+    return [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []

@@ -7,7 +7,7 @@ query travel this way: SOSL search is not supported by the resource, and the nex
 query (nextRecordsUrl) continue as single calls. Each call is its own subrequest
 (`allOrNone: false`, `referenceId` `c0`..`c24`) and never refers to another; a call whose body
 holds the text `@{` goes alone, since Salesforce would read it as a reference to another
-subrequest's answer.
+subrequest's answer. Below API v38.0 (no Composite resource) every call goes alone.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import orjson
 from worker.accounts import Account
 
 MAX_SUBREQUESTS = 25
+# The Composite resource (`/composite` with `compositeRequest`) from this API version on
+# (Winter '17); an account on an older version sends every call alone.
+COMPOSITE_SINCE = 38.0
 MAX_QUERIES = 5
 _QUERY_RESOURCES = ("/query", "/queryAll")
 _REFERENCE_START = b"@{"
@@ -52,6 +55,8 @@ def is_query(account: Account, sub: Subrequest) -> bool:
 
 def supports(account: Account, sub: Subrequest) -> bool:
     """May this call travel inside a composite request?"""
+    if float(account.api_version) < COMPOSITE_SINCE:
+        return False
     resource = _resource(account, sub)
     if resource is None:
         return False

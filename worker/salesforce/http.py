@@ -90,7 +90,8 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         timeout_ceil_threshold=3600.0,
     )
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.http_connect_timeout_seconds)
-    return _session(connector, timeout, [trace, *tracing.active.http_trace_configs()], owner=True)
+    tracing.active.add_http_hooks(trace)
+    return _session(connector, timeout, [trace], owner=True)
 
 
 def untraced(session: aiohttp.ClientSession) -> aiohttp.ClientSession:

@@ -266,9 +266,11 @@ class Transport:
         when the reserve needs it, and outside any job's deadline."""
         url = f"{account.api_base}/limits"
         for _ in range(2):
+            started = 0.0  # set when the request leaves: a token that failed is no request
             try:
                 async with asyncio.timeout(self._limits_timeout):
                     token = await self._tokens.get(account)
+                    started = time.perf_counter()
                     async with self._session.get(
                         url,
                         headers={"Authorization": token.bearer, "Accept": _JSON},
@@ -278,12 +280,14 @@ class Transport:
                         status = response.status
                         header = response.headers.get("Sforce-Limit-Info")
             except (TimeoutError, aiohttp.ClientError, AuthError, ResponseTooLarge) as exc:
+                if started:  # counted and timed as a request of a job's call would be
+                    self._count(account.name, "limits", _failure_label(exc), started)
                 log.info(
                     "reading /limits failed",
                     extra={"account": account.name, "error": type(exc).__name__},
                 )
                 return None
-            self._metrics.sf_requests.labels(account.name, "limits", str(status)).inc()
+            self._count(account.name, "limits", str(status), started)
             if status == 401:
                 await self._tokens.invalidate(account, token)
                 continue
@@ -300,6 +304,13 @@ class Transport:
                 return dataclasses.replace(stamped, used=org.used, limit=org.limit)
             return stamped
         return None
+
+
+def _failure_label(exc: BaseException) -> str:
+    """The `http_status` label of a request that got no answer (as `_carry` counts it)."""
+    if isinstance(exc, ResponseTooLarge):
+        return "too_large"
+    return "timeout" if isinstance(exc, TimeoutError) else "error"
 
 
 async def _mark_inserts(group: list[Attempt]) -> list[Attempt]:
