@@ -1,0 +1,162 @@
+"""The memory budget of one process: the bytes held for work in flight, counted against one
+limit (SFWORKER_MEMORY_BUDGET_BYTES), so that a flood of large jobs or large answers waits
+instead of growing the process until Kubernetes kills it.
+
+What is counted, per job (a `Hold`, opened when a delivery is taken and released when it is
+settled): its request body (`BODY_FACTOR` times: the bytes, the decoded job, the request sent),
+and every byte read from Salesforce (`READ_FACTOR` times: the bytes read, their decoded form, the
+result built from them). A job first takes `ALLOWANCE` beyond its body, so the small answers of
+writes never wait while their request is out.
+
+Who waits:
+- everyone keeps `ceiling` (the most one job may hold) free for the oldest job in flight: a job
+  takes bytes only while the total stays under `limit - ceiling`;
+- the oldest job in flight may use that headroom (up to `limit`): the job the others wait for
+  can always finish, so waiting jobs never wait for each other in a circle;
+- a job that would hold more than `ceiling` on its own never fits: `OverBudget`, and the job
+  is answered RESULT_TOO_LARGE rather than waiting;
+- waiting is bounded by the caller (the job's deadline): the caller wraps it in a timeout.
+
+What is not counted here: deliveries the broker has handed over but no job has taken yet. Those
+are bounded at start instead (`fit_deliveries`): the prefetch windows times
+SFWORKER_MAX_MESSAGE_BYTES must fit `DELIVERY_SHARE` of the budget, or the windows are narrowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterator
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BODY_FACTOR = 3
+READ_FACTOR = 3
+ALLOWANCE = 64 * 1024
+DELIVERY_SHARE = 3  # deliveries held in the prefetch windows: at most a third of the budget
+
+
+class OverBudget(Exception):
+    """One job alone would hold more than the budget allows any job."""
+
+    def __init__(self, wanted: int, ceiling: int) -> None:
+        super().__init__(
+            f"the job would hold {wanted:,} bytes of memory, more than the {ceiling:,} one job "
+            "may hold (SFWORKER_MEMORY_BUDGET_BYTES)"
+        )
+        self.wanted = wanted
+        self.ceiling = ceiling
+
+
+class MemoryBudget:
+    def __init__(self, limit: int, ceiling: int | None = None) -> None:
+        self.limit = limit
+        self.ceiling = ceiling if ceiling is not None else limit // 4
+        self.used = 0
+        self._seq = itertools.count()
+        self._live: dict[int, Hold] = {}  # in the order they were opened: the first is oldest
+        self._changed = asyncio.Event()
+        self.waiting = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> MemoryBudget:
+        return cls(settings.memory_budget_bytes)
+
+    def open(self) -> Hold:
+        """A job's hold, empty: it takes bytes as it needs them."""
+        hold = Hold(self, next(self._seq))
+        self._live[hold.seq] = hold
+        return hold
+
+    def _oldest(self, hold: Hold) -> bool:
+        return next(iter(self._live)) == hold.seq
+
+    def _fits(self, hold: Hold, nbytes: int) -> bool:
+        room = self.limit if self._oldest(hold) else self.limit - self.ceiling
+        return self.used + nbytes <= room
+
+    async def _take(self, hold: Hold, nbytes: int) -> None:
+        if hold.size + nbytes > self.ceiling:
+            raise OverBudget(hold.size + nbytes, self.ceiling)
+        if not self._fits(hold, nbytes):
+            self.waiting += 1
+            try:
+                while not self._fits(hold, nbytes):
+                    self._changed.clear()
+                    await self._changed.wait()
+            finally:
+                self.waiting -= 1
+        self.used += nbytes
+        hold.size += nbytes
+
+    def _release(self, hold: Hold) -> None:
+        if self._live.pop(hold.seq, None) is None:
+            return
+        self.used -= hold.size
+        hold.size = 0
+        self._changed.set()  # every waiter looks again (the oldest may have changed too)
+
+
+class Hold:
+    """The bytes one job holds; released once, when its delivery is settled."""
+
+    __slots__ = ("_budget", "seq", "size")
+
+    def __init__(self, budget: MemoryBudget, seq: int) -> None:
+        self._budget = budget
+        self.seq = seq
+        self.size = 0
+
+    async def take(self, nbytes: int) -> None:
+        """`nbytes` more, once they fit (wait: the caller bounds it by the job's deadline); or
+        OverBudget when this job alone would pass the ceiling."""
+        if nbytes > 0:
+            await self._budget._take(self, nbytes)
+
+    async def read(self, nbytes: int) -> None:
+        """Bytes read from Salesforce: counted READ_FACTOR times, beyond the job's allowance."""
+        await self.take(nbytes * READ_FACTOR)
+
+    def release(self) -> None:
+        self._budget._release(self)
+
+
+def oldest(holds: Iterator[Hold | None]) -> Hold | None:
+    """The hold that opened first (a Composite request's reading is counted on it: if the
+    oldest job in flight travels in it, the request may use the oldest's headroom)."""
+    found = [h for h in holds if h is not None]
+    return min(found, key=lambda h: h.seq) if found else None
+
+
+def fit_deliveries(settings: Settings, accounts: int) -> Settings:
+    """The prefetch windows narrowed so that the deliveries they may hold (at most
+    SFWORKER_MAX_MESSAGE_BYTES each) fit their share of the budget; refused (ValueError) when
+    even the smallest windows cannot."""
+    share = settings.memory_budget_bytes // DELIVERY_SHARE
+    size = settings.max_message_bytes
+    lanes = accounts * settings.prefetch if settings.fair_share else 0
+    held = (settings.request_prefetch + lanes) * size
+    if held <= share:
+        return settings
+    smallest = (settings.prefetch + lanes) * size
+    if smallest > share:
+        raise ValueError(
+            f"SFWORKER_PREFETCH {settings.prefetch} x SFWORKER_MAX_MESSAGE_BYTES {size:,} "
+            f"(and {accounts} lanes) may hold {smallest:,} bytes of deliveries, more than a "
+            f"third of SFWORKER_MEMORY_BUDGET_BYTES ({share:,}): lower the prefetch or the "
+            "message size, or raise the budget"
+        )
+    window = max(settings.prefetch, (share - lanes * size) // size)
+    log.warning(
+        "SFWORKER_ROUTING_PREFETCH narrowed to fit the memory budget",
+        extra={
+            "routing_prefetch": settings.routing_prefetch,
+            "narrowed_to": window,
+            "max_message_bytes": size,
+            "delivery_share_bytes": share,
+        },
+    )
+    return settings.model_copy(update={"routing_prefetch": window})
