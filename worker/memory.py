@@ -19,7 +19,7 @@ Who waits:
 
 What is not counted here: deliveries the broker has handed over but no job has taken yet. Those
 are bounded at start instead (`fit_deliveries`): the prefetch windows times
-SFWORKER_MAX_MESSAGE_BYTES must fit `DELIVERY_SHARE` of the budget, or the windows are narrowed.
+SFWORKER_MAX_MESSAGE_BYTES must fit half the budget, or the windows are narrowed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 BODY_FACTOR = 3
 READ_FACTOR = 3
 ALLOWANCE = 64 * 1024
-DELIVERY_SHARE = 3  # deliveries held in the prefetch windows: at most a third of the budget
+DELIVERY_SHARE = 2  # deliveries held in the prefetch windows: at most half the budget
 
 
 class OverBudget(Exception):
@@ -133,30 +133,34 @@ def oldest(holds: Iterator[Hold | None]) -> Hold | None:
 
 def fit_deliveries(settings: Settings, accounts: int) -> Settings:
     """The prefetch windows narrowed so that the deliveries they may hold (at most
-    SFWORKER_MAX_MESSAGE_BYTES each) fit their share of the budget; refused (ValueError) when
-    even the smallest windows cannot."""
+    SFWORKER_MAX_MESSAGE_BYTES each) fit their share of the budget: the routing window first,
+    then the lanes' and the direct one (SFWORKER_PREFETCH); refused (ValueError) when not even
+    one delivery a window fits."""
     share = settings.memory_budget_bytes // DELIVERY_SHARE
     size = settings.max_message_bytes
-    lanes = accounts * settings.prefetch if settings.fair_share else 0
-    held = (settings.request_prefetch + lanes) * size
-    if held <= share:
+    lanes = accounts if settings.fair_share else 0
+    if (settings.request_prefetch + lanes * settings.prefetch) * size <= share:
         return settings
-    smallest = (settings.prefetch + lanes) * size
-    if smallest > share:
+    fits = share // size  # deliveries that fit
+    prefetch = settings.prefetch
+    if (prefetch + lanes * prefetch) > fits:
+        prefetch = fits // (1 + lanes)
+    if prefetch < 1:
         raise ValueError(
-            f"SFWORKER_PREFETCH {settings.prefetch} x SFWORKER_MAX_MESSAGE_BYTES {size:,} "
-            f"(and {accounts} lanes) may hold {smallest:,} bytes of deliveries, more than a "
-            f"third of SFWORKER_MEMORY_BUDGET_BYTES ({share:,}): lower the prefetch or the "
-            "message size, or raise the budget"
+            f"SFWORKER_MAX_MESSAGE_BYTES {size:,} does not fit: the worker's {1 + lanes} "
+            f"prefetch windows (the request queue's and {lanes} lanes') may hold that much "
+            f"each, more than half of SFWORKER_MEMORY_BUDGET_BYTES ({share:,} bytes); lower "
+            "the message size or raise the budget"
         )
-    window = max(settings.prefetch, (share - lanes * size) // size)
+    routing = max(prefetch, fits - lanes * prefetch) if settings.fair_share else prefetch
     log.warning(
-        "SFWORKER_ROUTING_PREFETCH narrowed to fit the memory budget",
+        "prefetch windows narrowed to fit the memory budget: the deliveries they may hold "
+        "(SFWORKER_MAX_MESSAGE_BYTES each) must fit half of SFWORKER_MEMORY_BUDGET_BYTES",
         extra={
-            "routing_prefetch": settings.routing_prefetch,
-            "narrowed_to": window,
+            "routing_prefetch": f"{settings.routing_prefetch} -> {routing}",
+            "prefetch": f"{settings.prefetch} -> {prefetch}",
             "max_message_bytes": size,
             "delivery_share_bytes": share,
         },
     )
-    return settings.model_copy(update={"routing_prefetch": window})
+    return settings.model_copy(update={"routing_prefetch": routing, "prefetch": prefetch})
