@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable
+from typing import Protocol
 
 from worker.settings import Settings
 
@@ -71,6 +72,11 @@ class MemoryBudget:
         self._live[hold.seq] = hold
         return hold
 
+    def lend(self, seq: int) -> Hold:
+        """A hold of its own for a request read for several jobs, in the place of the job
+        `seq` (the oldest among them: it may use the oldest's headroom)."""
+        return Hold(self, seq, live=False)
+
     def _oldest(self, hold: Hold) -> bool:
         return next(iter(self._live)) == hold.seq
 
@@ -93,7 +99,7 @@ class MemoryBudget:
         hold.size += nbytes
 
     def _release(self, hold: Hold) -> None:
-        if self._live.pop(hold.seq, None) is None:
+        if hold.live and self._live.pop(hold.seq, None) is None:
             return
         self.used -= hold.size
         hold.size = 0
@@ -103,12 +109,13 @@ class MemoryBudget:
 class Hold:
     """The bytes one job holds; released once, when its delivery is settled."""
 
-    __slots__ = ("_budget", "seq", "size")
+    __slots__ = ("_budget", "live", "seq", "size")
 
-    def __init__(self, budget: MemoryBudget, seq: int) -> None:
+    def __init__(self, budget: MemoryBudget, seq: int, *, live: bool = True) -> None:
         self._budget = budget
         self.seq = seq
         self.size = 0
+        self.live = live
 
     async def take(self, nbytes: int) -> None:
         """`nbytes` more, once they fit (wait: the caller bounds it by the job's deadline); or
@@ -120,15 +127,53 @@ class Hold:
         """Bytes read from Salesforce: counted READ_FACTOR times, beyond the job's allowance."""
         await self.take(nbytes * READ_FACTOR)
 
+    def settle(self, nbytes: int) -> None:
+        """The reading of a response of `nbytes` ended: what was read stays counted."""
+
+    def charge(self, nbytes: int) -> None:
+        """Bytes this job holds already (its share of a request read for several): counted
+        without waiting."""
+        self._budget.used += nbytes
+        self.size += nbytes
+
     def release(self) -> None:
         self._budget._release(self)
 
 
-def oldest(holds: Iterator[Hold | None]) -> Hold | None:
-    """The hold that opened first (a Composite request's reading is counted on it: if the
-    oldest job in flight travels in it, the request may use the oldest's headroom)."""
+class Reading(Protocol):
+    """What reading a response counts its bytes on."""
+
+    async def read(self, nbytes: int) -> None: ...
+
+    def settle(self, nbytes: int) -> None: ...
+
+
+class SharedRead:
+    """A response read for several jobs (a Composite request): counted, while it is read, on a
+    hold of its own in the place of the oldest of them (so the oldest job in flight is never
+    held back by its company); once read, each job holds its share."""
+
+    def __init__(self, holds: list[Hold]) -> None:
+        self._holds = holds
+        oldest = min(holds, key=lambda h: h.seq)
+        self._reading = oldest._budget.lend(oldest.seq)
+
+    async def read(self, nbytes: int) -> None:
+        await self._reading.read(nbytes)
+
+    def settle(self, nbytes: int) -> None:
+        self._reading.release()
+        share = nbytes * READ_FACTOR // len(self._holds)
+        for hold in self._holds:
+            hold.charge(share)
+
+
+def shared(holds: Iterable[Hold | None]) -> Reading | None:
+    """What a request read for these jobs counts on: the one job's hold, or a SharedRead."""
     found = [h for h in holds if h is not None]
-    return min(found, key=lambda h: h.seq) if found else None
+    if len(found) < 2:
+        return found[0] if found else None
+    return SharedRead(found)
 
 
 def fit_deliveries(settings: Settings, accounts: int) -> Settings:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 
-from worker.memory import ALLOWANCE, READ_FACTOR, Hold, OverBudget
+from worker.memory import ALLOWANCE, READ_FACTOR, OverBudget, Reading
 from worker.observability import tracing
 from worker.settings import Settings
 
@@ -28,16 +28,26 @@ class ResponseTooLarge(Exception):
 
 
 async def read_capped(
-    response: aiohttp.ClientResponse, limit: int, memory: Hold | None = None
+    response: aiohttp.ClientResponse, limit: int, memory: Reading | None = None
 ) -> bytes:
     """The body, read in chunks, or ResponseTooLarge as soon as it passes `limit` bytes (a
     Content-Length above it is refused before reading). With `memory`, each chunk is counted
-    on the job's hold before it is read (and waits for room: the caller bounds the wait);
-    a job that cannot hold it at all stops the reading like the cap."""
+    on the job's hold (worker/memory.py) before it is read, and waits for room (the caller
+    bounds the wait); a job that cannot hold it at all stops the reading like the cap."""
     if response.content_length is not None and response.content_length > limit:
         response.close()
         raise ResponseTooLarge(limit)
     chunks: list[bytes] = []
+    try:
+        return await _read(response, limit, memory, chunks)
+    finally:
+        if memory is not None:
+            memory.settle(sum(len(c) for c in chunks))
+
+
+async def _read(
+    response: aiohttp.ClientResponse, limit: int, memory: Reading | None, chunks: list[bytes]
+) -> bytes:
     size = 0
     counted = ALLOWANCE // READ_FACTOR  # a small answer is within the job's allowance
     while True:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import orjson
 
-from worker.memory import Hold, oldest
+from worker.memory import Reading, shared
 from worker.salesforce import composite
 from worker.salesforce.call import Attempt, Call
 from worker.salesforce.failures import too_large
@@ -26,10 +26,10 @@ class SendAlone(Exception):
     """A read whose answer was cut off in a Composite response: it goes again, alone."""
 
 
-def counted_on(sent: list[Attempt]) -> Hold | None:
-    """The hold a request's reading is counted on: its oldest job's (so that the oldest job in
-    flight, which every other waits for, is never held back by its company)."""
-    return oldest(a.call.memory for a in sent)
+def counted_on(sent: list[Attempt]) -> Reading | None:
+    """What a request's reading is counted on: its job's hold; for several jobs, a hold in the
+    place of the oldest (never held back by its company), then each job's share."""
+    return shared(a.call.memory for a in sent)
 
 
 def read_parts(
