@@ -11,8 +11,9 @@ import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
-from worker.accounts import Account, Accounts, load_accounts
+from worker.accounts import Account, Accounts, ConfigError, load_accounts
 from worker.jobs import JobPipeline
+from worker.memory import MemoryBudget, fit_deliveries
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
 from worker.runtime import amqp_decoding, brokers
@@ -121,7 +122,12 @@ class Worker:
         if settings.fair_share and len(self.accounts) < 2:
             # One account has nobody to share with: one queue, as without the fair share.
             settings = settings.model_copy(update={"fair_share": False})
+        try:  # the deliveries the prefetch windows may hold fit their share of the budget
+            settings = fit_deliveries(settings, len(self.accounts), len(self.accounts.tenants))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.settings = settings
+        self.budget = MemoryBudget.of(settings)
         for account in self.accounts.by_name.values():
             if account.instance_url.startswith("http://"):
                 log.warning(
@@ -165,6 +171,8 @@ class Worker:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        self.metrics.memory_budget_used.set_function(lambda: self.budget.used)
+        self.metrics.memory_budget_waiting.set_function(lambda: self.budget.waiting)
         # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the HTTP session, which takes
         # its hooks.
         self._tracer = tracing.from_environment()
@@ -192,7 +200,7 @@ class Worker:
         publisher = await self.service.open()
         if s.amqp_login_user:
             await brokers.check_login(self.service.connection, s.amqp_login_user)
-        consumer = Consumer(self.pipeline, publisher, s, self.metrics)
+        consumer = Consumer(self.pipeline, publisher, s, self.metrics, self.budget)
         if s.fair_share:
             # Lanes first: a job moved to one must find its consumer.
             self._lanes = FairShare(s, self.accounts, consumer, publisher, self.metrics)

@@ -147,7 +147,19 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Dead letters kept at most (oldest dropped first)"
     )
 
-    max_message_bytes: int = Field(default=1_048_576, ge=1024, description="Larger -> rejected")
+    max_message_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="A request larger than this is refused (a block job is about 1 KB; 64 KiB "
+        "leaves room for long field values, and keeps the prefetch windows small in memory)",
+    )
+    memory_budget_bytes: int = Field(
+        default=192 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description="Bytes a process may hold for work in flight (request bodies, Salesforce's "
+        "answers, results): work beyond it waits; one job may hold a quarter of it. Sized for "
+        "the Deployment's 512 Mi (docs/benchmarks.md, memory under pressure)",
+    )
     shutdown_grace_seconds: float = Field(default=25.0, ge=0, description="Drain time on SIGTERM")
     publish_timeout_seconds: float = Field(default=5.0, gt=0, description="Wait for a confirm")
     watchdog_interval_seconds: float = Field(default=5.0, gt=0, description="Consumer check")

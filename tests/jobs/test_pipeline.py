@@ -50,7 +50,13 @@ class FakeSalesforce:
     calls: list[AnyJob] = field(default_factory=list)
 
     async def execute(
-        self, job: AnyJob, account: Any, deadline: Any, *, before_send: Any = None
+        self,
+        job: AnyJob,
+        account: Any,
+        deadline: Any,
+        *,
+        before_send: Any = None,
+        memory: Any = None,
     ) -> FakeOutcome:
         self.calls.append(job)
         if before_send is not None and not await before_send():

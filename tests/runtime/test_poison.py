@@ -24,10 +24,10 @@ class CrashOnPoison:
     def __init__(self, execution: Execution) -> None:
         self.execution = execution
 
-    async def run(self, admission: Admission, incoming: Incoming) -> Any:
+    async def run(self, admission: Admission, incoming: Incoming, hold: Any = None) -> Any:
         if admission.job.job_id == POISON["job_id"]:
             raise RuntimeError("bug triggered by this message")
-        return await self.execution.run(admission, incoming)
+        return await self.execution.run(admission, incoming, hold)
 
 
 async def test_a_poison_message_is_dead_lettered_by_the_delivery_limit(

@@ -63,6 +63,13 @@ class WorkerProcess:
                 await asyncio.sleep(0.05)
         return self.proc.returncode
 
+    def peak_rss(self) -> int:
+        """The process's peak resident memory so far (VmHWM), in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
     def logs(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]

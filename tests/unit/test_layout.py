@@ -12,6 +12,7 @@ WORKER = Path(__file__).resolve().parents[2] / "worker"
 
 # The core that stays at the top, where a newcomer looks for it.
 TOP_MODULES = {
+    "memory.py",
     "__init__.py",
     "__main__.py",
     "app.py",

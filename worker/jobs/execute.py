@@ -3,12 +3,15 @@ insert guard), and the outcome as the job's result."""
 
 from __future__ import annotations
 
+import asyncio
+
 from worker.contract import BlockResult, ErrorCode, InsertJob, Operation
 from worker.deadline import Deadline
 from worker.jobs.admission import Admission
 from worker.jobs.answers import failed
 from worker.jobs.intake import Incoming
 from worker.jobs.once import BeforeSend, InsertGuard
+from worker.memory import ALLOWANCE, BODY_FACTOR, Hold, OverBudget
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import BindingError
@@ -41,7 +44,9 @@ class Execution:
         tracing.active.queue_wait(waited)
         return Deadline.from_budget(start, job.timeout_ms, now_wall=incoming.received_wall)
 
-    async def run(self, admission: Admission, incoming: Incoming) -> BlockResult:
+    async def run(
+        self, admission: Admission, incoming: Incoming, hold: Hold | None = None
+    ) -> BlockResult:
         job = admission.job
         operation = Operation(job.operation)
         deadline = self.deadline(admission, incoming)
@@ -80,11 +85,16 @@ class Execution:
                 account=account.name,
             )
 
+        if hold is not None:
+            refused = await self._room(admission, incoming, hold, deadline)
+            if refused is not None:
+                return refused
+
         async def call(before_send: BeforeSend | None = None) -> BlockResult:
             assert account is not None
             try:
                 outcome = await self._client.execute(
-                    job, account, deadline, before_send=before_send
+                    job, account, deadline, before_send=before_send, memory=hold
                 )
             except BindingError as exc:  # intake checked the binding: a safety net
                 return failed(
@@ -115,3 +125,35 @@ class Execution:
         if isinstance(job, InsertJob) and job.sobject not in account.idempotency_fields:
             return await self._guard.send(admission, deadline, incoming.redelivered, call)
         return await call()
+
+    async def _room(
+        self, admission: Admission, incoming: Incoming, hold: Hold, deadline: Deadline
+    ) -> BlockResult | None:
+        """Wait for the job's room in the memory budget (its body, and a small answer's), at
+        most until its deadline: None once it has it, else the job's answer."""
+        job = admission.job
+        operation = Operation(job.operation)
+        account = admission.account.name if admission.account else job.account
+        try:
+            async with asyncio.timeout_at(deadline.at):
+                await hold.take(len(incoming.body) * BODY_FACTOR + ALLOWANCE)
+        except TimeoutError:
+            return failed(
+                job.job_id,
+                ErrorCode.TIMEOUT,
+                "the job's deadline passed while it waited for room in the worker's memory "
+                "budget (SFWORKER_MEMORY_BUDGET_BYTES); Salesforce was not called",
+                operation=operation,
+                account=account,
+                retryable=True,
+            )
+        except OverBudget as exc:
+            self._metrics.memory_budget_refused.inc()
+            return failed(
+                job.job_id,
+                ErrorCode.RESULT_TOO_LARGE,
+                f"{exc}; Salesforce was not called",
+                operation=operation,
+                account=account,
+            )
+        return None

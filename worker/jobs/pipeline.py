@@ -28,6 +28,7 @@ from worker.jobs.intake import (
     refuse_forged,
 )
 from worker.jobs.once import AtMostOnce, InsertGuard
+from worker.memory import Hold
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
@@ -122,11 +123,14 @@ class JobPipeline:
                 return Checked(job_id, request.job, admission, refusal, reason="binding")
         return Checked(job_id, request.job, admission)
 
-    async def handle(self, incoming: Incoming, checked: Checked | None = None) -> Decision:
+    async def handle(
+        self, incoming: Incoming, checked: Checked | None = None, hold: Hold | None = None
+    ) -> Decision:
         """The decision for one delivery; never raises but for cancellation (an unexpected
-        error requeues it, and the queue's delivery limit dead-letters a poison message)."""
+        error requeues it, and the queue's delivery limit dead-letters a poison message).
+        `hold`: the job's share of the memory budget, if it runs (memory.py)."""
         try:
-            return await self._decide(incoming, checked or self.check(incoming))
+            return await self._decide(incoming, checked or self.check(incoming), hold)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -135,7 +139,7 @@ class JobPipeline:
             job_id = checked.job_id if checked is not None else (incoming.message_id or "")
             return Decision(Settle.REQUEUE, job_id)
 
-    async def _decide(self, incoming: Incoming, checked: Checked) -> Decision:
+    async def _decide(self, incoming: Incoming, checked: Checked, hold: Hold | None) -> Decision:
         job_id = checked.job_id
         if incoming.redelivered:
             self._metrics.redeliveries.inc()
@@ -151,7 +155,7 @@ class JobPipeline:
         assert admission is not None
 
         async def run() -> BlockResult:
-            return await self.execution.run(admission, incoming)
+            return await self.execution.run(admission, incoming, hold)
 
         answer = await self._once.answer(admission, incoming, run)
         return Decision(Settle.REPLY, job_id, answer)

@@ -278,6 +278,21 @@ class Metrics:
             "asyncio tasks alive in the worker's event loop (a leak shows as a rising line)",
             registry=r,
         )
+        self.memory_budget_used = Gauge(
+            "sfworker_memory_budget_used_bytes",
+            "Bytes counted against the memory budget now (SFWORKER_MEMORY_BUDGET_BYTES)",
+            registry=r,
+        )
+        self.memory_budget_waiting = Gauge(
+            "sfworker_memory_budget_waiting",
+            "Jobs waiting for room in the memory budget now",
+            registry=r,
+        )
+        self.memory_budget_refused = Counter(
+            "sfworker_memory_budget_refused_total",
+            "Jobs answered RESULT_TOO_LARGE because they alone would pass a quarter of the budget",
+            registry=r,
+        )
         self.consumer_restarts = Counter(
             "sfworker_consumer_restarts_total",
             "Consumers cancelled by the broker (then re-established by the channel or watchdog)",

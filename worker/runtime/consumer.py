@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.jobs import Checked, Decision, Incoming, JobPipeline, Settle
+from worker.memory import MemoryBudget
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.runtime.publisher import Published, Reply, ResultPublisher
@@ -66,11 +67,13 @@ class Consumer:
         publisher: ResultPublisher,
         settings: Settings,
         metrics: Metrics,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._publisher = publisher
         self._settings = settings
         self._metrics = metrics
+        self.budget = budget or MemoryBudget.of(settings)
 
     async def handle(
         self,
@@ -81,9 +84,11 @@ class Consumer:
         with tracing.active.consume(
             message.headers, self._settings.request_queue, message.message_id, message.routing_key
         ):
+            # What the job holds in memory (memory.py) is counted until its answer is out.
+            hold = self.budget.open()
             try:
                 incoming = incoming or to_incoming(message)
-                decision = await self.pipeline.handle(incoming, checked)
+                decision = await self.pipeline.handle(incoming, checked, hold)
                 await self.settle(message, incoming, decision)
             except asyncio.CancelledError:
                 raise
@@ -91,6 +96,8 @@ class Consumer:
                 self._metrics.handler_crashes.inc()
                 log.exception("unexpected error while handling a delivery; requeued")
                 await _reject(message, requeue=True)
+            finally:
+                hold.release()
 
     async def settle(
         self, message: AbstractIncomingMessage, incoming: Incoming, decision: Decision

@@ -11,6 +11,7 @@ from typing import Any
 from worker.accounts import Account
 from worker.contract import Operation
 from worker.deadline import Deadline
+from worker.memory import Hold
 from worker.salesforce.composite import Subrequest
 from worker.salesforce.errors import Classified
 from worker.salesforce.tokens import AccessToken
@@ -31,6 +32,7 @@ class Call:
     idempotent: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict)
     before_send: BeforeSend | None = None
+    memory: Hold | None = None  # the job's share of the memory budget: what it reads counts
 
 
 @dataclass(eq=False, slots=True)

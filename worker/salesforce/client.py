@@ -29,12 +29,13 @@ from worker.contract import (
     UpsertJob,
 )
 from worker.deadline import Deadline
+from worker.memory import Hold
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import bind_soql, bind_sosl, path_segment
 from worker.salesforce.call import BeforeSend, Call
 from worker.salesforce.errors import Verdict
 from worker.salesforce.failures import CallFailed, error
-from worker.salesforce.paging import next_page_url
+from worker.salesforce.paging import Collected, next_page_url
 from worker.salesforce.reserve import ApiReserve
 from worker.salesforce.retry import RetryPolicy
 from worker.salesforce.tokens import TokenManager
@@ -78,6 +79,7 @@ class SalesforceClient:
         )
         self.reserve.attach(self._transport.read_limits)
         self._request = RetryPolicy(self._transport, settings, metrics).request
+        self._max_result_bytes = settings.max_result_bytes
 
     async def close(self) -> None:
         await self._transport.close()
@@ -89,12 +91,16 @@ class SalesforceClient:
         deadline: Deadline,
         *,
         before_send: BeforeSend | None = None,
+        memory: Hold | None = None,
     ) -> Outcome:
         """Run the job's operation; never raises for anything Salesforce or the network does.
         `before_send` is awaited just before each request leaves the process (insert markers);
-        when it answers False the request is not sent and SendRefused is raised.
+        when it answers False the request is not sent and SendRefused is raised. What the job
+        reads from Salesforce is counted on `memory`, its share of the memory budget.
         """
-        call = Call(account, Operation(job.operation), deadline, before_send=before_send)
+        call = Call(
+            account, Operation(job.operation), deadline, before_send=before_send, memory=memory
+        )
         try:
             await self.reserve.ensure_known(account, deadline)
             match job:
@@ -127,10 +133,18 @@ class SalesforceClient:
             call.extra_headers["Sforce-Query-Options"] = f"batchSize={batch}"
             response = await self._request(call, "GET", f"{base}/query", params={"q": statement})
             body = response.body if isinstance(response.body, dict) else {}
-            records: list[dict[str, Any]] = list(body.get("records") or [])
+            collected = Collected(job.max_records, self._max_result_bytes)
+            collected.add(body.get("records"))
             total = int(body.get("totalSize") or 0)
             next_url = body.get("nextRecordsUrl")
-            while next_url and not body.get("done", True) and len(records) < job.max_records:
+            while next_url and not body.get("done", True) and not collected.full:
+                if collected.over:
+                    return self._outcome(
+                        call,
+                        Status.FAILED,
+                        count=total,
+                        error=error(ErrorCode.RESULT_TOO_LARGE, collected.too_large(total)),
+                    )
                 url = next_page_url(call.account, next_url)
                 if url is None:
                     raise CallFailed(
@@ -143,9 +157,9 @@ class SalesforceClient:
                     )
                 response = await self._request(call, "GET", url)
                 body = response.body if isinstance(response.body, dict) else {}
-                records.extend(body.get("records") or [])
+                collected.add(body.get("records"))
                 next_url = body.get("nextRecordsUrl")
-            records = records[: job.max_records]
+            records = collected.records
             status = Status.OK if total > 0 or records else Status.NO_DATA
             return self._outcome(call, status, records=records, count=total)
         assert job.sosl is not None

@@ -12,6 +12,7 @@ subrequest's answer. Below API v38.0 (no Composite resource) every call goes alo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,9 +120,13 @@ def reference_id(index: int) -> str:
 
 
 def request_body(account: Account, subs: Sequence[Subrequest]) -> bytes:
-    """The JSON body of one composite request carrying `subs` (at most 25, 5 of them queries)."""
+    """The JSON body of one composite request carrying `subs` (at most 25, 5 of them queries).
+    Writes go first (the subrequests are independent, so their order changes no answer): their
+    answers, small, come first in the response, and are read even when the reads' answers
+    after them are too large to read (`leading_answers`)."""
     items: list[dict[str, Any]] = []
-    for index, sub in enumerate(subs):
+    for index in sorted(range(len(subs)), key=lambda i: subs[i].method == "GET"):
+        sub = subs[index]
         item: dict[str, Any] = {
             "method": sub.method,
             "url": _relative_url(account, sub),
@@ -160,3 +165,28 @@ def answers(body: Any, count: int) -> list[SubAnswer] | None:
     if any(answer is None for answer in found):
         return None
     return [answer for answer in found if answer is not None]
+
+
+def leading_answers(prefix: bytes, count: int) -> dict[int, SubAnswer]:
+    """The answers complete within the first bytes of a Composite response whose reading was
+    stopped (too large): by subrequest index. What is cut off is not there."""
+    text = prefix.decode("utf-8", errors="ignore")
+    key = text.find('"compositeResponse"')
+    at = text.find("[", key) + 1 if key >= 0 else 0
+    found: dict[int, SubAnswer] = {}
+    decoder = json.JSONDecoder()
+    while at > 0:
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(item, dict):
+            break
+        status, ref = item.get("httpStatusCode"), item.get("referenceId")
+        if isinstance(status, int) and isinstance(ref, str) and ref[1:].isdigit():
+            index = int(ref[1:])
+            if ref == reference_id(index) and index < count:
+                found[index] = SubAnswer(status, item.get("body"))
+    return found

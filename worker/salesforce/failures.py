@@ -61,7 +61,7 @@ def too_large(call: Call, state: SendState | None, exc: Exception) -> CallFailed
     if state is not None and state.sent and not call.idempotent:
         return CallFailed(outcome_unknown(f"{exc} (not read)"), call.http_status)
     return CallFailed(
-        error(ErrorCode.RESULT_TOO_LARGE, f"{exc} (SFWORKER_MAX_RESPONSE_BYTES); {TOO_LARGE_HINT}"),
+        error(ErrorCode.RESULT_TOO_LARGE, f"{exc}; {TOO_LARGE_HINT}"),
         call.http_status,
     )
 

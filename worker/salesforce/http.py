@@ -9,33 +9,66 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 
+from worker.memory import ALLOWANCE, READ_FACTOR, OverBudget, Reading
 from worker.observability import tracing
 from worker.settings import Settings
 
 
 class ResponseTooLarge(Exception):
-    """A response body past the cap: its reading was stopped (and its connection closed)."""
+    """A response body past the cap: its reading was stopped (and its connection closed).
+    `prefix`: what was read before it stopped (a Composite answer's first parts may be in it)."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"Salesforce's answer is larger than {limit:,} bytes")
+    def __init__(self, limit: int, prefix: bytes = b"", why: str = "") -> None:
+        super().__init__(
+            why
+            or f"Salesforce's answer is larger than {limit:,} bytes (SFWORKER_MAX_RESPONSE_BYTES)"
+        )
         self.limit = limit
+        self.prefix = prefix
 
 
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_capped(
+    response: aiohttp.ClientResponse, limit: int, memory: Reading | None = None
+) -> bytes:
     """The body, read in chunks, or ResponseTooLarge as soon as it passes `limit` bytes (a
-    Content-Length above it is refused before reading)."""
+    Content-Length above it is refused before reading). With `memory`, each chunk is counted
+    on the job's hold (worker/memory.py) before it is read, and waits for room (the caller
+    bounds the wait); a job that cannot hold it at all stops the reading like the cap."""
     if response.content_length is not None and response.content_length > limit:
         response.close()
         raise ResponseTooLarge(limit)
     chunks: list[bytes] = []
+    try:
+        return await _read(response, limit, memory, chunks)
+    finally:
+        if memory is not None:
+            memory.settle(sum(len(c) for c in chunks))
+
+
+async def _read(
+    response: aiohttp.ClientResponse, limit: int, memory: Reading | None, chunks: list[bytes]
+) -> bytes:
     size = 0
-    async for chunk in response.content.iter_chunked(256 * 1024):
+    counted = ALLOWANCE // READ_FACTOR  # a small answer is within the job's allowance
+    while True:
+        if memory is not None and size + _CHUNK > counted:
+            try:
+                await memory.read(_CHUNK)
+            except OverBudget as exc:
+                response.close()
+                raise ResponseTooLarge(limit, b"".join(chunks), str(exc)) from None
+            counted += _CHUNK
+        chunk = await response.content.read(_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             response.close()
-            raise ResponseTooLarge(limit)
+            raise ResponseTooLarge(limit, b"".join(chunks))
         chunks.append(chunk)
-    return b"".join(chunks)
+
+
+_CHUNK = 256 * 1024
 
 
 class SendRefused(Exception):

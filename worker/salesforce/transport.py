@@ -28,7 +28,7 @@ from worker.accounts import Account
 from worker.contract import ErrorCode, Operation
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
-from worker.salesforce import composite
+from worker.salesforce import composite, overflow
 from worker.salesforce.call import Answer, Attempt, Call, Response
 from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.errors import Verdict, classify
@@ -97,7 +97,7 @@ class Transport:
         answer: Answer | None = None
         if self._coalescer.enabled(account) and composite.supports(account, attempt.request):
             answer = await self._join(attempt)
-        if answer is None:  # no company: alone
+        if answer is None or isinstance(answer, overflow.SendAlone):  # no company, or no room
             answer = (await self._carry(account, [attempt], call.deadline.at, alone=True))[0]
         if isinstance(answer, Exception):
             raise answer
@@ -170,7 +170,11 @@ class Transport:
                     ) as response:
                         status = response.status
                         limit_info = response.headers.get("Sforce-Limit-Info")
-                        raw = await read_capped(response, self._max_bytes)
+                        raw = await read_capped(
+                            response,
+                            self._max_bytes * len(sent),  # alone: one; together: their sum
+                            overflow.counted_on(sent),
+                        )
                     parsed = decode_body(raw)
                     # Alone, or when a Composite request failed as a whole (401, the daily
                     # limit, 5xx), the request's answer is each call's.
@@ -181,6 +185,10 @@ class Transport:
             return [a.unsent or auth_failed(a.call, exc) for a in attempts]
         except ResponseTooLarge as exc:
             self._count(account.name, label, "too_large", started)
+            if not alone and state.sent:  # each call's answer as far as it was read
+                return self._parts(
+                    overflow.read_parts(attempts, exc, state, self._max_bytes), token
+                )
             return [a.unsent or too_large(a.call, state, exc) for a in attempts]
         except TimeoutError:
             self._count(account.name, label, "timeout", started)
@@ -196,6 +204,8 @@ class Transport:
             return [a.unsent or lost(a.call, state, unreadable) for a in attempts]
         if each is None:
             return [a.unsent or self._answer(a.call, status, parsed, token) for a in attempts]
+        if len(raw) > self._max_bytes:  # a part may be larger than one answer may be alone
+            return self._parts(overflow.judged_alone(attempts, each, self._max_bytes), token)
         subanswers = iter(each)  # one for each call sent, in order
         return [a.unsent or self._subanswer(a.call, next(subanswers), token) for a in attempts]
 
@@ -223,6 +233,9 @@ class Transport:
             return token
         with tracing.active.span("token wait"):
             return await self._tokens.get(account)
+
+    def _parts(self, parts: list[overflow.Part], token: AccessToken) -> list[Answer]:
+        return [p if isinstance(p, Exception) else self._subanswer(*p, token) for p in parts]
 
     def _subanswer(self, call: Call, sub: composite.SubAnswer, token: AccessToken) -> Response:
         return self._answer(call, sub.status, sub.body, token)
