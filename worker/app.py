@@ -37,6 +37,7 @@ from worker.stores.redis_token_board import RedisTokenBoards
 from worker.stores.results import ResultStore
 from worker.stores.slot_leases import FleetSlots
 from worker.stores.slots import LocalSlots, Slots
+from worker.stores.spent_tokens import RefreshKeeper
 from worker.stores.usage_board import LocalBoard, RedisUsageBoard
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def token_manager(
             link,
             lease=settings.token_lock_lease_seconds,
             refresh_ttl=settings.refresh_token_ttl_days * 86400,
+            keeper=RefreshKeeper(),  # puts a lost refresh token back (stores/spent_tokens.py)
         )
     return BoardTokenManager(
         fetch, metrics, backoff, shared=shared, request_timeout=settings.token_timeout_seconds
