@@ -70,6 +70,17 @@ class Settings(BaseSettings):
         description="With Redis and no encryption key: true stores values in plain text; "
         "false (default) refuses to start",
     )
+    redis_outage_buffer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="While Redis is away, bytes of results, job-id bindings and insert markers "
+        "kept for it at most (results dropped first, oldest first)",
+    )
+    redis_allow_eviction: bool = Field(
+        default=False,
+        description="Start even when Redis's maxmemory-policy can evict the fleet's keys "
+        "(allkeys-* or volatile-*), with a warning; false (default) refuses to start",
+    )
     refresh_token_ttl_days: float = Field(
         default=30.0,
         gt=0,

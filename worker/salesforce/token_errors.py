@@ -1,11 +1,24 @@
-"""What the token state machine (tokens.py) raises when it has no token to give, and the
-refusals of the token endpoint as a board keeps them (plain values, stores/token_board.py)."""
+"""What the token state machine (tokens.py) raises when it has no token to give (and which
+refresh token it may send), and the refusals of the token endpoint as a board keeps them (plain
+values, stores/token_board.py)."""
 
 from __future__ import annotations
 
+import logging
+
+from pydantic import SecretStr
+
+from worker.accounts import Account
 from worker.contract import ErrorCode
 from worker.salesforce.oauth import AuthError
-from worker.stores.token_board import Refusal
+from worker.stores.token_board import (
+    Refusal,
+    SpentRefreshToken,
+    TokenBoard,
+    UnreadableRefreshToken,
+)
+
+log = logging.getLogger(__name__)
 
 
 class SealedRefreshToken(AuthError):
@@ -19,6 +32,41 @@ class SealedRefreshToken(AuthError):
             code=ErrorCode.AUTH_FAILED,
             retryable=False,
         )
+
+
+class SpentFileToken(AuthError):
+    """Rotation spent the accounts file's refresh token and the fleet's newest is gone from
+    Redis, with no live worker to put its copy back: no refresh token may be sent."""
+
+    def __init__(self, account: str) -> None:
+        super().__init__(
+            "the accounts file's refresh token was spent by rotation and the fleet's newest one "
+            "is missing from Redis (evicted, expired, or Redis restarted without its data), "
+            "with no running worker holding it; sending the file's would make Salesforce revoke "
+            f"the whole chain, so no worker does: run `sfworker accounts authorize {account}` "
+            "and roll the workers out with the new accounts file",
+            code=ErrorCode.AUTH_FAILED,
+            retryable=False,
+        )
+
+
+async def refresh_token_to_send(
+    board: TokenBoard, account: Account, *, quiet: bool = False
+) -> SecretStr | None:
+    """The board's refresh token to send, or the AuthError of why none may be sent (for a
+    spent one, a warning too unless `quiet`: once per process)."""
+    try:
+        return await board.refresh_token()
+    except UnreadableRefreshToken:
+        raise SealedRefreshToken() from None
+    except SpentRefreshToken:
+        if not quiet:
+            log.warning(
+                "the fleet's refresh token is missing from Redis and rotation spent the accounts "
+                "file's: waiting for a running worker to put its copy back",
+                extra={"account": account.name, "flow": account.flow.value},
+            )
+        raise SpentFileToken(account.name) from None
 
 
 def refusal_of(exc: AuthError) -> Refusal:

@@ -1,12 +1,9 @@
 """Token manager: hands out access tokens per integration account, one refresh at a time.
 
-- Lazy: the first job that needs a token fetches it; it is cached until Salesforce says otherwise
-  (tokens carry no expiry; an expired one is answered 401 INVALID_SESSION_ID).
+- Lazy: the first job that needs a token fetches it, cached until a 401 INVALID_SESSION_ID.
 - Single-flight: any number of jobs waiting on a missing token share one token request.
-- Compare-and-invalidate: a 401 drops the token only if it is still the one the failing call used,
-  so a burst of 401s after one refresh does not refresh again.
-- Backoff: after a failed token request, jobs fail fast with the same error until the backoff
-  passes (the token endpoint allows 3,600 logins per user per hour).
+- Compare-and-invalidate: a 401 drops the token only if the failing call used it (one refresh).
+- Backoff: after a failed token request, jobs fail fast with its error (3,600 logins an hour).
 - Timeouts: a token request that does not answer within SFWORKER_TOKEN_TIMEOUT_SECONDS fails.
 
 `AccountTokens` is that state machine for one account, written over a token *board*
@@ -15,13 +12,12 @@
 takes the board's refresh lock (renewing its lease while its request runs) and the others poll
 the board every 50 ms for the new token. When the shared board is out of reach, the process's own
 board takes over (seeded with the newest refresh token seen); a refresh token rotated meanwhile
-is written back on return. `BoardTokenManager` holds the accounts' state machines.
+is written back on return; a spent one is never sent. `BoardTokenManager` holds them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,12 +28,19 @@ from pydantic import SecretStr
 from worker.accounts import Account, Flow
 from worker.observability.metrics import Metrics
 from worker.salesforce.oauth import AuthError, Grant
-from worker.salesforce.token_errors import SealedRefreshToken, paused, refusal_of, unavailable
+from worker.salesforce.token_errors import (
+    SpentFileToken,
+    paused,
+    refresh_token_to_send,
+    refusal_of,
+    unavailable,
+)
 from worker.stores.token_board import (
     AccessToken,
     Backoff,
     BoardUnavailable,
     MemoryTokenBoard,
+    SpentRefreshToken,
     TokenBoard,
     TokenBoards,
     UnreadableRefreshToken,
@@ -111,6 +114,9 @@ class AccountTokens:
         # The token held is the board's current one (not one obtained while it was out).
         self._from_board = True
         self._inflight: asyncio.Task[AccessToken] | None = None
+        # The file's refresh token is spent (token_errors.SpentFileToken); a wait ended.
+        self._file_spent = False
+        self._gave_up = False
 
     # --- what the client calls -------------------------------------------------------------
 
@@ -183,9 +189,8 @@ class AccountTokens:
     @property
     def _rotates(self) -> bool:
         """The refresh token rotates (this process has seen it change)."""
-        return (
-            self.account.flow is Flow.REFRESH_TOKEN
-            and self._own.newest_refresh_token != self.account.refresh_token
+        return self.account.flow is Flow.REFRESH_TOKEN and (
+            self._file_spent or self._own.newest_refresh_token != self.account.refresh_token
         )
 
     @property
@@ -247,9 +252,10 @@ class AccountTokens:
 
     async def _from(self, board: TokenBoard) -> AccessToken:
         """The board's token, or a new one requested under its lock, or one another holder of
-        the lock publishes (polled)."""
+        the lock publishes (polled), or a live worker's copy of a lost refresh token (polled)."""
         give_up = self._clock() + self._patience
         waited = False
+        spent: SpentFileToken | None = None
         while True:
             token = await self._read(board)
             if token is not None:
@@ -264,12 +270,20 @@ class AccountTokens:
                     if token is not None:
                         return token
                     return await self._refresh(board, holder)
+                except SpentFileToken as exc:
+                    self._file_spent = True
+                    if self._gave_up:
+                        raise
+                    spent = exc
                 finally:
                     await board.release(holder)
             if not waited:
                 waited = True
                 log.debug("waiting for another worker's token request", extra=self._extra())
             if self._clock() > give_up:
+                if spent is not None:
+                    self._gave_up = True
+                    raise spent
                 raise unavailable(
                     "no access token: another worker's token request did not finish in time"
                 )
@@ -282,22 +296,22 @@ class AccountTokens:
         self._hold(token, board)
         if board is not self._own:
             # Keep the newest refresh token at hand, should the board go away later.
-            with contextlib.suppress(UnreadableRefreshToken):
+            try:
                 self._own.adopt(None, await board.refresh_token())
+            except (SpentRefreshToken, UnreadableRefreshToken) as exc:
+                self._file_spent |= isinstance(exc, SpentRefreshToken)
         return token
 
     def _hold(self, token: AccessToken, board: TokenBoard | None) -> None:
         """Hold `token`, read or published on `board` (None: obtained while it was out)."""
+        self._gave_up = False
         self._own.adopt(token, None)
         self._from_board = board is self._board
 
     # --- one token request -----------------------------------------------------------------
 
     async def _refresh(self, board: TokenBoard, holder: str) -> AccessToken:
-        try:
-            refresh_token = await board.refresh_token()
-        except UnreadableRefreshToken:
-            raise SealedRefreshToken() from None
+        refresh_token = await refresh_token_to_send(board, self.account, quiet=self._file_spent)
         self._own.adopt(None, refresh_token)
         started = time.perf_counter()
         keeping = StopFlag()
@@ -432,3 +446,5 @@ class BoardTokenManager:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._accounts.values()))
+        if self._shared is not None:
+            await self._shared.close()

@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from worker.stores.batch import BIND_SCRIPT, TickBatch
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.memory_results import MemoryResultStore
+from worker.stores.outage_buffer import OutageBuffer
 from worker.stores.overdue import OverdueWatch
 from worker.stores.results import BINDING_MARGIN_SECONDS, Binding
 from worker.tasks import StopFlag, stop
@@ -20,7 +20,7 @@ from worker.tasks import StopFlag, stop
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.5
-WRITE_BACK_MAX = 10_000  # results and insert markers kept for Redis while it is away
+OUTAGE_BUFFER_BYTES = 64 * 1024 * 1024  # SFWORKER_REDIS_OUTAGE_BUFFER_BYTES's default
 HEARTBEAT_TTL_MS = 5000  # a process silent this long is taken for dead
 # A store call waits for Redis at most this many SFWORKER_REDIS_TIMEOUT_SECONDS, whatever holds
 # it up; then it uses memory and the link falls back. Past the batcher's own bounds (a batch
@@ -43,7 +43,13 @@ class RedisResultStore:
     """`result:<job_id>` and `insert-sent:<job_id>` keys with the result cache TTL. Every write
     also lands in memory, so an outage loses nothing this process already knew."""
 
-    def __init__(self, link: RedisLink, memory: MemoryResultStore, ttl: float) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        memory: MemoryResultStore,
+        ttl: float,
+        unwritten: OutageBuffer | None = None,
+    ) -> None:
         self._link = link
         self._memory = memory
         self._ttl_ms = max(1, int(ttl * 1000))
@@ -58,8 +64,9 @@ class RedisResultStore:
         # What Redis did not take while it was away (fallback, or a write that timed out: a
         # binding or marker the worker could not write is not one the fleet can see): results,
         # job-id bindings and insert markers, written back when it answers again, so that a
-        # redelivery to another worker is answered, not sent to Salesforce again.
-        self._unwritten: OrderedDict[tuple[str, str], bytes | None] = OrderedDict()
+        # redelivery to another worker is answered, not sent to Salesforce again. Bounded in
+        # bytes; results are dropped first (outage_buffer.py).
+        self._unwritten = unwritten if unwritten is not None else OutageBuffer(OUTAGE_BUFFER_BYTES)
         link.on_restore(self._write_back)
 
     async def start(self) -> None:
@@ -149,17 +156,16 @@ class RedisResultStore:
                 future.set_exception(RedisUnavailable(self._link.where))
 
     def _keep(self, kind: str, job_id: str, value: bytes | None) -> None:
-        self._unwritten[(kind, job_id)] = value
-        while len(self._unwritten) > WRITE_BACK_MAX:
-            self._unwritten.popitem(last=False)
+        self._unwritten.keep(kind, job_id, value)
 
     async def _write_back(self) -> None:
-        """A restore hook: write what Redis missed, oldest first. A result or job id binding
-        another worker already stored stays; an insert marker of another worker means both sent
-        the insert during the outage (logged: the record may exist twice)."""
+        """A restore hook: write what Redis missed, bindings and markers first, each kind
+        oldest first. A result or job id binding another worker already stored stays; an insert
+        marker of another worker means both sent the insert during the outage (logged: the
+        record may exist twice)."""
         written = 0
-        while self._unwritten:
-            (kind, job_id), value = next(iter(self._unwritten.items()))
+        while (entry := self._unwritten.oldest()) is not None:
+            (kind, job_id), value = entry
             if kind == "result" and value is not None:
                 await self._write_result(job_id, value)
             elif kind == "binding" and value is not None:
@@ -170,7 +176,7 @@ class RedisResultStore:
                     "record may exist twice",
                     extra={"job_id": job_id},
                 )
-            self._unwritten.pop((kind, job_id), None)
+            self._unwritten.remove(kind, job_id)
             written += 1
         if written:
             log.info("results and insert markers written back to Redis", extra={"count": written})

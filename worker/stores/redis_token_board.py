@@ -7,7 +7,8 @@ generation), `token-gen:<who>` (the generation counter), `token-lock:<who>` (who
 with a lease), `token-error:<who>` (the last refusal, kept for the backoff), `token-failures:<who>`
 (refusals in a row), `refresh:<who>` (the newest refresh token, sealed, kept
 SFWORKER_REFRESH_TOKEN_TTL_DAYS after its last rotation, and a fingerprint of the accounts file's
-one). Tokens are sealed by the link's `Seal` (stores/sealing.py); one that does not open reads
+one), `spent:<who>` (no TTL: which accounts-file tokens rotation spent, stores/spent_tokens.py).
+Tokens are sealed by the link's `Seal` (stores/sealing.py); one that does not open reads
 as absent.
 
 - The lock is `SET NX PX lease`, released and renewed only by its holder (scripts that compare
@@ -22,6 +23,7 @@ as absent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -35,6 +37,7 @@ from redis.commands.core import AsyncScript
 
 from worker.accounts import Account, Flow
 from worker.stores.link import Redis, RedisLink, RedisUnavailable, as_text
+from worker.stores.spent_tokens import KEEP, RefreshKeeper, fingerprint, holds_newest
 from worker.stores.token_board import (
     FLEET,
     AccessToken,
@@ -42,6 +45,7 @@ from worker.stores.token_board import (
     BoardUnavailable,
     Refusal,
     RestoreHook,
+    SpentRefreshToken,
     UnreadableRefreshToken,
 )
 
@@ -50,14 +54,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _TOKEN_TTL_MS = 12 * 3600 * 1000  # a forgotten token goes eventually; a live one is rewritten
 
-# KEYS: lock, token, gen, refresh, error, failures
+# KEYS: lock, token, gen, refresh, error, failures, spent
 # ARGV: holder, access token (sealed), rotated refresh token (sealed) or "", file fingerprint,
-# token ttl ms, refresh token ttl ms
+# token ttl ms, refresh token ttl ms, rotated refresh token's fingerprint
 _STORE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[4], 'value', ARGV[3], 'seed', ARGV[4])
   redis.call('PEXPIRE', KEYS[4], ARGV[6])
+  redis.call('HSET', KEYS[7], ARGV[4], ARGV[7])
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   -- A Redis that came back empty: start above every generation handed out before it.
@@ -129,27 +134,42 @@ class _Scripts:
         self.release = link.script(_RELEASE)
         self.renew = link.script(_RENEW)
         self.invalidate = link.script(_INVALIDATE)
+        self.keep = link.script(KEEP)
 
 
 class RedisTokenBoards:
     """The Redis boards of a process's accounts (`TokenBoards`)."""
 
     def __init__(
-        self, link: RedisLink, *, lease: float = 5.0, refresh_ttl: float = 30 * 86400.0
+        self,
+        link: RedisLink,
+        *,
+        lease: float = 5.0,
+        refresh_ttl: float = 30 * 86400.0,
+        keeper: RefreshKeeper | None = None,
     ) -> None:
         self._link = link
         self._lease = lease
         self._refresh_ttl = refresh_ttl
         self._scripts = _Scripts(link)
+        # A worker's: puts a copy of the newest refresh token back if the fleet lost it.
+        self._keeper = keeper
 
     def board(self, account: Account) -> RedisTokenBoard:
-        return RedisTokenBoard(
+        board = RedisTokenBoard(
             account,
             self._link,
             self._scripts,
             lease=self._lease,
             refresh_ttl=self._refresh_ttl,
         )
+        if self._keeper is not None and account.flow is Flow.REFRESH_TOKEN:
+            self._keeper.add(board.keep_quietly)
+        return board
+
+    async def close(self) -> None:
+        if self._keeper is not None:
+            await self._keeper.close()
 
     def on_restore(self, hook: RestoreHook) -> None:
         async def restore() -> None:
@@ -192,6 +212,7 @@ class RedisTokenBoard:
         self._refresh = link.key("refresh", *who)
         self._error = link.key("token-error", *who)
         self._failures = link.key("token-failures", *who)
+        self._spent = link.key("spent", *who)
 
     @property
     def lease(self) -> float:
@@ -272,11 +293,13 @@ class RedisTokenBoard:
 
     async def refresh_token(self) -> SecretStr | None:
         """The fleet's newest, unless the accounts file now holds a different one than the one
-        the fleet started from."""
+        the fleet started from; never the file's once rotation spent it (SpentRefreshToken when
+        the fleet lost its newest and this process does not hold it)."""
         if self._account.flow is not Flow.REFRESH_TOKEN:
             return None
-        key = self._refresh
+        key, spent, seed_key = self._refresh, self._spent, self._seed
         data = await self._call(lambda r: r.hgetall(key))
+        newest = as_text(await self._call(lambda r: r.hget(spent, seed_key)))
         raw, seed = data.get(b"value"), as_text(data.get(b"seed"))
         value = self._seal.open_text(key, raw)
         if raw is not None and value is None and seed == self._seed:
@@ -285,9 +308,45 @@ class RedisTokenBoard:
             raise UnreadableRefreshToken()
         if value and seed == self._seed:
             self._latest_refresh = SecretStr(value)
-        else:
-            self._latest_refresh = self._account.refresh_token
+            if newest != fingerprint(self._latest_refresh):  # written before `spent:` was
+                await self._call(lambda r: r.hset(spent, seed_key, fingerprint(SecretStr(value))))
+        elif not newest:
+            self._latest_refresh = self._account.refresh_token  # not spent: the chain's start
+        elif not (
+            holds_newest(self._latest_refresh, self._account.refresh_token, newest)
+            and await self.keep_copy() >= 0  # the fleet lost it; this process holds it
+        ):
+            raise SpentRefreshToken()
         return self._latest_refresh
+
+    async def keep_quietly(self) -> None:
+        """`keep_copy`, from the keeper: nothing while Redis is away."""
+        if self._link.available:
+            with contextlib.suppress(BoardUnavailable):
+                await self.keep_copy()
+
+    async def keep_copy(self) -> int:
+        """Put this process's copy of the chain's newest refresh token back, if the fleet has
+        none (evicted, expired, a Redis restarted) and `spent:` names it as the newest: 1 when
+        put back, 0 when the fleet has one, -1 when this copy is not the newest."""
+        mine = self._latest_refresh
+        if mine is None or mine == self._account.refresh_token:
+            return -1
+        keys = [self._refresh, self._spent]
+        args: list[str | bytes | int] = [
+            self._seed,
+            self._seal.seal_text(self._refresh, mine.get_secret_value()),
+            fingerprint(mine),
+            self._refresh_ttl_ms,
+        ]
+        script = self._scripts.keep
+        kept = int(await self._call(lambda r: script(keys=keys, args=args, client=r)))
+        if kept == 1:
+            log.warning(
+                "the fleet's refresh token was missing from Redis: put back from this worker",
+                extra=self._extra(),
+            )
+        return kept
 
     async def write_back(self, refresh_token: SecretStr) -> None:
         """A refresh token this process rotated while Redis was out is the only live one: put
@@ -305,6 +364,8 @@ class RedisTokenBoard:
         value = self._seal.seal_text(key, refresh_token.get_secret_value())
         await self._call(lambda r: r.hset(key, mapping={"value": value, "seed": seed}))
         await self._call(lambda r: r.pexpire(key, self._refresh_ttl_ms))
+        spent, newest = self._spent, fingerprint(refresh_token)
+        await self._call(lambda r: r.hset(spent, seed, newest))
         self._latest_refresh = refresh_token
         log.warning(
             "refresh token rotated during the Redis outage written back", extra=self._extra()
@@ -321,7 +382,10 @@ class RedisTokenBoard:
     ) -> AccessToken | None:
         """The new token (and a rotated refresh token) for the fleet, fenced by the lock."""
         seal = self._seal
-        keys = [self._lock, self._token, self._gen, self._refresh, self._error, self._failures]
+        keys = [
+            *(self._lock, self._token, self._gen, self._refresh, self._error, self._failures),
+            self._spent,
+        ]
         args: list[str | bytes | int] = [
             holder,
             seal.seal_text(self._token, access_token.get_secret_value()),
@@ -331,6 +395,7 @@ class RedisTokenBoard:
             self._seed,
             _TOKEN_TTL_MS,
             self._refresh_ttl_ms,
+            fingerprint(refresh_token),
         ]
         script: AsyncScript = self._scripts.store
         generation = int(await self._call(lambda r: script(keys=keys, args=args, client=r)))

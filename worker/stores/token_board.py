@@ -92,6 +92,12 @@ class UnreadableRefreshToken(Exception):
     the one the fleet rotated the accounts file's token into."""
 
 
+class SpentRefreshToken(Exception):
+    """Rotation spent the accounts file's refresh token, the fleet's newest is not on the board
+    (evicted, expired, a Redis restarted without it) and this process does not hold it: none may
+    be sent (the file's would be a replay, and Salesforce revokes the whole chain)."""
+
+
 RestoreHook = Callable[[], Awaitable[None]]
 
 
@@ -136,7 +142,8 @@ class TokenBoard(Protocol):
     async def release(self, holder: str) -> None: ...
 
     async def refresh_token(self) -> SecretStr | None:
-        """The refresh token to send now (UnreadableRefreshToken: none may be sent)."""
+        """The refresh token to send now (UnreadableRefreshToken, SpentRefreshToken: none may
+        be sent)."""
         ...
 
     async def publish(
@@ -163,6 +170,8 @@ class TokenBoards(Protocol):
     def on_restore(self, hook: RestoreHook) -> None:
         """Run `hook` when the boards can be reached again after an outage."""
         ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryTokenBoard:
