@@ -70,6 +70,8 @@ class Account:
     api_reserve_percent: float = DEFAULT_API_RESERVE_PERCENT
     idempotency_fields: Mapping[str, str] = field(default_factory=dict, hash=False)
     coalesce: bool = True  # concurrent calls may share one Composite request
+    merge_lookups: bool = True  # lookups of one shape may travel as one query with IN (...)
+    share_reads: bool = True  # identical reads in flight at once share one request
 
     @property
     def api_base(self) -> str:
@@ -212,6 +214,8 @@ class AccountTable(_Table):
     api_reserve_percent: float = Field(DEFAULT_API_RESERVE_PERCENT, gt=0, le=100)
     idempotency_fields: dict[_ApiName, _ApiName] = Field(default_factory=dict)
     coalesce: bool = True
+    merge_lookups: bool = True
+    share_reads: bool = True
 
     @field_validator("api_version", mode="before")
     @classmethod

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -55,13 +57,41 @@ class _Group(Generic[T, R]):
     leave_at: float = math.inf
     timer: asyncio.TimerHandle | None = None
 
-    @property
-    def queries(self) -> int:
-        return sum(1 for m in self.members if m.query)
+
+Units = Callable[[Account, list[T]], tuple[int, int]]
+
+
+def _each_alone(account: Account, items: list[Any]) -> tuple[int, int]:
+    return len(items), 0  # the queries are counted by `query` below
+
+
+@dataclass
+class _Pace:
+    """What the adaptive policy knows of one account: how often its calls come (a moving
+    average of the gaps between them), how long its requests take, how many are in flight."""
+
+    gap: float | None = None
+    last: float | None = None
+    rtt: float = 0.0
+    in_flight: int = 0
+
+    def arrive(self, now: float) -> None:
+        if self.last is not None:
+            gap = now - self.last
+            self.gap = gap if self.gap is None else self.gap + _SMOOTHING * (gap - self.gap)
+        self.last = now
 
     @property
-    def full(self) -> bool:
-        return len(self.members) >= MAX_SUBREQUESTS or self.queries >= MAX_QUERIES
+    def company(self) -> float:
+        """Calls expected to become ready during one round trip."""
+        if not self.gap or not self.rtt:
+            return 0.0
+        return self.rtt / self.gap
+
+
+_SMOOTHING = 0.1
+_TARGET_SHARE = 0.5  # a group leaves with the calls of half a round trip
+_MIN_MARGIN = 0.005
 
 
 class Coalescer(Generic[T, R]):
@@ -70,18 +100,56 @@ class Coalescer(Generic[T, R]):
         wait_seconds: float,
         together: Callable[[Account, list[T]], Awaitable[list[R]]],
         metrics: Metrics,
+        *,
+        adaptive: bool = False,
+        max_wait_seconds: float = 0.25,
+        units: Units[T] | None = None,
     ) -> None:
         self._wait = wait_seconds
+        self._adaptive = adaptive
+        self._max_wait = max_wait_seconds
         self._together = together
         self._metrics = metrics
+        self._units: Units[T] = units or _each_alone
         self._open: dict[str, _Group[T, R]] = {}
         self._accounts: dict[str, Account] = {}
         self._last_call: dict[str, float] = {}
+        self._pace: dict[str, _Pace] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def enabled(self, account: Account) -> bool:
         return self._wait > 0 and account.coalesce and not self._closed
+
+    @contextmanager
+    def flight(self, account: Account) -> Iterator[None]:
+        """Around every request of the account: what the adaptive policy counts (requests in
+        flight, their round trip); when the last one returns, the calls that became ready
+        meanwhile leave together (group commit)."""
+        pace = self._pace.setdefault(account.name, _Pace())
+        pace.in_flight += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            pace.in_flight -= 1
+            took = time.monotonic() - started
+            pace.rtt = took if not pace.rtt else pace.rtt + _SMOOTHING * (took - pace.rtt)
+            group = self._open.get(account.name)
+            if self._adaptive and group and len(group.members) >= 2 and pace.in_flight < 1:
+                self._leave(account.name)
+
+    def _fits(self, account: Account, members: list[_Member[T, R]]) -> bool:
+        subrequests, queries = self._units(account, [m.item for m in members])
+        if self._units is _each_alone:
+            queries = sum(1 for m in members if m.query)
+        return subrequests <= MAX_SUBREQUESTS and queries <= MAX_QUERIES
+
+    def _full(self, account: Account, members: list[_Member[T, R]]) -> bool:
+        subrequests, queries = self._units(account, [m.item for m in members])
+        if self._units is _each_alone:
+            queries = sum(1 for m in members if m.query)
+        return subrequests >= MAX_SUBREQUESTS or queries >= MAX_QUERIES
 
     async def join(self, account: Account, item: T, *, deadline: Deadline, query: bool) -> R | None:
         """Wait for company: the call's answer when it travelled with others, or None when its
@@ -92,18 +160,33 @@ class Coalescer(Generic[T, R]):
             return None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        previous = self._last_call.get(account.name)
-        self._last_call[account.name] = now
+        pace = self._pace.setdefault(account.name, _Pace())
+        pace.arrive(now)
         group = self._open.get(account.name)
-        busy = group is not None or (previous is not None and now - previous < 2 * self._wait)
         member: _Member[T, R] = _Member(item, query, now, loop.create_future())
+        if group is not None and not self._fits(account, [*group.members, member]):
+            self._leave(account.name)
+            group = None
+        if self._adaptive:
+            if group is None and pace.company < 1:  # company unlikely: go at once
+                self._metrics.coalesced_calls.labels(account.name).observe(1)
+                return None
+            target = max(2, math.ceil(pace.company * _TARGET_SHARE))
+            margin = max(pace.rtt, _MIN_MARGIN)
+            most = min(self._max_wait, 2 * pace.rtt)
+            leave_at = min(now + most, max(now, deadline.at - margin))
+        else:
+            previous = self._last_call.get(account.name)
+            busy = group is not None or (previous is not None and now - previous < 2 * self._wait)
+            # Quiet: only the calls ready at this very moment go along.
+            leave_at = min(now + self._wait, max(now, deadline.at - self._wait)) if busy else now
+            target = MAX_SUBREQUESTS
+        self._last_call[account.name] = now
         if group is None:
             group = self._open[account.name] = _Group()
             self._accounts[account.name] = account
         group.members.append(member)
-        # Quiet: only the calls ready at this very moment go along.
-        leave_at = min(now + self._wait, max(now, deadline.at - self._wait)) if busy else now
-        if group.full:
+        if len(group.members) >= target or self._full(account, group.members):
             self._leave(account.name)
         elif leave_at < group.leave_at:
             group.leave_at = leave_at
@@ -148,9 +231,6 @@ class Coalescer(Generic[T, R]):
 
     async def _send(self, account: Account, members: list[_Member[T, R]]) -> None:
         name = account.name
-        self._metrics.composite_requests.labels(name).inc()
-        self._metrics.composite_subrequests.labels(name).inc(len(members))
-        self._metrics.api_calls_saved.labels(name).inc(len(members) - 1)
         try:
             answers = await self._together(account, [m.item for m in members])
         except asyncio.CancelledError:
