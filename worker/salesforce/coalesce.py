@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ class _Pace:
     gap: float | None = None
     last: float | None = None
     rtt: float = 0.0
-    in_flight: int = 0
+    started: list[float] = field(default_factory=list)  # of the requests in flight
 
     def arrive(self, now: float) -> None:
         if self.last is not None:
@@ -81,12 +80,16 @@ class _Pace:
             self.gap = gap if self.gap is None else self.gap + _SMOOTHING * (gap - self.gap)
         self.last = now
 
-    @property
-    def company(self) -> float:
+    def round_trip(self, now: float) -> float:
+        """The account's round trip: its average, or (none returned yet) the age of its
+        oldest request in flight."""
+        if self.rtt:
+            return self.rtt
+        return now - min(self.started) if self.started else 0.0
+
+    def company(self, now: float) -> float:
         """Calls expected to become ready during one round trip."""
-        if not self.gap or not self.rtt:
-            return 0.0
-        return self.rtt / self.gap
+        return self.round_trip(now) / self.gap if self.gap else 0.0
 
 
 _SMOOTHING = 0.1
@@ -127,16 +130,17 @@ class Coalescer(Generic[T, R]):
         flight, their round trip); when the last one returns, the calls that became ready
         meanwhile leave together (group commit)."""
         pace = self._pace.setdefault(account.name, _Pace())
-        pace.in_flight += 1
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pace.started.append(started)
         try:
             yield
         finally:
-            pace.in_flight -= 1
-            took = time.monotonic() - started
+            pace.started.remove(started)
+            took = loop.time() - started
             pace.rtt = took if not pace.rtt else pace.rtt + _SMOOTHING * (took - pace.rtt)
             group = self._open.get(account.name)
-            if self._adaptive and group and len(group.members) >= 2 and pace.in_flight < 1:
+            if self._adaptive and group and len(group.members) >= 2 and not pace.started:
                 self._leave(account.name)
 
     def _fits(self, account: Account, members: list[_Member[T, R]]) -> bool:
@@ -150,6 +154,21 @@ class Coalescer(Generic[T, R]):
         if self._units is _each_alone:
             queries = sum(1 for m in members if m.query)
         return subrequests >= MAX_SUBREQUESTS or queries >= MAX_QUERIES
+
+    def _adaptive_leave(
+        self, pace: _Pace, group: _Group[T, R] | None, now: float, deadline: Deadline
+    ) -> float:
+        """When the group, with one more call, leaves: at once (at the end of this moment, so
+        that calls ready at the same moment go along) when company is unlikely within a round
+        trip or the group has the calls of half a round trip; else when the account's last
+        request returns (`flight`), after at most twice a round trip (and `max_wait`), and
+        never so late that less than a round trip of the call's deadline is left."""
+        company, round_trip = pace.company(now), pace.round_trip(now)
+        size = 1 + (len(group.members) if group is not None else 0)
+        if company < 1 or size >= max(2, math.ceil(company * _TARGET_SHARE)):
+            return now
+        most = min(self._max_wait, 2 * round_trip)
+        return min(now + most, max(now, deadline.at - max(round_trip, _MIN_MARGIN)))
 
     async def join(self, account: Account, item: T, *, deadline: Deadline, query: bool) -> R | None:
         """Wait for company: the call's answer when it travelled with others, or None when its
@@ -168,13 +187,8 @@ class Coalescer(Generic[T, R]):
             self._leave(account.name)
             group = None
         if self._adaptive:
-            if group is None and pace.company < 1:  # company unlikely: go at once
-                self._metrics.coalesced_calls.labels(account.name).observe(1)
-                return None
-            target = max(2, math.ceil(pace.company * _TARGET_SHARE))
-            margin = max(pace.rtt, _MIN_MARGIN)
-            most = min(self._max_wait, 2 * pace.rtt)
-            leave_at = min(now + most, max(now, deadline.at - margin))
+            leave_at = self._adaptive_leave(pace, group, now, deadline)
+            target = MAX_SUBREQUESTS
         else:
             previous = self._last_call.get(account.name)
             busy = group is not None or (previous is not None and now - previous < 2 * self._wait)

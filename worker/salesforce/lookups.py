@@ -209,11 +209,13 @@ def _matches(field: str, stored: Any, value: str) -> bool | None:
     on whether the field is text or an id (the split is then refused)."""
     if not isinstance(stored, str):
         return False  # a null never matches; a number is not a text field's value
-    as_text = stored.isascii() and stored.lower() == value.lower()
-    wanted, have = canonical_id(value), canonical_id(stored)
-    as_id = wanted is not None and wanted == have
+    wanted = canonical_id(value)
+    as_id = wanted is not None and wanted == canonical_id(stored)
     if field.lower() == "id":
         return as_id
+    as_text = stored.isascii() and stored.lower() == value.lower()
+    if wanted is None:  # not an id: the field is not an id field (Salesforce would refuse it)
+        return as_text
     return as_text if as_text == as_id else None
 
 
