@@ -314,7 +314,9 @@ async def test_a_failing_subrequest_is_retried_alone_within_its_job(
     assert [r.attempts for r in results] == [1, 1, 2, 1]  # UNABLE_TO_LOCK_ROW, then applied
 
 
-async def test_sosl_never_travels_in_composite(sf_plain: Harness, simulator: SimulatorClient) -> None:
+async def test_sosl_never_travels_in_composite(
+    sf_plain: Harness, simulator: SimulatorClient
+) -> None:
     await simulator.seed("Account", [{"Name": f"Acme {i}"} for i in range(3)])
     sosl = {"operation": "search", "sosl": "FIND {Acme} IN NAME FIELDS RETURNING Account(Id)"}
     soql = {"operation": "search", "soql": "SELECT Id FROM Account"}

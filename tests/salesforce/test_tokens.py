@@ -58,7 +58,9 @@ async def sf_alone(
 ) -> AsyncIterator[Harness]:
     """Coalescing and read sharing off: every job makes its own call (and reads the token
     itself)."""
-    path = write_accounts(tmp_path / "alone.toml", simulator.base_url, extra="share_reads = false\n")
+    path = write_accounts(
+        tmp_path / "alone.toml", simulator.base_url, extra="share_reads = false\n"
+    )
     async with open_harness(sf_settings.model_copy(update={"coalesce_wait_ms": 0}), path) as h:
         yield h
 
