@@ -448,3 +448,35 @@ async def test_metrics_count_requests_subrequests_and_calls_saved(
     assert metric(sf_plain, "sfworker_coalesced_calls_per_request_bucket", le="5.0") == 0
     assert metric(sf_plain, "sfworker_coalesced_calls_per_request_bucket", le="8.0") == 1
     assert (await simulator.counters())["requests"] == {"token": 1, "composite": 1}
+
+
+# --- issue 28: nothing asked twice at once ---------------------------------------------------
+
+
+async def test_twenty_identical_lookups_within_5_ms_cost_one_call(
+    sf: Harness, simulator: SimulatorClient
+) -> None:
+    (contact,) = await simulator.seed("Contact", [{"LastName": "Caller", "Phone": "555-0100"}])
+    await sf.run(operation="search", soql=PHONE_SOQL, params={"p": "warm-up"})  # a token
+    await simulator.set_latency(100)
+    used_before = await api_calls(simulator)
+    job = {"operation": "search", "soql": PHONE_SOQL, "params": {"p": "555-0100"}}
+    results = await paced(sf, [job] * 20, 20 / 0.005)  # twenty within 5 ms
+    for result in results:
+        assert result.status == "ok"
+        assert result.count == 1
+        assert [r["Id"] for r in result.records or []] == [contact]
+    assert len({id(r.records[0]) for r in results if r.records}) == 20  # each its own copy
+    assert await api_calls(simulator) - used_before == 1
+    shared = metric(sf, "sfworker_api_calls_saved_by_mechanism_total", mechanism="shared_read")
+    assert shared == 19
+
+
+async def test_share_reads_false_sends_identical_reads_each(
+    sf_plain: Harness, simulator: SimulatorClient
+) -> None:
+    await simulator.set_latency(50)
+    job = {"operation": "get", "sobject": "Case", "id": "500000000000000AAA"}
+    await burst(sf_plain, [job] * 3)
+    counters = await simulator.counters()
+    assert counters["subrequests"] == {"sobject_get": 3}
