@@ -1,15 +1,23 @@
 """Coalescing: calls for one account that are ready at about the same time travel together, as
 one Composite request (one API call), instead of one request each.
 
-Only a busy account waits: a call that comes less than twice the wait after the account's
-previous call (or while others wait) joins the account's open group and waits for company at
-most `wait`, and never so long that less than `wait` of its own deadline is left. A call to a
-quiet account goes at once, with only the calls ready at the same moment (a burst taken off the
-queue together): at low load nothing waits. The group leaves as soon as it is full
-(25 calls, or 5 queries: the limits of the Composite resource) or when the wait of its most
-pressed member ends. A call that found no company is handed back, to be sent by its own job as a
-single call (no other delay than the wait). A group of two or more is sent by `together`, which
-returns one answer per call, in order; each waiting job gets exactly its own.
+Two policies decide when a group leaves (SFWORKER_COALESCE_POLICY):
+- adaptive (the default): each account's pace is measured, the gaps between its calls and the
+  round trip of its requests (`flight`, around every request). A call goes at once, with only
+  the calls ready at the same moment, unless company is likely within one round trip (the
+  account's calls come faster than its requests return): at low load nothing waits. Otherwise
+  it joins the account's open group, which leaves when it holds the calls of half a round trip,
+  when the account's last request in flight returns (group commit: the calls that became ready
+  meanwhile go together), after at most twice a round trip (and `max_wait`), or when less than a
+  round trip is left of a member's deadline. Under load the groups grow by themselves.
+- window: a call that comes less than twice the wait after the account's previous call (or while
+  others wait) waits for company at most `wait`, never so long that less than `wait` of its own
+  deadline is left; a call to a quiet account goes at once with the calls ready at that moment.
+Either way a group leaves as soon as it is full (the limits of the Composite resource: 25
+subrequests, 5 of them queries, counted by `units`, after lookups of one shape are merged). A call
+that found no company is handed back, to be sent by its own job as a single call. A group of two
+or more is sent by `together`, which returns one answer per call, in order; each waiting job gets
+exactly its own.
 
 The batcher knows nothing of HTTP, tokens or answers: the transport (transport.py) decides which
 calls may travel together (composite.supports), sends them, and says what an answer means for each
@@ -75,7 +83,9 @@ class _Pace:
     started: list[float] = field(default_factory=list)  # of the requests in flight
 
     def arrive(self, now: float) -> None:
-        if self.last is not None:
+        """A call is ready. Calls ready at the same moment (a burst taken off the queue) go
+        together anyway: only the gaps between moments tell the pace."""
+        if self.last is not None and now > self.last:
             gap = now - self.last
             self.gap = gap if self.gap is None else self.gap + _SMOOTHING * (gap - self.gap)
         self.last = now
