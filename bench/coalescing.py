@@ -355,6 +355,60 @@ async def lookup_run(
     return LookupRow(config, rate, n, used, [ms - latency_ms for _, ms in done])
 
 
+def model(
+    rate: float, latency: float, n: int = 20_000, seed: int = 1
+) -> tuple[float, float, float]:
+    """The adaptive policy as a discrete-event model (no CPU, no network: what the policy alone
+    gives): Poisson arrivals, every request `latency` long. Calls per job, p50 and p99 wait ms."""
+    import heapq
+    import math
+    import random
+
+    rnd = random.Random(seed)
+    t, arrivals = 0.0, []
+    for _ in range(n):
+        t += rnd.expovariate(rate)
+        arrivals.append(t)
+    events: list[tuple[float, int, int]] = [(a, 0, i) for i, a in enumerate(arrivals)]
+    heapq.heapify(events)
+    in_flight, pending, calls, waits, generation = 0, [], 0, [], 0
+    gap: float | None = None
+    last: float | None = None
+
+    def send(now: float) -> None:
+        nonlocal in_flight, calls, pending, generation
+        waits.extend(now - arrivals[i] for i in pending)
+        pending, generation = [], generation + 1
+        in_flight, calls = in_flight + 1, calls + 1
+        heapq.heappush(events, (now + latency, 1, -1))
+
+    while events:
+        now, kind, i = heapq.heappop(events)
+        if kind == 0:  # a call is ready
+            if last is not None:
+                g = now - last
+                gap = g if gap is None else gap + 0.1 * (g - gap)
+            last = now
+            company = latency / gap if gap else 0.0
+            if not pending and company < 1:
+                pending = [i]
+                send(now)
+                continue
+            pending.append(i)
+            if len(pending) == 1:
+                heapq.heappush(events, (now + 2 * latency, 2, generation))
+            if len(pending) >= max(2, math.ceil(company * 0.5)):
+                send(now)
+        elif kind == 1:  # a request returned: group commit
+            in_flight -= 1
+            if len(pending) >= 2 and in_flight == 0:
+                send(now)
+        elif pending and i == generation:  # the longest wait
+            send(now)
+    waits.sort()
+    return calls / n, waits[len(waits) // 2] * 1000, waits[int(0.99 * len(waits))] * 1000
+
+
 def lookup_report(rows: list[LookupRow], args: argparse.Namespace) -> None:
     print(
         f"\nlookups by phone: {LOOKUP_CONTACTS} contacts, {UNKNOWN_SHARE:.0%} unknown numbers, "
@@ -506,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per line (the median)")
     parser.add_argument("--time-limit", type=float, default=1200.0, help="seconds, then give up")
     parser.add_argument("--lookups", action="store_true", help="issue 28's table instead")
+    parser.add_argument("--model", action="store_true", help="the adaptive policy as a model")
     parser.add_argument(
         "--configs", type=_configs, default=list(CONFIGS), help="off,before,after (--lookups)"
     )
@@ -515,9 +570,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
 
+    if (args.lookups or args.model) and "--rates" not in " ".join(argv or sys.argv):
+        args.rates = [5, 20, 50, 100, 400]
+    if args.model:
+        print("| jobs/s | calls per job | p50 wait ms | p99 wait ms |\n|---|---|---|---|")
+        for rate in args.rates:
+            calls, p50, p99 = model(rate, args.latency_ms / 1000)
+            print(f"| {rate} | {calls:.3f} | {p50:.1f} | {p99:.1f} |")
+        return 0
     if args.lookups:
-        if "--rates" not in " ".join(argv or sys.argv):
-            args.rates = [5, 20, 50, 100, 400]
 
         async def lookups_bounded() -> list[LookupRow]:
             async with asyncio.timeout(args.time_limit):
