@@ -1,9 +1,7 @@
-"""The accounts file (TOML): `AccountsFile`, the pydantic model of the file as written (its JSON
-Schema is contracts/accounts.schema.json), and the frozen `Account`, `Tenant` and `Accounts` the
-worker uses, built from it. Secrets may be given inline, as `<key>_env` (the name of an environment
-variable) or as `<key>_file` (a path, e.g. a mounted Kubernetes Secret). A bad file fails at start
-with a message that names the account (or tenant) and the key; no secret value ever appears in an
-error, a repr or a log line."""
+"""The accounts file (TOML): `AccountsFile` as written (schema: contracts/accounts.schema.json), the
+frozen `Account`, `Tenant`, `Accounts` the worker uses. Secrets: inline, `<key>_env` (an environment
+variable) or `<key>_file` (a path, e.g. a Kubernetes Secret). A bad file fails at start naming the
+account (or tenant) and the key; no secret value is ever in an error, a repr or a log line."""
 
 from __future__ import annotations
 
