@@ -9,6 +9,13 @@ how many API calls the simulator counted, per 1,000 jobs, and the p50/p99 job la
 is checked: each search must find exactly its own contact, each insert must create its own case.
 
 Run it with `bench/run coalescing [--rates 10,100,400] [--waits 0,10] [--seconds 10]`.
+
+`bench/run coalescing --lookups [--rates 5,20,50,100,400] [--seconds 10]` measures issue 28's
+table instead: lookups by phone over 300 contacts, 10 % of them unknown numbers, Poisson arrivals,
+for three configurations: `off` (every job its own call), `before` (the 10 ms window, no merging,
+no sharing: the default before issue 28) and `after` (the defaults: adaptive batching, lookups
+merged into IN queries, identical reads shared). It prints API calls per job and the p50/p99
+latency added to Salesforce's, and checks each job's records against the seeded ground truth.
 """
 
 from __future__ import annotations
@@ -145,13 +152,14 @@ class Summary:
         return self.api_calls * 1000 / self.jobs
 
 
-def accounts(base_url: str) -> Accounts:
+def accounts(base_url: str, keys: dict[str, Any] | None = None) -> Accounts:
     table = {
         "instance_url": base_url,
         "flow": "client_credentials",
         "client_id": DEFAULT_CLIENT_ID,
         "client_secret": DEFAULT_CLIENT_SECRET,
         "default": True,
+        **(keys or {}),
     }
     return parse_accounts({"accounts": {"bench": table}}, ROOT, allow_insecure_localhost=True)
 
@@ -244,6 +252,209 @@ async def one_run(
     )
 
 
+# --- issue 28: lookups by phone, Poisson arrivals -------------------------------------------
+
+LOOKUP_CONTACTS = 300
+UNKNOWN_SHARE = 0.10
+LOOKUP_SOQL = "SELECT Id, LastName FROM Contact WHERE Phone = :p"
+CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # name: (settings, account keys)
+    "off": ({"coalesce_wait_ms": 0}, {"share_reads": False, "merge_lookups": False}),
+    "before": (
+        {"coalesce_wait_ms": 10, "coalesce_policy": "window"},
+        {"share_reads": False, "merge_lookups": False},
+    ),
+    "after": ({}, {}),
+}
+
+
+@dataclass
+class LookupRow:
+    config: str
+    rate: int
+    jobs: int
+    api_calls: int
+    added_ms: list[float]  # each job's latency minus Salesforce's
+
+    def added(self, q: float) -> float:
+        ordered = sorted(self.added_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def lookup_run(
+    sim: SimulatorClient,
+    base_url: str,
+    config: str,
+    rate: int,
+    n: int,
+    latency_ms: int,
+    truth: dict[str, str],
+    seed: int,
+) -> LookupRow:
+    import random
+
+    overrides, keys = CONFIGS[config]
+    settings = Settings(http_port=0, allow_insecure_localhost=True, **overrides)
+    accts = accounts(base_url, keys)
+    metrics = Metrics()
+    session = create_session(settings)
+    tokens = token_manager(session, settings, metrics)
+    client = SalesforceClient(session, tokens, settings, metrics)
+    runner = Execution(client, InsertGuard(MemoryResultStore(1000, 60)), metrics)
+    rnd = random.Random(seed)
+    known = sorted(truth)
+    phones = [
+        f"+1 628 555 {rnd.randrange(10_000):04d}"
+        if rnd.random() < UNKNOWN_SHARE
+        else rnd.choice(known)
+        for _ in range(n)
+    ]
+
+    async def run(i: int, phone: str) -> tuple[BlockResult, float]:
+        body = {
+            "v": 1,
+            "job_id": f"lookup-{config}-{rate}-{seed}-{i}",
+            "timeout_ms": 10_000,
+            "operation": "search",
+            "soql": LOOKUP_SOQL,
+            "params": {"p": phone},
+        }
+        now = time.time()
+        incoming = Incoming(body=b"", received_wall=now, received_mono=time.monotonic())
+        started = time.perf_counter()
+        result = await runner.run(admit(accts, parse_job(body), None), incoming)
+        return result, (time.perf_counter() - started) * 1000
+
+    try:
+        await run(-1, known[0])  # the token, a connection: not measured
+        used_before = int((await sim.counters())["api_usage"]["used"])
+        loop = asyncio.get_running_loop()
+        at = loop.time()
+        tasks = []
+        for i, phone in enumerate(phones):
+            at += rnd.expovariate(rate)  # Poisson arrivals
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(run(i, phone)))
+        done = await asyncio.gather(*tasks)
+        used = int((await sim.counters())["api_usage"]["used"]) - used_before
+    finally:
+        await client.close()
+        await tokens.close()
+        await session.close()
+    problems = []
+    for i, ((result, _), phone) in enumerate(zip(done, phones, strict=True)):
+        want = [truth[phone]] if phone in truth else []
+        got = [r.get("LastName") for r in result.records or []]
+        expected_status = "ok" if want else "no_data"
+        if result.status != expected_status or got != want:
+            problems.append(f"job {i} ({phone}): {result.status} {got}, not {want}")
+    if problems:
+        raise RuntimeError(f"{config} at {rate}/s: " + "; ".join(problems[:5]))
+    return LookupRow(config, rate, n, used, [ms - latency_ms for _, ms in done])
+
+
+def model(
+    rate: float, latency: float, n: int = 20_000, seed: int = 1
+) -> tuple[float, float, float]:
+    """The adaptive policy as a discrete-event model (no CPU, no network: what the policy alone
+    gives): Poisson arrivals, every request `latency` long. Calls per job, p50 and p99 wait ms."""
+    import heapq
+    import math
+    import random
+
+    rnd = random.Random(seed)
+    t, arrivals = 0.0, []
+    for _ in range(n):
+        t += rnd.expovariate(rate)
+        arrivals.append(t)
+    events: list[tuple[float, int, int]] = [(a, 0, i) for i, a in enumerate(arrivals)]
+    heapq.heapify(events)
+    in_flight, pending, calls, waits, generation = 0, [], 0, [], 0
+    gap: float | None = None
+    last: float | None = None
+
+    def send(now: float) -> None:
+        nonlocal in_flight, calls, pending, generation
+        waits.extend(now - arrivals[i] for i in pending)
+        pending, generation = [], generation + 1
+        in_flight, calls = in_flight + 1, calls + 1
+        heapq.heappush(events, (now + latency, 1, -1))
+
+    while events:
+        now, kind, i = heapq.heappop(events)
+        if kind == 0:  # a call is ready
+            if last is not None:
+                g = now - last
+                gap = g if gap is None else gap + 0.1 * (g - gap)
+            last = now
+            company = latency / gap if gap else 0.0
+            if not pending and company < 1:
+                pending = [i]
+                send(now)
+                continue
+            pending.append(i)
+            if len(pending) == 1:
+                heapq.heappush(events, (now + 2 * latency, 2, generation))
+            if len(pending) >= max(2, math.ceil(company * 0.5)):
+                send(now)
+        elif kind == 1:  # a request returned: group commit
+            in_flight -= 1
+            if len(pending) >= 2 and in_flight == 0:
+                send(now)
+        elif pending and i == generation:  # the longest wait
+            send(now)
+    waits.sort()
+    return calls / n, waits[len(waits) // 2] * 1000, waits[int(0.99 * len(waits))] * 1000
+
+
+def lookup_report(rows: list[LookupRow], args: argparse.Namespace) -> None:
+    print(
+        f"\nlookups by phone: {LOOKUP_CONTACTS} contacts, {UNKNOWN_SHARE:.0%} unknown numbers, "
+        f"Poisson arrivals, {args.latency_ms} ms simulator latency, {args.seconds:g} s per run "
+        f"(at most {args.max_jobs} jobs); added = job latency minus {args.latency_ms} ms\n"
+    )
+    head = "| config | jobs/s | jobs | API calls | calls per job | p50 added ms | p99 added ms |"
+    print(head)
+    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+    for r in rows:
+        print(
+            f"| {r.config} | {r.rate} | {r.jobs} | {r.api_calls} | {r.api_calls / r.jobs:.3f} "
+            f"| {r.added(0.5):+.1f} | {r.added(0.99):+.1f} |"
+        )
+
+
+async def lookup_all(args: argparse.Namespace) -> list[LookupRow]:
+    proc, base_url = await start_simulator()
+    sim = SimulatorClient(base_url)
+    try:
+        await sim.set_latency(args.latency_ms, 0, token_ms=20)
+        await sim.set_daily_limit(1_000_000_000, used=0)
+        phones = [f"+1 415 555 {i:04d}" for i in range(LOOKUP_CONTACTS)]
+        await sim.seed(
+            "Contact", [{"LastName": f"Caller{i}", "Phone": p} for i, p in enumerate(phones)]
+        )
+        truth = {p: f"Caller{i}" for i, p in enumerate(phones)}
+        rows = []
+        for rate in args.rates:
+            n = min(args.max_jobs, max(1, round(rate * args.seconds)))
+            for config in args.configs:
+                row = await lookup_run(
+                    sim, base_url, config, rate, n, args.latency_ms, truth, seed=rate
+                )
+                rows.append(row)
+                print(
+                    f"{config} {rate}/s: {row.api_calls} calls for {n} jobs, "
+                    f"p50 {row.added(0.5):+.1f} ms, p99 {row.added(0.99):+.1f} ms",
+                    file=sys.stderr,
+                )
+        return rows
+    finally:
+        await sim.close()
+        await stop_simulator(proc)
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -324,6 +535,13 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _configs(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in CONFIGS for v in values):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(CONFIGS)}")
+    return values
+
+
 def _kinds(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or any(v not in KINDS for v in values):
@@ -341,11 +559,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=int, default=100, help="simulated REST latency")
     parser.add_argument("--repeat", type=int, default=1, help="runs per line (the median)")
     parser.add_argument("--time-limit", type=float, default=1200.0, help="seconds, then give up")
+    parser.add_argument("--lookups", action="store_true", help="issue 28's table instead")
+    parser.add_argument("--model", action="store_true", help="the adaptive policy as a model")
+    parser.add_argument(
+        "--configs", type=_configs, default=list(CONFIGS), help="off,before,after (--lookups)"
+    )
     args = parser.parse_args(argv)
     if any(rate == 0 for rate in args.rates):
         parser.error("--rates must be above 0")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+
+    if (args.lookups or args.model) and "--rates" not in " ".join(argv or sys.argv):
+        args.rates = [5, 20, 50, 100, 400]
+    if args.model:
+        print("| jobs/s | calls per job | p50 wait ms | p99 wait ms |\n|---|---|---|---|")
+        for rate in args.rates:
+            calls, p50, p99 = model(rate, args.latency_ms / 1000)
+            print(f"| {rate} | {calls:.3f} | {p50:.1f} | {p99:.1f} |")
+        return 0
+    if args.lookups:
+
+        async def lookups_bounded() -> list[LookupRow]:
+            async with asyncio.timeout(args.time_limit):
+                return await lookup_all(args)
+
+        lookup_report(asyncio.run(lookups_bounded()), args)
+        return 0
 
     async def bounded() -> list[Summary]:
         async with asyncio.timeout(args.time_limit):

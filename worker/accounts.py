@@ -1,9 +1,7 @@
-"""The accounts file (TOML): `AccountsFile`, the pydantic model of the file as written (its JSON
-Schema is contracts/accounts.schema.json), and the frozen `Account`, `Tenant` and `Accounts` the
-worker uses, built from it. Secrets may be given inline, as `<key>_env` (the name of an environment
-variable) or as `<key>_file` (a path, e.g. a mounted Kubernetes Secret). A bad file fails at start
-with a message that names the account (or tenant) and the key; no secret value ever appears in an
-error, a repr or a log line."""
+"""The accounts file (TOML): `AccountsFile` as written (schema: contracts/accounts.schema.json), the
+frozen `Account`, `Tenant`, `Accounts` the worker uses. Secrets: inline, `<key>_env` (an environment
+variable) or `<key>_file` (a path, e.g. a Kubernetes Secret). A bad file fails at start naming the
+account (or tenant) and the key; no secret value is ever in an error, a repr or a log line."""
 
 from __future__ import annotations
 
@@ -70,6 +68,8 @@ class Account:
     api_reserve_percent: float = DEFAULT_API_RESERVE_PERCENT
     idempotency_fields: Mapping[str, str] = field(default_factory=dict, hash=False)
     coalesce: bool = True  # concurrent calls may share one Composite request
+    merge_lookups: bool = True  # lookups of one shape may travel as one query with IN (...)
+    share_reads: bool = True  # identical reads in flight at once share one request
 
     @property
     def api_base(self) -> str:
@@ -213,6 +213,8 @@ class AccountTable(_Table):
     api_reserve_percent: float = Field(DEFAULT_API_RESERVE_PERCENT, gt=0, le=100)
     idempotency_fields: dict[_ApiName, _ApiName] = Field(default_factory=dict)
     coalesce: bool = True
+    merge_lookups: bool = True
+    share_reads: bool = True
 
     @field_validator("api_version", mode="before")
     @classmethod

@@ -214,8 +214,22 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         le=1000,
-        description="How long a call waits for others of its account to share a Composite "
-        "request (0: never coalesce)",
+        description="0: never coalesce. With coalesce_policy=window: how long a call of a busy "
+        "account waits for others to share a Composite request. With adaptive: only the switch",
+    )
+    coalesce_policy: Literal["adaptive", "window"] = Field(
+        default="adaptive",
+        description="adaptive: a call waits for company only when the account's own pace makes "
+        "company likely within one round trip, and groups leave at half a round trip's calls or "
+        "when the account's last request returns; window: the fixed coalesce_wait_ms",
+    )
+    coalesce_max_wait_ms: int = Field(
+        default=250,
+        ge=1,
+        le=5000,
+        description="adaptive: the longest a call waits for company (also at most twice the "
+        "account's round trip, and never so long that less than one round trip of its deadline "
+        "is left)",
     )
 
     @property

@@ -141,7 +141,8 @@ class Evaluator:
             assert pattern is not None
             return lambda rec: (v := get(rec)) is not None and bool(pattern.fullmatch(str(v)))
         if cond.op in ("IN", "NOT IN"):
-            tests = [_compare(ftype, "=", lit) for lit in values]
+            # `IN (null)` never matches: a null in the list is no value to compare with.
+            tests = [_compare(ftype, "=", lit) for lit in values if lit.kind != "null"]
             if cond.op == "IN":
                 return lambda rec: any(t(get(rec)) for t in tests)
             return lambda rec: not any(t(get(rec)) for t in tests)

@@ -355,9 +355,14 @@ async def test_a_wait_for_the_accounts_concurrency_cap_is_a_span(
     tmp_path: Path,
 ) -> None:
     """Two jobs of an account capped at one call at a time: the second waits for the first's
-    slot, and its span says so (coalescing off, so they do not travel together)."""
+    slot, and its span says so (coalescing and read sharing off, so they do not travel
+    together nor share one request)."""
     await simulator.set_latency(60)
-    path = write_accounts(tmp_path / "cap1.toml", simulator.base_url, extra="max_concurrency = 1\n")
+    path = write_accounts(
+        tmp_path / "cap1.toml",
+        simulator.base_url,
+        extra="max_concurrency = 1\nshare_reads = false\n",
+    )
     capped = make_settings(amqp_url, names, path, coalesce_wait_ms=0)
     jobs = [
         {"v": 1, "job_id": f"capped-{i}", "operation": "search", "soql": "SELECT Id FROM Case"}

@@ -53,11 +53,15 @@ async def test_500_concurrent_searches_cause_one_token_request_each_time(
 
 
 @pytest.fixture
-async def sf_alone(sf_settings: Settings, accounts_file: Path) -> AsyncIterator[Harness]:
-    """Coalescing off: every job makes its own call (and reads the token itself)."""
-    async with open_harness(
-        sf_settings.model_copy(update={"coalesce_wait_ms": 0}), accounts_file
-    ) as h:
+async def sf_alone(
+    sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient
+) -> AsyncIterator[Harness]:
+    """Coalescing and read sharing off: every job makes its own call (and reads the token
+    itself)."""
+    path = write_accounts(
+        tmp_path / "alone.toml", simulator.base_url, extra="share_reads = false\n"
+    )
+    async with open_harness(sf_settings.model_copy(update={"coalesce_wait_ms": 0}), path) as h:
         yield h
 
 
@@ -181,7 +185,9 @@ async def test_max_concurrency_caps_calls_per_account(
     sf_settings: Settings, tmp_path: Path, simulator: SimulatorClient, concurrency: int
 ) -> None:
     path = write_accounts(
-        tmp_path / "a.toml", simulator.base_url, extra=f"max_concurrency = {concurrency}\n"
+        tmp_path / "a.toml",
+        simulator.base_url,
+        extra=f"max_concurrency = {concurrency}\nshare_reads = false\n",
     )
     await simulator.set_latency(30)
     async with open_harness(sf_settings, path) as sf:

@@ -98,6 +98,30 @@ async def test_where_semantics(api: Api, sim: SimulatorClient) -> None:
     ]
 
 
+async def test_in_compares_as_equality_does_and_never_matches_null(
+    api: Api, sim: SimulatorClient
+) -> None:
+    """Issue 28: what the worker's merged lookups rely on. `IN` is a disjunction of `=`:
+    text case-insensitive, ids in their 15- and 18-character forms alike; a null in the list
+    matches nothing (while `= null` matches the records without a value)."""
+    ids = await sim.seed(
+        "Account",
+        [{"Name": "O'Neil", "Industry": None}, {"Name": "Back\\slash", "Industry": "Tech"}],
+    )
+
+    async def q(where: str) -> list[str]:
+        reply = await api.query(f"SELECT Name FROM Account WHERE {where} ORDER BY Name")  # noqa: S608 - building SOQL is the point
+        assert reply.status == 200, reply.body
+        return names(reply.body)
+
+    assert await q("Name IN ('o\\'NEIL', 'BACK\\\\SLASH', 'nobody')") == ["Back\\slash", "O'Neil"]
+    assert await q(f"Id IN ('{ids[0][:15]}', '{ids[1].lower()}')") == ["Back\\slash", "O'Neil"]
+    assert await q(f"Id IN ('{ids[0][:15].lower()}')") == []  # 15 characters: case counts
+    assert await q("Industry IN (null)") == []
+    assert await q("Industry IN (null, 'tech')") == ["Back\\slash"]
+    assert await q("Industry = null") == ["O'Neil"]
+
+
 async def test_select_shape_and_relationships(api: Api, sim: SimulatorClient) -> None:
     [acme] = await sim.seed("Account", [{"Name": "Acme", "Phone": "1"}])
     await sim.seed(

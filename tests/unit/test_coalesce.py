@@ -160,3 +160,105 @@ def test_a_reference_in_decoded_text_keeps_a_call_out_of_composite(
     method = "GET" if body is None else "PATCH"
     sub = composite.Subrequest(method, ACCOUNT.api_base + url, params, body)
     assert not composite.supports(ACCOUNT, sub)
+
+
+# --- the adaptive policy (issue 28) ---------------------------------------------------------
+
+
+def adaptive(together: Recorder) -> Coalescer[str, str]:
+    return Coalescer(0.01, together, Metrics(), adaptive=True, max_wait_seconds=5.0)
+
+
+async def a_request(coalescer: Coalescer[str, str], seconds: float) -> None:
+    """One request of the account, in flight for `seconds` (what the transport wraps)."""
+    with coalescer.flight(ACCOUNT):
+        await asyncio.sleep(seconds)
+
+
+async def test_adaptive_calls_of_a_quiet_account_go_at_once() -> None:
+    """A call every 150 ms, requests of 50 ms: company within a round trip is unlikely, so no
+    call waits for it (a wait would last until a partner came, up to 100 ms)."""
+    together = Recorder()
+    coalescer = adaptive(together)
+    loop = asyncio.get_running_loop()
+    for i in range(6):
+        started = loop.time()
+        assert await coalescer.join(ACCOUNT, f"c{i}", deadline=far(), query=False) is None
+        assert loop.time() - started < 0.02
+        await a_request(coalescer, 0.05)
+        await asyncio.sleep(0.1)
+    assert together.groups == []
+
+
+async def test_adaptive_calls_ready_during_a_request_leave_together_when_it_returns() -> None:
+    """Group commit: with a request in flight and calls coming every 5 ms (company likely),
+    the calls that became ready meanwhile leave in one request as soon as it returns."""
+    together = Recorder()
+    coalescer = adaptive(together)
+    await a_request(coalescer, 0.1)  # the account's round trip: 100 ms
+    flying = asyncio.create_task(a_request(coalescer, 0.1))
+    joins = []
+    for i in range(4):
+        joins.append(
+            asyncio.create_task(coalescer.join(ACCOUNT, f"g{i}", deadline=far(), query=False))
+        )
+        await asyncio.sleep(0.005)
+    loop = asyncio.get_running_loop()
+    await flying
+    returned = loop.time()
+    answers = await asyncio.gather(*joins)
+    assert loop.time() - returned < 0.02  # at once when the request returned
+    # The first call had no pace to go by yet: it went at once, alone.
+    assert answers == [None, "answer g1", "answer g2", "answer g3"]
+    assert together.groups == [["g1", "g2", "g3"]]
+
+
+async def test_adaptive_groups_leave_with_half_a_round_trip_of_calls() -> None:
+    """Under load the group does not wait for the request in flight once it holds the calls
+    of half a round trip: calls every 8 ms, round trip 100 ms -> groups of about 7 (not the
+    25 that fill a Composite request, nor a wait of twice the round trip)."""
+    together = Recorder()
+    coalescer = adaptive(together)
+    await a_request(coalescer, 0.1)
+    flying = asyncio.create_task(a_request(coalescer, 1.0))  # never returns in time
+    loop = asyncio.get_running_loop()
+    waits: dict[int, float] = {}
+
+    async def timed(i: int) -> None:
+        started = loop.time()
+        await coalescer.join(ACCOUNT, f"n{i}", deadline=far(), query=False)
+        waits[i] = loop.time() - started
+
+    joins = []
+    for i in range(40):
+        joins.append(asyncio.create_task(timed(i)))
+        await asyncio.sleep(0.008)
+    await asyncio.gather(*joins)
+    # Half a round trip's calls fill a group in about 50 ms: the calls of filled groups do not
+    # wait the 200 ms (twice the round trip) that the last, unfilled one may.
+    assert max(waits[i] for i in range(30)) < 0.12
+    assert 4 <= max(len(g) for g in together.groups) <= 12
+    flying.cancel()
+
+
+async def test_adaptive_never_waits_past_the_deadline_less_a_round_trip() -> None:
+    together = Recorder()
+    coalescer = adaptive(together)
+    await a_request(coalescer, 0.05)
+    flying = asyncio.create_task(a_request(coalescer, 2.0))
+    busy = []
+    for i in range(3):  # the account is busy
+        await asyncio.sleep(0.001)
+        busy.append(
+            asyncio.create_task(coalescer.join(ACCOUNT, f"x{i}", deadline=far(), query=False))
+        )
+    await asyncio.sleep(0.001)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pressed = Deadline.after(0.08)
+    await coalescer.join(ACCOUNT, "pressed", deadline=pressed, query=False)
+    # It leaves a round trip (50 ms) before its deadline, not after twice a round trip.
+    assert loop.time() - started < 0.06
+    flying.cancel()
+    await coalescer.close()
+    await asyncio.gather(*busy, return_exceptions=True)

@@ -120,6 +120,20 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.api_calls_saved_by = Counter(
+            "sfworker_api_calls_saved_by_mechanism_total",
+            "API calls not spent, by mechanism: composite (calls sharing a Composite request), "
+            "lookup (lookups merged into one IN query), shared_read (an identical read in flight)",
+            ["account", "mechanism"],
+            registry=r,
+        )
+        self.merge_fallbacks = Counter(
+            "sfworker_lookup_merge_fallbacks_total",
+            "Merged lookup queries whose answer could not be split (an error, paging, a record "
+            "no job claims): their jobs were then sent alone",
+            ["account"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "sfworker_rate_limited_total",
             "Jobs refused for the API limit, by kind: daily or concurrent (Salesforce's "
@@ -320,6 +334,9 @@ class Metrics:
             self.composite_requests.labels(account)
             self.composite_subrequests.labels(account)
             self.api_calls_saved.labels(account)
+            for mechanism in ("composite", "lookup", "shared_read"):
+                self.api_calls_saved_by.labels(account, mechanism)
+            self.merge_fallbacks.labels(account)
             for kind in ("daily", "concurrent", "reserve"):
                 self.rate_limited.labels(account, kind)
             for outcome in ("ok", "error"):

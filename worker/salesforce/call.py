@@ -14,6 +14,7 @@ from worker.deadline import Deadline
 from worker.memory import Hold
 from worker.salesforce.composite import Subrequest
 from worker.salesforce.errors import Classified
+from worker.salesforce.lookups import Lookup
 from worker.salesforce.tokens import AccessToken
 
 BeforeSend = Callable[[], Awaitable[bool]]
@@ -46,6 +47,7 @@ class Attempt:
     committed: bool = False  # its request is on its way: the job cannot take it back
     unsent: Exception | None = None  # why it was left out of the request, as its job sees it
     trace: object = None  # its job's wait, as tracing sees it (observability/tracing.py)
+    shapes: tuple[Lookup, ...] = ()  # the lookups it may merge with (merging.py)
 
 
 @dataclass

@@ -1,15 +1,23 @@
 """Coalescing: calls for one account that are ready at about the same time travel together, as
 one Composite request (one API call), instead of one request each.
 
-Only a busy account waits: a call that comes less than twice the wait after the account's
-previous call (or while others wait) joins the account's open group and waits for company at
-most `wait`, and never so long that less than `wait` of its own deadline is left. A call to a
-quiet account goes at once, with only the calls ready at the same moment (a burst taken off the
-queue together): at low load nothing waits. The group leaves as soon as it is full
-(25 calls, or 5 queries: the limits of the Composite resource) or when the wait of its most
-pressed member ends. A call that found no company is handed back, to be sent by its own job as a
-single call (no other delay than the wait). A group of two or more is sent by `together`, which
-returns one answer per call, in order; each waiting job gets exactly its own.
+Two policies decide when a group leaves (SFWORKER_COALESCE_POLICY):
+- adaptive (the default): each account's pace is measured, the gaps between its calls and the
+  round trip of its requests (`flight`, around every request). A call goes at once, with only
+  the calls ready at the same moment, unless company is likely within one round trip (the
+  account's calls come faster than its requests return): at low load nothing waits. Otherwise
+  it joins the account's open group, which leaves when it holds the calls of half a round trip,
+  when the account's last request in flight returns (group commit: the calls that became ready
+  meanwhile go together), after at most twice a round trip (and `max_wait`), or when less than a
+  round trip is left of a member's deadline. Under load the groups grow by themselves.
+- window: a call that comes less than twice the wait after the account's previous call (or while
+  others wait) waits for company at most `wait`, never so long that less than `wait` of its own
+  deadline is left; a call to a quiet account goes at once with the calls ready at that moment.
+Either way a group leaves as soon as it is full (the limits of the Composite resource: 25
+subrequests, 5 of them queries, counted by `units`, after lookups of one shape are merged). A call
+that found no company is handed back, to be sent by its own job as a single call. A group of two
+or more is sent by `together`, which returns one answer per call, in order; each waiting job gets
+exactly its own.
 
 The batcher knows nothing of HTTP, tokens or answers: the transport (transport.py) decides which
 calls may travel together (composite.supports), sends them, and says what an answer means for each
@@ -21,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -55,13 +64,47 @@ class _Group(Generic[T, R]):
     leave_at: float = math.inf
     timer: asyncio.TimerHandle | None = None
 
-    @property
-    def queries(self) -> int:
-        return sum(1 for m in self.members if m.query)
 
-    @property
-    def full(self) -> bool:
-        return len(self.members) >= MAX_SUBREQUESTS or self.queries >= MAX_QUERIES
+Units = Callable[[Account, list[T]], tuple[int, int]]
+
+
+def _each_alone(account: Account, items: list[Any]) -> tuple[int, int]:
+    return len(items), 0  # the queries are counted by `query` below
+
+
+@dataclass
+class _Pace:
+    """What the adaptive policy knows of one account: how often its calls come (a moving
+    average of the gaps between them), how long its requests take, how many are in flight."""
+
+    gap: float | None = None
+    last: float | None = None
+    rtt: float = 0.0
+    started: list[float] = field(default_factory=list)  # of the requests in flight
+
+    def arrive(self, now: float) -> None:
+        """A call is ready. Calls ready at the same moment (a burst taken off the queue) go
+        together anyway: only the gaps between moments tell the pace."""
+        if self.last is not None and now > self.last:
+            gap = now - self.last
+            self.gap = gap if self.gap is None else self.gap + _SMOOTHING * (gap - self.gap)
+        self.last = now
+
+    def round_trip(self, now: float) -> float:
+        """The account's round trip: its average, or (none returned yet) the age of its
+        oldest request in flight."""
+        if self.rtt:
+            return self.rtt
+        return now - min(self.started) if self.started else 0.0
+
+    def company(self, now: float) -> float:
+        """Calls expected to become ready during one round trip."""
+        return self.round_trip(now) / self.gap if self.gap else 0.0
+
+
+_SMOOTHING = 0.1
+_TARGET_SHARE = 0.5  # a group leaves with the calls of half a round trip
+_MIN_MARGIN = 0.005
 
 
 class Coalescer(Generic[T, R]):
@@ -70,18 +113,72 @@ class Coalescer(Generic[T, R]):
         wait_seconds: float,
         together: Callable[[Account, list[T]], Awaitable[list[R]]],
         metrics: Metrics,
+        *,
+        adaptive: bool = False,
+        max_wait_seconds: float = 0.25,
+        units: Units[T] | None = None,
     ) -> None:
         self._wait = wait_seconds
+        self._adaptive = adaptive
+        self._max_wait = max_wait_seconds
         self._together = together
         self._metrics = metrics
+        self._units: Units[T] = units or _each_alone
         self._open: dict[str, _Group[T, R]] = {}
         self._accounts: dict[str, Account] = {}
         self._last_call: dict[str, float] = {}
+        self._pace: dict[str, _Pace] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def enabled(self, account: Account) -> bool:
         return self._wait > 0 and account.coalesce and not self._closed
+
+    @contextmanager
+    def flight(self, account: Account) -> Iterator[None]:
+        """Around every request of the account: what the adaptive policy counts (requests in
+        flight, their round trip); when the last one returns, the calls that became ready
+        meanwhile leave together (group commit)."""
+        pace = self._pace.setdefault(account.name, _Pace())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pace.started.append(started)
+        try:
+            yield
+        finally:
+            pace.started.remove(started)
+            took = loop.time() - started
+            pace.rtt = took if not pace.rtt else pace.rtt + _SMOOTHING * (took - pace.rtt)
+            group = self._open.get(account.name)
+            if self._adaptive and group and len(group.members) >= 2 and not pace.started:
+                self._leave(account.name)
+
+    def _fits(self, account: Account, members: list[_Member[T, R]]) -> bool:
+        subrequests, queries = self._units(account, [m.item for m in members])
+        if self._units is _each_alone:
+            queries = sum(1 for m in members if m.query)
+        return subrequests <= MAX_SUBREQUESTS and queries <= MAX_QUERIES
+
+    def _full(self, account: Account, members: list[_Member[T, R]]) -> bool:
+        subrequests, queries = self._units(account, [m.item for m in members])
+        if self._units is _each_alone:
+            queries = sum(1 for m in members if m.query)
+        return subrequests >= MAX_SUBREQUESTS or queries >= MAX_QUERIES
+
+    def _adaptive_leave(
+        self, pace: _Pace, group: _Group[T, R] | None, now: float, deadline: Deadline
+    ) -> float:
+        """When the group, with one more call, leaves: at once (at the end of this moment, so
+        that calls ready at the same moment go along) when company is unlikely within a round
+        trip or the group has the calls of half a round trip; else when the account's last
+        request returns (`flight`), after at most twice a round trip (and `max_wait`), and
+        never so late that less than a round trip of the call's deadline is left."""
+        company, round_trip = pace.company(now), pace.round_trip(now)
+        size = 1 + (len(group.members) if group is not None else 0)
+        if company < 1 or size >= max(2, math.ceil(company * _TARGET_SHARE)):
+            return now
+        most = min(self._max_wait, 2 * round_trip)
+        return min(now + most, max(now, deadline.at - max(round_trip, _MIN_MARGIN)))
 
     async def join(self, account: Account, item: T, *, deadline: Deadline, query: bool) -> R | None:
         """Wait for company: the call's answer when it travelled with others, or None when its
@@ -92,18 +189,28 @@ class Coalescer(Generic[T, R]):
             return None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        previous = self._last_call.get(account.name)
-        self._last_call[account.name] = now
+        pace = self._pace.setdefault(account.name, _Pace())
+        pace.arrive(now)
         group = self._open.get(account.name)
-        busy = group is not None or (previous is not None and now - previous < 2 * self._wait)
         member: _Member[T, R] = _Member(item, query, now, loop.create_future())
+        if group is not None and not self._fits(account, [*group.members, member]):
+            self._leave(account.name)
+            group = None
+        if self._adaptive:
+            leave_at = self._adaptive_leave(pace, group, now, deadline)
+            target = MAX_SUBREQUESTS
+        else:
+            previous = self._last_call.get(account.name)
+            busy = group is not None or (previous is not None and now - previous < 2 * self._wait)
+            # Quiet: only the calls ready at this very moment go along.
+            leave_at = min(now + self._wait, max(now, deadline.at - self._wait)) if busy else now
+            target = MAX_SUBREQUESTS
+        self._last_call[account.name] = now
         if group is None:
             group = self._open[account.name] = _Group()
             self._accounts[account.name] = account
         group.members.append(member)
-        # Quiet: only the calls ready at this very moment go along.
-        leave_at = min(now + self._wait, max(now, deadline.at - self._wait)) if busy else now
-        if group.full:
+        if len(group.members) >= target or self._full(account, group.members):
             self._leave(account.name)
         elif leave_at < group.leave_at:
             group.leave_at = leave_at
@@ -148,9 +255,6 @@ class Coalescer(Generic[T, R]):
 
     async def _send(self, account: Account, members: list[_Member[T, R]]) -> None:
         name = account.name
-        self._metrics.composite_requests.labels(name).inc()
-        self._metrics.composite_subrequests.labels(name).inc(len(members))
-        self._metrics.api_calls_saved.labels(name).inc(len(members) - 1)
         try:
             answers = await self._together(account, [m.item for m in members])
         except asyncio.CancelledError:

@@ -9,8 +9,13 @@ request (metrics, with the job's trace as exemplar), record the org's API usage 
 `Sforce-Limit-Info`; classify each call's answer (errors.py). What a request that failed as a
 whole means for each call it carried is in failures.py.
 
-A call first looks for company (coalesce.py): with other calls of its account ready at about
-the same time it travels inside one Composite request (composite.py); otherwise alone.
+Around the one send path, layers, each for one-job-shaped calls:
+- shared reads (shared_reads.py): an identical read already in flight is not sent again;
+- batching (coalesce.py): a call looks for company; with other calls of its account ready at
+  about the same time it travels inside one Composite request (composite.py), otherwise alone;
+- merged lookups (merging.py, lookups.py): inside a group, lookups of one shape travel as one
+  query with `IN (...)`, whose answer is split back per job (or, when it cannot be split
+  provably right, each goes alone).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from worker.accounts import Account
 from worker.contract import ErrorCode, Operation
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
-from worker.salesforce import composite, overflow
+from worker.salesforce import composite, merging, overflow
 from worker.salesforce.call import Answer, Attempt, Call, Response
 from worker.salesforce.coalesce import Coalescer
+from worker.salesforce.commit import commit_group
 from worker.salesforce.errors import Verdict, classify
 from worker.salesforce.failures import (
     CallFailed,
@@ -41,9 +47,10 @@ from worker.salesforce.failures import (
     timeout_error,
     too_large,
 )
-from worker.salesforce.http import ResponseTooLarge, SendRefused, SendState, read_capped, untraced
+from worker.salesforce.http import ResponseTooLarge, SendState, read_capped, untraced
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve
+from worker.salesforce.shared_reads import SharedReads, read_key
 from worker.salesforce.tokens import AccessToken, TokenManager
 from worker.salesforce.usage import parse_limit_info
 from worker.settings import Settings
@@ -74,10 +81,17 @@ class Transport:
         self._slots = slots
         self._reserve = reserve
         self._coalescer: Coalescer[Attempt, Answer] = Coalescer(
-            settings.coalesce_wait_ms / 1000, tracing.composite(self._together), metrics
+            settings.coalesce_wait_ms / 1000,
+            tracing.composite(self._together),
+            metrics,
+            adaptive=settings.coalesce_policy == "adaptive",
+            max_wait_seconds=settings.coalesce_max_wait_ms / 1000,
+            units=merging.counts,
         )
+        self._reads = SharedReads()
 
     async def close(self) -> None:
+        await self._reads.close()
         await self._coalescer.close()
         await self._plain.close()
 
@@ -92,16 +106,43 @@ class Transport:
         """One attempt of a call: its answer (any verdict), or CallFailed, Retryable, or
         SendRefused (the insert's marker is held elsewhere) raised."""
         self._check_reserve(call)
-        account = call.account
         attempt = Attempt(call, composite.Subrequest(method, url, params, body, call.extra_headers))
-        answer: Answer | None = None
-        if self._coalescer.enabled(account) and composite.supports(account, attempt.request):
-            answer = await self._join(attempt)
-        if answer is None or isinstance(answer, overflow.SendAlone):  # no company, or no room
-            answer = (await self._carry(account, [attempt], call.deadline.at, alone=True))[0]
+        answer = await self._shared(attempt)
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    async def _shared(self, attempt: Attempt) -> Answer:
+        """Layer: an identical read of the account already in flight is not sent again; this
+        call gets its own copy of that answer (shared_reads.py)."""
+        call = attempt.call
+        key = read_key(call.account, attempt.request) if call.account.share_reads else None
+        if key is None:
+            return await self._batched(attempt)
+        flying = self._reads.flying(key)
+        if flying is None:
+            task = self._reads.start(key, lambda: self._batched(attempt))
+            return await asyncio.shield(task)
+        try:
+            async with asyncio.timeout_at(call.deadline.at):
+                shared = await asyncio.shield(flying)
+        except TimeoutError:
+            raise timeout_error(call) from None
+        if not isinstance(shared, Response):  # a failure is the leader's own: go alone
+            return await self._batched(attempt)
+        self._saved(call.account.name, "shared_read", 1)
+        call.attempts += 1
+        return self._answer(call, shared.status, merging.copy(shared.body), shared.token)
+
+    async def _batched(self, attempt: Attempt) -> Answer:
+        """Layer: look for company (coalesce.py), else go alone."""
+        account = attempt.call.account
+        if self._coalescer.enabled(account) and composite.supports(account, attempt.request):
+            attempt.shapes = merging.shapes(account, attempt)
+            answer = await self._join(attempt)
+            if answer is not None and not isinstance(answer, overflow.SendAlone):
+                return answer  # else: no company, or no room in its group
+        return (await self._carry(account, [attempt], attempt.call.deadline.at, alone=True))[0]
 
     async def _join(self, attempt: Attempt) -> Answer | None:
         """Wait for company (coalesce.py): the answer when the call travelled inside a Composite
@@ -124,15 +165,58 @@ class Transport:
             raise
 
     async def _together(self, account: Account, group: list[Attempt]) -> list[Answer]:
-        """One Composite request carrying calls of several jobs (the coalescer's sender)."""
+        """The coalescer's sender: the group's calls as subrequests (lookups of one shape merged
+        into one query), in one Composite request, or one request when one subrequest is left."""
+        units = merging.plan(account, group)
+        outgoing = [u.request(account) if u.merged else u.attempts[0] for u in units]
         deadline = max(a.call.deadline.at for a in group)
-        return await self._carry(account, group, deadline, alone=False)
+        alone = len(outgoing) == 1
+        answers = await self._carry(account, outgoing, deadline, alone=alone)
+        name = account.name
+        if not alone:
+            self._metrics.composite_requests.labels(name).inc()
+            self._metrics.composite_subrequests.labels(name).inc(len(outgoing))
+            self._saved(name, "composite", len(outgoing) - 1)
+        each: dict[int, Answer] = {}
+        fallback: list[Attempt] = []
+        for unit, answer in zip(units, answers, strict=True):
+            if not unit.merged:
+                each[id(unit.attempts[0])] = answer
+                continue
+            shares = merging.split(unit, answer)
+            if shares is None:
+                fallback.extend(unit.attempts)
+                continue
+            self._saved(name, "lookup", len(unit.attempts) - 1)
+            assert isinstance(answer, Response)
+            for attempt, share in zip(unit.attempts, shares, strict=True):
+                attempt.call.attempts += 1
+                each[id(attempt)] = self._answer(attempt.call, answer.status, share, answer.token)
+        if fallback:  # each alone, as if it had never met the others
+            self._metrics.merge_fallbacks.labels(name).inc()
+            alone_answers = await asyncio.gather(
+                *(self._carry(account, [a], a.call.deadline.at, alone=True) for a in fallback)
+            )
+            for attempt, (answer,) in zip(fallback, alone_answers, strict=True):
+                each[id(attempt)] = answer
+        return [each[id(a)] for a in group]
+
+    def _saved(self, account: str, mechanism: str, calls: int) -> None:
+        if calls > 0:
+            self._metrics.api_calls_saved.labels(account).inc(calls)
+            self._metrics.api_calls_saved_by.labels(account, mechanism).inc(calls)
 
     async def _carry(
         self, account: Account, attempts: list[Attempt], deadline: float, *, alone: bool
     ) -> list[Answer]:
         """One HTTP request carrying `attempts`: one call `alone`, or a Composite request. Each
         attempt's answer, in order: Salesforce's, or what the request's failure means for it."""
+        with self._coalescer.flight(account):
+            return await self._carry_one(account, attempts, deadline, alone=alone)
+
+    async def _carry_one(
+        self, account: Account, attempts: list[Attempt], deadline: float, *, alone: bool
+    ) -> list[Answer]:
         label = attempts[0].call.operation.value if alone else "composite"
         # Alone, an insert's marker is marked at the last moment, when the connection is ready
         # (http.py); a Composite request claims its inserts' markers together, before sending.
@@ -148,7 +232,7 @@ class Transport:
                     if not going:
                         return [a.unsent for a in attempts if a.unsent is not None]
                     token = await self._token(account)
-                    sent = attempts if alone else await _mark_inserts(attempts)
+                    sent = attempts if alone else await commit_group(attempts)
                     if not sent:
                         return [a.unsent for a in attempts if a.unsent is not None]
                     for attempt in sent:
@@ -324,27 +408,6 @@ def _failure_label(exc: BaseException) -> str:
     if isinstance(exc, ResponseTooLarge):
         return "too_large"
     return "timeout" if isinstance(exc, TimeoutError) else "error"
-
-
-async def _mark_inserts(group: list[Attempt]) -> list[Attempt]:
-    """The calls of a Composite request that go: not those whose job stopped waiting, nor
-    inserts whose marker another delivery holds. From here on a job that stops waiting cannot
-    take its call back (`committed`)."""
-    for attempt in group:
-        if attempt.unsent is None and attempt.abandoned:
-            attempt.unsent = timeout_error(attempt.call)
-        elif attempt.unsent is None:
-            attempt.committed = True
-    # The inserts' markers at once (one round trip for the group, not one each): the window in
-    # which a marked insert has not left yet stays as short as one claim.
-    marking = [a for a in group if a.committed and a.call.before_send is not None]
-    marked = await asyncio.gather(
-        *(a.call.before_send() for a in marking if a.call.before_send is not None)
-    )
-    for attempt, ok in zip(marking, marked, strict=True):
-        if not ok:
-            attempt.unsent = SendRefused()  # the same insert is being sent elsewhere
-    return [a for a in group if a.unsent is None]
 
 
 def _composite_request(account: Account, sent: list[Attempt]) -> composite.Subrequest:
