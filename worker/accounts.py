@@ -41,8 +41,7 @@ REQUIRED_SECRETS: dict[Flow, tuple[str, ...]] = {
 }
 _TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _API_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,79}$"
-# Salesforce limits long (>20 s) concurrent calls to 25 per org, not short ones: the cap is a
-# guard against a slow org, set above a process's prefetch so it never throttles normal load.
+# Salesforce caps long (>20 s) concurrent calls, not short ones: a guard above the prefetch.
 DEFAULT_MAX_CONCURRENCY = 100
 DEFAULT_API_RESERVE_PERCENT = 95.0
 

@@ -159,7 +159,9 @@ async def test_a_large_query_and_an_insert_are_answered_as_alone_in_any_group(
     as it is alone (though the group's answer is 18 MB, more than one answer may be), and the
     insert, whose record was created, is answered with its id."""
     await seed_wide_cases(simulator, 160)
-    worker = Worker(settings.model_copy(update={"coalesce_wait_ms": 300}))
+    # The fixed window (not the adaptive default): these five must travel together.
+    fixed = {"coalesce_policy": "window", "coalesce_wait_ms": 300}
+    worker = Worker(settings.model_copy(update=fixed))
     await worker.start()
     try:
         await jobs.call(search("warm", "SELECT Id FROM Case LIMIT 1"))  # the account is busy
