@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from worker.accounts import Account
+from worker.memory import OverBudget
+from worker.salesforce.call import Call
 from worker.salesforce.composite import Subrequest
+from worker.salesforce.failures import timeout_error, too_large
+from worker.salesforce.http import ResponseTooLarge
 
 A = TypeVar("A")
 
@@ -40,6 +46,28 @@ class SharedReads:
     def __init__(self) -> None:
         self._flying: dict[Key, asyncio.Task[object]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        # The answer of a shared read serialized once for all the jobs that copy it, while
+        # any of them still waits: (the bytes, how many jobs wait).
+        self._serialized: dict[asyncio.Task[object], tuple[bytes | None, int]] = {}
+
+    def join(self, task: asyncio.Task[object]) -> None:
+        """A job waits for `task`'s answer (and will copy it)."""
+        raw, users = self._serialized.get(task, (None, 0))
+        self._serialized[task] = (raw, users + 1)
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        raw, users = self._serialized.pop(task, (None, 1))
+        if users > 1:
+            self._serialized[task] = (raw, users - 1)
+
+    def serialized(self, task: asyncio.Task[object], body: Any) -> bytes:
+        """`task`'s answer body as JSON, made once for all the jobs copying it."""
+        raw, users = self._serialized.get(task, (None, 0))
+        if raw is None:
+            raw = orjson.dumps(body)
+            if users:
+                self._serialized[task] = (raw, users)
+        return raw
 
     def flying(self, key: Key) -> asyncio.Task[object] | None:
         return self._flying.get(key)
@@ -70,3 +98,18 @@ class SharedReads:
 def _seen(task: asyncio.Task[object]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+async def own_copy(call: Call, raw: bytes, max_bytes: int) -> Any:
+    """A copy of a shared answer (`raw`, its JSON) for `call`: memory its job holds as if it had
+    read the answer, counted on its hold first (a wait bounded by the deadline;
+    RESULT_TOO_LARGE when the job alone could not hold it)."""
+    if call.memory is not None:
+        try:
+            async with asyncio.timeout_at(call.deadline.at):
+                await call.memory.read(len(raw))
+        except TimeoutError:
+            raise timeout_error(call) from None
+        except OverBudget as exc:
+            raise too_large(call, None, ResponseTooLarge(max_bytes, why=str(exc))) from None
+    return orjson.loads(raw)

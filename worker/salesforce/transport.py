@@ -50,7 +50,7 @@ from worker.salesforce.failures import (
 from worker.salesforce.http import ResponseTooLarge, SendState, read_capped, untraced
 from worker.salesforce.oauth import AuthError
 from worker.salesforce.reserve import ApiReserve
-from worker.salesforce.shared_reads import SharedReads, read_key
+from worker.salesforce.shared_reads import SharedReads, own_copy, read_key
 from worker.salesforce.tokens import AccessToken, TokenManager
 from worker.salesforce.usage import parse_limit_info
 from worker.settings import Settings
@@ -123,16 +123,23 @@ class Transport:
         if flying is None:
             task = self._reads.start(key, lambda: self._batched(attempt))
             return await asyncio.shield(task)
+        self._reads.join(flying)
         try:
-            async with asyncio.timeout_at(call.deadline.at):
-                shared = await asyncio.shield(flying)
-        except TimeoutError:
-            raise timeout_error(call) from None
-        if not isinstance(shared, Response):  # a failure is the leader's own: go alone
-            return await self._batched(attempt)
+            try:
+                async with asyncio.timeout_at(call.deadline.at):
+                    shared = await asyncio.shield(flying)
+            except TimeoutError:
+                raise timeout_error(call) from None
+            if not isinstance(shared, Response):  # a failure is the leader's own: go alone
+                return await self._batched(attempt)
+            # This job's own copy of the answer is memory it holds, as if it had read it.
+            raw = self._reads.serialized(flying, shared.body)
+            body = await own_copy(call, raw, self._max_bytes)
+        finally:
+            self._reads.leave(flying)
         self._saved(call.account.name, "shared_read", 1)
         call.attempts += 1
-        return self._answer(call, shared.status, merging.copy(shared.body), shared.token)
+        return self._answer(call, shared.status, body, shared.token)
 
     async def _batched(self, attempt: Attempt) -> Answer:
         """Layer: look for company (coalesce.py), else go alone."""
