@@ -134,6 +134,11 @@ class Coalescer(Generic[T, R]):
     def enabled(self, account: Account) -> bool:
         return self._wait > 0 and account.coalesce and not self._closed
 
+    def round_trip(self, account: Account) -> float:
+        """The account's usual round trip so far (0.0 before its first request returned)."""
+        pace = self._pace.get(account.name)
+        return pace.rtt if pace is not None else 0.0
+
     @contextmanager
     def flight(self, account: Account) -> Iterator[None]:
         """Around every request of the account: what the adaptive policy counts (requests in

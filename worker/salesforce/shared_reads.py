@@ -27,6 +27,12 @@ from worker.salesforce.http import ResponseTooLarge
 
 A = TypeVar("A")
 
+# A job waits for a shared read at most this many of its account's usual round trips (and at
+# least PATIENCE_FLOOR s) after the read left, then sends its own: a read stuck on a hung
+# connection must not hold every identical read until their deadlines.
+PATIENCE_ROUND_TRIPS = 3.0
+PATIENCE_FLOOR = 0.5
+
 Key = tuple[str, str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 _SHARED_HEADERS = ("sforce-query-options",)
 
@@ -46,9 +52,15 @@ class SharedReads:
     def __init__(self) -> None:
         self._flying: dict[Key, asyncio.Task[object]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        self._started: dict[asyncio.Task[object], float] = {}  # loop time each read left
         # The answer of a shared read serialized once for all the jobs that copy it, while
         # any of them still waits: (the bytes, how many jobs wait).
         self._serialized: dict[asyncio.Task[object], tuple[bytes | None, int]] = {}
+
+    def patience(self, task: asyncio.Task[object], round_trip: float) -> float:
+        """The loop time until which a job waits for `task`'s answer."""
+        started = self._started.get(task, asyncio.get_running_loop().time())
+        return started + max(PATIENCE_FLOOR, PATIENCE_ROUND_TRIPS * round_trip)
 
     def join(self, task: asyncio.Task[object]) -> None:
         """A job waits for `task`'s answer (and will copy it)."""
@@ -80,10 +92,13 @@ class SharedReads:
                 if self._flying.get(key) is task:
                     del self._flying[key]
 
-        task: asyncio.Task[A] = asyncio.get_running_loop().create_task(run())
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[A] = loop.create_task(run())
         self._flying[key] = task
         self._tasks.add(task)
+        self._started[task] = loop.time()
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._started.pop(done, None))
         task.add_done_callback(_seen)
         return task
 

@@ -125,11 +125,14 @@ class Transport:
             return await asyncio.shield(task)
         self._reads.join(flying)
         try:
+            patience = self._reads.patience(flying, self._coalescer.round_trip(call.account))
             try:
-                async with asyncio.timeout_at(call.deadline.at):
+                async with asyncio.timeout_at(min(call.deadline.at, patience)):
                     shared = await asyncio.shield(flying)
             except TimeoutError:
-                raise timeout_error(call) from None
+                if call.deadline.expired:
+                    raise timeout_error(call) from None
+                shared = None  # the shared read is overdue (a hung connection?): go alone
             if not isinstance(shared, Response):  # a failure is the leader's own: go alone
                 return await self._batched(attempt)
             # This job's own copy of the answer is memory it holds, as if it had read it.
