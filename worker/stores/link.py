@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Redis = aioredis.Redis
 RestoreHook = Callable[[], Awaitable[None]]
+REPLICAS_EVERY = 5.0  # while available, the primary's replicas are read again this often
 
 
 class RedisUnavailable(Exception):
@@ -194,6 +195,12 @@ class RedisLink:
         before it returns (replicas.py); RedisUnavailable when none confirms in time."""
         return await self.call(lambda r: self.replicas.write(r, command))
 
+    async def _check_replicas(self) -> None:
+        """Read the primary's replicas again (one that joined, or left, since)."""
+        with contextlib.suppress(RedisError, TimeoutError, OSError):
+            async with asyncio.timeout(self._timeout * 2):
+                await self.replicas.detect(self.client)
+
     async def moved(self, where: str) -> None:
         """The sentinels announced a new primary: connections go back to them."""
         self._moves += 1
@@ -201,9 +208,7 @@ class RedisLink:
         log.warning("Redis primary moved (failover)", extra={"redis": self.where, "to": where})
         with contextlib.suppress(Exception):
             await self.client.connection_pool.disconnect(inuse_connections=False)
-        with contextlib.suppress(RedisError, TimeoutError, OSError):
-            async with asyncio.timeout(self._timeout * 2):
-                await self.replicas.detect(self.client)
+        await self._check_replicas()
 
     async def attempt(self, command: Callable[[Redis], Awaitable[Any]]) -> None:
         """Run a write that may be lost with Redis (a lease or a TTL covers it)."""
@@ -271,7 +276,12 @@ class RedisLink:
         while True:
             if self._available:
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REPLICAS_EVERY):
+                        await self._wake.wait()
+                if self._available and not self._wake.is_set():
+                    await self._check_replicas()
+                    continue
             await asyncio.sleep(self._retry_every)
             if not self._available and await self._ping():
                 await self._restore()
