@@ -29,7 +29,13 @@ pytestmark = pytest.mark.timeout(120)
 def _link(cluster: SentinelCluster, **kw: Any) -> RedisLink:
     config = SentinelConfig([("127.0.0.1", g.port) for g in cluster.guards], MASTER)
     return RedisLink(
-        "redis://", "sentinel-test:", Metrics(), timeout=0.5, retry_every=0.3, sentinels=config, **kw
+        "redis://",
+        "sentinel-test:",
+        Metrics(),
+        timeout=0.5,
+        retry_every=0.3,
+        sentinels=config,
+        **kw,
     )
 
 
@@ -175,7 +181,8 @@ async def test_a_worker_follows_a_manual_failover_without_a_restart_or_a_lost_jo
     await wait_until(settled, 15, "the worker on Redis again")
     after = searches("after", 5)
     assert await fleet.run_all(after) == ["ok"] * 5
-    assert worker.proc.pid == pid and worker.proc.poll() is None  # no restart
+    assert worker.proc.pid == pid
+    assert worker.proc.poll() is None
     # The results of the jobs after the failover are on the new primary.
     client = aioredis.Redis(host="127.0.0.1", port=new, socket_timeout=2)
     try:

@@ -114,7 +114,7 @@ class SentinelCluster:
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
                 )
                 return int(host_port[1])
-            except Exception:
+            except Exception:  # noqa: S112 - a sentinel down: the next one is asked
                 continue
             finally:
                 await client.aclose()
