@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -202,7 +202,7 @@ async def bench(args: argparse.Namespace) -> int:
         replica.stop()
         primary.stop()
         kill_all()
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
     return 0
 
 

@@ -39,6 +39,7 @@ PACE = 1 / 30  # jobs published a second: 30, one in three an insert
 STORM_EVERY = 1.0  # every session expired this often: a refresh, and a rotation, each time
 CALM = 1.0  # no expiry this long before a worker is killed: no token request in flight
 STEADY = 1.5  # seconds of load between the steps (worker killed, primary killed, ...)
+LATENCY_MS = 250  # a few jobs in flight on each worker when it is killed: redelivered
 BACK_WITHIN = 10.0  # seconds from the primary's SIGKILL to both workers on the new primary
 
 
@@ -65,7 +66,7 @@ async def test_primary_killed_under_load_no_insert_twice_no_chain_revoked(
         refresh_tokens=[DEFAULT_REFRESH_TOKEN],
     )
     await fleet.simulator.seed("Account", [{"Name": "Acme"}])
-    await fleet.simulator.set_latency(40)
+    await fleet.simulator.set_latency(LATENCY_MS)
     wait = os.environ.get("SFWORKER_TEST_FAILOVER_WAIT_REPLICAS")
     settings = fleet.configure(
         flow="refresh_token",
@@ -78,6 +79,7 @@ async def test_primary_killed_under_load_no_insert_twice_no_chain_revoked(
         **({"redis_wait_replicas": int(wait)} if wait is not None else {}),
     )
     workers = await fleet.start(2, settings, prefetch=50)
+    every = list(workers)
     assert await fleet.run_all(searches("warm", 6)) == ["ok"] * 6
     await fleet.simulator.reset_counters()
 
@@ -112,6 +114,7 @@ async def test_primary_killed_under_load_no_insert_twice_no_chain_revoked(
         worker.proc.kill()
         workers.remove(worker)
         workers.append(fleet.spawn(settings, prefetch=50))
+        every.append(workers[-1])
         await workers[-1].wait_ready()
         storm_on.set()
 
@@ -155,12 +158,15 @@ async def test_primary_killed_under_load_no_insert_twice_no_chain_revoked(
         for b in batch
         if by_id[b["job_id"]]["status"] != "ok" and b["job_id"] not in unknown
     ]
+    redelivered = sum(w.log_path.read_text().count('"redelivered job"') for w in every)
     print(
         f"\nfailover under load: {len(batch)} jobs, {statuses.count('ok')} ok, {len(unknown)} "
         f"OUTCOME_UNKNOWN, {len(other)} other errors; {len(per_job)} insert records, most per "
         f"job {max(per_job.values())}; token requests {counters['token_requests']}; oauth "
-        f"events {counters['oauth_events']}; both workers back {back_after:.1f} s after the kill"
+        f"events {counters['oauth_events']}; both workers back {back_after:.1f} s after the "
+        f"kill; {redelivered} jobs redelivered"
     )
+    assert redelivered >= 1  # the killed workers' jobs went to the others
     assert max(per_job.values()) == 1, [k for k, v in per_job.items() if v > 1]  # none twice
     assert counters["oauth_events"] == {}  # no refresh token replayed, no chain revoked
     assert other == [], other  # every job answered: ok, or an insert whose outcome is unknown

@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from tests.fleet.helpers import Fleet, insert, searches
 from tests.support.metrics import metric
 from tests.support.sentinel_cluster import MASTER, SentinelCluster
 from tests.support.waiting import wait_until
 from worker.observability.metrics import Metrics
-from worker.stores.link import RedisLink, RedisUnavailable
+from worker.settings import Settings
+from worker.stores.link import RedisLink, RedisUnavailable, from_settings
 from worker.stores.memory_results import MemoryResultStore
 from worker.stores.redis_results import RedisResultStore
 from worker.stores.sentinels import SentinelConfig
@@ -190,3 +194,29 @@ async def test_a_worker_follows_a_manual_failover_without_a_restart_or_a_lost_jo
     finally:
         await client.aclose()
     assert len(stored) == 5
+
+
+def test_sentinel_settings_need_no_url_and_keep_its_credentials_and_tls() -> None:
+    """What `sfworker run` and `sfworker accounts check` build their link from."""
+    bare = Settings(redis_sentinels="s1:26379, s2:26380", redis_plaintext=True)
+    assert bare.redis_url is not None  # the fleet is on: a link is built
+    assert bare.sentinels() == [("s1", 26379), ("s2", 26380)]
+    link = from_settings(bare, Metrics())
+    assert link.where == "sentinel:mymaster@s1:26379,s2:26380"
+    secured = Settings(
+        redis_url="rediss://:pw@ignored:1/3",
+        redis_sentinels="s1:26379",
+        redis_sentinel_master="prod",
+        redis_sentinel_password="spw",
+        redis_plaintext=True,
+    )
+    pool = from_settings(secured, Metrics()).client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "prod"
+    assert issubclass(pool.connection_class, SSLConnection)
+    assert (pool.connection_kwargs["password"], pool.connection_kwargs["db"]) == ("pw", 3)
+    assert "host" not in pool.connection_kwargs  # the sentinels name it
+    [sentinel] = pool.sentinel_manager.sentinels
+    assert sentinel.connection_pool.connection_kwargs["password"] == "spw"
+    with pytest.raises(ValidationError):
+        Settings(redis_sentinels="no-port")
