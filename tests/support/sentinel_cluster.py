@@ -19,23 +19,28 @@ FAILOVER_TIMEOUT_MS = 10_000
 
 
 class Sentinel:
-    def __init__(self, workdir: Path, primary_port: int) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, primary_port: int, failover_timeout_ms: int) -> None:
+        self.port = 0
         workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.primary_port = primary_port
+        self.failover_timeout_ms = failover_timeout_ms
         self.config = workdir / "sentinel.conf"
-        self.config.write_text(
-            f"port {self.port}\n"
-            "bind 127.0.0.1\n"
-            f"dir {workdir}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {MASTER} 1\n"
-        )
         self.log = workdir / "sentinel.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def launch(self) -> None:
+        """On a free port (again: another process may have taken the one picked before)."""
+        self.port = free_port()
+        self.config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.workdir}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {MASTER} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {MASTER} 1\n"
+        )
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 ["redis-server", str(self.config), "--sentinel"], stdout=log, stderr=log
@@ -54,13 +59,23 @@ class SentinelCluster:
     """`start()`, then `sentinels` (SFWORKER_REDIS_SENTINELS), `primary_port()`,
     `kill_primary()`, `failover()`, `wait_new_primary(old)`; `stop()` kills everything."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, failover_timeout_ms: int = FAILOVER_TIMEOUT_MS) -> None:
         self.primary = RedisServer(_dir(workdir / "primary"))
         self.replica = RedisServer(
             _dir(workdir / "replica"), "--replicaof", "127.0.0.1", str(self.primary.port)
         )
         self.nodes = {self.primary.port: self.primary, self.replica.port: self.replica}
-        self.guards = [Sentinel(workdir / f"sentinel-{i}", self.primary.port) for i in range(3)]
+        self.guards = [
+            Sentinel(workdir / f"sentinel-{i}", self.primary.port, failover_timeout_ms)
+            for i in range(3)
+        ]
+
+    def replicate_through(self, port: int) -> None:
+        """Before `start`: the replica reaches the primary at `port` (a proxy the test can
+        stall: a replica that lags). Sentinel leaves such a replica alone for
+        `failover_timeout_ms` before it points it at the primary itself."""
+        at = self.replica.args.index("--replicaof")
+        self.replica.args[at + 2] = str(port)
 
     @property
     def sentinels(self) -> str:
@@ -75,6 +90,9 @@ class SentinelCluster:
 
         async def all_known() -> bool:
             for guard in self.guards:
+                if guard.proc is not None and guard.proc.poll() is not None:
+                    guard.launch()  # its port was taken meanwhile
+                    return False
                 client = guard.client()
                 try:
                     replicas = await client.execute_command("SENTINEL", "REPLICAS", MASTER)
