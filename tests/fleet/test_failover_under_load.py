@@ -13,8 +13,10 @@ docs/runbook.md); and a worker killed during its token request takes the rotated
 Salesforce just gave it to its grave (the fleet's is spent: the next refresh revokes the chain,
 whatever Redis does). WAIT is about what Redis acknowledged, not about either.
 
-`SFWORKER_TEST_FAILOVER_WAIT_REPLICAS=0` runs it with WAIT off (docs/benchmarks.md says what
-that showed)."""
+`SFWORKER_TEST_FAILOVER_WAIT_REPLICAS=0` runs it with WAIT off. It passes then too: on loopback
+the primary streams a write to its replica in the same turn of its event loop in which it
+answers the client, so a SIGKILL loses nothing it acknowledged. What WAIT is for needs a replica
+that lags: test_failover_lagging_replica.py."""
 
 from __future__ import annotations
 
