@@ -140,6 +140,7 @@ async def test_the_link_follows_a_manual_failover(sentinel_cluster: SentinelClus
         await link.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_a_worker_follows_a_manual_failover_without_a_restart_or_a_lost_job(
     fleet: Fleet, sentinel_cluster: SentinelCluster
