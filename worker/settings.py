@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, TypeAdapter, field_validator
+from pydantic import Field, SecretStr, TypeAdapter, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.runtime.amqp_urls import split_amqp_urls, with_heartbeat
@@ -46,6 +46,30 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL for state shared by the fleet (tokens, results, limits); unset: "
         "each process works alone",
+    )
+    redis_sentinels: str | None = Field(
+        default=None,
+        description="Redis Sentinel addresses, comma-separated host:port: every connection asks "
+        "them for the primary (SFWORKER_REDIS_URL then gives only the user, password, database "
+        "and TLS: its host is not used, and it may be left unset)",
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        min_length=1,
+        description="With SFWORKER_REDIS_SENTINELS: the name the sentinels monitor the primary by",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="With SFWORKER_REDIS_SENTINELS: the sentinels' own password (their "
+        "`requirepass`), when they ask for one",
+    )
+    redis_wait_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description="Replicas that must confirm (WAIT) an insert marker, a job-id binding, a "
+        "token lock and a rotated refresh token before the worker acts on it; unset: 1 when the "
+        "primary has replicas, 0 when it has none (0: never wait)",
     )
     redis_prefix: str = Field(
         default="sfworker:", min_length=1, description="Prefix of every Redis key the worker writes"
@@ -238,6 +262,27 @@ class Settings(BaseSettings):
         only while it is moved to its lane, or while it runs within its small direct share)."""
         return max(self.prefetch, self.routing_prefetch) if self.fair_share else self.prefetch
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sentinels_need_no_url(cls, data: Any) -> Any:
+        """With sentinels and no URL: plain connections, database 0 (the URL, when set, only
+        carries the credentials, database and TLS)."""
+        if isinstance(data, dict) and data.get("redis_sentinels") and not data.get("redis_url"):
+            return {**data, "redis_url": "redis://"}
+        return data
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            sentinel_addresses(value)
+            return value
+        return None
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The addresses of SFWORKER_REDIS_SENTINELS, in order (empty: a plain Redis URL)."""
+        return sentinel_addresses(self.redis_sentinels or "")
+
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_urls(cls, value: SecretStr) -> SecretStr:
@@ -269,6 +314,21 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+
+def sentinel_addresses(text: str) -> list[tuple[str, int]]:
+    """`host:port` entries, comma-separated (the port is required: a sentinel's is not 6379)."""
+    addresses = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a sentinel is host:port, not {entry!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    if not addresses:
+        raise ValueError("no sentinel address")
+    return addresses
 
 
 _SECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*([smhdSMHD]?)")

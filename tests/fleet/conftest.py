@@ -14,6 +14,7 @@ from sfsim.testing import SimulatorClient
 from tests.fleet.helpers import Fleet
 from tests.support.job_client import JobClient
 from tests.support.redis_server import RedisServer
+from tests.support.sentinel_cluster import SentinelCluster
 from tests.support.settings import make_settings
 from worker.settings import Settings
 
@@ -56,3 +57,16 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+async def sentinel_cluster(tmp_path: Path) -> AsyncIterator[SentinelCluster]:
+    """A primary, its replica and three sentinels of the test's own, on free ports."""
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is needed for the Sentinel tests")
+    cluster = SentinelCluster(tmp_path / "redis")
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

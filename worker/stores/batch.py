@@ -1,7 +1,12 @@
 """Result-store commands of one loop tick, sent to Redis together: the jobs that arrive or
 finish at about the same moment (a burst of deliveries, a Composite request's answers) cost one
 write on the batcher's own connection (`MGET`, the bindings' script and `SET ... PX` in one
-pipeline, pipe.py), not one round trip each."""
+pipeline, pipe.py), not one round trip each.
+
+A pipeline that holds a write that must survive a failover (a job-id binding, an insert marker:
+`durable`) ends with `WAIT` (replicas.py), in the same round trip; the replies of those writes
+reach their callers only once the replicas confirm, and as RedisUnavailable (the link falls
+back) when none does in time."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from worker.stores.link import RedisLink, RedisUnavailable
 from worker.stores.pipe import Command, OnReply, Pipe, Reply
+from worker.stores.replicas import NotConfirmed
 
 _MAX_BATCH = 256  # commands in one pipeline; more go in the next one
 _IN_FLIGHT = 1  # pipelines on their way at once; what comes meanwhile waits for the answer
@@ -40,6 +46,7 @@ class _Eval:
     args: list[bytes | str | int]
     future: asyncio.Future[Any]
     by_source: bool = False  # EVAL, not EVALSHA: Redis did not have the script (NOSCRIPT)
+    durable: bool = False  # its reply waits for the replicas' confirmation (WAIT)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,14 @@ class _Bind:
     px: int
     result_key: str
     future: asyncio.Future[Any]
+
+
+class _Held:
+    """The replies of one pipeline's durable writes, held until its `WAIT` answers (None: the
+    pipeline has no `WAIT`, replies go at once)."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[asyncio.Future[Any], Any]] = []
 
 
 class TickBatch:
@@ -84,11 +99,17 @@ class TickBatch:
         return future
 
     def eval(
-        self, script: str, keys: list[str], args: list[bytes | str | int]
+        self,
+        script: str,
+        keys: list[str],
+        args: list[bytes | str | int],
+        *,
+        durable: bool = False,
     ) -> asyncio.Future[Any]:
-        """A Lua script, by its SHA1 (EVALSHA), by its source when Redis lacks it."""
+        """A Lua script, by its SHA1 (EVALSHA), by its source when Redis lacks it; `durable`:
+        its reply comes once the replicas confirm its writes."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._evals.append(_Eval(script, keys, args, future))
+        self._evals.append(_Eval(script, keys, args, future, durable=durable))
         self._schedule()
         return future
 
@@ -98,7 +119,7 @@ class TickBatch:
         """Bind `binding_key` to `value` unless bound, and read `result_key`: the binding before
         (None: this call bound it) and the stored result, in the pipeline of its tick."""
         if self._bind_by_script:
-            return self.eval(BIND_SCRIPT, [binding_key, result_key], [value, px])
+            return self.eval(BIND_SCRIPT, [binding_key, result_key], [value, px], durable=True)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._bindings.append(_Bind(binding_key, value, px, result_key, future))
         self._schedule()
@@ -143,31 +164,41 @@ class TickBatch:
             for binding in bindings:
                 _fail(binding.future, exc)
             return
+        wait = self._link.replicas.wait_command()
         while gets or sets or evals or bindings:
             commands: list[Command] = []
             handlers: list[OnReply] = []
-            keys = list(gets)[: _MAX_BATCH - 1]
+            # A WAIT ends a pipeline with a durable write: room for it is kept.
+            held = _Held() if wait is not None else None
+            keys = list(gets)[: _MAX_BATCH - 2]
             if keys:
                 waiting = {key: gets.pop(key) for key in keys}
                 commands.append(("MGET", *keys))
                 handlers.append(self._on_values(waiting))
-            room = _MAX_BATCH - len(commands)
+            room = _MAX_BATCH - 1 - len(commands)
             some_sets, sets = sets[:room], sets[room:]
             for key, value, px, done in some_sets:
                 commands.append(("SET", key, value, "PX", px))
                 handlers.append(self._on_set(done))
-            room = _MAX_BATCH - len(commands)
+            room = _MAX_BATCH - 1 - len(commands)
             some_evals, evals = evals[:room], evals[room:]
             for call in some_evals:
                 commands.append(self._eval_command(call))
-                handlers.append(self._on_eval(call))
-            room = (_MAX_BATCH - len(commands)) // 2
+                handlers.append(self._on_eval(call, held if call.durable else None))
+            room = (_MAX_BATCH - 1 - len(commands)) // 2
             some_bindings, bindings = bindings[:room], bindings[room:]
             for binding in some_bindings:
                 commands.append(("SET", binding.key, binding.value, "NX", "GET", "PX", binding.px))
                 commands.append(("GET", binding.result_key))
-                on_bound, on_result = self._on_bind(binding)
+                on_bound, on_result = self._on_bind(binding, held)
                 handlers += [on_bound, on_result]
+            if (
+                wait is not None
+                and held is not None
+                and (some_bindings or any(call.durable for call in some_evals))
+            ):
+                commands.append(wait)
+                handlers.append(self._on_wait(held))
             self._in_flight += 1
             self._pipe.send(Pipe.pack(commands), handlers, self._answered)
 
@@ -214,7 +245,35 @@ class TickBatch:
 
         return on_reply
 
-    def _on_bind(self, binding: _Bind) -> tuple[OnReply, OnReply]:
+    def _on_wait(self, held: _Held) -> OnReply:
+        """The pipeline's WAIT: its durable replies go to their callers, or, unconfirmed, fail
+        as when Redis does not answer (the link falls back)."""
+
+        def on_reply(reply: Reply) -> None:
+            failed = self._failed(reply)
+            if failed is None:
+                try:
+                    self._link.replicas.check(reply)
+                except NotConfirmed as exc:
+                    self._link.fail(exc)
+                    failed = RedisUnavailable(self._link.where)
+            replies, held.replies = held.replies, []
+            for future, value in replies:
+                if failed is not None:
+                    _fail(future, failed)
+                else:
+                    _settle(future, value)
+
+        return on_reply
+
+    @staticmethod
+    def _settle_held(held: _Held | None, future: asyncio.Future[Any], value: Any) -> None:
+        if held is None:
+            _settle(future, value)
+        else:
+            held.replies.append((future, value))
+
+    def _on_bind(self, binding: _Bind, held_back: _Held | None) -> tuple[OnReply, OnReply]:
         held: list[Reply] = []
 
         def on_bound(reply: Reply) -> None:
@@ -224,7 +283,7 @@ class TickBatch:
                 self._bind_by_script = True
                 args: list[bytes | str | int] = [binding.value, binding.px]
                 keys = [binding.key, binding.result_key]
-                self._evals.append(_Eval(BIND_SCRIPT, keys, args, binding.future))
+                self._evals.append(_Eval(BIND_SCRIPT, keys, args, binding.future, durable=True))
                 self._schedule()
 
         def on_result(reply: Reply) -> None:
@@ -234,11 +293,12 @@ class TickBatch:
             if failed is not None:
                 _fail(binding.future, failed)
             else:
-                _settle(binding.future, (_as_bytes(held[0]), _as_bytes(reply)))
+                value = (_as_bytes(held[0]), _as_bytes(reply))
+                self._settle_held(held_back, binding.future, value)
 
         return on_bound, on_result
 
-    def _on_eval(self, call: _Eval) -> OnReply:
+    def _on_eval(self, call: _Eval, held: _Held | None) -> OnReply:
         def on_reply(reply: Reply) -> None:
             if (
                 isinstance(reply, hiredis.ReplyError)
@@ -247,14 +307,15 @@ class TickBatch:
             ):
                 # Redis restarted or flushed its scripts: this call goes again with the source
                 # (Redis keeps it from then on).
-                self._evals.append(_Eval(call.script, call.keys, call.args, call.future, True))
+                again = _Eval(call.script, call.keys, call.args, call.future, True, call.durable)
+                self._evals.append(again)
                 self._schedule()
                 return
             failed = self._failed(reply)
             if failed is not None:
                 _fail(call.future, failed)
             else:
-                _settle(call.future, reply)
+                self._settle_held(held, call.future, reply)
 
         return on_reply
 

@@ -6,7 +6,8 @@ response callback per batch and per command; at two commands per job that machin
 what the fleet's state cost a worker (docs/benchmarks.md §6b). Here a batch costs one packed
 buffer, one write and one timer, and a reply one call of its handler. The connection is opened by
 redis-py (so the URL's TLS, user, password and database are honoured as everywhere else), then
-read and written directly.
+read and written directly. Behind Sentinel the connection is redis-py's sentinel-managed one:
+opening it asks the sentinels for the primary (sentinels.py).
 
 Failure is the link's: a batch unanswered within the link's timeout, a reset or a closed
 connection drops the connection, fails every command waiting on it with RedisUnavailable and
@@ -60,7 +61,7 @@ class Pipe:
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
-        self._outages = -1  # the link's outage count when this connection was opened
+        self._epoch = -1  # the link's epoch (outages, failovers) when this connection was opened
         self._sent: deque[_Batch] = deque()  # written, replies due in this order
         self._unsent: deque[tuple[bytes, _Batch]] = deque()  # waiting for the connection
         self._drained: asyncio.Future[None] | None = None  # set when close waits for replies
@@ -77,9 +78,11 @@ class Pipe:
         if not self._link.usable:
             self._fail_batch(batch, RedisUnavailable(self._link.where))
             return
-        if self._link.outages != self._outages and self._writer is not None:
-            # The link fell back since this connection was opened: it may be dead or stale.
-            self._drop(None)
+        if self._link.epoch != self._epoch and self._writer is not None:
+            # The link fell back, or the primary moved (a failover), since this connection was
+            # opened: it may be dead, or on a demoted primary. What still waits on it is the
+            # failover's: the link falls back, and its return writes what it kept.
+            self._drop(ConnectionError("the Redis primary moved") if self._sent else None)
         if self._writer is None:
             self._arm(batch)  # waiting for the connection: bounded as well
             self._unsent.append((packed, batch))
@@ -115,7 +118,7 @@ class Pipe:
     async def _open(self) -> None:
         me = asyncio.current_task()
         conn: Any = None
-        outages = self._link.outages
+        epoch = self._link.epoch
         try:
             pool = self._link.client.connection_pool
             conn = pool.connection_class(**pool.connection_kwargs)
@@ -130,7 +133,7 @@ class Pipe:
             writer: asyncio.StreamWriter = conn._writer
             if reader is None or writer is None:
                 raise ConnectionError("redis-py opened the connection without its streams")
-            self._conn, self._outages, self._writer = conn, outages, writer
+            self._conn, self._epoch, self._writer = conn, epoch, writer
             self._reading = asyncio.create_task(self._read(reader), name="redis-pipe-read")
             while self._unsent:
                 packed, batch = self._unsent.popleft()

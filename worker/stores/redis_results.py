@@ -192,7 +192,10 @@ class RedisResultStore:
         ]
         try:
             # Markers of one tick (a Composite request's inserts) travel together (batch.py).
-            marked = await self._overdue.watch(self._batch.eval(_MARK, [key], args))
+            # Confirmed by a replica before the insert leaves (replicas.py): a marker lost in a
+            # failover would let a redelivery send it again.
+            marking = self._batch.eval(_MARK, [key], args, durable=True)
+            marked = await self._overdue.watch(marking)
             if marked == 1:
                 return True
             if self._link.seal.open_text(key, marked) != self.sender_id:

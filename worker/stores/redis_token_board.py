@@ -231,6 +231,12 @@ class RedisTokenBoard:
         except RedisUnavailable:
             raise BoardUnavailable(self._link.where) from None
 
+    async def _durable(self, command: Callable[[Redis], Awaitable[T]]) -> T:
+        try:
+            return await self._link.durable(command)
+        except RedisUnavailable:
+            raise BoardUnavailable(self._link.where) from None
+
     # --- the access token ------------------------------------------------------------------
 
     async def current(self) -> AccessToken | None:
@@ -277,7 +283,9 @@ class RedisTokenBoard:
 
     async def lock(self) -> str | None:
         holder, lock, lease = uuid.uuid4().hex, self._lock, self._lease_ms
-        taken = await self._call(lambda r: r.set(lock, holder, nx=True, px=lease))
+        # Confirmed by a replica (replicas.py): a lock lost in a failover lets a second worker
+        # refresh with the same refresh token.
+        taken = await self._durable(lambda r: r.set(lock, holder, nx=True, px=lease))
         return holder if taken else None
 
     async def renew(self, holder: str) -> None:
@@ -398,7 +406,9 @@ class RedisTokenBoard:
             fingerprint(refresh_token),
         ]
         script: AsyncScript = self._scripts.store
-        generation = int(await self._call(lambda r: script(keys=keys, args=args, client=r)))
+        # Confirmed by a replica before anyone uses it (replicas.py): a rotated refresh token
+        # lost in a failover leaves the fleet the spent one.
+        generation = int(await self._durable(lambda r: script(keys=keys, args=args, client=r)))
         if generation < 0:
             return None
         if refresh_token is not None:
