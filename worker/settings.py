@@ -225,7 +225,7 @@ class Settings(BaseSettings):
         "account's last request returns; window: the fixed coalesce_wait_ms",
     )
     coalesce_linger_ms: int = Field(
-        default=8,
+        default=6,
         ge=0,
         le=1000,
         description="adaptive: a group that could leave waits until its second call has waited "
