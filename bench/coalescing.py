@@ -16,6 +16,9 @@ for three configurations: `off` (every job its own call), `before` (the 10 ms wi
 no sharing: the default before issue 28) and `after` (the defaults: adaptive batching, lookups
 merged into IN queries, identical reads shared). It prints API calls per job and the p50/p99
 latency added to Salesforce's, and checks each job's records against the seeded ground truth.
+
+`bench/run coalescing --model` prints what the adaptive policy alone gives in that scenario: the
+worker's own `Coalescer` (default settings) on a virtual clock, no CPU or network noise.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import ctypes
 import platform
+import selectors
 import signal
 import statistics
 import sys
@@ -34,9 +38,10 @@ from typing import Any
 
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
-from worker.accounts import Accounts, parse_accounts
+from worker.accounts import Account, Accounts, Flow, parse_accounts
 from worker.app import token_manager
 from worker.contract import BlockResult, parse_job
+from worker.deadline import Deadline
 from worker.jobs import Execution, Incoming, admit
 from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
@@ -355,56 +360,101 @@ async def lookup_run(
     return LookupRow(config, rate, n, used, [ms - latency_ms for _, ms in done])
 
 
+class _VirtualSelector(selectors.SelectSelector):
+    """A selector that never sleeps: when nothing is ready it moves its loop's clock to the
+    next timer instead (what `model` runs on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if not ready:
+            if timeout is None:
+                raise RuntimeError("the model is stuck: nothing ready and no timer")
+            self.now += timeout
+        return ready
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time: the policy's own timers, no CPU or network noise."""
+
+    def __init__(self) -> None:
+        self._virtual = _VirtualSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
 def model(
-    rate: float, latency: float, n: int = 20_000, seed: int = 1
+    rate: float, latency: float, n: int = 20_000, seed: int = 1, settings: Settings | None = None
 ) -> tuple[float, float, float]:
-    """The adaptive policy as a discrete-event model (no CPU, no network: what the policy alone
-    gives): Poisson arrivals, every request `latency` long. Calls per job, p50 and p99 wait ms."""
-    import heapq
+    """The worker's own batcher (`Coalescer`, with the settings' policy) on a virtual clock:
+    Poisson arrivals of lookups of one shape (they merge: only MAX_VALUES of them make a query
+    of their own), every request `latency` long. Calls per job, p50 and p99 wait ms (the wait:
+    from a job's arrival to the start of the request that carries it)."""
     import math
     import random
 
+    from worker.salesforce.coalesce import Coalescer
+    from worker.salesforce.lookups import MAX_VALUES
+
+    settings = settings or Settings(http_port=0)
+    account = Account("model", "https://x.my.salesforce.com", "https://x/t", Flow.JWT_BEARER, "c")
     rnd = random.Random(seed)
-    t, arrivals = 0.0, []
-    for _ in range(n):
-        t += rnd.expovariate(rate)
-        arrivals.append(t)
-    events: list[tuple[float, int, int]] = [(a, 0, i) for i, a in enumerate(arrivals)]
-    heapq.heapify(events)
-    in_flight, pending, calls, waits, generation = 0, [], 0, [], 0
-    gap: float | None = None
-    last: float | None = None
+    gaps = [rnd.expovariate(rate) for _ in range(n)]
+    calls = 0
+    waits: list[float] = []
 
-    def send(now: float) -> None:
-        nonlocal in_flight, calls, pending, generation
-        waits.extend(now - arrivals[i] for i in pending)
-        pending, generation = [], generation + 1
-        in_flight, calls = in_flight + 1, calls + 1
-        heapq.heappush(events, (now + latency, 1, -1))
+    def units(_: Account, items: list[float]) -> tuple[int, int]:
+        queries = math.ceil(len(items) / MAX_VALUES)
+        return queries, queries
 
-    while events:
-        now, kind, i = heapq.heappop(events)
-        if kind == 0:  # a call is ready
-            if last is not None:
-                g = now - last
-                gap = g if gap is None else gap + 0.1 * (g - gap)
-            last = now
-            company = latency / gap if gap else 0.0
-            if not pending and company < 1:
-                pending = [i]
-                send(now)
-                continue
-            pending.append(i)
-            if len(pending) == 1:
-                heapq.heappush(events, (now + 2 * latency, 2, generation))
-            if len(pending) >= max(2, math.ceil(company * 0.5)):
-                send(now)
-        elif kind == 1:  # a request returned: group commit
-            in_flight -= 1
-            if len(pending) >= 2 and in_flight == 0:
-                send(now)
-        elif pending and i == generation:  # the longest wait
-            send(now)
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def request(items: list[float]) -> list[bool]:
+            nonlocal calls
+            calls += 1
+            now = loop.time()
+            waits.extend(now - arrived for arrived in items)
+            with coalescer.flight(account):
+                await asyncio.sleep(latency)
+            return [True for _ in items]
+
+        coalescer: Coalescer[float, bool] = Coalescer(
+            settings.coalesce_wait_ms / 1000,
+            lambda _, items: request(items),
+            Metrics(),
+            adaptive=settings.coalesce_policy == "adaptive",
+            max_wait_seconds=settings.coalesce_max_wait_ms / 1000,
+            linger_seconds=settings.coalesce_linger_ms / 1000,
+            units=units,
+        )
+
+        async def job() -> None:
+            arrived = loop.time()
+            deadline = Deadline(arrived + 10.0)
+            carried = coalescer.enabled(account) and await coalescer.join(
+                account, arrived, deadline=deadline, query=True
+            )
+            if not carried:  # no company: alone
+                await request([arrived])
+
+        tasks = []
+        for gap in gaps:
+            await asyncio.sleep(gap)
+            tasks.append(asyncio.create_task(job()))
+        await asyncio.gather(*tasks)
+        await coalescer.close()
+
+    loop = _VirtualLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
     waits.sort()
     return calls / n, waits[len(waits) // 2] * 1000, waits[int(0.99 * len(waits))] * 1000
 

@@ -244,8 +244,18 @@ class Settings(BaseSettings):
     coalesce_policy: Literal["adaptive", "window"] = Field(
         default="adaptive",
         description="adaptive: a call waits for company only when the account's own pace makes "
-        "company likely within one round trip, and groups leave at half a round trip's calls or "
-        "when the account's last request returns; window: the fixed coalesce_wait_ms",
+        "company likely within one round trip, and a group leaves when its oldest call has "
+        "waited half a round trip, when it holds 0.6 of a round trip's calls, or when the "
+        "account's last request returns; window: the fixed coalesce_wait_ms",
+    )
+    coalesce_linger_ms: int = Field(
+        default=6,
+        ge=0,
+        le=1000,
+        description="adaptive: a group that could leave waits until its second call has waited "
+        "this long, taking the calls that come meanwhile (fewer API calls at a few dozen calls "
+        "a second, for at most this much latency on the calls that found company at once); 0: "
+        "no lingering",
     )
     coalesce_max_wait_ms: int = Field(
         default=250,

@@ -262,3 +262,76 @@ async def test_adaptive_never_waits_past_the_deadline_less_a_round_trip() -> Non
     flying.cancel()
     await coalescer.close()
     await asyncio.gather(*busy, return_exceptions=True)
+
+
+async def test_adaptive_a_pair_lingers_for_a_third_call() -> None:
+    """A call every 40 ms, round trip 100 ms: a pair could leave when its second call comes,
+    but it lingers (here 30 ms) for the call that comes meanwhile: three calls, one request;
+    the second call waited the linger and no more."""
+    together = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(
+        0.01, together, Metrics(), adaptive=True, max_wait_seconds=5.0, linger_seconds=0.03
+    )
+    await a_request(coalescer, 0.1)
+    loop = asyncio.get_running_loop()
+    joined: dict[str, float] = {}
+    left: dict[str, float] = {}
+
+    async def timed(name: str) -> str | None:
+        joined[name] = loop.time()
+        answer = await coalescer.join(ACCOUNT, name, deadline=far(), query=False)
+        left[name] = loop.time()
+        return answer
+
+    for i in range(3):  # the pace: company likely within a round trip
+        assert await timed(f"p{i}") in (None, f"answer p{i}")
+        await asyncio.sleep(0.04)
+    together.groups.clear()
+    first = asyncio.create_task(timed("a"))
+    await asyncio.sleep(0.04)
+    second = asyncio.create_task(timed("b"))
+    await asyncio.sleep(0.02)
+    third = asyncio.create_task(timed("c"))
+    assert await asyncio.gather(first, second, third) == ["answer a", "answer b", "answer c"]
+    assert together.groups == [["a", "b", "c"]]
+    assert 0.025 <= left["b"] - joined["b"] < 0.06
+
+
+async def test_adaptive_the_oldest_call_waits_half_a_round_trip_once_it_has_company() -> None:
+    """The account's pace says a group should hold about a dozen calls, but only two come:
+    the group leaves when its oldest call has waited half a round trip (50 ms), not after
+    twice the round trip (200 ms) hoping for the rest."""
+    together = Recorder()
+    coalescer = adaptive(together)
+    await a_request(coalescer, 0.1)
+    flying = asyncio.create_task(a_request(coalescer, 2.0))  # no group commit to help
+    pace = []
+    for i in range(12):  # a call every 5 ms: company 20 within a round trip
+        pace.append(
+            asyncio.create_task(coalescer.join(ACCOUNT, f"f{i}", deadline=far(), query=False))
+        )
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*pace)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pair = [
+        asyncio.create_task(coalescer.join(ACCOUNT, name, deadline=far(), query=False))
+        for name in ("old", "new")
+    ]
+    assert await asyncio.gather(*pair) == ["answer old", "answer new"]
+    assert 0.04 <= loop.time() - started < 0.12
+    flying.cancel()
+
+
+async def test_adaptive_merged_lookups_are_not_capped_at_25_calls() -> None:
+    """Calls that merge into one subrequest (lookups of one shape) fill a group only by the
+    Composite limits counted after merging: 30 of them ready at once travel as one request."""
+    together = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(
+        0.01, together, Metrics(), adaptive=True, units=lambda _, items: (1, 1)
+    )
+    answers = await asyncio.gather(
+        *(coalescer.join(ACCOUNT, f"m{i}", deadline=far(), query=True) for i in range(30))
+    )
+    assert answers == [f"answer m{i}" for i in range(30)]
+    assert [len(group) for group in together.groups] == [30]

@@ -6,10 +6,14 @@ Two policies decide when a group leaves (SFWORKER_COALESCE_POLICY):
   round trip of its requests (`flight`, around every request). A call goes at once, with only
   the calls ready at the same moment, unless company is likely within one round trip (the
   account's calls come faster than its requests return): at low load nothing waits. Otherwise
-  it joins the account's open group, which leaves when it holds the calls of half a round trip,
-  when the account's last request in flight returns (group commit: the calls that became ready
-  meanwhile go together), after at most twice a round trip (and `max_wait`), or when less than a
-  round trip is left of a member's deadline. Under load the groups grow by themselves.
+  it joins the account's open group, which leaves when its oldest call has waited half a round
+  trip, or sooner when it holds the calls of 0.6 of a round trip (a pair at least); when the
+  account's last request in flight returns (group commit: the calls that became ready meanwhile
+  go together); after at most twice a round trip (and `max_wait`); or when less than a round
+  trip is left of a member's deadline. A group that could leave still lingers until its second
+  call has waited `linger`, taking the calls that come meanwhile (the price: at most `linger`
+  for the calls that found company at once). Under load the groups grow by themselves, and
+  the time rule, not a count, bounds the longest wait.
 - window: a call that comes less than twice the wait after the account's previous call (or while
   others wait) waits for company at most `wait`, never so long that less than `wait` of its own
   deadline is left; a call to a quiet account goes at once with the calls ready at that moment.
@@ -103,7 +107,8 @@ class _Pace:
 
 
 _SMOOTHING = 0.1
-_TARGET_SHARE = 0.5  # a group leaves with the calls of half a round trip
+_TARGET_SHARE = 0.5  # a group's oldest call waits at most half a round trip, once it has company
+_COUNT_SHARE = 0.6  # or the group leaves when it holds the calls of 0.6 of a round trip
 _MIN_MARGIN = 0.005
 
 
@@ -116,11 +121,13 @@ class Coalescer(Generic[T, R]):
         *,
         adaptive: bool = False,
         max_wait_seconds: float = 0.25,
+        linger_seconds: float = 0.0,
         units: Units[T] | None = None,
     ) -> None:
         self._wait = wait_seconds
         self._adaptive = adaptive
         self._max_wait = max_wait_seconds
+        self._linger = linger_seconds
         self._together = together
         self._metrics = metrics
         self._units: Units[T] = units or _each_alone
@@ -175,15 +182,24 @@ class Coalescer(Generic[T, R]):
     ) -> float:
         """When the group, with one more call, leaves: at once (at the end of this moment, so
         that calls ready at the same moment go along) when company is unlikely within a round
-        trip or the group has the calls of half a round trip; else when the account's last
-        request returns (`flight`), after at most twice a round trip (and `max_wait`), and
-        never so late that less than a round trip of the call's deadline is left."""
+        trip. A lone call waits for company at most twice a round trip (and `max_wait`); once
+        the group has company it leaves when its oldest call has waited half a round trip, or
+        when it holds the calls of 0.6 of one, but not before its second call has lingered
+        (`linger`). Never so late that less than a round trip of the call's deadline is left;
+        the account's last request returning sends a group at once (`flight`)."""
         company, round_trip = pace.company(now), pace.round_trip(now)
-        size = 1 + (len(group.members) if group is not None else 0)
-        if company < 1 or size >= max(2, math.ceil(company * _TARGET_SHARE)):
+        if company < 1:
             return now
-        most = min(self._max_wait, 2 * round_trip)
-        return min(now + most, max(now, deadline.at - max(round_trip, _MIN_MARGIN)))
+        if group is None:
+            due = now + min(self._max_wait, 2 * round_trip)
+        else:
+            members = group.members
+            due = members[0].joined + _TARGET_SHARE * round_trip
+            if 1 + len(members) >= max(2, math.ceil(company * _COUNT_SHARE)):
+                due = now
+            second = members[1].joined if len(members) > 1 else now
+            due = max(due, second + self._linger)
+        return min(due, max(now, deadline.at - max(round_trip, _MIN_MARGIN)))
 
     async def join(self, account: Account, item: T, *, deadline: Deadline, query: bool) -> R | None:
         """Wait for company: the call's answer when it travelled with others, or None when its
@@ -201,9 +217,11 @@ class Coalescer(Generic[T, R]):
         if group is not None and not self._fits(account, [*group.members, member]):
             self._leave(account.name)
             group = None
+        target: float
         if self._adaptive:
             leave_at = self._adaptive_leave(pace, group, now, deadline)
-            target = MAX_SUBREQUESTS
+            # Only the Composite limits, counted after lookups merge (`_full`), fill a group.
+            target = math.inf
         else:
             previous = self._last_call.get(account.name)
             busy = group is not None or (previous is not None and now - previous < 2 * self._wait)

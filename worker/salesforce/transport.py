@@ -86,6 +86,7 @@ class Transport:
             metrics,
             adaptive=settings.coalesce_policy == "adaptive",
             max_wait_seconds=settings.coalesce_max_wait_ms / 1000,
+            linger_seconds=settings.coalesce_linger_ms / 1000,
             units=merging.counts,
         )
         self._reads = SharedReads()
