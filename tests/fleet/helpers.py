@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sfsim.testing import SimulatorClient
+from sfsim.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_REFRESH_TOKEN,
+    SimulatorClient,
+)
 
 from tests.support.accounts import write_accounts
 from tests.support.job_client import JobClient
@@ -99,6 +104,17 @@ class Fleet:
         for worker in workers:
             await worker.wait_ready()
         return workers
+
+    async def rotating_org(self) -> None:
+        """The simulator's client rotates refresh tokens (the chain starts at the default
+        token), and the org holds the account Acme the searches find."""
+        await self.simulator.set_client(
+            DEFAULT_CLIENT_ID,
+            DEFAULT_CLIENT_SECRET,
+            rotation=True,
+            refresh_tokens=[DEFAULT_REFRESH_TOKEN],
+        )
+        await self.simulator.seed("Account", [{"Name": "Acme"}])
 
     async def answers(self, batch: list[dict[str, Any]]) -> list[str]:
         """Wait for every job of the batch to be answered; the statuses in the batch's order."""

@@ -27,7 +27,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_REFRESH_TOKEN
 
 from tests.fleet.helpers import Fleet, insert, searches
 from tests.support.metrics import metric
@@ -61,13 +61,7 @@ async def _on_redis(worker: WorkerProcess) -> bool:
 async def test_primary_killed_under_load_no_insert_twice_no_chain_revoked(
     fleet: Fleet, sentinel_cluster: SentinelCluster
 ) -> None:
-    await fleet.simulator.set_client(
-        DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
-        rotation=True,
-        refresh_tokens=[DEFAULT_REFRESH_TOKEN],
-    )
-    await fleet.simulator.seed("Account", [{"Name": "Acme"}])
+    await fleet.rotating_org()
     await fleet.simulator.set_latency(LATENCY_MS)
     wait = os.environ.get("SFWORKER_TEST_FAILOVER_WAIT_REPLICAS")
     settings = fleet.configure(

@@ -9,7 +9,6 @@ import signal
 import pytest
 from sfsim.testing import (
     DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
 )
 
@@ -40,13 +39,7 @@ async def test_four_workers_make_one_token_request_per_expiry(
 async def test_rotation_two_rounds_one_refresh_each_and_no_revocation(
     fleet: Fleet,
 ) -> None:
-    await fleet.simulator.set_client(
-        DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
-        rotation=True,
-        refresh_tokens=[DEFAULT_REFRESH_TOKEN],
-    )
-    await fleet.simulator.seed("Account", [{"Name": "Acme"}])
+    await fleet.rotating_org()
     rotating = fleet.configure(flow="refresh_token")
     await fleet.start(4, rotating, prefetch=100)
     assert await fleet.run_all(searches("warm", 40)) == ["ok"] * 40

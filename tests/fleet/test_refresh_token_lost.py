@@ -11,7 +11,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN
+from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_REFRESH_TOKEN
 
 from tests.fleet.helpers import Fleet, searches
 from tests.support.metrics import metric
@@ -21,13 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 async def _rotating(fleet: Fleet) -> Settings:
-    await fleet.simulator.set_client(
-        DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
-        rotation=True,
-        refresh_tokens=[DEFAULT_REFRESH_TOKEN],
-    )
-    await fleet.simulator.seed("Account", [{"Name": "Acme"}])
+    await fleet.rotating_org()
     # A short lease and token timeout: a worker waits for a live worker's copy about 4 s.
     return fleet.configure(
         flow="refresh_token", token_lock_lease_seconds=1, token_timeout_seconds=2

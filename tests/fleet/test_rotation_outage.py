@@ -11,7 +11,6 @@ import signal
 import pytest
 from sfsim.testing import (
     DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
 )
 
@@ -26,13 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 async def _rotating_settings(fleet: Fleet, private_redis: RedisServer) -> Settings:
-    await fleet.simulator.set_client(
-        DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
-        rotation=True,
-        refresh_tokens=[DEFAULT_REFRESH_TOKEN],
-    )
-    await fleet.simulator.seed("Account", [{"Name": "Acme"}])
+    await fleet.rotating_org()
     return fleet.configure(
         flow="refresh_token",
         accounts="rotating.toml",
