@@ -28,13 +28,15 @@ SOQL = "SELECT Id, Name FROM Account WHERE Name = 'Acme'"
 
 
 def searches(tag: str, n: int, timeout_ms: int = 60000) -> list[dict[str, Any]]:
-    """`n` searches for the account Acme, job ids `tag-0`, `tag-1`, ..."""
+    """`n` searches for the account Acme, job ids `tag-0`, `tag-1`, ... Each its own query (a
+    LIMIT of its own, far above the one record): identical reads would share one call and
+    lookups of one shape one query, and these tests need the fleet's calls in flight."""
     return [
         {
             "v": 1,
             "job_id": f"{tag}-{i}",
             "operation": "search",
-            "soql": SOQL,
+            "soql": f"{SOQL} LIMIT {100 + i}",
             "timeout_ms": timeout_ms,
         }
         for i in range(n)
