@@ -43,13 +43,15 @@ refresh_token = "{DEFAULT_REFRESH_TOKEN}"
 OTHER_KEY = "t9:" + base64.b64encode(b"another deployment's key 32 byte").decode()
 
 
-def search(job_id: str, account: str = "main") -> dict[str, Any]:
+def search(job_id: str, account: str = "main", n: int = 0) -> dict[str, Any]:
+    """A search of its own (a LIMIT of its own: identical reads would share one call, and the
+    storm needs the fleet's calls in flight)."""
     return {
         "v": 1,
         "job_id": job_id,
         "account": account,
         "operation": "search",
-        "soql": "SELECT Id, Name, Phone FROM Account WHERE Name = :name",
+        "soql": f"SELECT Id, Name, Phone FROM Account WHERE Name = :name LIMIT {100 + n}",  # noqa: S608
         "params": {"name": NAME},
         "timeout_ms": 60000,
     }
@@ -79,6 +81,8 @@ async def raw_dump(url: str, prefix: str) -> dict[bytes, list[bytes]]:
                 dump[key] = [b for kv in (await client.hgetall(key)).items() for b in kv]
             elif kind == "zset":
                 dump[key] = list(await client.zrange(key, 0, -1))
+            elif kind == "set":
+                dump[key] = list(await client.smembers(key))
             elif kind == "none":
                 continue  # expired since the scan saw it (a lease, a probe claim)
             else:
@@ -109,12 +113,12 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     workers = await fleet.start(2, two_accounts, prefetch=100)
 
     issued: set[str] = set()
-    warm = [search(f"warm-{i}", "main" if i % 2 else "rotating") for i in range(20)]
+    warm = [search(f"warm-{i}", "main" if i % 2 else "rotating", i) for i in range(20)]
     warm += [insert(f"ins-{i}", i) for i in range(10)]
     assert await fleet.run_all(warm) == ["ok"] * 30
     issued |= set(fleet.simulator.state.auth.access) if fleet.simulator.state else set()
     await fleet.simulator.set_latency(300)
-    storm = [search(f"storm-{i}", "main" if i % 2 else "rotating") for i in range(200)]
+    storm = [search(f"storm-{i}", "main" if i % 2 else "rotating", i) for i in range(200)]
     assert await fleet.expire_mid_flight(storm) == ["ok"] * 200
     await fleet.simulator.set_latency(0)
     assert fleet.simulator.state is not None
@@ -178,7 +182,7 @@ async def test_a_dump_of_the_fleets_redis_holds_no_secret_and_no_record(
     assert await fleet.run_all(fresh) == ["ok"] * 11
     # The same job ids again: a search whose sealed result it cannot read runs again; an insert
     # whose sealed claim it cannot read is not sent a second time (OUTCOME_UNKNOWN).
-    again = [search("warm-1"), insert("ins-3", 3)]
+    again = [search("warm-1", "main", 1), insert("ins-3", 3)]
     for body in again:
         await fleet.jobs.publish(body, correlation_id=f"again-{body['job_id']}")
 
