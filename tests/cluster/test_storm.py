@@ -113,8 +113,14 @@ async def test_fault_storm(
     port_of = {name: proxy.port for name, proxy in proxies.items()}
     # Every worker reaches the org through the Salesforce proxy: the fleet's tokens, results
     # and insert claims are scoped to the org's address, so workers of one fleet share it.
+    # The oracle (storm.expected) gives each job the answer to its own faults: the simulator
+    # faults a whole request, so the storm keeps the fixed window of Composite coalescing and no
+    # merged lookups or shared reads, which would put more jobs in one faulted request (issue
+    # 28's mechanisms have their own tests: tests/salesforce/test_lookup_oracle.py, ...).
     proxied_accounts = write_accounts(
-        tmp_path / "proxied-accounts.toml", f"http://127.0.0.1:{port_of['Salesforce link stall']}"
+        tmp_path / "proxied-accounts.toml",
+        f"http://127.0.0.1:{port_of['Salesforce link stall']}",
+        extra="merge_lookups = false\nshare_reads = false\n",
     )
     settings = make_settings(
         rabbit_cluster.urls(),
@@ -127,6 +133,7 @@ async def test_fault_storm(
         retry_base_ms=50,
         retry_cap_ms=300,
         prefetch=20,
+        coalesce_policy="window",
     )
     connection = await brokers.connect_robust(
         rabbit_cluster.urls().split(","), attempt_timeout=10, reconnect_interval=0.5
