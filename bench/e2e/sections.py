@@ -160,9 +160,11 @@ async def run_sections(
                     await trial("redis", rep, run, redis=redis)
 
         if "burst" in chosen:
-            # Fair share on and off alternating, on the same machine state (issue 27).
+            # Fair share on and off alternating, on the same machine state (issue 27); which
+            # goes first alternates too, from one repetition to the next.
+            order = (True, False) if rep % 2 else (False, True)
             for latency in counts.latencies:
-                for fair_share in (True, False):
+                for fair_share in order:
                     tag = f"burst-{latency}-{'on' if fair_share else 'off'}"
                     system = TwoAccounts(ctx, tag, fair_share)
                     run = burst_trial(lab, system, SEARCH, latency, counts.burst_jobs)
