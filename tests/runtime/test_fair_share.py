@@ -248,3 +248,32 @@ async def test_a_burst_of_one_account_alone_runs_without_moving_a_job(
         "sfworker_lane_moves_total", {"account": "main"}
     )
     assert moved == 0
+
+
+async def test_a_stopping_worker_leaves_its_waiting_backlog_to_another_worker(
+    settings: Settings, slow_sim: SimulatorClient, jobs: JobClient
+) -> None:
+    """A lone account's backlog waits in the request queue's window (not moved): a worker told
+    to stop runs what it started, leaves the rest unacked at once rather than run it all within
+    its grace period, and another worker answers every job."""
+    await slow_sim.set_latency(500, token_ms=0)
+    small = settings.model_copy(update={"prefetch": 2, "shutdown_grace_seconds": 20})
+    first = Worker(small)
+    await first.start()
+    published = [await jobs.publish(search(f"backlog-{i}", "main", 60_000)) for i in range(40)]
+    await asyncio.sleep(1.0)  # two at a time, half a second each: most still wait
+    started = time.monotonic()
+    await first.stop()
+    stopping = time.monotonic() - started
+    second = Worker(small)
+    await second.start()
+    try:
+        answers = await asyncio.gather(*(jobs.result(job, 60) for job in published))
+    finally:
+        await second.stop()
+    assert {r["status"] for r in answers} == {"no_data"}
+    assert stopping < 5, stopping  # not 20 jobs of half a second, two at a time
+    assert (
+        first.metrics.registry.get_sample_value("sfworker_lane_moves_total", {"account": "main"})
+        == 0
+    )

@@ -101,3 +101,15 @@ async def test_a_waiting_job_cancelled_after_it_was_given_a_slot_gives_it_back()
         await waiting
     await _settle()
     assert then.result() is Turn.RUN
+
+
+async def test_a_stopping_worker_starts_none_of_the_jobs_waiting_for_a_slot() -> None:
+    share = DirectShare(prefetch=1, window=100, look_ahead=5.0, clock=Clock())
+    assert await _arrive(share, "main") is Turn.RUN
+    waiting = [_arrive(share, "main") for _ in range(3)]
+    await _settle()
+    assert share.close() == 3
+    await _settle()
+    assert [t.result() for t in waiting] == [Turn.LEAVE] * 3
+    share.release("main")  # the running job ends: its slot goes to nobody
+    assert await _arrive(share, "main") is Turn.LEAVE

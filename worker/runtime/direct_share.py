@@ -41,6 +41,7 @@ def direct_limits(prefetch: int) -> tuple[int, int]:
 class Turn(Enum):
     RUN = "run"  # a direct slot is held for the job: `release` it when the job is done
     MOVE = "move"  # to its account's lane
+    LEAVE = "leave"  # the worker is stopping: the delivery stays unacked, for another worker
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class DirectShare:
         self._held = 0  # deliveries of the request queue being handled
         self._waiting: deque[_Waiter] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     # --- presence -----------------------------------------------------------------------------
 
@@ -129,7 +131,10 @@ class DirectShare:
         self._hand_over()
 
     async def turn(self, account: str) -> Turn:
-        """RUN (a slot is held: `release` it) or MOVE, at once or after waiting in the window."""
+        """RUN (a slot is held: `release` it) or MOVE, at once or after waiting in the window;
+        LEAVE once the worker stops."""
+        if self._closed:
+            return Turn.LEAVE
         if self.may_run(account):
             self.take(account)
             return Turn.RUN
@@ -146,6 +151,21 @@ class DirectShare:
             if turn.done() and not turn.cancelled() and turn.result() is Turn.RUN:
                 self.release(account)
             raise
+
+    def close(self) -> int:
+        """The worker stops: the jobs waiting for a slot are not started here (their deliveries
+        go back to the broker with the connection, for another worker). Returns how many."""
+        self._closed = True
+        left = 0
+        for waiter in self._waiting:
+            if not waiter.turn.done():
+                waiter.turn.set_result(Turn.LEAVE)
+                left += 1
+        self._waiting.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return left
 
     @property
     def waiting(self) -> int:

@@ -137,7 +137,10 @@ class FairShare:
         share = self._share
         share.enter(account, window=True)
         try:
-            if await share.turn(account) is Turn.RUN:
+            turn = await share.turn(account)
+            if turn is Turn.LEAVE:
+                return  # stopping: left unacked, the broker gives it to another worker
+            if turn is Turn.RUN:
                 await self._run_here(message, account, incoming, checked)
                 return
             # Moves wait their turn, per account: a flood of one account is moved a few at a
@@ -214,7 +217,11 @@ class FairShare:
 
     async def drain(self, grace: float) -> int:
         """Stop the lanes' consumers, wait up to `grace` s for their jobs, cancel the rest (left
-        unacked: the broker gives them to another worker). Returns how many."""
+        unacked: the broker gives them to another worker). Returns how many. The jobs waiting in
+        the request queue's window for a slot are not started (left unacked too)."""
+        left = self._share.close()
+        if left:
+            log.info("jobs waiting for a slot left to the broker", extra={"jobs": left})
         return await self._lanes.drain(grace)
 
 
