@@ -138,8 +138,10 @@ class FairShare:
         share.enter(account, window=True)
         try:
             turn = await share.turn(account)
-            if turn is Turn.LEAVE:
-                return  # stopping: left unacked, the broker gives it to another worker
+            if turn is Turn.LEAVE or (turn is Turn.MOVE and _channel_closed(message)):
+                # Stopping, or its channel died while it waited (the broker redelivers it):
+                # left unacked, for another consumer; a copy now would be a duplicate.
+                return
             if turn is Turn.RUN:
                 await self._run_here(message, account, incoming, checked)
                 return
