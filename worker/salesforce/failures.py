@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from worker.contract import ErrorCode, ResultError
 from worker.salesforce.call import Call
-from worker.salesforce.http import SendState
+from worker.salesforce.http import ResponseTooLarge, SendState
 from worker.salesforce.oauth import AuthError
 
 TOO_LARGE_HINT = "ask for fewer records (max_records) or fewer fields"
@@ -85,3 +85,10 @@ def outcome_unknown(what: str) -> ResultError:
         "so it is not sent again",
         False,
     )
+
+
+def failure_label(exc: BaseException) -> str:
+    """The `http_status` label of a request that got no answer (as `_carry` counts it)."""
+    if isinstance(exc, ResponseTooLarge):
+        return "too_large"
+    return "timeout" if isinstance(exc, TimeoutError) else "error"

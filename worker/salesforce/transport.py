@@ -43,6 +43,7 @@ from worker.salesforce.failures import (
     CallFailed,
     auth_failed,
     error,
+    failure_label,
     lost,
     outcome_unknown,
     timeout_error,
@@ -408,7 +409,7 @@ class Transport:
                         header = response.headers.get("Sforce-Limit-Info")
             except (TimeoutError, aiohttp.ClientError, AuthError, ResponseTooLarge) as exc:
                 if started:  # counted and timed as a request of a job's call would be
-                    self._count(account.name, "limits", _failure_label(exc), started)
+                    self._count(account.name, "limits", failure_label(exc), started)
                 log.info(
                     "reading /limits failed",
                     extra={"account": account.name, "error": type(exc).__name__},
@@ -431,13 +432,6 @@ class Transport:
                 return dataclasses.replace(stamped, used=org.used, limit=org.limit)
             return stamped
         return None
-
-
-def _failure_label(exc: BaseException) -> str:
-    """The `http_status` label of a request that got no answer (as `_carry` counts it)."""
-    if isinstance(exc, ResponseTooLarge):
-        return "too_large"
-    return "timeout" if isinstance(exc, TimeoutError) else "error"
 
 
 def _composite_request(account: Account, sent: list[Attempt]) -> composite.Subrequest:
