@@ -16,7 +16,6 @@ from worker.jobs import Execution, Incoming, admit
 from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.connections import HEADROOM_PER_ACCOUNT, Connections
 from worker.salesforce.http import create_session
 from worker.settings import Settings
 from worker.stores.memory_results import MemoryResultStore
@@ -61,12 +60,9 @@ async def open_harness(
     accounts = load_accounts(accounts_file, allow_insecure_localhost=True)
     metrics = Metrics()
     metrics.initialise((a.name, a.flow.value) for a in accounts.by_name.values())
-    session = create_session(settings, HEADROOM_PER_ACCOUNT * len(accounts))
+    session = create_session(settings)
     tokens = token_manager(session, settings, metrics)
-    connections = Connections.of(
-        accounts.by_name, settings.http_pool_size, settings.http_connect_timeout_seconds
-    )
-    client = SalesforceClient(session, tokens, settings, metrics, connections=connections)
+    client = SalesforceClient(session, tokens, settings, metrics)
     guard = InsertGuard(
         store
         if store is not None
