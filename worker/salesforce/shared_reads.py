@@ -31,7 +31,7 @@ A = TypeVar("A")
 # least PATIENCE_FLOOR s) after the read left, then sends its own: a read stuck on a hung
 # connection must not hold every identical read until their deadlines.
 PATIENCE_ROUND_TRIPS = 3.0
-PATIENCE_FLOOR = 0.5
+PATIENCE_FLOOR = 2.0
 
 Key = tuple[str, str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 _SHARED_HEADERS = ("sforce-query-options",)
