@@ -27,6 +27,7 @@ from worker.runtime.service import RabbitService
 from worker.runtime.tenant_queues import TenantQueues
 from worker.runtime.topology import lane_queue, tenant_queue
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.connections import HEADROOM_PER_ACCOUNT, Connections
 from worker.salesforce.http import create_session
 from worker.salesforce.oauth import Grant, request_token
 from worker.salesforce.reserve import ApiReserve
@@ -157,6 +158,16 @@ class Worker:
             raise ConfigError(str(exc)) from None
         self.settings = settings
         self.budget = MemoryBudget.of(settings)
+        # Each account's share of the HTTP pool (ConfigError when it cannot have one).
+        self.connections = Connections.of(
+            self.accounts.by_name, settings.http_pool_size, settings.http_connect_timeout_seconds
+        )
+        if self.connections.limited:
+            log.warning(
+                "some accounts get fewer connections to Salesforce than their max_concurrency: "
+                "SFWORKER_HTTP_POOL_SIZE is shared out among the accounts",
+                extra={"pool": settings.http_pool_size, "budgets": self.connections.limited},
+            )
         for account in self.accounts.by_name.values():
             if account.instance_url.startswith("http://"):
                 log.warning(
@@ -215,7 +226,7 @@ class Worker:
             rotating = any(a.flow is Flow.REFRESH_TOKEN for a in self.accounts.by_name.values())
             check = EvictionCheck(self.fleet.link, allow=s.redis_allow_eviction, rotating=rotating)
             await check.at_start()
-        self._session = create_session(s)
+        self._session = create_session(s, HEADROOM_PER_ACCOUNT * len(self.accounts))
         self._tokens = token_manager(self._session, s, self.metrics, self.fleet.link)
         client = self._client = SalesforceClient(
             self._session,
@@ -224,6 +235,7 @@ class Worker:
             self.metrics,
             slots=self.fleet.slots,
             reserve=self.fleet.reserve,
+            connections=self.connections,
         )
         # The org's usage before the first job (the gauges; the reserve), once per fleet start.
         self.fleet.reserve.prime(self.accounts.by_name.values())

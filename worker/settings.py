@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         le=65535,
         description="With fair_share: unacked deliveries of the request queue per process",
     )
+    fair_share_look_ahead_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="With fair_share: when the request queue's window (routing_prefetch) is "
+        "full, jobs that waited this long in it for a slot move to their lanes, so that the "
+        "worker sees the jobs behind them",
+    )
     tenant_queues: bool = Field(
         default=True,
         description="Strict tenant mode: a request queue per tenant, fed by the tenant exchange "

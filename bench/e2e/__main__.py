@@ -26,6 +26,7 @@ from sfsim.testing import SimulatorClient
 
 from bench.e2e import procs
 from bench.e2e.broker import Broker
+from bench.e2e.burst import render_burst
 from bench.e2e.procs import ROOT, start_simulator
 from bench.e2e.report import render
 from bench.e2e.runs import Lab
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storm-jobs", type=_positive, help="jobs of a token storm (1000; 400)")
     parser.add_argument("--large-jobs", type=_positive, help="large searches (50; quick 10)")
     parser.add_argument(
+        "--burst-jobs", type=_positive, help="jobs of one account's burst (2000; quick 1000)"
+    )
+    parser.add_argument(
         "--rate-0ms", type=float, default=400.0, help="paced jobs/s for latency at 0 ms (400)"
     )
     parser.add_argument(
@@ -116,6 +120,7 @@ def counts_for(args: argparse.Namespace) -> Counts:
         rate_100ms=args.rate_100ms,
         storm_jobs=args.storm_jobs or (400 if quick else 1000),
         large_jobs=args.large_jobs or (10 if quick else 50),
+        burst_jobs=args.burst_jobs or (1000 if quick else 2000),
         latencies=(0, 100),
         processes=(1, 2, 4),
     )
@@ -268,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, info, trials)
         print(f"raw figures: {out}", file=sys.stderr)
         print(render(trials, (0, 100)))
+        burst = render_burst(trials)
+        if burst:
+            print("\n" + burst)
         print()
         _print_meta(info)
     return code

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.e2e.burst import TwoAccounts, burst_trial
 from bench.e2e.noisy import noisy_trial
 from bench.e2e.otlp import Sink, otlp_sink
 from bench.e2e.profile import profile_trial
@@ -36,6 +37,7 @@ SECTIONS = (
     "sealing",
     "tracing",
     "noisy",
+    "burst",
     "profile",
     "profile-redis",
     "profile-tracing",
@@ -80,6 +82,7 @@ class Counts:
     rate_100ms: float
     storm_jobs: int
     large_jobs: int
+    burst_jobs: int
     latencies: tuple[int, ...]
     processes: tuple[int, ...]
 
@@ -155,6 +158,17 @@ async def run_sections(
                         lab, system, SEARCH, latency, counts.jobs, paced_jobs=jobs, rate=rate
                     )
                     await trial("redis", rep, run, redis=redis)
+
+        if "burst" in chosen:
+            # Fair share on and off alternating, on the same machine state (issue 27); which
+            # goes first alternates too, from one repetition to the next.
+            order = (True, False) if rep % 2 else (False, True)
+            for latency in counts.latencies:
+                for fair_share in order:
+                    tag = f"burst-{latency}-{'on' if fair_share else 'off'}"
+                    system = TwoAccounts(ctx, tag, fair_share)
+                    run = burst_trial(lab, system, SEARCH, latency, counts.burst_jobs)
+                    await trial("burst", rep, run)
 
         if "sealing" in chosen:
             await trial("sealing", rep, sealing_trial())

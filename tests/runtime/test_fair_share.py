@@ -179,6 +179,10 @@ async def test_a_slow_flooding_account_does_not_slow_another_account_s_jobs(
     assert moved > SLOW_JOBS / 2
 
 
+async def _reached(sim: SimulatorClient) -> bool:
+    return bool((await sim.counters())["requests_total"])
+
+
 def _sample(text: str, series: str) -> float:
     for line in text.splitlines():
         if line.startswith(series + " "):
@@ -189,12 +193,14 @@ def _sample(text: str, series: str) -> float:
 async def test_a_job_whose_lane_is_gone_runs_off_the_request_queue(
     settings: Settings,
     slow_sim: SimulatorClient,
+    quick_sim: SimulatorClient,
     jobs: JobClient,
     amqp: aio_pika.abc.AbstractRobustConnection,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A lane deleted under a running worker: the jobs that would move there run where they
-    are, none dead-lettered, none left waiting."""
+    are, none dead-lettered, none left waiting. (A job moves only when another account is
+    present: here a job of `quick` runs meanwhile.)"""
     await slow_sim.set_latency(500, token_ms=0)
     # Prefetch 2: one job per account straight off the request queue, the rest of a burst moves.
     worker = Worker(settings.model_copy(update={"prefetch": 2}))
@@ -202,9 +208,14 @@ async def test_a_job_whose_lane_is_gone_runs_off_the_request_queue(
     try:
         channel = await amqp.channel()
         await channel.queue_delete(lane_queue(settings, "main"))
+        # A job of `quick` running: `main` has company, so its burst beyond its share moves.
+        await quick_sim.set_latency(3000, token_ms=0)
+        company = asyncio.create_task(jobs.call(search("company", "quick", 20_000)))
+        await wait_until(lambda: _reached(quick_sim), 20, "quick's job at its org")
         answers = await asyncio.gather(
             *(jobs.call(search(f"orphan-{i}", "main", 20_000)) for i in range(6))
         )
+        await company
     finally:
         await worker.stop()
     assert [r["status"] for r in answers] == ["no_data"] * 6
@@ -215,3 +226,54 @@ async def test_a_job_whose_lane_is_gone_runs_off_the_request_queue(
         "sfworker_lane_moves_total", {"account": "main"}
     )
     assert moved == 0
+
+
+async def test_a_burst_of_one_account_alone_runs_without_moving_a_job(
+    settings: Settings, slow_sim: SimulatorClient, jobs: JobClient
+) -> None:
+    """Issue 27, point 3: two accounts in the file (so the fair share is on), a burst of one
+    of them and nobody else: moving would buy nothing, so no job is moved; the account runs
+    the whole prefetch straight off the request queue and its backlog waits there."""
+    await slow_sim.set_latency(20, token_ms=0)
+    worker = Worker(settings.model_copy(update={"prefetch": 4}))
+    await worker.start()
+    try:
+        answers = await asyncio.gather(
+            *(jobs.call(search(f"burst-{i}", "main", 30_000)) for i in range(120))
+        )
+    finally:
+        await worker.stop()
+    assert {r["status"] for r in answers} == {"no_data"}
+    moved = worker.metrics.registry.get_sample_value(
+        "sfworker_lane_moves_total", {"account": "main"}
+    )
+    assert moved == 0
+
+
+async def test_a_stopping_worker_leaves_its_waiting_backlog_to_another_worker(
+    settings: Settings, slow_sim: SimulatorClient, jobs: JobClient
+) -> None:
+    """A lone account's backlog waits in the request queue's window (not moved): a worker told
+    to stop runs what it started, leaves the rest unacked at once rather than run it all within
+    its grace period, and another worker answers every job."""
+    await slow_sim.set_latency(500, token_ms=0)
+    small = settings.model_copy(update={"prefetch": 2, "shutdown_grace_seconds": 20})
+    first = Worker(small)
+    await first.start()
+    published = [await jobs.publish(search(f"backlog-{i}", "main", 60_000)) for i in range(40)]
+    await asyncio.sleep(1.0)  # two at a time, half a second each: most still wait
+    started = time.monotonic()
+    await first.stop()
+    stopping = time.monotonic() - started
+    second = Worker(small)
+    await second.start()
+    try:
+        answers = await asyncio.gather(*(jobs.result(job, 60) for job in published))
+    finally:
+        await second.stop()
+    assert {r["status"] for r in answers} == {"no_data"}
+    assert stopping < 5, stopping  # not 20 jobs of half a second, two at a time
+    assert (
+        first.metrics.registry.get_sample_value("sfworker_lane_moves_total", {"account": "main"})
+        == 0
+    )

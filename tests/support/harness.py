@@ -16,6 +16,7 @@ from worker.jobs import Execution, Incoming, admit
 from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.connections import HEADROOM_PER_ACCOUNT, Connections
 from worker.salesforce.http import create_session
 from worker.settings import Settings
 from worker.stores.memory_results import MemoryResultStore
@@ -60,9 +61,12 @@ async def open_harness(
     accounts = load_accounts(accounts_file, allow_insecure_localhost=True)
     metrics = Metrics()
     metrics.initialise((a.name, a.flow.value) for a in accounts.by_name.values())
-    session = create_session(settings)
+    session = create_session(settings, HEADROOM_PER_ACCOUNT * len(accounts))
     tokens = token_manager(session, settings, metrics)
-    client = SalesforceClient(session, tokens, settings, metrics)
+    connections = Connections.of(
+        accounts.by_name, settings.http_pool_size, settings.http_connect_timeout_seconds
+    )
+    client = SalesforceClient(session, tokens, settings, metrics, connections=connections)
     guard = InsertGuard(
         store
         if store is not None

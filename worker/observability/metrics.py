@@ -33,6 +33,7 @@ RETRY_REASONS = (
     "concurrent_limit",
     "unable_to_lock_row",
     "query_timeout",
+    "connection_wait",
 )
 # What a Salesforce request is counted as: the job's operation, or a Composite request.
 REQUEST_KINDS = (*(op.value for op in Operation), "composite")
@@ -137,7 +138,8 @@ class Metrics:
         self.rate_limited = Counter(
             "sfworker_rate_limited_total",
             "Jobs refused for the API limit, by kind: daily or concurrent (Salesforce's "
-            "REQUEST_LIMIT_EXCEEDED), reserve (held back by api_reserve_percent, not sent)",
+            "REQUEST_LIMIT_EXCEEDED), reserve (held back by api_reserve_percent, not sent), "
+            "connections (no connection of the account's budget of the HTTP pool came free)",
             ["account", "kind"],
             registry=r,
         )
@@ -337,7 +339,7 @@ class Metrics:
             for mechanism in ("composite", "lookup", "shared_read"):
                 self.api_calls_saved_by.labels(account, mechanism)
             self.merge_fallbacks.labels(account)
-            for kind in ("daily", "concurrent", "reserve"):
+            for kind in ("daily", "concurrent", "reserve", "connections"):
                 self.rate_limited.labels(account, kind)
             for outcome in ("ok", "error"):
                 self.token_requests.labels(account, flow, outcome)

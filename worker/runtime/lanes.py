@@ -6,23 +6,29 @@ until it is acked, i.e. until its result is confirmed. Jobs of one slow account 
 waiting for its `max_concurrency`) would hold every slot, and the jobs of every other tenant
 would wait behind them in the queue. So each account gets a **lane**: a quorum queue of its own
 (`<request queue>.lane.<account>`, same delivery limit and dead-letter exchange), consumed on a
-channel of its own with its own prefetch. Taking a job from the request queue:
+channel of its own with its own prefetch. Taking a job from the request queue (when: see
+direct_share.py):
 
-- a job of an account that runs fewer than half the prefetch's jobs there (and all accounts
-  fewer than the prefetch) runs there, at once, as before (the usual case: no extra hop);
-- otherwise it is **moved** to its account's lane: a copy is published with a broker confirm,
-  then the original is acked (a copy the broker does not confirm, e.g. the lane was deleted:
-  the job runs off the request queue after all). A copy confirmed and the original not yet
-  acked when the process dies gives a duplicate, answered like any redelivery (the result
-  store, the insert markers); nothing is acked before a copy or a result is confirmed.
+- a job runs there, at once, when a slot of the prefetch is free and its account is within its
+  share (all of the prefetch for an account alone, half of it while another account is present):
+  the usual case, no extra hop;
+- a job that finds no slot waits in the request queue's window for the next one freed, unless a
+  move buys something: another account is present, or the window is full and turns over too
+  slowly (`fair_share_look_ahead_seconds`). Then it is **moved** to its account's lane: a copy
+  is published with a broker confirm, then the original is acked (a copy the broker does not
+  confirm, e.g. the lane was deleted: the job runs off the request queue after all). A copy
+  confirmed and the original not yet acked when the process dies gives a duplicate, answered
+  like any redelivery (the result store, the insert markers); nothing is acked before a copy or
+  a result is confirmed.
 - anything the worker cannot place on a lane (not JSON, refused by tenancy, an account that does
   not resolve) runs at once: it is answered or dead-lettered without calling Salesforce.
 
 The request queue's prefetch (`SFWORKER_ROUTING_PREFETCH`, 1024) is a look-ahead window: a
-flood of one account is taken off the queue at once and moved a few jobs at a time, while the
-jobs of other accounts behind it in the window run (or move) without waiting for it. An
-account's backlog waits in its lane, where it holds only that lane's prefetch. With a single
-account there is nobody to share with: the worker then runs as before (one queue, app.py).
+flood of one account is taken off the queue at once, and when another account shows up it is
+moved a few jobs at a time, while the jobs of other accounts behind it in the window run (or
+move) without waiting for it. An account's backlog then waits in its lane, where it holds only
+that lane's prefetch. With a single account in the accounts file there is nobody to share with:
+the worker then runs as before (one queue, app.py).
 
 The copy is published by the worker's own user (RabbitMQ checks its `user_id`), carrying the
 job's validated publisher in the header `x-sfworker-publisher`; a lane trusts that header only
@@ -39,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import Counter
+from functools import partial
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -51,6 +57,7 @@ from worker.observability.metrics import Metrics
 from worker.runtime import topology
 from worker.runtime.brokers import FailoverConnection
 from worker.runtime.consumer import Consumer, to_incoming
+from worker.runtime.direct_share import DirectShare, Turn
 from worker.runtime.own_queues import OwnQueues
 from worker.runtime.publisher import ResultPublisher, login_user
 from worker.runtime.topology import lane_queue
@@ -60,13 +67,6 @@ log = logging.getLogger(__name__)
 
 PUBLISHER_HEADER = "x-sfworker-publisher"
 MOVERS = 4  # moves to one account's lane at once (each waits for the broker's confirm)
-
-
-def direct_limits(prefetch: int) -> tuple[int, int]:
-    """Jobs run straight off the request queue: `prefetch` in all, half of it per account (at
-    least one). The request queue's own prefetch (`routing_prefetch`) is far larger: the rest of
-    it is the window in which the jobs behind are looked at and moved or run."""
-    return max(1, prefetch // 2), prefetch
 
 
 class FairShare:
@@ -85,9 +85,11 @@ class FairShare:
         self._consumer = consumer
         self._publisher = publisher
         self._metrics = metrics
-        self._per_account, self._total = direct_limits(settings.prefetch)
-        self._direct: Counter[str] = Counter()
-        self._direct_total = 0
+        self._share = DirectShare(
+            settings.prefetch,
+            settings.request_prefetch,
+            settings.fair_share_look_ahead_seconds,
+        )
         self._lanes = OwnQueues(
             "lane queue",
             "give the worker's RabbitMQ user the lanes in its permissions (deploy/README.md "
@@ -108,15 +110,15 @@ class FairShare:
                 lane_queue(self._settings, name),
                 topology.request_queue_arguments(self._settings),
                 self._settings.prefetch,
-                self._on_lane,
+                partial(self._on_lane, name),
             )
             self._lane_of.add(name)
         log.info(
             "fair share: a lane per account",
             extra={
                 "lanes": len(self._lanes),
-                "direct_per_account": self._per_account,
-                "direct_total": self._total,
+                "direct_per_account": self._share.per_account,
+                "direct_total": self._share.total,
             },
         )
 
@@ -128,41 +130,46 @@ class FairShare:
         # at once, and a job that runs here is not checked twice.
         checked = self._consumer.pipeline.check(incoming)
         account = checked.account if checked.account in self._lane_of else None
-        if account is None or self._may_run_here(account):
-            await self._run_here(message, account, incoming, checked)
+        if account is None:
+            self._share.take("")
+            await self._run_here(message, "", incoming, checked)
             return
-        # Moves wait their turn, per account: a flood of one account is moved a few at a
-        # time, while the jobs of other accounts behind it in the window run (or move) at once.
-        movers = self._movers.get(account)
-        if movers is None:
-            movers = self._movers[account] = asyncio.Semaphore(MOVERS)
-        async with movers:
-            moved = await self._move(message, account)
-        if not moved:
-            # The lane refused the copy (deleted meanwhile, broker trouble): the job still
-            # holds its delivery here, so it runs here rather than spend a delivery attempt.
-            await self._run_here(message, account, incoming, checked)
-
-    def _may_run_here(self, account: str) -> bool:
-        return self._direct[account] < self._per_account and self._direct_total < self._total
+        share = self._share
+        share.enter(account, window=True)
+        try:
+            turn = await share.turn(account)
+            if turn is Turn.LEAVE or (turn is Turn.MOVE and _channel_closed(message)):
+                # Stopping, or its channel died while it waited (the broker redelivers it):
+                # left unacked, for another consumer; a copy now would be a duplicate.
+                return
+            if turn is Turn.RUN:
+                await self._run_here(message, account, incoming, checked)
+                return
+            # Moves wait their turn, per account: a flood of one account is moved a few at a
+            # time, while the jobs of other accounts behind it in the window run (or move).
+            movers = self._movers.get(account)
+            if movers is None:
+                movers = self._movers[account] = asyncio.Semaphore(MOVERS)
+            async with movers:
+                moved = await self._move(message, account)
+            if not moved:
+                # The lane refused the copy (deleted meanwhile, broker trouble): the job still
+                # holds its delivery here, so it runs here rather than spend a delivery attempt.
+                share.take(account)
+                await self._run_here(message, account, incoming, checked)
+        finally:
+            share.leave(account, window=True)
 
     async def _run_here(
-        self,
-        message: AbstractIncomingMessage,
-        account: str | None,
-        incoming: Incoming,
-        checked: Checked,
+        self, message: AbstractIncomingMessage, key: str, incoming: Incoming, checked: Checked
     ) -> None:
-        key = account or ""
-        self._direct[key] += 1
-        self._direct_total += 1
+        """Run the job on its direct slot (taken by the caller), then free the slot."""
         try:
+            if _channel_closed(message):
+                return  # it waited for its slot while its channel died: the broker redelivers it
             await self._consumer.handle(message, incoming, checked)
         finally:
-            self._direct_total -= 1
-            self._direct[key] -= 1
-            if not self._direct[key]:
-                del self._direct[key]
+            self._share.release(key)
 
     async def _move(self, message: AbstractIncomingMessage, account: str) -> bool:
         """A confirmed copy on the account's lane, then the ack of the original. False when
@@ -192,7 +199,7 @@ class FairShare:
 
     # --- the lanes -------------------------------------------------------------------------
 
-    async def _on_lane(self, message: AbstractIncomingMessage) -> None:
+    async def _on_lane(self, account: str, message: AbstractIncomingMessage) -> None:
         # A copy the worker moved here (RabbitMQ vouches for its user_id) names the job's
         # publisher in a header; anything else in a lane keeps its own user_id.
         incoming = to_incoming(message)
@@ -200,7 +207,11 @@ class FairShare:
             carried = (message.headers or {}).get(PUBLISHER_HEADER)
             publisher = carried if isinstance(carried, str) else None
             incoming = dataclasses.replace(incoming, user_id=publisher)
-        await self._consumer.handle(message, incoming)
+        self._share.enter(account, window=False)  # the account is present while it runs
+        try:
+            await self._consumer.handle(message, incoming)
+        finally:
+            self._share.leave(account, window=False)
 
     @property
     def in_flight(self) -> int:
@@ -208,5 +219,16 @@ class FairShare:
 
     async def drain(self, grace: float) -> int:
         """Stop the lanes' consumers, wait up to `grace` s for their jobs, cancel the rest (left
-        unacked: the broker gives them to another worker). Returns how many."""
+        unacked: the broker gives them to another worker). Returns how many. The jobs waiting in
+        the request queue's window for a slot are not started (left unacked too)."""
+        left = self._share.close()
+        if left:
+            log.info("jobs waiting for a slot left to the broker", extra={"jobs": left})
         return await self._lanes.drain(grace)
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:
+        return True

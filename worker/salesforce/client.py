@@ -33,6 +33,7 @@ from worker.memory import Hold
 from worker.observability.metrics import Metrics
 from worker.salesforce.binding import bind_soql, bind_sosl, path_segment
 from worker.salesforce.call import BeforeSend, Call
+from worker.salesforce.connections import Connections
 from worker.salesforce.errors import Verdict
 from worker.salesforce.failures import CallFailed, error
 from worker.salesforce.paging import Collected, next_page_url
@@ -72,10 +73,17 @@ class SalesforceClient:
         *,
         slots: Slots | None = None,
         reserve: ApiReserve | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self.reserve = reserve or ApiReserve(LocalBoard(), metrics)
         self._transport = Transport(
-            session, tokens, settings, metrics, slots or LocalSlots(), self.reserve
+            session,
+            tokens,
+            settings,
+            metrics,
+            slots or LocalSlots(),
+            self.reserve,
+            connections or Connections.unbounded(),
         )
         self.reserve.attach(self._transport.read_limits)
         self._request = RetryPolicy(self._transport, settings, metrics).request

@@ -15,6 +15,7 @@ One table, from ../shared/reference/salesforce.md (answer -> verdict -> code whe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -144,3 +145,15 @@ def classify(status: int, body: Any, operation: Operation) -> Classified:
     if status >= 500:
         return Classified(Verdict.FAIL, ErrorCode.SALESFORCE_UNAVAILABLE, message, True, items)
     return Classified(Verdict.FAIL, ErrorCode.SALESFORCE_ERROR, message, False, items)
+
+
+def session_died(status: int, parsed: Any, answers: Sequence[Any] | None) -> bool:
+    """Salesforce said INVALID_SESSION_ID (to the request, or to one of its subrequests): the
+    token must be dropped before the slot is freed, or a call granted that slot next would
+    start with it."""
+    if status == 401:
+        return classify(status, parsed, Operation.SEARCH).verdict is Verdict.REFRESH
+    return any(
+        a.status == 401 and classify(a.status, a.body, Operation.SEARCH).verdict is Verdict.REFRESH
+        for a in answers or ()
+    )

@@ -106,9 +106,11 @@ async def _on_headers_sent(
         state.sent = True
 
 
-def create_session(settings: Settings) -> aiohttp.ClientSession:
+def create_session(settings: Settings, headroom: int = 0) -> aiohttp.ClientSession:
     """The session, with the hooks that tell whether a request left, and with tracing on the
-    HTTP spans' hooks (the untraced twin has neither: calls of jobs that are not traced use it)."""
+    HTTP spans' hooks (the untraced twin has neither: calls of jobs that are not traced use it).
+    Its pool: `http_pool_size` connections (the accounts' budgets, connections.py), and
+    `headroom` more for the requests outside the budgets (tokens, /limits probes)."""
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
     # The connection is ready and the request is written right after: the last moment before
@@ -116,7 +118,7 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     trace.on_connection_create_end.append(_on_connection_ready)
     trace.on_connection_reuseconn.append(_on_connection_ready)
     connector = aiohttp.TCPConnector(
-        limit=settings.http_pool_size,
+        limit=settings.http_pool_size + headroom,
         keepalive_timeout=30.0,
         ttl_dns_cache=300,
         # Timeouts are enforced by the job deadline itself; never round them up.

@@ -30,14 +30,15 @@ import aiohttp
 import orjson
 
 from worker.accounts import Account
-from worker.contract import ErrorCode, Operation
+from worker.contract import ErrorCode
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
 from worker.salesforce import composite, merging, overflow
 from worker.salesforce.call import Answer, Attempt, Call, Response
 from worker.salesforce.coalesce import Coalescer
 from worker.salesforce.commit import commit_group
-from worker.salesforce.errors import Verdict, classify
+from worker.salesforce.connections import FREE, Connections, NoConnectionFree
+from worker.salesforce.errors import Verdict, classify, session_died
 from worker.salesforce.failures import (
     CallFailed,
     auth_failed,
@@ -72,8 +73,10 @@ class Transport:
         metrics: Metrics,
         slots: Slots,
         reserve: ApiReserve,
+        connections: Connections,
     ) -> None:
         self._session = session
+        self._connections = connections
         self._plain = untraced(session)
         self._tokens = tokens
         self._max_bytes = settings.max_response_bytes
@@ -234,9 +237,15 @@ class Transport:
         # (http.py); a Composite request claims its inserts' markers together, before sending.
         state = SendState(attempts[0].call.before_send if alone else None)
         started = 0.0
+        connection = self._connections.hold(account)  # the account's own (connections.py)
         try:
             async with asyncio.timeout_at(deadline):
-                async with tracing.active.waiting(self._slots.hold(account), "slot wait"):
+                async with (
+                    tracing.active.waiting(self._slots.hold(account), "slot wait"),
+                    connection
+                    if connection is FREE
+                    else tracing.active.waiting(connection, "connection wait"),
+                ):
                     going = False
                     for attempt in attempts:  # again: the reserve may be reached meanwhile
                         attempt.unsent = self._reserve_refusal(attempt.call)
@@ -275,7 +284,7 @@ class Transport:
                     # Alone, or when a Composite request failed as a whole (401, the daily
                     # limit, 5xx), the request's answer is each call's.
                     each = None if alone or status != 200 else composite.answers(parsed, len(sent))
-                    if _session_died(status, parsed, each):
+                    if session_died(status, parsed, each):
                         await self._tokens.invalidate(account, token)
         except AuthError as exc:
             return [a.unsent or auth_failed(a.call, exc) for a in attempts]
@@ -286,7 +295,17 @@ class Transport:
                     overflow.read_parts(attempts, exc, state, self._max_bytes), token
                 )
             return [a.unsent or too_large(a.call, state, exc) for a in attempts]
+        except NoConnectionFree as exc:  # none of the account's budget came free in time
+            self._metrics.rate_limited.labels(account.name, "connections").inc()
+            return [a.unsent or exc.retry for a in attempts]
+        except aiohttp.ServerTimeoutError as exc:  # aiohttp's connect timeout: not the deadline
+            self._count(account.name, label, "error", started)
+            what = f"connecting timed out ({type(exc).__name__})"
+            return [a.unsent or lost(a.call, state, what) for a in attempts]
         except TimeoutError:
+            if connection.waiting:  # the deadline passed while it waited for a connection
+                self._metrics.rate_limited.labels(account.name, "connections").inc()
+                return [a.unsent or connection.too_late() for a in attempts]
             self._count(account.name, label, "timeout", started)
             return [a.unsent or lost(a.call, state, "the deadline passed", True) for a in attempts]
         except aiohttp.ClientError as exc:
@@ -418,18 +437,6 @@ class Transport:
 def _composite_request(account: Account, sent: list[Attempt]) -> composite.Subrequest:
     body = composite.request_body(account, [a.request for a in sent])
     return composite.Subrequest("POST", f"{account.api_base}/composite", body=body)
-
-
-def _session_died(status: int, parsed: Any, answers: list[composite.SubAnswer] | None) -> bool:
-    """Salesforce said INVALID_SESSION_ID (to the request, or to one of its subrequests): the
-    token must be dropped before the slot is freed, or a call granted that slot next would
-    start with it."""
-    if status == 401:
-        return classify(status, parsed, Operation.SEARCH).verdict is Verdict.REFRESH
-    return any(
-        a.status == 401 and classify(a.status, a.body, Operation.SEARCH).verdict is Verdict.REFRESH
-        for a in answers or ()
-    )
 
 
 def decode_body(raw: bytes) -> Any:

@@ -1,0 +1,115 @@
+"""Issue 27, point 3: the request queue's direct slots. A job moves to its lane only when the move
+buys something: another account is present, or the window is full and turns over too slowly.
+An account alone runs the whole prefetch and its backlog waits in the window, in order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.runtime.direct_share import PRESENT_FOR, DirectShare, Turn
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _arrive(share: DirectShare, account: str) -> asyncio.Task[Turn]:
+    share.enter(account, window=True)
+    return asyncio.ensure_future(share.turn(account))
+
+
+async def _settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_an_account_alone_runs_the_whole_prefetch_and_its_backlog_waits_in_order() -> None:
+    share = DirectShare(prefetch=4, window=100, look_ahead=5.0, clock=Clock())
+    turns = [_arrive(share, "main") for _ in range(7)]
+    await _settle()
+    assert [t.result() for t in turns[:4]] == [Turn.RUN] * 4  # not half: nobody to share with
+    assert not any(t.done() for t in turns[4:])  # waiting, not moved
+    share.release("main")
+    await _settle()
+    assert turns[4].result() is Turn.RUN
+    assert [t.done() for t in turns[5:]] == [False, False]
+    assert share.waiting == 2
+
+
+async def test_another_account_arriving_moves_the_waiting_backlog() -> None:
+    share = DirectShare(prefetch=4, window=100, look_ahead=5.0, clock=Clock())
+    main = [_arrive(share, "main") for _ in range(6)]
+    await _settle()
+    quick = _arrive(share, "quick")
+    await _settle()
+    assert [t.result() for t in main] == [Turn.RUN] * 4 + [Turn.MOVE] * 2
+    # Every slot is held by main: quick's job goes to its own lane (runs there at once).
+    assert quick.result() is Turn.MOVE
+    # With company, main runs its share (half the prefetch) and the rest moves.
+    for _ in range(3):
+        share.release("main")
+    assert [await _arrive(share, "main") for _ in range(2)] == [Turn.RUN, Turn.MOVE]
+    assert await _arrive(share, "quick") is Turn.RUN
+
+
+async def test_company_is_remembered_for_a_moment_after_its_last_job() -> None:
+    clock = Clock()
+    share = DirectShare(prefetch=2, window=100, look_ahead=5.0, clock=clock)
+    share.enter("quick", window=False)  # a job in quick's lane
+    share.leave("quick", window=False)
+    assert [await _arrive(share, "main") for _ in range(2)] == [Turn.RUN, Turn.MOVE]
+    clock.now += PRESENT_FOR + 0.01
+    share.release("main")
+    assert await _arrive(share, "main") is Turn.RUN  # alone again: the whole prefetch
+    assert await _arrive(share, "main") is Turn.RUN
+
+
+async def test_a_full_window_that_turns_over_too_slowly_moves_its_waiting_jobs() -> None:
+    clock = Clock()
+    share = DirectShare(prefetch=2, window=5, look_ahead=0.05, clock=clock)
+    turns = [_arrive(share, "main") for _ in range(4)]
+    await _settle()
+    assert [t.done() for t in turns] == [True, True, False, False]
+    clock.now += 0.05  # waited the look-ahead, but the window (5) is not full: nothing behind
+    await asyncio.sleep(0.1)
+    assert not turns[2].done()
+    last = _arrive(share, "main")  # the window is full now: the aged jobs move
+    await _settle()
+    assert [turns[2].result(), turns[3].result()] == [Turn.MOVE, Turn.MOVE]
+    assert not last.done()  # it just came: it waits for a slot
+    clock.now += 0.05
+    await asyncio.sleep(0.1)  # its own look-ahead passes, the window still full
+    assert last.result() is Turn.MOVE
+
+
+async def test_a_waiting_job_cancelled_after_it_was_given_a_slot_gives_it_back() -> None:
+    share = DirectShare(prefetch=1, window=100, look_ahead=5.0, clock=Clock())
+    first = await _arrive(share, "main")
+    waiting = _arrive(share, "main")
+    then = _arrive(share, "main")
+    await _settle()
+    assert first is Turn.RUN
+    share.release("main")  # the slot goes to `waiting`, which is cancelled before it runs
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await _settle()
+    assert then.result() is Turn.RUN
+
+
+async def test_a_stopping_worker_starts_none_of_the_jobs_waiting_for_a_slot() -> None:
+    share = DirectShare(prefetch=1, window=100, look_ahead=5.0, clock=Clock())
+    assert await _arrive(share, "main") is Turn.RUN
+    waiting = [_arrive(share, "main") for _ in range(3)]
+    await _settle()
+    assert share.close() == 3
+    await _settle()
+    assert [t.result() for t in waiting] == [Turn.LEAVE] * 3
+    share.release("main")  # the running job ends: its slot goes to nobody
+    assert await _arrive(share, "main") is Turn.LEAVE
