@@ -53,7 +53,8 @@ async def test_kill_9_loses_nothing(
     simulator: SimulatorClient,
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
-    await simulator.set_latency(200)
+    # A second per call: the batch stays in flight long enough for the kill to catch it.
+    await simulator.set_latency(1000)
     first: WorkerProcess = spawn_worker(settings, prefetch=400)
     await first.wait_ready()
     batch = searches_and_inserts(300, "kill")
