@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         "false (default) refuses to start",
     )
     redis_outage_buffer_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=32 * 1024 * 1024,
         ge=1024 * 1024,
         description="While Redis is away, bytes of results, job-id bindings and insert markers "
         "kept for it at most (results dropped first, oldest first)",
@@ -216,7 +216,7 @@ class Settings(BaseSettings):
     result_cache_size: int = Field(default=10_000, ge=0, description="Results kept for replay")
     result_cache_ttl_seconds: float = Field(default=900.0, gt=0, description="How long")
     result_cache_max_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="Bytes of results kept in memory at most"
+        default=32 * 1024 * 1024, ge=0, description="Bytes of results kept in memory at most"
     )
     max_response_bytes: int = Field(
         default=16 * 1024 * 1024,
