@@ -7,6 +7,7 @@ import pytest
 
 from tests.fleet.helpers import Fleet, searches
 from tests.support.accounts import write_accounts
+from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -24,6 +25,11 @@ async def test_calls_queued_behind_the_cap_are_not_sent_past_the_reserve(
     alone = fleet.settings_with(path, coalesce_wait_ms=0)
     worker: WorkerProcess = fleet.spawn(alone, prefetch=30)
     await worker.wait_ready()
+
+    async def usage_read() -> bool:  # the start-up /limits read, or it may spend one of the 10
+        return int((await fleet.simulator.counters())["requests"].get("limits", 0)) >= 1
+
+    await wait_until(usage_read, 20, "the worker's start-up /limits read")
     await fleet.simulator.set_daily_limit(1000, used=940)  # the reserve (95%) is 10 calls away
     await fleet.simulator.set_latency(100)
     statuses = await fleet.run_all(searches("queued", 30))
