@@ -19,7 +19,7 @@ from worker.jobs import JobPipeline
 from worker.memory import MemoryBudget, fit_deliveries
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
-from worker.runtime import amqp_decoding, brokers
+from worker.runtime import amqp_decoding, brokers, heap
 from worker.runtime.consumer import Consumer
 from worker.runtime.lanes import FairShare
 from worker.runtime.orphans import report_orphans
@@ -206,6 +206,7 @@ class Worker:
         self._lanes: FairShare | None = None
         self._tenants: TenantQueues | None = None
         self._tracer: tracing.Tracer = tracing.OFF
+        self._gc_watch: heap.PauseWatch | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -259,6 +260,9 @@ class Worker:
         await report_orphans(
             self.service.connection, self.fleet.link, self._own_queues(), self.metrics
         )
+        self._gc_watch = heap.PauseWatch(self.metrics.gc_pause)
+        if s.gc_freeze:
+            heap.settle()
         log.info("worker started", extra={"accounts": len(self.accounts)})
 
     def _own_queues(self) -> list[str]:
@@ -287,6 +291,9 @@ class Worker:
         if self._http is not None:
             await self._http.cleanup()
         await self._tracer.shutdown()
+        if self._gc_watch is not None:
+            self._gc_watch.close()
+            heap.thaw()
         if tracing.active is self._tracer:
             tracing.install(tracing.OFF)
         log.info("worker stopped", extra={"left_unacked": cancelled})

@@ -203,6 +203,12 @@ class Settings(BaseSettings):
         "answers, results): work beyond it waits; one job may hold a quarter of it. Sized for "
         "the Deployment's 512 Mi (docs/benchmarks.md, memory under pressure)",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Once started, freeze the objects of start-up out of the garbage "
+        "collector's full passes (runtime/heap.py): a full collection otherwise stops the "
+        "event loop for tens of ms, and every job in flight with it",
+    )
     shutdown_grace_seconds: float = Field(default=25.0, ge=0, description="Drain time on SIGTERM")
     publish_timeout_seconds: float = Field(default=5.0, gt=0, description="Wait for a confirm")
     watchdog_interval_seconds: float = Field(default=5.0, gt=0, description="Consumer check")

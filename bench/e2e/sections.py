@@ -41,6 +41,7 @@ SECTIONS = (
     "profile",
     "profile-redis",
     "profile-tracing",
+    "profile-burst",
 )
 SEARCH = Workload("SELECT Id, Name FROM Account WHERE Name = 'Acme'", expected=3)
 LARGE_RECORDS = 2000
@@ -250,6 +251,13 @@ async def run_sections(
                 lab, Sfworker(ctx, "profile-tracing", options), SEARCH, counts.jobs, out
             )
             await trial("profile", 1, run, tracing=label)
+    if "profile-burst" in chosen:  # two accounts, fair share on and off: what the share costs
+        for fair_share in (True, False):
+            on = "on" if fair_share else "off"
+            out = results / f"profile-burst-{on}-{ctx.run_id}.txt"
+            system = TwoAccounts(ctx, f"profile-burst-{on}", fair_share)
+            run = profile_trial(lab, system, SEARCH, counts.jobs, out)
+            await trial("profile", 1, run, fair_share=fair_share)
 
 
 async def seed(lab: Lab) -> None:

@@ -142,10 +142,27 @@ class Evaluator:
             return lambda rec: (v := get(rec)) is not None and bool(pattern.fullmatch(str(v)))
         if cond.op in ("IN", "NOT IN"):
             # `IN (null)` never matches: a null in the list is no value to compare with.
-            tests = [_compare(ftype, "=", lit) for lit in values if lit.kind != "null"]
+            listed = [lit for lit in values if lit.kind != "null"]
+            if all(lit.kind != "date_keyword" for lit in listed):
+                # Equality with plain values: one set, the record's value read once.
+                wanted = {_literal_value(ftype, lit) for lit in listed} - {None}
+
+                def listed_in(rec: Record) -> bool:
+                    value = get(rec)
+                    return value is not None and value in wanted
+
+                if cond.op == "IN":
+                    return listed_in
+                return lambda rec: not listed_in(rec)
+            tests = [_compare(ftype, "=", lit) for lit in listed]
+
+            def any_test(rec: Record) -> bool:
+                value = get(rec)
+                return any(t(value) for t in tests)
+
             if cond.op == "IN":
-                return lambda rec: any(t(get(rec)) for t in tests)
-            return lambda rec: not any(t(get(rec)) for t in tests)
+                return any_test
+            return lambda rec: not any_test(rec)
         assert isinstance(cond.value, Literal)
         test = _compare(ftype, cond.op, cond.value)
         return lambda rec: test(get(rec))

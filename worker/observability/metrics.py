@@ -41,6 +41,7 @@ REQUEST_KINDS = (*(op.value for op in Operation), "composite")
 _JOB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 _WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _COALESCE_BUCKETS = (1, 2, 3, 4, 5, 8, 12, 16, 20, 25)
+_GC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -292,6 +293,14 @@ class Metrics:
         self.asyncio_tasks = Gauge(
             "sfworker_asyncio_tasks",
             "asyncio tasks alive in the worker's event loop (a leak shows as a rising line)",
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            "sfworker_gc_pause_seconds",
+            "How long each garbage collection stopped the event loop, by generation (runtime/"
+            "heap.py: start-up's objects are frozen out of full collections)",
+            ["generation"],
+            buckets=_GC_BUCKETS,
             registry=r,
         )
         self.memory_budget_used = Gauge(
