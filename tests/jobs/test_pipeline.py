@@ -48,6 +48,7 @@ class FakeSalesforce:
     records: list[dict[str, Any]] = field(default_factory=lambda: [{"Id": "003A"}])
     delay: float = 0.0
     calls: list[AnyJob] = field(default_factory=list)
+    statements: list[str | None] = field(default_factory=list)
 
     async def execute(
         self,
@@ -57,8 +58,10 @@ class FakeSalesforce:
         *,
         before_send: Any = None,
         memory: Any = None,
+        statement: str | None = None,
     ) -> FakeOutcome:
         self.calls.append(job)
+        self.statements.append(statement)
         if before_send is not None and not await before_send():
             raise SendRefused
         await asyncio.sleep(self.delay)
@@ -155,6 +158,12 @@ async def test_a_search_is_answered_with_its_records(rig: Rig) -> None:
     assert answer_of(decision)["records"] == [{"Id": "003A"}]
     assert answer_of(decision)["status"] == "ok"
     assert len(rig.salesforce.calls) == 1
+
+
+async def test_a_search_is_bound_once_and_sent_as_bound(rig: Rig) -> None:
+    await rig.send({**SEARCH, "job_id": "j1", "params": {"p": "it's"}})
+    # Bound by the intake (where a bad parameter is refused), carried to the client as it is.
+    assert rig.salesforce.statements == [SEARCH["soql"].replace(":p", "'it\\'s'")]
 
 
 @pytest.mark.parametrize(

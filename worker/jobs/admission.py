@@ -31,6 +31,7 @@ class Admission:
     refusal: BlockResult | None = None
     reason: str = ""
     tenant: str = ""  # the publisher's tenant, for the refusal's log line
+    statement: str | None = None  # a search's SOQL/SOSL with its parameters bound (intake)
 
 
 def admit(accounts: Accounts, job: AnyJob, user_id: str | None) -> Admission:

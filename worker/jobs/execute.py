@@ -94,7 +94,12 @@ class Execution:
             assert account is not None
             try:
                 outcome = await self._client.execute(
-                    job, account, deadline, before_send=before_send, memory=hold
+                    job,
+                    account,
+                    deadline,
+                    before_send=before_send,
+                    memory=hold,
+                    statement=admission.statement,
                 )
             except BindingError as exc:  # intake checked the binding: a safety net
                 return failed(

@@ -157,23 +157,25 @@ def refuse_forged(request: Request) -> Request:
     return Request(request.job_id, refusal=refusal, reason=FORGED_DEATH)
 
 
-def binding_error(job: AnyJob, account: Account) -> str | None:
-    """What is wrong with the job's parameters where they go (a `:param` without a value, a
-    value of the wrong kind for its place, a path segment that names another resource), or
-    None. The Salesforce client binds them the same way when it builds the call."""
+def bind(job: AnyJob, account: Account) -> tuple[str | None, str | None]:
+    """The job's parameters bound where they go: (the search's statement with its values in,
+    None) or (None, what is wrong: a `:param` without a value, a value of the wrong kind for
+    its place, a path segment that names another resource). The statement travels with the
+    admission to the Salesforce client, which then does not bind it again."""
+    statement: str | None = None
     try:
         if isinstance(job, SearchJob):
             if job.soql is not None:
-                bind_soql(job.soql, job.params)
+                statement = bind_soql(job.soql, job.params)
             elif job.sosl is not None:
-                bind_sosl(job.sosl, job.params)
+                statement = bind_sosl(job.sosl, job.params)
         elif isinstance(job, UpsertJob):
             path_segment(job.external_id, "external_id")
         elif isinstance(job, InsertJob) and job.sobject in account.idempotency_fields:
             path_segment(job.job_id, "job_id (the idempotency field's value)")
     except BindingError as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
+    return statement, None
 
 
 def log_history(incoming: Incoming, job_id: str) -> None:

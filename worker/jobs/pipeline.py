@@ -8,6 +8,7 @@ here knows RabbitMQ."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -21,7 +22,7 @@ from worker.jobs.intake import (
     FORGED_DEATH,
     Incoming,
     Request,
-    binding_error,
+    bind,
     forged_death,
     log_history,
     read_request,
@@ -110,15 +111,18 @@ class JobPipeline:
             return Checked(
                 job_id, request.job, admission, admission.refusal, reason=admission.reason
             )
-        if admission.account is not None:
-            problem = binding_error(admission.job, admission.account)
+        account = admission.account
+        if account is not None:
+            statement, problem = bind(admission.job, account)
+            if statement is not None:
+                admission = dataclasses.replace(admission, statement=statement)
             if problem is not None:
                 refusal = failed(
                     job_id,
                     ErrorCode.INVALID_REQUEST,
                     problem,
                     operation=Operation(admission.job.operation),
-                    account=admission.account.name,
+                    account=account.name,
                 )
                 return Checked(job_id, request.job, admission, refusal, reason="binding")
         return Checked(job_id, request.job, admission)

@@ -100,11 +100,13 @@ class SalesforceClient:
         *,
         before_send: BeforeSend | None = None,
         memory: Hold | None = None,
+        statement: str | None = None,
     ) -> Outcome:
         """Run the job's operation; never raises for anything Salesforce or the network does.
         `before_send` is awaited just before each request leaves the process (insert markers);
         when it answers False the request is not sent and SendRefused is raised. What the job
-        reads from Salesforce is counted on `memory`, its share of the memory budget.
+        reads from Salesforce is counted on `memory`, its share of the memory budget. A
+        search's `statement`, bound by the job's intake, is sent as it is (else bound here).
         """
         call = Call(
             account, Operation(job.operation), deadline, before_send=before_send, memory=memory
@@ -113,7 +115,7 @@ class SalesforceClient:
             await self.reserve.ensure_known(account, deadline)
             match job:
                 case SearchJob():
-                    return await self._search(job, call)
+                    return await self._search(job, call, statement)
                 case GetJob():
                     return await self._get(job, call)
                 case InsertJob():
@@ -133,10 +135,10 @@ class SalesforceClient:
             )
         raise AssertionError(f"unhandled operation {job.operation}")  # pragma: no cover
 
-    async def _search(self, job: SearchJob, call: Call) -> Outcome:
+    async def _search(self, job: SearchJob, call: Call, statement: str | None) -> Outcome:
         base = call.account.api_base
         if job.soql is not None:
-            statement = bind_soql(job.soql, job.params)
+            statement = statement or bind_soql(job.soql, job.params)
             batch = min(_MAX_BATCH, max(_MIN_BATCH, job.max_records))
             call.extra_headers["Sforce-Query-Options"] = f"batchSize={batch}"
             response = await self._request(call, "GET", f"{base}/query", params={"q": statement})
@@ -171,7 +173,7 @@ class SalesforceClient:
             status = Status.OK if total > 0 or records else Status.NO_DATA
             return self._outcome(call, status, records=records, count=total)
         assert job.sosl is not None
-        statement = bind_sosl(job.sosl, job.params)
+        statement = statement or bind_sosl(job.sosl, job.params)
         response = await self._request(call, "GET", f"{base}/search", params={"q": statement})
         found = search_records(response.body)
         status = Status.OK if found else Status.NO_DATA
