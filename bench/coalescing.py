@@ -416,9 +416,16 @@ def model(
     calls = 0
     waits: list[float] = []
 
-    def units(_: Account, items: list[float]) -> tuple[int, int]:
-        queries = math.ceil(len(items) / MAX_VALUES)
-        return queries, queries
+    class OneShape:
+        """Lookups of one shape: one merged query per MAX_VALUES calls."""
+
+        def __init__(self, _: Account) -> None:
+            self.calls = 0
+
+        def add(self, item: float, query: bool) -> tuple[int, int]:
+            self.calls += 1
+            queries = math.ceil(self.calls / MAX_VALUES)
+            return queries, queries
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -439,7 +446,7 @@ def model(
             adaptive=settings.coalesce_policy == "adaptive",
             max_wait_seconds=settings.coalesce_max_wait_ms / 1000,
             linger_seconds=settings.coalesce_linger_ms / 1000,
-            units=units,
+            tally=OneShape,
         )
 
         async def job() -> None:

@@ -323,12 +323,22 @@ async def test_adaptive_the_oldest_call_waits_half_a_round_trip_once_it_has_comp
     flying.cancel()
 
 
+class OneSubrequest:
+    """Every call merges into one query."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+
+    def add(self, item: str, query: bool) -> tuple[int, int]:
+        return 1, 1
+
+
 async def test_adaptive_merged_lookups_are_not_capped_at_25_calls() -> None:
     """Calls that merge into one subrequest (lookups of one shape) fill a group only by the
     Composite limits counted after merging: 30 of them ready at once travel as one request."""
     together = Recorder()
     coalescer: Coalescer[str, str] = Coalescer(
-        0.01, together, Metrics(), adaptive=True, units=lambda _, items: (1, 1)
+        0.01, together, Metrics(), adaptive=True, tally=OneSubrequest
     )
     answers = await asyncio.gather(
         *(coalescer.join(ACCOUNT, f"m{i}", deadline=far(), query=True) for i in range(30))

@@ -3,12 +3,15 @@ statement, and the split of its answer by Salesforce's comparison rules."""
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from worker.salesforce.ids import canonical_id
 from worker.salesforce.lookups import MAX_VALUES, fits, lookups, split
+from worker.salesforce.merging import Unit
 
 PHONE = "SELECT Id, Name FROM Contact WHERE Phone = '+1 415 555 0100'"
 
@@ -120,3 +123,28 @@ def test_merged_statements_stay_within_the_bounds() -> None:
     assert fits(lookup, ["555-0100"] * MAX_VALUES, "/query")
     assert not fits(lookup, ["555-0100"] * (MAX_VALUES + 1), "/query")
     assert not fits(lookup, ["x" * 3000, "y" * 3000, "z" * 3000], "/query")
+
+
+def test_a_unit_built_one_value_at_a_time_admits_exactly_what_fits_admits() -> None:
+    """merging.Unit checks a join by lengths kept as values come (the batcher asks at every
+    call); its answer must be `fits`'s on the whole statement, quotes, escapes, non-ASCII and
+    repeated values included, up to both bounds."""
+    rnd = random.Random(7)
+    alphabet = ["a", "Z", "'", "\\", " ", "%", "+", "é", "☎", "\n", "0", '"']
+    (lookup,) = lookups(PHONE)
+    for _ in range(40):
+        unit = Unit([])
+        values: list[str] = []
+        while True:
+            size = rnd.choice([1, 5, 40, 400])
+            value = rnd.choice(values) if values and rnd.random() < 0.2 else ""
+            value = value or "".join(rnd.choice(alphabet) for _ in range(size))
+            expected = fits(lookup, [*unit.values(), value], "/services/data/v62.0/query")
+            assert unit.admits(replace(lookup, value=value), "/services/data/v62.0/query") is (
+                expected
+            )
+            if not expected:
+                break
+            unit.choose(replace(lookup, value=value))
+            values.append(value)
+        assert len(unit.values()) <= MAX_VALUES

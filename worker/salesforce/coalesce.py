@@ -18,10 +18,10 @@ Two policies decide when a group leaves (SFWORKER_COALESCE_POLICY):
   others wait) waits for company at most `wait`, never so long that less than `wait` of its own
   deadline is left; a call to a quiet account goes at once with the calls ready at that moment.
 Either way a group leaves as soon as it is full (the limits of the Composite resource: 25
-subrequests, 5 of them queries, counted by `units`, after lookups of one shape are merged). A call
-that found no company is handed back, to be sent by its own job as a single call. A group of two
-or more is sent by `together`, which returns one answer per call, in order; each waiting job gets
-exactly its own.
+subrequests, 5 of them queries, kept by each group's `Tally` as its calls join, after lookups of
+one shape are merged: merging.Planner). A call that found no company is handed back, to be sent
+by its own job as a single call. A group of two or more is sent by `together`, which returns
+one answer per call, in order; each waiting job gets exactly its own.
 
 The batcher knows nothing of HTTP, tokens or answers: the transport (transport.py) decides which
 calls may travel together (composite.supports), sends them, and says what an answer means for each
@@ -36,7 +36,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from worker.accounts import Account
 from worker.deadline import Deadline
@@ -46,6 +46,7 @@ from worker.salesforce.composite import MAX_QUERIES, MAX_SUBREQUESTS
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")  # one call, as the transport needs it to send it
+T_contra = TypeVar("T_contra", contravariant=True)
 R = TypeVar("R")  # its answer
 
 
@@ -62,18 +63,32 @@ class _Member(Generic[T, R]):
     future: asyncio.Future[R | None]
 
 
+class Tally(Protocol[T_contra]):
+    """A group's Composite counts, kept as its calls join: `add` plans one more call and
+    answers the subrequests and query-type subrequests so far."""
+
+    def add(self, item: T_contra, query: bool) -> tuple[int, int]: ...
+
+
+class _EachAlone:
+    """Every call a subrequest of its own."""
+
+    def __init__(self, account: Account) -> None:
+        self._subrequests = 0
+        self._queries = 0
+
+    def add(self, item: object, query: bool) -> tuple[int, int]:
+        self._subrequests += 1
+        self._queries += query
+        return self._subrequests, self._queries
+
+
 @dataclass(eq=False)
 class _Group(Generic[T, R]):
+    tally: Tally[T]
     members: list[_Member[T, R]] = field(default_factory=list)
     leave_at: float = math.inf
     timer: asyncio.TimerHandle | None = None
-
-
-Units = Callable[[Account, list[T]], tuple[int, int]]
-
-
-def _each_alone(account: Account, items: list[Any]) -> tuple[int, int]:
-    return len(items), 0  # the queries are counted by `query` below
 
 
 @dataclass
@@ -122,7 +137,7 @@ class Coalescer(Generic[T, R]):
         adaptive: bool = False,
         max_wait_seconds: float = 0.25,
         linger_seconds: float = 0.0,
-        units: Units[T] | None = None,
+        tally: Callable[[Account], Tally[T]] | None = None,
     ) -> None:
         self._wait = wait_seconds
         self._adaptive = adaptive
@@ -130,7 +145,7 @@ class Coalescer(Generic[T, R]):
         self._linger = linger_seconds
         self._together = together
         self._metrics = metrics
-        self._units: Units[T] = units or _each_alone
+        self._tally: Callable[[Account], Tally[T]] = tally or _EachAlone
         self._open: dict[str, _Group[T, R]] = {}
         self._accounts: dict[str, Account] = {}
         self._last_call: dict[str, float] = {}
@@ -165,16 +180,14 @@ class Coalescer(Generic[T, R]):
             if self._adaptive and group and len(group.members) >= 2 and not pace.started:
                 self._leave(account.name)
 
-    def _fits(self, account: Account, members: list[_Member[T, R]]) -> bool:
-        subrequests, queries = self._units(account, [m.item for m in members])
-        if self._units is _each_alone:
-            queries = sum(1 for m in members if m.query)
-        return subrequests <= MAX_SUBREQUESTS and queries <= MAX_QUERIES
+    @staticmethod
+    def _over(counts: tuple[int, int]) -> bool:
+        subrequests, queries = counts
+        return subrequests > MAX_SUBREQUESTS or queries > MAX_QUERIES
 
-    def _full(self, account: Account, members: list[_Member[T, R]]) -> bool:
-        subrequests, queries = self._units(account, [m.item for m in members])
-        if self._units is _each_alone:
-            queries = sum(1 for m in members if m.query)
+    @staticmethod
+    def _full(counts: tuple[int, int]) -> bool:
+        subrequests, queries = counts
         return subrequests >= MAX_SUBREQUESTS or queries >= MAX_QUERIES
 
     def _adaptive_leave(
@@ -214,7 +227,10 @@ class Coalescer(Generic[T, R]):
         pace.arrive(now)
         group = self._open.get(account.name)
         member: _Member[T, R] = _Member(item, query, now, loop.create_future())
-        if group is not None and not self._fits(account, [*group.members, member]):
+        # The group's counts with this call planned in; over the limits, the group leaves
+        # without it (and its tally with it) and the call starts the next one.
+        counts = group.tally.add(item, query) if group is not None else None
+        if counts is not None and self._over(counts):
             self._leave(account.name)
             group = None
         target: float
@@ -230,10 +246,12 @@ class Coalescer(Generic[T, R]):
             target = MAX_SUBREQUESTS
         self._last_call[account.name] = now
         if group is None:
-            group = self._open[account.name] = _Group()
+            group = self._open[account.name] = _Group(self._tally(account))
             self._accounts[account.name] = account
+            counts = group.tally.add(item, query)
+        assert counts is not None
         group.members.append(member)
-        if len(group.members) >= target or self._full(account, group.members):
+        if len(group.members) >= target or self._full(counts):
             self._leave(account.name)
         elif leave_at < group.leave_at:
             group.leave_at = leave_at
@@ -247,6 +265,7 @@ class Coalescer(Generic[T, R]):
             raise
 
     def _forget(self, name: str, group: _Group[T, R], member: _Member[T, R]) -> None:
+        # Its call stays in the group's tally: the group may leave a call early, never late.
         if self._open.get(name) is not group or member not in group.members:
             return
         group.members.remove(member)

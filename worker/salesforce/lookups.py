@@ -204,6 +204,26 @@ def fits(lookup: Lookup, values: list[str], resource: str) -> bool:
     return len(resource) + len(quote(lookup.merged(values), safe="")) <= MAX_STATEMENT
 
 
+# `fits` by lengths, for a statement built one value at a time (merging.Unit): URL-encoding
+# encodes each character on its own, so the encoded statement's length is the sum of its parts'.
+SEPARATOR_LENGTH = len(quote(", ", safe=""))
+
+
+def literal_length(value: str) -> int:
+    """The URL-encoded length of the value's SOQL literal."""
+    return len(quote(soql_string(value), safe=""))
+
+
+def fits_length(lookup: Lookup, count: int, literals: int, resource: str) -> bool:
+    """`fits` for `count` values whose literals, joined by ", ", encode to `literals` characters."""
+    if count > MAX_VALUES:
+        return False
+    frame = len(quote(f"{lookup.head}{lookup.field} IN (", safe="")) + len(
+        quote(f"){lookup.tail}", safe="")
+    )
+    return len(resource) + frame + literals <= MAX_STATEMENT
+
+
 def _matches(field: str, stored: Any, value: str) -> bool | None:
     """Does a record's stored value equal `value` as Salesforce compares? None when it depends
     on whether the field is text or an id (the split is then refused)."""

@@ -36,16 +36,39 @@ class Unit:
 
     attempts: list[Attempt]
     chosen: list[Lookup] = field(default_factory=list)  # each attempt's lookup, when merged
+    # The distinct values of `chosen`, in order, and the URL-encoded length of their literals
+    # joined by ", " (kept as lookups join, so a join is checked without writing the statement).
+    _distinct: dict[str, None] = field(default_factory=dict)
+    _literals: int = 0
 
     @property
     def merged(self) -> bool:
         return len(self.attempts) > 1
 
     def values(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for lookup in self.chosen:
-            seen.setdefault(lookup.value, None)
-        return list(seen)
+        return list(self._distinct)
+
+    def choose(self, lookup: Lookup) -> None:
+        self.chosen.append(lookup)
+        if lookup.value not in self._distinct:
+            self._literals = self._with(lookup.value)
+            self._distinct[lookup.value] = None
+
+    def unchoose(self) -> None:
+        self.chosen.clear()
+        self._distinct.clear()
+        self._literals = 0
+
+    def admits(self, lookup: Lookup, resource: str) -> bool:
+        """Would the merged statement, with `lookup`'s value added to the values so far, stay
+        within the bounds? The same answer as `lookups.fits(lookup, [*self.values(),
+        lookup.value], resource)` (a value already there counted again), in constant time."""
+        count = len(self._distinct) + 1
+        return lookups.fits_length(lookup, count, self._with(lookup.value), resource)
+
+    def _with(self, value: str) -> int:
+        separator = lookups.SEPARATOR_LENGTH if self._distinct else 0
+        return self._literals + separator + lookups.literal_length(value)
 
     def request(self, account: Account) -> Attempt:
         """The merged query as an attempt of its own (its answer is split by the transport)."""
@@ -58,11 +81,22 @@ class Unit:
         return Attempt(call, sub)
 
 
-def plan(account: Account, attempts: list[Attempt]) -> list[Unit]:
-    """The subrequests `attempts` travel as, in the order of their first call."""
-    units: list[Unit] = []
-    by_shape: dict[tuple[str, str], Unit] = {}
-    for attempt in attempts:
+class Planner:
+    """What a group's calls travel as, one call at a time: the batcher adds each call as it
+    joins (`add` answers the Composite counts so far, without planning the group again) and
+    the transport plans the group it sends (`plan`)."""
+
+    def __init__(self, account: Account) -> None:
+        self._account = account
+        self.units: list[Unit] = []
+        self._by_shape: dict[tuple[str, str], Unit] = {}
+        self._queries = 0
+
+    def add(self, attempt: Attempt, query: bool = False) -> tuple[int, int]:
+        """Plan one more call; the subrequests and query-type subrequests of the group so far
+        (the Composite limits count these). `query` is the batcher's own flag, unused here:
+        a merged unit is one query whatever it carries."""
+        by_shape = self._by_shape
         url = attempt.request.url
         for lookup in attempt.shapes:
             unit = by_shape.get((url, lookup.key))
@@ -71,29 +105,40 @@ def plan(account: Account, attempts: list[Attempt]) -> list[Unit]:
             first = unit.attempts[0]
             if not unit.chosen:  # its first lookup joins by this shape
                 own = next(s for s in first.shapes if s.key == lookup.key)
-                unit.chosen.append(own)
-            values = [*unit.values(), lookup.value]
-            if lookups.fits(lookup, values, url):
+                unit.choose(own)
+            if unit.admits(lookup, url):
                 unit.attempts.append(attempt)
-                unit.chosen.append(lookup)
+                unit.choose(lookup)
                 break
             if len(unit.attempts) == 1:
-                unit.chosen.clear()
+                unit.unchoose()
         else:
             unit = Unit([attempt])
-            units.append(unit)
+            self.units.append(unit)
+            if composite.is_query(self._account, attempt.request):
+                self._queries += 1
             for lookup in attempt.shapes:
                 current = by_shape.get((url, lookup.key))
                 if current is None or len(current.attempts) > 1 or current.chosen:
                     by_shape[(url, lookup.key)] = unit
-    return units
+        return len(self.units), self._queries
+
+
+def plan(account: Account, attempts: list[Attempt]) -> list[Unit]:
+    """The subrequests `attempts` travel as, in the order of their first call."""
+    planner = Planner(account)
+    for attempt in attempts:
+        planner.add(attempt)
+    return planner.units
 
 
 def counts(account: Account, attempts: list[Attempt]) -> tuple[int, int]:
     """Subrequests and query-type subrequests of a group (the Composite limits count these)."""
-    units = plan(account, attempts)
-    queries = sum(1 for u in units if composite.is_query(account, u.attempts[0].request))
-    return len(units), queries
+    planner = Planner(account)
+    subrequests, queries = 0, 0
+    for attempt in attempts:
+        subrequests, queries = planner.add(attempt)
+    return subrequests, queries
 
 
 def copy(body: Any) -> Any:

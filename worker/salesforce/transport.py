@@ -91,7 +91,7 @@ class Transport:
             adaptive=settings.coalesce_policy == "adaptive",
             max_wait_seconds=settings.coalesce_max_wait_ms / 1000,
             linger_seconds=settings.coalesce_linger_ms / 1000,
-            units=merging.counts,
+            tally=merging.Planner,
         )
         self._reads = SharedReads()
 
