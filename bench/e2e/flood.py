@@ -246,11 +246,13 @@ async def flood_trial(ctx: Context, broker: Broker, tenant_queues: bool, jobs: i
             "BENCH_OUT": str(a_out),
         }
         async with client("caller", tenant_queues) as b:
+            cpu_before = system.cpu()
             flooder = Child("flooder", [sys.executable, "-m", "bench.e2e.flooder"], env)
             await _wait_line(flooder, "published ", 300)
             b_started = time.time()
             b_done = await _tenant_b(b, tag)
         await _wait_line(flooder, "done", A_WAIT + 60)
+        worker_cpu = system.cpu() - cpu_before  # A's jobs and B's, from A's first publish
         a = orjson.loads(a_out.read_bytes())
         latencies = sorted(seconds * 1000 for seconds, _ in b_done)
         b_outcomes = Counter(outcome for _, outcome in b_done)
@@ -270,6 +272,7 @@ async def flood_trial(ctx: Context, broker: Broker, tenant_queues: bool, jobs: i
                 "a_publish_s": a["published"] - a["started"],
                 "a_drain_s": (a["last_result"] or a["published"]) - a["started"],
                 "b_started_after_a_s": b_started - a["started"],
+                "worker_cpu_s_per_1000": worker_cpu / (jobs + len(b_done)) * 1000,
                 "lane_moves": await lane_moves(system.port),
                 "dead_lettered": await broker.depth(s.dead_letter_queue),
             }
@@ -310,6 +313,7 @@ def render_flood(trials: list[Trial]) -> str:
                 _f(t["a_publish_s"], 1),
                 _f(t["a_drain_s"], 1),
                 f"{t['lane_moves']:,}",
+                _f(t.get("worker_cpu_s_per_1000"), 2),
                 f"{t['load_at_start'][0]:.2f} / {t['load_at_end'][0]:.2f}",
             ]
         )
@@ -333,6 +337,7 @@ def render_flood(trials: list[Trial]) -> str:
                 "A published in s",
                 "A drained in s",
                 "lane moves",
+                "worker CPU s / 1000 jobs",
                 "load 1 min start / end",
             ],
             rows,
