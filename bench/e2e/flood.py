@@ -157,20 +157,21 @@ async def _wait_line(child: Child, prefix: str, within: float) -> str:
         await asyncio.sleep(0.05)
 
 
-async def _tenant_b(client: BlockClient, tag: str) -> list[tuple[float, str]]:
-    """20 jobs a second for 10 s, each timed from its publish to its result."""
+async def _tenant_b(client: BlockClient, tag: str) -> list[tuple[float, float, str]]:
+    """20 jobs a second for 10 s, each timed from its publish to its result: (seconds since
+    B's first publish, latency in seconds, outcome) per job."""
+    start = time.monotonic()
 
-    async def one(i: int) -> tuple[float, str]:
+    async def one(i: int) -> tuple[float, float, str]:
         sent = time.monotonic()
         try:
             job_id = await client.publish(_job(f"{tag}-b-{i}", TENANTS["caller"], B_TIMEOUT_MS))
             result = await client.raw_result(job_id, B_WAIT)
         except TimeoutError:
-            return time.monotonic() - sent, "unanswered"
-        return time.monotonic() - sent, _outcome(result)
+            return sent - start, time.monotonic() - sent, "unanswered"
+        return sent - start, time.monotonic() - sent, _outcome(result)
 
     tasks = []
-    start = time.monotonic()
     for i in range(int(B_RATE * B_SECONDS)):
         await asyncio.sleep(max(0.0, start + i / B_RATE - time.monotonic()))
         tasks.append(asyncio.create_task(one(i)))
@@ -254,8 +255,8 @@ async def flood_trial(ctx: Context, broker: Broker, tenant_queues: bool, jobs: i
         await _wait_line(flooder, "done", A_WAIT + 60)
         worker_cpu = system.cpu() - cpu_before  # A's jobs and B's, from A's first publish
         a = orjson.loads(a_out.read_bytes())
-        latencies = sorted(seconds * 1000 for seconds, _ in b_done)
-        b_outcomes = Counter(outcome for _, outcome in b_done)
+        latencies = sorted(seconds * 1000 for _, seconds, _ in b_done)
+        b_outcomes = Counter(outcome for _, _, outcome in b_done)
         a_answered = sum(n for k, n in a["outcomes"].items() if k != "unanswered")
         out.update(
             {
@@ -264,6 +265,9 @@ async def flood_trial(ctx: Context, broker: Broker, tenant_queues: bool, jobs: i
                 "b_p99_ms": percentile(latencies, 99),
                 "b_max_ms": latencies[-1],
                 "b_outcomes": dict(b_outcomes),
+                # Each of B's jobs: [s after B's first publish, latency ms], to tell a stall of
+                # the machine (a clump) from a steady cost.
+                "b_jobs_ms": [[round(at, 3), round(lat * 1000, 1)] for at, lat, _ in b_done],
                 "b_timeouts": b_outcomes.get("TIMEOUT", 0),
                 "a_outcomes": a["outcomes"],
                 "a_answered": a_answered,
