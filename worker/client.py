@@ -26,7 +26,9 @@ What it does for every job (contracts/asyncapi.yaml describes the same on the wi
   `tracestate`) when opentelemetry-api is installed and a span is current;
 - collects results on a private exclusive queue (gone with the connection), or on a named durable
   queue (`reply_queue=...`) that keeps results across a restart of the caller or the broker;
-- returns them as `worker.contract.BlockResult`, matched by correlation id;
+- returns them as `worker.contract.BlockResult`, matched by correlation id; one that arrives
+  before its caller asks for it (publish many, then collect) is kept until asked, up to
+  `max_unclaimed` results;
 - with `worker_user` (the RabbitMQ user the workers connect as), accepts only replies whose
   `user_id` is that user (RabbitMQ vouches for it): anything else some other publisher put in
   the reply queue is dropped and counted in `foreign_replies`.
@@ -181,6 +183,9 @@ class BlockClient:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Correlation ids someone is awaiting in raw_result now; a result for any other id
+        # (published, nobody asking yet) is kept in _unclaimed for when they ask.
+        self._claimed: set[str] = set()
         # Results that arrived with nobody waiting (e.g. on a durable queue after a restart).
         self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -280,6 +285,7 @@ class BlockClient:
             future = self._waiting.pop(str(correlation), None)
             if future is not None and not future.done():
                 future.set_result(decoded)
+            if str(correlation) in self._claimed:
                 return
             self._unclaimed[str(correlation)] = decoded
             while len(self._unclaimed) > self._max_unclaimed:
@@ -371,6 +377,7 @@ class BlockClient:
                 raise ClientClosed("the client is closed")
             future = asyncio.get_running_loop().create_future()
             self._waiting[correlation_id] = future
+        self._claimed.add(correlation_id)
         try:
             async with asyncio.timeout(wait):
                 return await asyncio.shield(future)
@@ -383,6 +390,8 @@ class BlockClient:
             if future.cancelled():
                 raise ClientClosed("the client was closed while waiting") from None
             raise
+        finally:
+            self._claimed.discard(correlation_id)
 
     async def result(self, correlation_id: str, wait: float) -> BlockResult:
         """The result for `correlation_id` as a `BlockResult`; TimeoutError after `wait` s,

@@ -27,6 +27,7 @@ from sfsim.testing import SimulatorClient
 from bench.e2e import procs
 from bench.e2e.broker import Broker
 from bench.e2e.burst import render_burst
+from bench.e2e.flood import render_flood
 from bench.e2e.procs import ROOT, start_simulator
 from bench.e2e.report import render
 from bench.e2e.runs import Lab
@@ -78,6 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--burst-jobs", type=_positive, help="jobs of one account's burst (2000; quick 1000)"
     )
     parser.add_argument(
+        "--flood-jobs",
+        type=_positive,
+        help="jobs of tenant A's flood (10000; quick 2000)",
+    )
+    parser.add_argument(
         "--rate-0ms", type=float, default=400.0, help="paced jobs/s for latency at 0 ms (400)"
     )
     parser.add_argument(
@@ -121,6 +127,7 @@ def counts_for(args: argparse.Namespace) -> Counts:
         storm_jobs=args.storm_jobs or (400 if quick else 1000),
         large_jobs=args.large_jobs or (10 if quick else 50),
         burst_jobs=args.burst_jobs or (1000 if quick else 2000),
+        flood_jobs=args.flood_jobs or (2000 if quick else 10_000),
         latencies=(0, 100),
         processes=(1, 2, 4),
     )
@@ -273,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, info, trials)
         print(f"raw figures: {out}", file=sys.stderr)
         print(render(trials, (0, 100)))
-        burst = render_burst(trials)
-        if burst:
-            print("\n" + burst)
+        for extra in (render_burst(trials), render_flood(trials)):
+            if extra:
+                print("\n" + extra)
         print()
         _print_meta(info)
     return code

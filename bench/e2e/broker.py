@@ -96,9 +96,28 @@ class Broker:
         declared = await self.confirm.declare_queue(queue, passive=True, timeout=10)
         return int(declared.declaration_result.message_count or 0)
 
-    async def wait_consumers(self, queue: str, count: int, within: float) -> None:
+    async def consumers_if_any(self, queue: str) -> int:
+        """Consumers of `queue`, 0 while nobody has declared it: asked on a channel of its own,
+        since the broker closes the channel that asks after a missing queue."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            declared = await channel.declare_queue(queue, passive=True, timeout=10)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0
+        try:
+            return int(declared.declaration_result.consumer_count or 0)
+        finally:
+            await channel.close()
+
+    async def wait_consumers(
+        self, queue: str, count: int, within: float, declared: bool = True
+    ) -> None:
+        """Wait for `count` consumers on `queue`; `declared=False`: the queue may not exist yet
+        (the system declares it at its start)."""
+        ask = self.consumers if declared else self.consumers_if_any
         give_up = time.monotonic() + within
-        while await self.consumers(queue) < count:
+        while await ask(queue) < count:
             if time.monotonic() > give_up:
                 raise RuntimeError(f"no {count} consumer(s) on {queue} after {within:.0f} s")
             await asyncio.sleep(0.05)

@@ -81,20 +81,25 @@ class TwoAccounts(Sfworker):
 
     async def moves(self) -> int:
         """Jobs moved to a lane so far (every account)."""
-        url = f"http://127.0.0.1:{self.port}/metrics"
-        async with aiohttp.ClientSession() as session, session.get(url, timeout=10) as response:
-            text = await response.text()
-        return int(
-            sum(
-                float(line.split()[-1])
-                for line in text.splitlines()
-                if line.startswith("sfworker_lane_moves_total{")
-            )
-        )
+        return await lane_moves(self.port)
 
     async def cleanup(self, broker: Any) -> None:
         await super().cleanup(broker)
         await broker.delete([f"{self.queue}.lane.{name}" for name in ACCOUNTS])
+
+
+async def lane_moves(port: int) -> int:
+    """Jobs the worker whose /metrics listens on `port` moved to a lane so far (every account)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url, timeout=10) as response:
+        text = await response.text()
+    return int(
+        sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("sfworker_lane_moves_total{")
+        )
+    )
 
 
 async def burst_trial(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e.burst import TwoAccounts, burst_trial
+from bench.e2e.flood import flood_trial, rabbitmqctl_missing
 from bench.e2e.noisy import noisy_trial
 from bench.e2e.otlp import Sink, otlp_sink
 from bench.e2e.profile import profile_trial
@@ -38,6 +39,7 @@ SECTIONS = (
     "tracing",
     "noisy",
     "burst",
+    "flood",
     "profile",
     "profile-redis",
     "profile-tracing",
@@ -84,6 +86,7 @@ class Counts:
     storm_jobs: int
     large_jobs: int
     burst_jobs: int
+    flood_jobs: int
     latencies: tuple[int, ...]
     processes: tuple[int, ...]
 
@@ -93,7 +96,7 @@ Record = Callable[[Trial], None]
 
 
 def _progress(trial: Trial) -> None:
-    keys = ("jobs_per_s", "p99_ms", "token_requests", "cpu_us_per_record")
+    keys = ("jobs_per_s", "p99_ms", "token_requests", "cpu_us_per_record", "b_p99_ms", "a_drain_s")
     shown = ", ".join(f"{k}={trial[k]:.1f}" for k in keys if isinstance(trial.get(k), float))
     if "paced" in trial:
         shown += f", paced p99={trial['paced']['p99_ms']:.1f} ms"
@@ -170,6 +173,16 @@ async def run_sections(
                     system = TwoAccounts(ctx, tag, fair_share)
                     run = burst_trial(lab, system, SEARCH, latency, counts.burst_jobs)
                     await trial("burst", rep, run)
+
+        if "flood" in chosen:
+            # Before (the shared request queue) and after (a queue per tenant) alternating,
+            # which goes first too, from one repetition to the next (issue 27).
+            missing = rabbitmqctl_missing(ctx.amqp_url)
+            if missing:
+                print(f"  flood: skipped, {missing}", file=sys.stderr, flush=True)
+            else:
+                for own in (False, True) if rep % 2 else (True, False):
+                    await trial("flood", rep, flood_trial(ctx, lab.broker, own, counts.flood_jobs))
 
         if "sealing" in chosen:
             await trial("sealing", rep, sealing_trial())

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from sfsim.testing import SimulatorClient
 
+from tests.support.waiting import wait_until
 from worker.app import Worker
 from worker.client import BlockClient, InvalidResult, PublishFailed
 from worker.contract import BlockResult, ErrorCode, SearchJob, Status
@@ -88,6 +89,30 @@ async def test_a_job_carries_the_properties_and_its_typed_result_comes_back(
         )
         with pytest.raises(InvalidResult, match="bc-2"):
             await client.result(raw, 10)
+
+
+async def test_a_result_that_arrives_before_its_caller_asks_for_it_is_kept(
+    amqp_url: str, names: dict[str, str], catcher: tuple[aio_pika.abc.AbstractChannel, ...]
+) -> None:
+    """Publish many, then collect: results that come back while the caller is still publishing
+    are there when it asks (a bench run lost them: they went to a future nobody held)."""
+    channel, queue = catcher
+    async with BlockClient.connect(
+        amqp_url, exchange=names["request_exchange"], routing_key=names["request_routing_key"]
+    ) as client:
+        early = await client.publish({"v": 1, "job_id": "early-1"})
+        message = await take(queue)
+        await channel.default_exchange.publish(
+            aio_pika.Message(answer("early-1"), correlation_id=early),
+            routing_key=message.reply_to or "",
+        )
+
+        async def arrived() -> bool:
+            return not client.awaiting(early)
+
+        await wait_until(arrived, 10, "the result of early-1 at the client")
+        result = await client.result(early, 1)
+        assert (result.job_id, result.status) == ("early-1", Status.NO_DATA)
 
 
 async def test_user_id_can_be_left_out_for_tests_of_raw_input(

@@ -1,7 +1,8 @@
 """RabbitMQ users made for a test with `rabbitmqctl` (and deleted after it), with the
 permissions of the broker recipe in deploy/README.md: one user per tenant's runtime, one for
 the worker. The recipe's regexes are built here from the topology names, so the tests check
-exactly what the docs tell an operator to run (tests/unit/test_docs.py compares them)."""
+exactly what the docs tell an operator to run (tests/unit/test_docs.py compares them); the
+flood section of bench/pipeline makes its users with them too."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
-
-import pytest
 
 from worker.settings import Settings
 
@@ -163,6 +162,8 @@ class BrokerUsers:
 
 def require_rabbitmqctl(amqp_url: str) -> None:
     """Skip (fail in CI) unless `rabbitmqctl` can manage the broker the tests use."""
+    import pytest  # here: bench/e2e/flood.py uses this module in a venv without pytest
+
     local = urlsplit(amqp_url).hostname in {"127.0.0.1", "localhost", "::1"}
     if not shutil.which("rabbitmqctl") or not local:
         if os.environ.get("CI"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 from pydantic import SecretStr
 from sfsim.testing import (
@@ -46,6 +47,21 @@ def users(amqp_url: str, names: dict[str, str]) -> Iterator[Users]:
         )
     finally:
         made.delete_all()
+
+
+@pytest.fixture
+async def own_queues(amqp_url: str) -> AsyncIterator[list[str]]:
+    """Queues a test declares under its tenants' names (the topology's are the `settings`
+    fixture's): the test appends each name before declaring it; they are deleted afterwards as
+    the broker's admin, whether the test passed or not (each holds files on the broker)."""
+    names: list[str] = []
+    yield names
+    if names:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            for name in names:
+                await channel.queue_delete(name)  # a queue already gone is no error
 
 
 @pytest.fixture

@@ -204,11 +204,16 @@ async def test_sfworker_submit_runs_as_the_user_of_its_url(
 
 
 async def test_the_recipe_keeps_a_tenant_to_the_request_exchange_and_its_own_queues(
-    worker: Worker, settings: Settings, users: Users, simulator: SimulatorClient
+    worker: Worker,
+    settings: Settings,
+    users: Users,
+    simulator: SimulatorClient,
+    own_queues: list[str],
 ) -> None:
     connection = await aio_pika.connect(users.acme_url, timeout=10)
     async with connection:
         # Its own named, durable reply queue: declared, read, deleted by the tenant's user.
+        own_queues.append(f"{users.acme}.replies")
         client = JobClient(await connection.channel(), settings)
         await client.start(durable_queue=f"{users.acme}.replies")
         assert (await client.call(search("on-a-named-queue")))["status"] == "no_data"
@@ -288,9 +293,11 @@ async def test_a_result_addressed_to_another_tenant_s_queue_never_arrives_there(
     simulator: SimulatorClient,
     globex_sim: SimulatorClient,
     caplog: pytest.LogCaptureFixture,
+    own_queues: list[str],
 ) -> None:
     await globex_sim.seed("Contact", [{"FirstName": "Grace", "LastName": "Globex"}])
     victim = f"{users.globex}.replies"
+    own_queues.append(victim)
     targets = {
         "into-globex": victim,
         "into-requests": settings.request_queue,
@@ -349,13 +356,16 @@ async def test_results_reach_the_publisher_s_own_queues_signed_by_the_worker(
     users: Users,
     amqp: aio_pika.abc.AbstractRobustConnection,
     simulator: SimulatorClient,
+    own_queues: list[str],
 ) -> None:
     await simulator.seed("Contact", [{"FirstName": "Ada", "LastName": "Acme"}])
     # A queue the tenant table's pattern allows (the operator declared it, and lets the
-    # tenant's IVR read it).
+    # tenant's IVR read it). Not auto-delete: read by basic.get, it never had a consumer to
+    # lose, so the broker would have kept it for ever (one left behind per run).
     ivr = f"{users.acme}-ivr.flows"
+    own_queues.append(ivr)
     admin = await amqp.channel()
-    ivr_queue = await admin.declare_queue(ivr, auto_delete=True)
+    ivr_queue = await admin.declare_queue(ivr)
     async with client_as(users.acme_url, settings, worker_user=users.worker) as acme:
         # A message someone else (here the broker admin) put in acme's reply queue is no
         # result: the client drops it.
