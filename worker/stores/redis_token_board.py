@@ -12,7 +12,8 @@ Tokens are sealed by the link's `Seal` (stores/sealing.py); one that does not op
 as absent.
 
 - The lock is `SET NX PX lease`, released and renewed only by its holder (scripts that compare
-  the holder's id); a holder that dies leaves a lock whose lease runs out.
+  the holder's id); a holder that dies leaves a lock whose lease runs out. A lock Redis kept
+  through an outage (a restart) that its live holder let go of meanwhile goes once Redis answers.
 - Compare-and-invalidate in Redis: a 401 on an older generation changes nothing. A 401 whose
   invalidation did not reach Redis is remembered and done on the next read.
 - Rotation: the new refresh token is written in the same script as the access token, before
@@ -154,6 +155,9 @@ class RedisTokenBoards:
         self._scripts = _Scripts(link)
         # A worker's: puts a copy of the newest refresh token back if the fleet lost it.
         self._keeper = keeper
+        self._boards: list[RedisTokenBoard] = []
+        self._hooks: list[RestoreHook] = []
+        link.on_restore(self._restore)
 
     def board(self, account: Account) -> RedisTokenBoard:
         board = RedisTokenBoard(
@@ -165,6 +169,7 @@ class RedisTokenBoards:
         )
         if self._keeper is not None and account.flow is Flow.REFRESH_TOKEN:
             self._keeper.add(board.keep_quietly)
+        self._boards.append(board)
         return board
 
     async def close(self) -> None:
@@ -172,13 +177,19 @@ class RedisTokenBoards:
             await self._keeper.close()
 
     def on_restore(self, hook: RestoreHook) -> None:
-        async def restore() -> None:
-            try:
-                await hook()
-            except BoardUnavailable:
-                raise RedisUnavailable(self._link.where) from None  # gone again: the link waits
+        self._hooks.append(hook)
 
-        self._link.on_restore(restore)
+    async def _restore(self) -> None:
+        """Redis answers again: the hooks (a refresh token rotated during the outage is written
+        back), then the locks let go of during it are released; not before the write-back, or
+        another worker could take the lock and send the rotated-out refresh token."""
+        try:
+            for hook in self._hooks:
+                await hook()
+            for board in self._boards:
+                await board.release_left()
+        except BoardUnavailable:
+            raise RedisUnavailable(self._link.where) from None  # gone again: the link waits
 
 
 class RedisTokenBoard:
@@ -202,6 +213,7 @@ class RedisTokenBoard:
         self._lease_ms = int(lease * 1000)
         self._refresh_ttl_ms = int(refresh_ttl * 1000)
         self._dead_generation: int | None = None
+        self._left: set[str] = set()  # let go of while Redis was away: see `release_left`
         # The newest refresh token known to be the fleet's (read, or published by this process).
         self._latest_refresh: SecretStr | None = account.refresh_token
         self._seed = seed_of(account.refresh_token)
@@ -285,7 +297,11 @@ class RedisTokenBoard:
         holder, lock, lease = uuid.uuid4().hex, self._lock, self._lease_ms
         # Confirmed by a replica (replicas.py): a lock lost in a failover lets a second worker
         # refresh with the same refresh token.
-        taken = await self._durable(lambda r: r.set(lock, holder, nx=True, px=lease))
+        try:
+            taken = await self._durable(lambda r: r.set(lock, holder, nx=True, px=lease))
+        except BoardUnavailable:
+            self._left.add(holder)  # Redis may have taken it before the reply was lost
+            raise
         return holder if taken else None
 
     async def renew(self, holder: str) -> None:
@@ -293,9 +309,22 @@ class RedisTokenBoard:
         await self._link.attempt(lambda r: script(keys=[lock], args=[holder, lease], client=r))
 
     async def release(self, holder: str) -> None:
-        """Only the holder's own lock is deleted; if Redis is gone, the lease ends it."""
+        """Only the holder's own lock is deleted; if Redis is gone, once it answers again."""
         lock, script = self._lock, self._scripts.release
-        await self._link.attempt(lambda r: script(keys=[lock], args=[holder], client=r))
+        try:
+            await self._link.call(lambda r: script(keys=[lock], args=[holder], client=r))
+        except RedisUnavailable:
+            self._left.add(holder)
+
+    async def release_left(self) -> None:
+        """Release the locks let go of while Redis was out of reach: their release, or the reply
+        to their SET, was lost. A restore step: until then, every worker of the fleet needing a
+        token would wait for the lease to run out."""
+        for holder in list(self._left):
+            self._left.discard(holder)
+            await self.release(holder)  # kept again if Redis went away again
+        if self._left:
+            raise BoardUnavailable(self._link.where)
 
     # --- the refresh token -----------------------------------------------------------------
 
