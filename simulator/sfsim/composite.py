@@ -6,15 +6,17 @@ one latency, a 401 or the daily limit fail it whole, and fault rules for route `
 whole. Its body is checked before anything runs (a bad body, more than 25 subrequests, more than 5
 queries, an inherited header or an unsupported resource such as SOSL search: HTTP 400, nothing
 executed). Then each subrequest, in order: references resolved (composite_refs), fault rules
-matched on the subrequest's own method, route name and url (`respond` answers it; `drop_before`
-stops there and closes the connection; `drop_after` runs everything and then closes it), and the
-same handler a plain call reaches. The answer is 200 with one result per subrequest, in order.
-`allOrNone: true` rolls every change back at the first failure; the others then answer
-PROCESSING_HALTED. Before API v38.0 the resource does not exist: 404 NOT_FOUND.
+matched on the subrequest's own method, route name and url (`respond` answers it; `delay` and
+`hold` hold it, and the whole answer with it; `drop_before` stops there and closes the
+connection; `drop_after` runs everything and then closes it), and the same handler a plain
+call reaches. The answer is 200 with one result per subrequest, in order. `allOrNone: true`
+rolls every change back at the first failure; the others then answer PROCESSING_HALTED. Before
+API v38.0 the resource does not exist: 404 NOT_FOUND.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -274,6 +276,11 @@ class _Run:
             raise _Dropped
         if rule is not None and rule.action == "drop_after":
             self.drop_after = True  # runs, but the connection closes before the answer
+        elif rule is not None and rule.action == "delay":
+            # Subrequests run one after another: a slow one delays the whole answer.
+            await asyncio.sleep(rule.delay_ms / 1000)
+        elif rule is not None and rule.action == "hold":
+            await self._state.faults.wait_for_release(rule.hold)
         elif rule is not None:
             return _answer_of(rule.response(name))
         if match is None:

@@ -113,14 +113,15 @@ async def test_fault_storm(
     port_of = {name: proxy.port for name, proxy in proxies.items()}
     # Every worker reaches the org through the Salesforce proxy: the fleet's tokens, results
     # and insert claims are scoped to the org's address, so workers of one fleet share it.
-    # The oracle (storm.expected) gives each job the answer to its own faults: the simulator
-    # faults a whole request, so the storm keeps the fixed window of Composite coalescing and no
-    # merged lookups or shared reads, which would put more jobs in one faulted request (issue
-    # 28's mechanisms have their own tests: tests/salesforce/test_lookup_oracle.py, ...).
+    # The oracle (storm.expected) gives each job the answer to its own faults, so each job's
+    # call travels alone: no Composite coalescing (a latency spike on one subrequest delays the
+    # whole Composite answer, as on Salesforce, and every job in it), no merged lookups or
+    # shared reads. Those mechanisms have their own tests (tests/salesforce/test_coalescing.py,
+    # test_lookup_oracle.py, tests/unit/test_coalesce.py).
     proxied_accounts = write_accounts(
         tmp_path / "proxied-accounts.toml",
         f"http://127.0.0.1:{port_of['Salesforce link stall']}",
-        extra="merge_lookups = false\nshare_reads = false\n",
+        extra="coalesce = false\nmerge_lookups = false\nshare_reads = false\n",
     )
     settings = make_settings(
         rabbit_cluster.urls(),

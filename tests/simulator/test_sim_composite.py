@@ -3,6 +3,7 @@ faults, and what fails the request as a whole."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
@@ -277,6 +278,25 @@ async def test_fault_on_the_composite_route_hits_the_whole_request(api: Api) -> 
     reply = await composite(api, [sub("POST", "sobjects/Account", "a", {"Name": "x"})])
     assert reply.status == 503
     assert await api.sim.records("Account") == []
+
+
+async def test_a_held_subrequest_holds_the_whole_answer_then_runs_as_usual(api: Api) -> None:
+    await api.sim.add_fault(action="hold", hold="slow", route="sobject_create")
+    reply = asyncio.create_task(
+        composite(
+            api,
+            [
+                sub("POST", "sobjects/Account", "held", {"Name": "first"}),
+                sub("POST", "sobjects/Account", "next", {"Name": "second"}),
+            ],
+        )
+    )
+    await api.sim.wait_held("slow")
+    assert not reply.done()
+    await api.sim.release("slow")
+    by_ref = results(await reply)
+    assert by_ref["held"]["httpStatusCode"] == 201  # held, not answered with the rule's status
+    assert by_ref["next"]["httpStatusCode"] == 201
 
 
 @pytest.mark.parametrize(("action", "written"), [("drop_after", 2), ("drop_before", 1)])
