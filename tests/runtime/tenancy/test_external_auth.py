@@ -35,7 +35,7 @@ from worker.client import UnknownUser
 from worker.runtime.direct_share import direct_limits
 from worker.settings import Settings
 
-pytestmark = pytest.mark.slow  # a RabbitMQ node of its own, worker processes: about 50 s
+pytestmark = pytest.mark.slow  # a RabbitMQ node of its own, worker processes: 30 to 50 s
 
 BURST = 40  # acme's jobs at once: beyond its direct share of the default prefetch (16 of 32)
 
