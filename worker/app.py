@@ -20,6 +20,7 @@ from worker.memory import MemoryBudget, fit_deliveries
 from worker.observability import http, tracing
 from worker.observability.metrics import Metrics
 from worker.runtime import amqp_decoding, brokers, heap
+from worker.runtime.amqp_urls import login_user
 from worker.runtime.consumer import Consumer
 from worker.runtime.lanes import FairShare
 from worker.runtime.orphans import report_orphans
@@ -141,6 +142,22 @@ class Fleet:
             await self.link.close()
 
 
+def _require_own_user(settings: Settings) -> None:
+    """With tenant tables and the fair share, the lanes trust a moved copy only when RabbitMQ
+    vouches it was the worker's own user that published it: that user must be known. A URL
+    on EXTERNAL authentication (a client certificate) does not name it."""
+    if settings.amqp_login_user:
+        return
+    if any(login_user(url) is None for url in settings.amqp_urls()):
+        raise ConfigError(
+            "SFWORKER_AMQP_URL logs in with a client certificate (auth=external) and "
+            "SFWORKER_AMQP_LOGIN_USER is not set: with [tenants.NAME] tables and the fair share, "
+            "the jobs the worker moves to the lanes would all be refused (FORBIDDEN_ACCOUNT). "
+            "Set SFWORKER_AMQP_LOGIN_USER to the user RabbitMQ maps the worker's certificate "
+            "to, or SFWORKER_FAIR_SHARE=false"
+        )
+
+
 class Worker:
     """One worker process's parts, started and stopped in order."""
 
@@ -175,6 +192,8 @@ class Worker:
                     extra={"account": account.name, "instance_url": account.instance_url},
                 )
         if self.accounts.strict:
+            if settings.fair_share:
+                _require_own_user(settings)
             log.info(
                 "jobs are authenticated per tenant by their RabbitMQ user_id",
                 extra={"tenants": sorted(self.accounts.tenants)},

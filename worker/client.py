@@ -21,7 +21,8 @@ What it does for every job (contracts/asyncapi.yaml describes the same on the wi
   `message_id` = the job id,
   `correlation_id` (the job id unless given), `reply_to` = this client's reply queue, `timestamp`
   (the worker counts the job's budget from it when the job has no `sent_at`), and `user_id` = the
-  user the connection logged in as, so that RabbitMQ vouches for who published the job;
+  user the connection logged in as (with a client certificate, EXTERNAL authentication, the URL
+  does not say: give it as `login_user`), so that RabbitMQ vouches for who published the job;
   and the W3C trace context of the caller's current OpenTelemetry span (headers `traceparent`,
   `tracestate`) when opentelemetry-api is installed and a span is current;
 - collects results on a private exclusive queue (gone with the connection), or on a named durable
@@ -53,6 +54,7 @@ from pydantic import BaseModel, ValidationError
 
 from worker.contract import BlockResult
 from worker.observability.tracing import outgoing_headers
+from worker.runtime.amqp_urls import login_user as url_login_user
 from worker.runtime.reach import Unreachable, connect_amqp
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ __all__ = [
     "InvalidResult",
     "PublishFailed",
     "QueueFull",
+    "UnknownUser",
     "Unreachable",
     "connection_user",
 ]
@@ -101,6 +104,12 @@ class QueueFull(PublishFailed):
     other tenants are not affected. Try again later, or answer the caller without it."""
 
 
+class UnknownUser(ValueError):
+    """The client must know its RabbitMQ user (to stamp `user_id`, or for its tenant's routing
+    key) and cannot tell it: the URL logs in with a client certificate (EXTERNAL
+    authentication), which names the user, and no `login_user` was given."""
+
+
 class ClientClosed(RuntimeError):
     """The client was closed while a result was awaited."""
 
@@ -118,11 +127,19 @@ CLIENT_SETTING: Final = _Sender.CLIENT_SETTING
 UserId = str | None | Literal[_Sender.CONNECTION_USER]
 
 
-async def connection_user(channel: AbstractChannel) -> str:
-    """The user a channel's connection logged in as: the AMQP URL's, else RabbitMQ's default
-    `guest` (with EXTERNAL authentication, give the certificate's user as `user_id`)."""
+async def connection_user(channel: AbstractChannel, login_user: str | None = None) -> str:
+    """The user a channel's connection logged in as: `login_user` when given, else the AMQP
+    URL's, else RabbitMQ's default `guest`. UnknownUser on EXTERNAL authentication without
+    `login_user` (the certificate names the user, and only the broker knows how it maps it)."""
     underlay = await channel.get_underlay_channel()
-    return underlay.connection.url.user or "guest"
+    user = url_login_user(underlay.connection.url, login_user)
+    if user is None:
+        raise UnknownUser(
+            "the AMQP URL logs in with a client certificate (auth=external), which names the "
+            "RabbitMQ user: give the client login_user=<the user RabbitMQ maps the certificate "
+            "to> (SFWORKER_AMQP_LOGIN_USER for sfworker submit)"
+        )
+    return user
 
 
 def _body(job: Job) -> tuple[bytes, str | None]:
@@ -154,6 +171,10 @@ class BlockClient:
     `worker_user`: the RabbitMQ user the workers publish results as. When given, a reply is
     accepted only if its `user_id` is that user; others are dropped (counted in
     `foreign_replies`, logged). None (the client does not know it): every reply is accepted.
+
+    `login_user`: the RabbitMQ user the connection logs in as, when its URL does not say (a
+    client certificate: EXTERNAL authentication); `start()` raises UnknownUser without it when
+    the client needs its user (to stamp `user_id`, or for a tenant queue's routing key).
     """
 
     def __init__(
@@ -167,8 +188,10 @@ class BlockClient:
         max_unclaimed: int = 10_000,
         worker_user: str | None = None,
         tenant_exchange: str | None = None,
+        login_user: str | None = None,
     ) -> None:
         self._channel = channel
+        self._login_user = login_user or None
         # A tenant's own queue (strict mode): the tenant exchange, under the routing key
         # `<routing_key>.<the connection's user>`, set at start().
         self._tenant_exchange = tenant_exchange
@@ -205,13 +228,16 @@ class BlockClient:
         worker_user: str | None = None,
         tenant_queue: bool = False,
         tenant_exchange: str = DEFAULT_TENANT_EXCHANGE,
+        login_user: str | None = None,
     ) -> AsyncIterator[BlockClient]:
         """Connect, start consuming results, yield the client; close everything on exit.
         `tenant_queue`: publish to the tenant's own request queue (strict tenant mode): the
-        tenant exchange, routing key `<routing_key>.<the connection's user>`.
+        tenant exchange, routing key `<routing_key>.<the connection's user>`. `login_user`: that
+        user, when the URL does not name it (`amqps://...?auth=external&certfile=...`).
 
         Raises `worker.runtime.reach.Unreachable` (one line naming host:port) when RabbitMQ
-        cannot be reached or refuses the login."""
+        cannot be reached or refuses the login; UnknownUser on a certificate URL without
+        `login_user`."""
         connection = await connect_amqp(amqp_url, within=connect_timeout)
         async with connection:
             channel = await connection.channel(on_return_raises=True)
@@ -223,6 +249,7 @@ class BlockClient:
                 publish_timeout=publish_timeout,
                 worker_user=worker_user,
                 tenant_exchange=tenant_exchange if tenant_queue else None,
+                login_user=login_user,
             )
             await client.start(reply_queue)
             try:
@@ -246,8 +273,14 @@ class BlockClient:
         self._listeners.append(listener)
 
     async def start(self, reply_queue: str | None = None) -> None:
-        """Consume results: on a private exclusive queue, or on the named durable one."""
-        self.user = await connection_user(self._channel)
+        """Consume results: on a private exclusive queue, or on the named durable one.
+        UnknownUser when the client needs its user and cannot tell it (see `login_user`)."""
+        try:
+            self.user = await connection_user(self._channel, self._login_user)
+        except UnknownUser:
+            if self._user_id is CONNECTION_USER or self._tenant_exchange is not None:
+                raise
+            self.user = ""  # stamps no user_id, publishes to the shared request queue
         if self._user_id is CONNECTION_USER:
             self._user_id = self.user
         if self._tenant_exchange is not None:
@@ -311,7 +344,7 @@ class BlockClient:
         if user_id is not CLIENT_SETTING:
             stamped = user_id
         elif self._user_id is CONNECTION_USER:
-            stamped = self.user = await connection_user(self._channel)
+            stamped = self.user = await connection_user(self._channel, self._login_user)
             self._user_id = stamped
         else:
             stamped = self._user_id

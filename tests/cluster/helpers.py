@@ -73,49 +73,70 @@ def _ports_free(ports: list[int]) -> bool:
 
 
 def free_base_port() -> int:
-    """A base port whose AMQP (base..base+2), epmd (base+3) and distribution (base+20000..)
-    ports are free."""
+    """A base port whose AMQP (base..base+2), epmd (base+3), spare (base+4: a TLS listener of
+    a test's own) and distribution (base+20000..) ports are free."""
     for _ in range(200):
         base = random.randrange(12000, 19000, 10)
         if _ports_free(
-            [base, base + 1, base + 2, base + 3, base + 20000, base + 20001, base + 20002]
+            [base, base + 1, base + 2, base + 3, base + 4, base + 20000, base + 20001, base + 20002]
         ):
             return base
     raise RuntimeError("no free ports for the test cluster")
 
 
 class Cluster:
-    """Three RabbitMQ nodes, 1..3, driven through scripts/rabbit-cluster."""
+    """Three RabbitMQ nodes, 1..3, driven through scripts/rabbit-cluster; or, with `nodes=1`, a
+    single broker, with `conf` (lines added to its rabbitmq.conf) and `plugins` of its own."""
 
-    def __init__(self, base: int, directory: Path) -> None:
+    def __init__(
+        self,
+        base: int,
+        directory: Path,
+        *,
+        nodes: int = 3,
+        conf: Path | None = None,
+        plugins: tuple[str, ...] = (),
+    ) -> None:
         self.base = base
         self.directory = directory
+        self.nodes = nodes
         self.env = {
             **os.environ,
             "RABBIT_CLUSTER_PORT": str(base),
             "RABBIT_CLUSTER_DIR": str(directory),
+            "RABBIT_CLUSTER_NODES": str(nodes),
         }
+        if conf is not None:
+            self.env["RABBIT_CLUSTER_CONF"] = str(conf)
+        if plugins:
+            self.env["RABBIT_CLUSTER_PLUGINS"] = ",".join(plugins)
 
     def url(self, node: int) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.base + node - 1}/"
 
     def urls(self, first: int = 1) -> str:
         """SFWORKER_AMQP_URL listing every node, starting with `first`."""
-        order = [first, *(n for n in (1, 2, 3) if n != first)]
+        everyone = range(1, self.nodes + 1)
+        order = [first, *(n for n in everyone if n != first)]
         return ",".join(self.url(n) for n in order)
 
-    def run(self, *args: str, limit: float = 300) -> str:
+    def run(self, *args: str, limit: float = 300, stdin: str | None = None) -> str:
         done = subprocess.run(
             [str(SCRIPT), *args],
             env=self.env,
             capture_output=True,
             text=True,
+            input=stdin,
             timeout=limit,
             check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(f"rabbit-cluster {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout.strip()
+
+    def ctl(self, *args: str, stdin: str | None = None) -> str:
+        """`rabbitmqctl ARGS` against node 1 (tests.support.broker_users takes it)."""
+        return self.run("ctl", "1", *args, limit=60, stdin=stdin)
 
     async def arun(self, *args: str, limit: float = 300) -> str:
         return await asyncio.to_thread(self.run, *args, limit=limit)

@@ -7,7 +7,8 @@ files import (a test module never imports another test module: tests/unit/test_t
 - `waiting`, `ports`: polling with a deadline, a free local port
 - `job_client`, `queues`, `raw_amqp`, `broker_users`: the broker side
 - `metrics`: the one reader of Prometheus metrics
-- `redis_server`, `tcp_proxy`, `eavesdropper`, `otlp_receiver`: servers a test runs of its own
+- `redis_server`, `tcp_proxy`, `eavesdropper`, `otlp_receiver`: servers a test runs of its own;
+  `tls_broker`: a RabbitMQ node of its own that takes client certificates (EXTERNAL)
 - `image_spec`: what the production image is
 """
 

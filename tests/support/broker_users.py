@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -112,11 +113,13 @@ def rabbitmqctl(*args: str, stdin: str | None = None) -> str:
 
 @dataclass
 class BrokerUsers:
-    """Creates users named `<name>-<run>` (unique per test) and deletes them afterwards."""
+    """Creates users named `<name>-<run>` (unique per test) and deletes them afterwards, with
+    `ctl` (the local `rabbitmqctl`, or one of a private node's: tests.cluster.helpers)."""
 
     amqp_url: str
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     made: list[str] = field(default_factory=list)
+    ctl: Callable[..., str] = rabbitmqctl
 
     @property
     def vhost(self) -> str:
@@ -129,12 +132,29 @@ class BrokerUsers:
     def add(self, user: str, permissions: Permissions, topic: TopicPermission | None = None) -> str:
         """Create `user` with `permissions` (and `topic`); returns its AMQP URL."""
         password = uuid.uuid4().hex
-        rabbitmqctl("add_user", user, stdin=password + "\n")
+        self._create(user, password, permissions, topic)
+        parts = urlsplit(self.amqp_url)
+        netloc = f"{quote(user, safe='')}:{password}@{parts.hostname}:{parts.port or 5672}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def add_certificate_user(
+        self, user: str, permissions: Permissions, topic: TopicPermission | None = None
+    ) -> None:
+        """Create `user` for a client certificate (EXTERNAL authentication): without a
+        password, as RabbitMQ's passwords guide makes one (`add_user`, then
+        `clear_password`), so the certificate is the only way in."""
+        self._create(user, uuid.uuid4().hex, permissions, topic)
+        self.ctl("clear_password", user)
+
+    def _create(
+        self, user: str, password: str, permissions: Permissions, topic: TopicPermission | None
+    ) -> None:
+        self.ctl("add_user", user, stdin=password + "\n")
         self.made.append(user)
         p = permissions
-        rabbitmqctl("set_permissions", "-p", self.vhost, user, p.configure, p.write, p.read)
+        self.ctl("set_permissions", "-p", self.vhost, user, p.configure, p.write, p.read)
         if topic is not None:
-            rabbitmqctl(
+            self.ctl(
                 "set_topic_permissions",
                 "-p",
                 self.vhost,
@@ -143,16 +163,13 @@ class BrokerUsers:
                 topic.write,
                 topic.read,
             )
-        parts = urlsplit(self.amqp_url)
-        netloc = f"{quote(user, safe='')}:{password}@{parts.hostname}:{parts.port or 5672}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     def delete_all(self) -> None:
         """Delete every user made (RabbitMQ closes their connections)."""
         failures = []
         for user in self.made:
             try:
-                rabbitmqctl("delete_user", user)
+                self.ctl("delete_user", user)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 failures.append(str(exc))
         self.made.clear()

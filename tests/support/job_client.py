@@ -32,9 +32,11 @@ class JobClient:
         settings: Settings,
         worker_user: str | None = None,
         tenant_queue: bool = False,
+        login_user: str | None = None,
     ) -> None:
         self.client = BlockClient(
             channel,
+            login_user=login_user,
             exchange=settings.request_exchange,
             routing_key=settings.request_routing_key,
             publish_timeout=settings.publish_timeout_seconds,

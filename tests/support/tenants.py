@@ -35,13 +35,20 @@ async def client_as(
     durable_queue: str | None = None,
     worker_user: str | None = None,
     tenant_queue: bool = False,
+    login_user: str | None = None,
 ) -> AsyncIterator[JobClient]:
     """A runtime publishing with its own connection (so as its own RabbitMQ user); with
-    `tenant_queue`, to its tenant's own queue."""
+    `tenant_queue`, to its tenant's own queue; `login_user` for a certificate URL."""
     connection = await aio_pika.connect(url, timeout=10)
     async with connection:
         channel = await connection.channel(on_return_raises=True)
-        client = JobClient(channel, settings, worker_user=worker_user, tenant_queue=tenant_queue)
+        client = JobClient(
+            channel,
+            settings,
+            worker_user=worker_user,
+            tenant_queue=tenant_queue,
+            login_user=login_user,
+        )
         await client.start(durable_queue)
         yield client
 

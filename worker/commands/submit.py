@@ -30,6 +30,7 @@ async def submit_one(
                 publish_timeout=settings.publish_timeout_seconds,
                 tenant_queue=tenant_queue,
                 tenant_exchange=settings.tenant_exchange,
+                login_user=settings.amqp_login_user,
             ) as client:
                 return await client.call(job, wait)
     finally:

@@ -1,4 +1,5 @@
-"""Broker addresses: the `SFWORKER_AMQP_URL` list, its heartbeat, and what a log line may show."""
+"""Broker addresses: the `SFWORKER_AMQP_URL` list, its heartbeat, the user a URL logs in as, and
+what a log line may show."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def split_amqp_urls(raw: str) -> list[str]:
                 "(several addresses are separated by commas)"
             )
     return urls
+
+
+def login_user(url: URL | str, configured: str | None = None) -> str | None:
+    """The RabbitMQ user a connection to `url` logs in as: `configured`
+    (SFWORKER_AMQP_LOGIN_USER, BlockClient's `login_user`) when given, else the URL's, else
+    `guest` (aiormq's default); unknown (None) with EXTERNAL authentication and no `configured`:
+    the client certificate names the user, and only the broker knows how it maps it."""
+    if configured:
+        return configured
+    parsed = URL(url) if isinstance(url, str) else url
+    if parsed.user:
+        return parsed.user
+    return None if parsed.query.get("auth", "").lower() == "external" else "guest"
 
 
 # --- accounts ------------------------------------------------------------------------------

@@ -55,11 +55,12 @@ from worker.accounts import Accounts
 from worker.jobs import Checked, Incoming
 from worker.observability.metrics import Metrics
 from worker.runtime import topology
+from worker.runtime.amqp_urls import login_user
 from worker.runtime.brokers import FailoverConnection
 from worker.runtime.consumer import Consumer, to_incoming
 from worker.runtime.direct_share import DirectShare, Turn
 from worker.runtime.own_queues import OwnQueues
-from worker.runtime.publisher import ResultPublisher, login_user
+from worker.runtime.publisher import ResultPublisher
 from worker.runtime.topology import lane_queue
 from worker.settings import Settings
 

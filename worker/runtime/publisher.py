@@ -19,10 +19,10 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from aio_pika.exceptions import PublishError
 from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
-from yarl import URL
 
 from worker.observability import tracing
 from worker.observability.metrics import Metrics
+from worker.runtime.amqp_urls import login_user
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,6 @@ class Reply:
     reply_to: str | None
     status: str
     operation: str
-
-
-def login_user(url: URL, configured: str | None = None) -> str | None:
-    """The RabbitMQ user a connection to `url` logs in as: `configured`
-    (SFWORKER_AMQP_LOGIN_USER) when given, else the URL's, else `guest` (aiormq's default);
-    unknown (None) with EXTERNAL authentication and no `configured`, where the certificate
-    names it."""
-    if configured:
-        return configured
-    if url.user:
-        return url.user
-    return None if url.query.get("auth", "").lower() == "external" else "guest"
 
 
 class ResultPublisher:
