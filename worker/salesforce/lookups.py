@@ -198,7 +198,8 @@ def lookups(statement: str) -> list[Lookup]:
 
 
 def fits(lookup: Lookup, values: list[str], resource: str) -> bool:
-    """Would the merged statement of `values` stay within the bounds?"""
+    """Would the merged statement of `values` stay within the bounds? Written from the whole
+    statement: the reference `fits_length` (what merging.Unit asks) is tested against."""
     if len(values) > MAX_VALUES:
         return False
     return len(resource) + len(quote(lookup.merged(values), safe="")) <= MAX_STATEMENT

@@ -1,7 +1,7 @@
 """Which calls of a group ready to leave together (coalesce.py) travel as one subrequest: the
 lookups of one shape (lookups.py) merge into one query with `IN (...)`; every other call is a
-subrequest of its own. `plan` is what the batcher asks to know whether a group still fits in one
-Composite request, and what the transport sends."""
+subrequest of its own. A `Planner` is what the batcher keeps per group to know whether it still
+fits in one Composite request (a call at a time); `plan` is what the transport sends."""
 
 from __future__ import annotations
 
@@ -130,15 +130,6 @@ def plan(account: Account, attempts: list[Attempt]) -> list[Unit]:
     for attempt in attempts:
         planner.add(attempt)
     return planner.units
-
-
-def counts(account: Account, attempts: list[Attempt]) -> tuple[int, int]:
-    """Subrequests and query-type subrequests of a group (the Composite limits count these)."""
-    planner = Planner(account)
-    subrequests, queries = 0, 0
-    for attempt in attempts:
-        subrequests, queries = planner.add(attempt)
-    return subrequests, queries
 
 
 def copy(body: Any) -> Any:
