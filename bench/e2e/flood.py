@@ -36,6 +36,7 @@ from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorCli
 
 from bench.e2e.broker import Broker
 from bench.e2e.burst import lane_moves
+from bench.e2e.jobs import ACME, search_job
 from bench.e2e.procs import Child, start_simulator
 from bench.e2e.report import Trial, _f, _select, table
 from bench.e2e.runs import percentile
@@ -57,7 +58,6 @@ B_TIMEOUT_MS = 8000  # the contract's default deadline
 A_TIMEOUT_MS = 60_000
 A_WAIT = 240.0  # seconds after A's last confirm to wait for A's results
 B_WAIT = 30.0  # seconds to wait for one of B's results
-SOQL = "SELECT Id, Name FROM Account WHERE Name = 'Acme'"
 EXPECTED = 3  # records of the right answer
 TARGET = {False: "shared request queue (before)", True: "own tenant queue (after)"}
 
@@ -126,17 +126,6 @@ class TwoTenants(Sfworker):
         await broker.delete(self.queues(), [self.names["TENANT_EXCHANGE"]])
 
 
-def _job(job_id: str, account: str, timeout_ms: int) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "job_id": job_id,
-        "account": account,
-        "operation": "search",
-        "timeout_ms": timeout_ms,
-        "soql": SOQL,
-    }
-
-
 def _outcome(result: dict[str, Any]) -> str:
     code = (result.get("error") or {}).get("code")
     if code:
@@ -165,7 +154,9 @@ async def _tenant_b(client: BlockClient, tag: str) -> list[tuple[float, float, s
     async def one(i: int) -> tuple[float, float, str]:
         sent = time.monotonic()
         try:
-            job_id = await client.publish(_job(f"{tag}-b-{i}", TENANTS["caller"], B_TIMEOUT_MS))
+            job_id = await client.publish(
+                search_job(f"{tag}-b-{i}", TENANTS["caller"], B_TIMEOUT_MS)
+            )
             result = await client.raw_result(job_id, B_WAIT)
         except TimeoutError:
             return sent - start, time.monotonic() - sent, "unanswered"
@@ -226,7 +217,10 @@ async def flood_trial(ctx: Context, broker: Broker, tenant_queues: bool, jobs: i
             for own in (False, True):
                 async with client(tenant, own) as warm:
                     result = await warm.raw_result(
-                        await warm.publish(_job(f"{tag}-warm-{tenant}-{own}", account, 30_000)), 60
+                        await warm.publish(
+                            search_job(f"{tag}-warm-{tenant}-{own}", account, 30_000)
+                        ),
+                        60,
                     )
                     if _outcome(result) != "ok":
                         raise RuntimeError(f"warm-up of {tenant} answered {result}")
@@ -239,7 +233,7 @@ async def flood_trial(ctx: Context, broker: Broker, tenant_queues: bool, jobs: i
             "BENCH_TENANT_QUEUE": "1" if tenant_queues else "0",
             "BENCH_TENANT_EXCHANGE": s.tenant_exchange,
             "BENCH_ACCOUNT": TENANTS["flooder"],
-            "BENCH_SOQL": SOQL,
+            "BENCH_SOQL": ACME,
             "BENCH_EXPECTED": str(EXPECTED),
             "BENCH_JOBS": str(jobs),
             "BENCH_WAIT": str(A_WAIT),

@@ -19,20 +19,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.e2e.jobs import search_job
 from worker.client import BlockClient, QueueFull
 
 CHUNK = 500
-
-
-def _job(job_id: str, account: str, soql: str, timeout_ms: int) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "job_id": job_id,
-        "account": account,
-        "operation": "search",
-        "timeout_ms": timeout_ms,
-        "soql": soql,
-    }
 
 
 async def flood() -> dict[str, Any]:
@@ -58,7 +48,9 @@ async def flood() -> dict[str, Any]:
         for start in range(0, jobs, CHUNK):
             done = await asyncio.gather(
                 *(
-                    client.publish(_job(job_id, env["BENCH_ACCOUNT"], env["BENCH_SOQL"], 60_000))
+                    client.publish(
+                        search_job(job_id, env["BENCH_ACCOUNT"], 60_000, env["BENCH_SOQL"])
+                    )
                     for job_id in ids[start : start + CHUNK]
                 ),
                 return_exceptions=True,

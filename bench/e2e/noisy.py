@@ -15,6 +15,7 @@ from typing import Any
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorClient
 
 from bench.e2e.broker import Broker
+from bench.e2e.jobs import search_job
 from bench.e2e.procs import start_simulator
 from bench.e2e.runs import percentile
 from bench.e2e.systems import Context, Sfworker, SfworkerOptions
@@ -25,7 +26,6 @@ QUICK_LATENCY_MS = 50
 SLOW_JOBS = 500
 SLOW_TIMEOUT_MS = 60_000
 QUICK_RATE = 20
-SOQL = "SELECT Id, Name FROM Account WHERE Name = 'Acme'"
 
 
 def _accounts(path: Path, slow_url: str, quick_url: str) -> None:
@@ -41,17 +41,6 @@ def _accounts(path: Path, slow_url: str, quick_url: str) -> None:
             "",
         ]
     path.write_text("\n".join(lines), encoding="utf-8")
-
-
-def _job(job_id: str, account: str, timeout_ms: int) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "job_id": job_id,
-        "account": account,
-        "operation": "search",
-        "timeout_ms": timeout_ms,
-        "soql": SOQL,
-    }
 
 
 async def _timed(client: BlockClient, job: dict[str, Any], wait: float) -> tuple[float, str]:
@@ -92,13 +81,13 @@ async def noisy_trial(
         ) as client:
             # Tokens first (the measure is not about tokens), and the worker is up.
             await asyncio.gather(
-                _timed(client, _job(f"{tag}-warm-q", "quick", 30_000), 60),
-                _timed(client, _job(f"{tag}-warm-s", "slow", 30_000), 60),
+                _timed(client, search_job(f"{tag}-warm-q", "quick", 30_000), 60),
+                _timed(client, search_job(f"{tag}-warm-s", "slow", 30_000), 60),
             )
             flood_start = time.monotonic()
             published = await asyncio.gather(
                 *(
-                    client.publish(_job(f"{tag}-slow-{i}", "slow", SLOW_TIMEOUT_MS))
+                    client.publish(search_job(f"{tag}-slow-{i}", "slow", SLOW_TIMEOUT_MS))
                     for i in range(SLOW_JOBS)
                 )
             )
@@ -110,7 +99,7 @@ async def noisy_trial(
             start = time.monotonic()
             for i in range(QUICK_RATE * quick_seconds):
                 await asyncio.sleep(max(0.0, start + i / QUICK_RATE - time.monotonic()))
-                job = _job(f"{tag}-quick-{i}", "quick", 30_000)
+                job = search_job(f"{tag}-quick-{i}", "quick", 30_000)
                 quick.append(asyncio.create_task(_timed(client, job, 90)))
             quick_done = await asyncio.gather(*quick)
             slow_done = await asyncio.gather(*slow, return_exceptions=True)
