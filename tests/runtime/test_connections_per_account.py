@@ -7,7 +7,6 @@ beyond A's share of the pool wait for one of A's own connections, and are all an
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from sfsim.testing import (
 
 from tests.support.accounts import write_accounts
 from tests.support.job_client import JobClient
+from tests.support.latency import p99, timed
 from worker.app import Worker
 from worker.settings import Settings
 
@@ -71,17 +71,6 @@ def _sosl(job_id: str, account: str, timeout_ms: int) -> dict[str, Any]:
     }
 
 
-async def _timed(jobs: JobClient, job: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    started = time.monotonic()
-    result = await jobs.call(job, wait=30)
-    return time.monotonic() - started, result
-
-
-def _p99(values: list[float]) -> float:
-    ranked = sorted(values)
-    return ranked[math.ceil(0.99 * len(ranked)) - 1]
-
-
 async def test_one_tenant_s_slow_calls_leave_another_tenant_its_connections(
     settings: Settings, simulator: SimulatorClient, quick_sim: SimulatorClient, jobs: JobClient
 ) -> None:
@@ -109,14 +98,14 @@ async def test_one_tenant_s_slow_calls_leave_another_tenant_its_connections(
             await asyncio.sleep(max(0.0, start + burst / 2 - time.monotonic()))
             for i in range(QUICK_BURST):
                 job = _sosl(f"quick-{burst}-{i}", "quick", 8_000)
-                quick.append(asyncio.create_task(_timed(jobs, job)))
+                quick.append(asyncio.create_task(timed(jobs, job, 30)))
         quick_done = await asyncio.gather(*quick)
         slow_done = await asyncio.gather(*(jobs.result(job, 40) for job in slow))
     finally:
         await worker.stop()
     failed = [r["error"] for _, r in quick_done if r["status"] == "failed"]
     assert failed == []
-    assert _p99([seconds for seconds, _ in quick_done]) < 0.5
+    assert p99([seconds for seconds, _ in quick_done]) < 0.5
     # acme's searches beyond its share of the pool waited for acme's own connections.
     assert {r["status"] for r in slow_done} == {"no_data"}, [
         r["error"] for r in slow_done if r["error"]

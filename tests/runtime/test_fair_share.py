@@ -7,7 +7,6 @@ two orgs (two simulators, each in a process of its own): account `main` answers 
 from __future__ import annotations
 
 import asyncio
-import math
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimulatorCli
 from tests.support import ROOT
 from tests.support.accounts import write_accounts
 from tests.support.job_client import JobClient
+from tests.support.latency import p99, timed
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess
@@ -113,17 +113,6 @@ def search(job_id: str, account: str, timeout_ms: int) -> dict[str, Any]:
     }
 
 
-async def _timed(client: JobClient, job: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    started = time.monotonic()
-    result = await client.call(job, wait=60)
-    return time.monotonic() - started, result
-
-
-def p99(values: list[float]) -> float:
-    ranked = sorted(values)
-    return ranked[math.ceil(0.99 * len(ranked)) - 1]
-
-
 async def queue_depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
     declared = await channel.declare_queue(name, passive=True)
     return declared.declaration_result.message_count or 0
@@ -159,7 +148,7 @@ async def test_a_slow_flooding_account_does_not_slow_another_account_s_jobs(
     start = time.monotonic()
     for i in range(QUICK_RATE * QUICK_SECONDS):
         await asyncio.sleep(max(0.0, start + i / QUICK_RATE - time.monotonic()))
-        quick.append(asyncio.create_task(_timed(jobs, search(f"quick-{i}", "quick", 10_000))))
+        quick.append(asyncio.create_task(timed(jobs, search(f"quick-{i}", "quick", 10_000), 60)))
     quick_done = await asyncio.gather(*quick)
     answers = await asyncio.gather(*(jobs.result(job, 90) for job in slow))
 
