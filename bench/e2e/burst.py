@@ -19,16 +19,20 @@ import sys
 import time
 from typing import Any
 
-import aio_pika
 import aiohttp
-import orjson
 from sfsim.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
-from bench.e2e.broker import Encoder
 from bench.e2e.procs import Child
 from bench.e2e.report import TIMES, Trial, _f, _select, median, table
 from bench.e2e.runs import Lab, _Window, finish, new_ids, percentile, wait_replies
-from bench.e2e.systems import Context, Sfworker, SfworkerOptions, Workload, free_port
+from bench.e2e.systems import (
+    Context,
+    Sfworker,
+    SfworkerOptions,
+    Workload,
+    free_port,
+    job_encoder,
+)
 
 TRICKLE_RATE = 20.0  # jobs/s of account `trickle`
 TRICKLE_SECONDS = 5
@@ -65,19 +69,6 @@ class TwoAccounts(Sfworker):
         self.port = free_port()
         env = {**self.settings_env(), "SFWORKER_HTTP_PORT": str(self.port)}
         self.children.append(Child("sfworker-1", [sys.executable, "-m", "worker", "run"], env))
-
-    def encode_for(self, workload: Workload, account: str) -> Encoder:
-        def encode(job_id: str, reply_to: str) -> aio_pika.Message:
-            return aio_pika.Message(
-                orjson.dumps({**workload.job(job_id), "account": account}),
-                content_type="application/json",
-                correlation_id=job_id,
-                message_id=job_id,
-                reply_to=reply_to,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            )
-
-        return encode
 
     async def moves(self) -> int:
         """Jobs moved to a lane so far (every account)."""
@@ -118,7 +109,7 @@ async def burst_trial(
     window = _Window(lab, system, replies)
     await system.prepare(lab.broker)
     try:
-        await lab.broker.load(system.queue, ids, system.encode_for(workload, "burst"))
+        await lab.broker.load(system.queue, ids, job_encoder(workload, "burst"))
         system.start()
         await window.open_when_ready()
         await wait_replies(lab, system, replies, "the burst")
@@ -142,9 +133,9 @@ async def _with_trickle(
 
     async def flood() -> None:
         await asyncio.sleep(0.5 / TRICKLE_RATE)  # just after the trickle's first job
-        await lab.broker.load(system.queue, burst, system.encode_for(workload, "burst"))
+        await lab.broker.load(system.queue, burst, job_encoder(workload, "burst"))
 
-    encode = system.encode_for(workload, "trickle")
+    encode = job_encoder(workload, "trickle")
     await asyncio.gather(flood(), lab.broker.paced(system.queue, trickle, encode, TRICKLE_RATE))
     await wait_replies(lab, system, replies, "the burst with a trickle")
     last_burst = max(replies.arrived[k] for k in burst)

@@ -81,6 +81,25 @@ def _contract_check(workload: Workload) -> Checker:
     return check
 
 
+def job_encoder(workload: Workload, account: str | None = None) -> Encoder:
+    """Each job as the contract's message (JSON, persistent), naming `account` when given."""
+
+    def encode(job_id: str, reply_to: str) -> aio_pika.Message:
+        job = workload.job(job_id)
+        if account is not None:
+            job = {**job, "account": account}
+        return aio_pika.Message(
+            orjson.dumps(job),
+            content_type="application/json",
+            correlation_id=job_id,
+            message_id=job_id,
+            reply_to=reply_to,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+
+    return encode
+
+
 class System:
     """Processes started on `start`, stopped on `stop`; CPU and peak RSS summed over them."""
 
@@ -100,17 +119,7 @@ class System:
         raise NotImplementedError
 
     def encode(self, workload: Workload) -> Encoder:
-        def encode(job_id: str, reply_to: str) -> aio_pika.Message:
-            return aio_pika.Message(
-                orjson.dumps(workload.job(job_id)),
-                content_type="application/json",
-                correlation_id=job_id,
-                message_id=job_id,
-                reply_to=reply_to,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            )
-
-        return encode
+        return job_encoder(workload)
 
     def check(self, workload: Workload) -> Checker:
         return _contract_check(workload)
