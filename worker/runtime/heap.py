@@ -47,7 +47,9 @@ class PauseWatch:
     """Times each collection into a histogram; `close` takes the callback out again."""
 
     def __init__(self, pauses: Histogram) -> None:
-        self._pauses = pauses
+        # One series per generation, bound once (not looked up at every collection), and
+        # shown from the start.
+        self._by_generation = [pauses.labels(str(generation)) for generation in range(3)]
         self._started = 0.0
         self._callback: Callable[[str, dict[str, Any]], None] = self._on_gc
         gc.callbacks.append(self._callback)
@@ -57,7 +59,7 @@ class PauseWatch:
             self._started = time.perf_counter()
         else:
             took = time.perf_counter() - self._started
-            self._pauses.labels(str(info.get("generation", ""))).observe(took)
+            self._by_generation[info["generation"]].observe(took)
 
     def close(self) -> None:
         if self._callback in gc.callbacks:
