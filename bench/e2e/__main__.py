@@ -99,6 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="Redis (default redis://127.0.0.1:6379/0 or $BENCH_REDIS_URL)",
     )
+    parser.add_argument(
+        "--latencies",
+        default="0,100",
+        help="Salesforce latencies in ms, comma-separated, for the sections that vary it (0,100)",
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default .bench-results/...json)")
     parser.add_argument(
         "--time-limit", type=_positive, default=5400, help="give up after this many seconds"
@@ -128,7 +133,7 @@ def counts_for(args: argparse.Namespace) -> Counts:
         large_jobs=args.large_jobs or (10 if quick else 50),
         burst_jobs=args.burst_jobs or (1000 if quick else 2000),
         flood_jobs=args.flood_jobs or (2000 if quick else 10_000),
-        latencies=(0, 100),
+        latencies=tuple(int(ms) for ms in args.latencies.split(",") if ms.strip()),
         processes=(1, 2, 4),
     )
 

@@ -79,18 +79,18 @@ class TwoAccounts(Sfworker):
         await broker.delete([f"{self.queue}.lane.{name}" for name in ACCOUNTS])
 
 
-async def lane_moves(port: int) -> int:
-    """Jobs the worker whose /metrics listens on `port` moved to a lane so far (every account)."""
+async def metric_total(port: int, prefix: str) -> float:
+    """The sum of every sample whose line starts with `prefix`, from the worker whose /metrics
+    listens on `port`."""
     url = f"http://127.0.0.1:{port}/metrics"
     async with aiohttp.ClientSession() as session, session.get(url, timeout=10) as response:
         text = await response.text()
-    return int(
-        sum(
-            float(line.split()[-1])
-            for line in text.splitlines()
-            if line.startswith("sfworker_lane_moves_total{")
-        )
-    )
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def lane_moves(port: int) -> int:
+    """Jobs the worker whose /metrics listens on `port` moved to a lane so far (every account)."""
+    return int(await metric_total(port, "sfworker_lane_moves_total{"))
 
 
 async def burst_trial(
@@ -116,6 +116,9 @@ async def burst_trial(
         out.update(window.figures())
         out["wrong_answers"] = replies.wrong
         out["moved"] = await system.moves()
+        # The garbage collector's share: held deliveries live long enough to be walked.
+        out["gc_pause_s"] = await metric_total(system.port, "sfworker_gc_pause_seconds_sum")
+        out["gc_collections"] = await metric_total(system.port, "sfworker_gc_pause_seconds_count")
         out["mixed"] = await _with_trickle(lab, system, workload, jobs)
     finally:
         out.update(await finish(lab, system))

@@ -8,12 +8,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sfsim.testing import SimulatorClient
 
 from bench.e2e.broker import Broker, Replies
-from bench.e2e.procs import Child
+from bench.e2e.procs import Child, cpu_seconds
 from bench.e2e.systems import System, Workload
 
 START_TIMEOUT = 90.0
@@ -70,17 +71,43 @@ async def finish(lab: Lab, system: System) -> dict[str, Any]:
     return {"exit_codes": codes, "left_in_queue": left}
 
 
+def _second_half_rate(arrived: list[float]) -> float:
+    half = arrived[len(arrived) // 2 :]
+    return (len(half) - 1) / (half[-1] - half[0]) if len(half) > 1 and half[-1] > half[0] else 0.0
+
+
+def broker_cpu_seconds() -> float:
+    """CPU of the machine's RabbitMQ nodes so far (every `beam.smp` running rabbit): the broker
+    shares the machine's cores with the worker, so its cost per job is part of the figure."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"beam.smp" in cmdline and b"rabbit" in cmdline:
+            total += cpu_seconds(int(proc.name))
+    return total
+
+
 class _Window:
     """CPU and time from the moment every consumer is up until the last reply."""
 
     def __init__(self, lab: Lab, system: System, replies: Replies) -> None:
         self.lab, self.system, self.replies = lab, system, replies
-        self.start: tuple[float, float, float, int] | None = None
-        self.end: tuple[float, float, float] | None = None
+        self.start: tuple[float, float, float, float, int] | None = None
+        self.end: tuple[float, float, float, float] | None = None
         replies.on_last = self._last
 
-    def _sample(self) -> tuple[float, float, float]:
-        return time.monotonic(), self.system.cpu(), self.lab.sim_child.cpu_seconds()
+    def _sample(self) -> tuple[float, float, float, float]:
+        return (
+            time.monotonic(),
+            self.system.cpu(),
+            self.lab.sim_child.cpu_seconds(),
+            broker_cpu_seconds(),
+        )
 
     def _last(self) -> None:
         self.end = self._sample()
@@ -92,15 +119,21 @@ class _Window:
     def figures(self) -> dict[str, float]:
         assert self.start is not None
         assert self.end is not None
-        t0, c0, s0, done0 = self.start
-        t1, c1, s1 = self.end
+        t0, c0, s0, b0, done0 = self.start
+        t1, c1, s1, b1 = self.end
         jobs = len(self.replies.expected) - done0
+        arrived = sorted(t for t in self.replies.arrived.values() if t >= t0)
         return {
             "measured_jobs": jobs,
             "seconds": t1 - t0,
             "jobs_per_s": jobs / (t1 - t0),
             "cpu_s_per_1000": (c1 - c0) / jobs * 1000,
             "sim_cpu_s_per_1000": (s1 - s0) / jobs * 1000,
+            "broker_cpu_s_per_1000": (b1 - b0) / jobs * 1000,
+            # The start-up's share: how long the first reply took, and the pace of the second
+            # half of the replies alone.
+            "first_reply_s": min(arrived) - t0 if arrived else 0.0,
+            "second_half_jobs_per_s": _second_half_rate(arrived),
         }
 
 
