@@ -272,6 +272,9 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"share_reads": False, "merge_lookups": False},
     ),
     "after": ({}, {}),
+    # Not the worker: the same lookups as plain HTTP calls to the simulator, one session, one
+    # token: the floor, what a call costs here beside the simulator's latency.
+    "bare": ({"coalesce_wait_ms": 0}, {"share_reads": False, "merge_lookups": False}),
 }
 
 
@@ -317,6 +320,22 @@ async def lookup_run(
         for _ in range(n)
     ]
 
+    account = accts.by_name["bench"]
+    bearer: list[str] = []
+
+    async def bare(i: int, phone: str) -> tuple[str | None, float]:
+        """A plain call (config `bare`): the statement bound by hand, the answer checked."""
+        literal = phone.replace("\\", "\\\\").replace("'", "\\'")
+        params = {"q": LOOKUP_SOQL.replace(":p", f"'{literal}'")}
+        headers = {"Authorization": bearer[0], "Accept": "application/json"}
+        started = time.perf_counter()
+        async with session.get(f"{account.api_base}/query", params=params, headers=headers) as r:
+            body = await r.json()
+        took = (time.perf_counter() - started) * 1000
+        want = [truth[phone]] if phone in truth else []
+        got = [record.get("LastName") for record in body.get("records", [])]
+        return (None if got == want else f"bare {i} ({phone}): {got}, not {want}"), took
+
     async def run(i: int, phone: str) -> tuple[str | None, float]:
         """The job's latency, and what was wrong with its answer (None: its ground truth).
         Checked here, so the run holds a float per job rather than every answer: a worker
@@ -342,8 +361,12 @@ async def lookup_run(
             return f"job {i} ({phone}): {result.status} {got}, not {want}", took
         return None, took
 
+    call = run
+    if config == "bare":
+        bearer.append((await tokens.get(account)).bearer)
+        call = bare  # the same pacing, another call
     try:
-        await run(-1, known[0])  # the token, a connection: not measured
+        await call(-1, known[0])  # the token, a connection: not measured
         heap.settle()  # as the worker does once started (worker/runtime/heap.py)
         used_before = int((await sim.counters())["api_usage"]["used"])
         loop = asyncio.get_running_loop()
@@ -354,7 +377,7 @@ async def lookup_run(
             delay = at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(run(i, phone)))
+            tasks.append(asyncio.create_task(call(i, phone)))
         done = await asyncio.gather(*tasks)
         used = int((await sim.counters())["api_usage"]["used"]) - used_before
     finally:

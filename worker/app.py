@@ -269,8 +269,8 @@ class Worker:
         if s.fair_share:
             # Lanes first: a job moved to one must find its consumer.
             self._lanes = FairShare(s, self.accounts, consumer, publisher, self.metrics)
-            await self._lanes.start(self.service.connection)
-            await self.service.consume(self._lanes.route)
+            await self._lanes.start(self.service.connection, self.service.resize)
+            await self.service.consume(self._lanes.route, self._lanes.window)
         else:
             await self.service.consume(consumer.handle)
         if self.accounts.strict and s.tenant_queues:

@@ -239,6 +239,47 @@ async def test_a_burst_of_one_account_alone_runs_without_moving_a_job(
     assert moved == 0
 
 
+async def test_the_window_stays_narrow_for_an_account_alone_and_widens_when_it_buys_something(
+    settings: Settings, slow_sim: SimulatorClient, quick_sim: SimulatorClient, jobs: JobClient
+) -> None:
+    """Issue 27, point 3: while one account is alone and its jobs turn over quickly, the worker
+    holds only twice its prefetch of the request queue (holding a thousand deliveries made
+    every job slower); a backlog that turns over slowly, or another account, widens the window
+    to the look-ahead: the worker then takes the jobs behind, off the queue."""
+    await slow_sim.set_latency(20, token_ms=0)
+    worker = Worker(settings.model_copy(update={"prefetch": 4}))
+    await worker.start()
+    try:
+        sizes: set[float | None] = set()
+        burst = asyncio.gather(
+            *(jobs.call(search(f"quick-{i}", "main", 30_000)) for i in range(120))
+        )
+        while not burst.done():
+            sizes.add(worker.metrics.registry.get_sample_value("sfworker_routing_window"))
+            await asyncio.sleep(0.01)
+        assert {r["status"] for r in await burst} == {"no_data"}
+        assert sizes == {8.0}  # narrow throughout: twice the prefetch
+
+        # A backlog that turns over slowly: 4 at a time, 2 s each. Its jobs wait for a slot
+        # past `widen_after`, so the window widens, and a job of another account published
+        # behind 50 of them is seen at once (in the narrow window it would wait ~25 s).
+        await slow_sim.set_latency(2000, token_ms=0)
+        slow = [await jobs.publish(search(f"slow-{i}", "main", 60_000)) for i in range(60)]
+
+        async def wide() -> bool:
+            window = worker.metrics.registry.get_sample_value("sfworker_routing_window")
+            return window == settings.routing_prefetch
+
+        await wait_until(wide, 5, "the window to widen for a slow backlog")
+        took, answer = await timed(jobs, search("quick-behind", "quick", 10_000), 10)
+        assert answer["status"] == "no_data"
+        assert took < 2.0, took
+        answers = await asyncio.gather(*(jobs.result(job, 90) for job in slow))
+        assert {r["status"] for r in answers} == {"no_data"}
+    finally:
+        await worker.stop()
+
+
 async def test_a_stopping_worker_leaves_its_waiting_backlog_to_another_worker(
     settings: Settings, slow_sim: SimulatorClient, jobs: JobClient
 ) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from worker.runtime.direct_share import PRESENT_FOR, DirectShare, Turn
+from worker.runtime.window import Window
 
 
 class Clock:
@@ -113,3 +114,73 @@ async def test_a_stopping_worker_starts_none_of_the_jobs_waiting_for_a_slot() ->
     assert [t.result() for t in waiting] == [Turn.LEAVE] * 3
     share.release("main")  # the running job ends: its slot goes to nobody
     assert await _arrive(share, "main") is Turn.LEAVE
+
+
+# --- the window: narrow while one account is alone (window.py) ----------------------------------
+
+
+def _windowed(clock: Clock, sizes: list[int], calm_for: float = 10.0) -> DirectShare:
+    window = Window(
+        4, 100, widen_after=0.05, calm_for=calm_for, on_change=sizes.append, clock=clock
+    )
+    return DirectShare(prefetch=2, window=window, look_ahead=5.0, clock=clock)
+
+
+async def test_an_account_alone_whose_jobs_turn_over_quickly_keeps_the_window_narrow() -> None:
+    clock, sizes = Clock(), []
+    share = _windowed(clock, sizes)
+    for _ in range(50):  # a burst, each job done within a few ms of its arrival
+        turn = _arrive(share, "main")
+        await _settle()
+        if turn.done():
+            share.release("main")
+            share.leave("main", window=True)
+        clock.now += 0.004
+        await asyncio.sleep(0)
+    assert share.window.size == 4
+    assert sizes == []  # never resized: nothing to look ahead for
+
+
+async def test_another_account_widens_the_window_at_once() -> None:
+    clock, sizes = Clock(), []
+    share = _windowed(clock, sizes)
+    assert await _arrive(share, "main") is Turn.RUN
+    share.enter("quick", window=False)  # a job in quick's lane
+    assert share.window.size == 100
+    assert sizes == [100]
+
+
+async def test_a_job_that_waits_for_a_slot_widens_the_window() -> None:
+    clock, sizes = Clock(), []
+    share = _windowed(clock, sizes)
+    turns = [_arrive(share, "main") for _ in range(3)]
+    await _settle()
+    assert [t.done() for t in turns] == [True, True, False]
+    assert sizes == []
+    clock.now += 0.06  # the third waited `widen_after` for a slot: the jobs turn over slowly
+    await asyncio.sleep(0.1)
+    assert sizes == [100]
+    assert not turns[2].done()  # widened, not moved: nobody else is here
+
+
+async def test_the_window_narrows_again_once_nothing_needs_it_for_calm_for() -> None:
+    clock, sizes = Clock(), []
+    share = _windowed(clock, sizes, calm_for=0.05)
+    share.enter("quick", window=False)
+    assert await _arrive(share, "main") is Turn.RUN
+    share.leave("quick", window=False)
+    assert sizes == [100]
+    clock.now += PRESENT_FOR + 0.01  # quick is gone
+    # A job still waiting for a slot past `widen_after` keeps it wide.
+    waiting = [_arrive(share, "main") for _ in range(2)]
+    await _settle()
+    assert [t.done() for t in waiting] == [True, False]
+    clock.now += 0.06
+    await asyncio.sleep(0.1)
+    assert sizes == [100]
+    share.release("main")
+    await _settle()
+    assert waiting[1].result() is Turn.RUN  # nobody waits now
+    clock.now += 0.06
+    await asyncio.sleep(0.1)
+    assert sizes == [100, 4]

@@ -241,6 +241,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.routing_window = Gauge(
+            "sfworker_routing_window",
+            "With fair share: the request queue's prefetch now (narrow: twice the prefetch, "
+            "while one account is alone; wide: SFWORKER_ROUTING_PREFETCH, while looking ahead)",
+            registry=r,
+        )
         self.lane_moves = Counter(
             "sfworker_lane_moves_total",
             "Jobs moved from the request queue to their account's lane (fair share): the "

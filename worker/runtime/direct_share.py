@@ -16,16 +16,23 @@ So a job moves only when the move buys something:
 Otherwise (one account alone, its backlog within the look-ahead) a job that finds every slot
 held waits in the window, in arrival order, and takes the next slot freed: the account runs
 `prefetch` jobs at once, as with the fair share off, and no job is moved.
+
+The window's size is `Window`'s (window.py): narrow while one account is alone and its jobs turn
+over quickly, wide (the look-ahead) once another account is present or a job waited
+`widen_after` for a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+
+from worker.runtime.window import Window
 
 PRESENT_FOR = 1.0  # s an account counts as present after its last job left
 
@@ -58,12 +65,16 @@ class DirectShare:
     def __init__(
         self,
         prefetch: int,
-        window: int,
+        window: int | Window,
         look_ahead: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_account, self.total = direct_limits(prefetch)
-        self._window = window
+        # A fixed size (narrow = wide) unless a Window that widens and narrows is given.
+        if isinstance(window, int):
+            window = Window(window, window, widen_after=math.inf, calm_for=math.inf, clock=clock)
+        window.watch(self._slow)
+        self.window = window
         self._look_ahead = look_ahead
         self._clock = clock
         self._direct: Counter[str] = Counter()
@@ -82,9 +93,11 @@ class DirectShare:
         self._present[account] += 1
         if self._waiting and self._waiting[0].account != account:
             self._company_came(account)
+        if len(self._present) > 1:
+            self.window.company()
         if window:
             self._held += 1
-            if self._held >= self._window and self._waiting:
+            if self._held >= self.window.size and self._waiting:
                 self._look()
 
     def leave(self, account: str, *, window: bool) -> None:
@@ -165,6 +178,7 @@ class DirectShare:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.window.close()
         return left
 
     @property
@@ -199,22 +213,35 @@ class DirectShare:
 
     # --- the look-ahead -------------------------------------------------------------------
 
+    def _slow(self) -> bool:
+        """Whether the oldest job waiting for a slot has waited the window's `widen_after`."""
+        for waiter in self._waiting:
+            if not waiter.turn.done():
+                return self._clock() - waiter.since >= self.window.widen_after
+        return False
+
     def _arm(self) -> None:
         if self._timer is not None or not self._waiting:
             return
-        delay = self._waiting[0].since + self._look_ahead - self._clock()
+        if not self.window.is_wide and self._slow():
+            self.window.slow()
+        # Narrow: first the wait that widens the window; then the look-ahead's.
+        patience = self._look_ahead if self.window.is_wide else self.window.widen_after
+        delay = self._waiting[0].since + patience - self._clock()
         if delay > 0:
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
         # else: aged, but the window was not full; looked at again when it fills (`enter`).
 
     def _on_timer(self) -> None:
         self._timer = None
+        if not self.window.is_wide and self._slow():
+            self.window.slow()
         self._look()
 
     def _look(self) -> None:
         """With the window full, the jobs that waited `look_ahead` s for a slot move."""
         waiting = self._waiting
-        if self._held >= self._window:
+        if self._held >= self.window.size:
             aged = self._clock() - self._look_ahead
             while waiting and (waiting[0].turn.done() or waiting[0].since <= aged):
                 waiter = waiting.popleft()

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -62,6 +63,7 @@ from worker.runtime.direct_share import DirectShare, Turn
 from worker.runtime.own_queues import OwnQueues
 from worker.runtime.publisher import ResultPublisher
 from worker.runtime.topology import lane_queue
+from worker.runtime.window import Window
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,11 +88,18 @@ class FairShare:
         self._consumer = consumer
         self._publisher = publisher
         self._metrics = metrics
-        self._share = DirectShare(
-            settings.prefetch,
+        self._window = Window(
+            2 * settings.prefetch,
             settings.request_prefetch,
-            settings.fair_share_look_ahead_seconds,
+            widen_after=settings.fair_share_widen_after_ms / 1000,
+            calm_for=settings.fair_share_narrow_after_seconds,
+            on_change=self._window_changed,
         )
+        self._share = DirectShare(
+            settings.prefetch, self._window, settings.fair_share_look_ahead_seconds
+        )
+        self._resize: Callable[[int], Awaitable[None]] | None = None
+        self._resizer: asyncio.Task[None] | None = None
         self._lanes = OwnQueues(
             "lane queue",
             "give the worker's RabbitMQ user the lanes in its permissions (deploy/README.md "
@@ -102,8 +111,18 @@ class FairShare:
 
     # --- start -----------------------------------------------------------------------------
 
-    async def start(self, connection: FailoverConnection) -> None:
-        """Declare every account's lane and consume it on a channel of its own."""
+    @property
+    def window(self) -> int:
+        """The request queue's prefetch to start with (window.py: narrow)."""
+        return self._window.size
+
+    async def start(
+        self, connection: FailoverConnection, resize: Callable[[int], Awaitable[None]]
+    ) -> None:
+        """Declare every account's lane and consume it on a channel of its own; `resize` sets
+        the request queue's prefetch (the window) when it widens or narrows."""
+        self._resize = resize
+        self._metrics.routing_window.set(self._window.size)
         self._worker_user = login_user(connection.url, self._settings.amqp_login_user)
         for name in self._accounts.by_name:
             await self._lanes.consume(
@@ -124,6 +143,26 @@ class FairShare:
         )
 
     # --- the request queue ---------------------------------------------------------------
+
+    def _window_changed(self, size: int) -> None:
+        self._metrics.routing_window.set(size)
+        if self._resizer is None or self._resizer.done():
+            self._resizer = asyncio.create_task(self._apply_window(), name="routing-window")
+
+    async def _apply_window(self) -> None:
+        """Set the request queue's prefetch to the window's size, until it stops changing."""
+        applied: int | None = None
+        while self._resize is not None and applied != self._window.size:
+            applied = self._window.size
+            try:
+                await self._resize(applied)
+            except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+                # The robust channel restores the last prefetch set; the next change retries.
+                log.warning(
+                    "could not resize the request queue's window",
+                    extra={"prefetch": applied, "error": type(exc).__name__},
+                )
+                return
 
     async def route(self, message: AbstractIncomingMessage) -> None:
         incoming = to_incoming(message)
@@ -223,6 +262,9 @@ class FairShare:
         unacked: the broker gives them to another worker). Returns how many. The jobs waiting in
         the request queue's window for a slot are not started (left unacked too)."""
         left = self._share.close()
+        self._resize = None
+        if self._resizer is not None:
+            await asyncio.gather(self._resizer, return_exceptions=True)
         if left:
             log.info("jobs waiting for a slot left to the broker", extra={"jobs": left})
         return await self._lanes.drain(grace)

@@ -66,6 +66,8 @@ class RabbitService:
         self._consume_channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._prefetch = settings.request_prefetch  # of the request queue's consumer
+        self._consumers_lock = asyncio.Lock()  # a resize, or the drain's cancel, at a time
         self._handler: Handler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -151,15 +153,15 @@ class RabbitService:
         )
         return self.publisher
 
-    async def consume(self, handler: Handler) -> None:
-        """Open the consuming channel and start taking deliveries."""
+    async def consume(self, handler: Handler, prefetch: int | None = None) -> None:
+        """Open the consuming channel and start taking deliveries, `prefetch` at most unacked
+        (default: the settings' request prefetch)."""
         assert self._connection is not None
         self._handler = handler
+        self._prefetch = prefetch or self._settings.request_prefetch
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
-        await channel.set_qos(
-            prefetch_count=self._settings.request_prefetch, timeout=topology.DECLARE_TIMEOUT
-        )
+        await channel.set_qos(prefetch_count=self._prefetch, timeout=topology.DECLARE_TIMEOUT)
         self._consume_channel = channel
         self._queue = await channel.declare_queue(
             self._settings.request_queue,
@@ -181,9 +183,26 @@ class RabbitService:
             "consuming",
             extra={
                 "queue": self._settings.request_queue,
-                "prefetch": self._settings.request_prefetch,
+                "prefetch": self._prefetch,
             },
         )
+
+    async def resize(self, prefetch: int) -> None:
+        """A new prefetch for the request queue. RabbitMQ applies a prefetch to the consumers
+        started after it: a new consumer starts with it, then the old one is cancelled (the
+        deliveries it holds stay this worker's, acked as their jobs finish; a delivery sent
+        before the cancel's answer reaches its handler first: one channel, frames in order)."""
+        async with self._consumers_lock:
+            channel, queue = self._consume_channel, self._queue
+            if self._draining or queue is None or channel is None or prefetch == self._prefetch:
+                return
+            await channel.set_qos(prefetch_count=prefetch, timeout=topology.DECLARE_TIMEOUT)
+            self._prefetch = prefetch
+            old = self._consumer_tag
+            await self._consume()
+            if old is not None and old != self._consumer_tag:
+                await queue.cancel(old, timeout=topology.DECLARE_TIMEOUT)
+        log.info("request queue window resized", extra={"prefetch": prefetch})
 
     async def _consume(self) -> None:
         assert self._queue is not None
@@ -363,10 +382,11 @@ class RabbitService:
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
-        if self._queue is not None and self._consumer_tag is not None:
+        if self._queue is not None:
             try:
-                async with asyncio.timeout(5):
-                    await self._queue.cancel(self._consumer_tag)
+                async with asyncio.timeout(5), self._consumers_lock:
+                    if self._consumer_tag is not None:
+                        await self._queue.cancel(self._consumer_tag)
             except (TimeoutError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
                 log.warning("consumer cancel failed", extra={"error": type(exc).__name__})
         pending = set(self._tasks)
