@@ -184,3 +184,23 @@ async def test_the_window_narrows_again_once_nothing_needs_it_for_calm_for() -> 
     clock.now += 0.06
     await asyncio.sleep(0.1)
     assert sizes == [100, 4]
+
+
+async def test_the_window_narrows_only_once_the_deliveries_held_leave_room_for_it() -> None:
+    """Narrowing starts a narrow consumer while the wide one's deliveries are still held: the
+    two together stay within the wide window."""
+    clock, sizes = Clock(), []
+    share = _windowed(clock, sizes, calm_for=0.05)
+    for _ in range(97):  # deliveries of the request queue held
+        share.enter("main", window=True)
+    share.enter("quick", window=False)
+    share.leave("quick", window=False)
+    assert sizes == [100]
+    clock.now += PRESENT_FOR + 0.06
+    await asyncio.sleep(0.1)
+    assert sizes == [100]  # 97 held + 4 would pass 100
+    for _ in range(2):
+        share.leave("main", window=True)
+    clock.now += 0.06
+    await asyncio.sleep(0.1)
+    assert sizes == [100, 4]

@@ -73,7 +73,7 @@ class DirectShare:
         # A fixed size (narrow = wide) unless a Window that widens and narrows is given.
         if isinstance(window, int):
             window = Window(window, window, widen_after=math.inf, calm_for=math.inf, clock=clock)
-        window.watch(self._slow)
+        window.watch(lambda: self._slow() or not window.may_narrow(self._held))
         self.window = window
         self._look_ahead = look_ahead
         self._clock = clock

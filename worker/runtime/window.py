@@ -12,10 +12,11 @@ quickly, and **wide** (`SFWORKER_ROUTING_PREFETCH`) while looking ahead buys som
 - a job waited `widen_after` for a slot (`slow`): the window turns over slowly (a slow org), and
   the jobs of another account, if any come, would wait behind it.
 
-It narrows again once neither has been true for `calm_for`. RabbitMQ applies a prefetch to the
-consumers started after it, so a change is a new consumer with the new prefetch and the old one
-cancelled (`RabbitService.resize`); the deliveries the old one holds stay the worker's and
-finish as usual. `on_change` is told each new size, at once.
+It narrows again once neither has been true for `calm_for` (and the deliveries still held leave
+room for the narrow consumer's: the two together never hold more than `wide`). RabbitMQ applies
+a prefetch to the consumers started after it, so a change is a new consumer with the new
+prefetch and the old one cancelled (`RabbitService.resize`); the deliveries the old one holds
+stay the worker's and finish as usual. `on_change` is told each new size, at once.
 """
 
 from __future__ import annotations
@@ -42,15 +43,21 @@ class Window:
         self.widen_after = widen_after
         self._calm_for = calm_for
         self._on_change = on_change
-        self._still_slow: Callable[[], bool] = lambda: False
+        self._still_needed: Callable[[], bool] = lambda: False
         self._clock = clock
         self.size = self.narrow
         self._needed_at = -math.inf
         self._timer: asyncio.TimerHandle | None = None
 
-    def watch(self, still_slow: Callable[[], bool]) -> None:
-        """What tells, while wide, whether a job still waits `widen_after` for a slot."""
-        self._still_slow = still_slow
+    def watch(self, still_needed: Callable[[], bool]) -> None:
+        """What tells, while wide, whether the look-ahead is still needed (a job still waits
+        `widen_after` for a slot, or too many deliveries are held to narrow)."""
+        self._still_needed = still_needed
+
+    def may_narrow(self, held: int) -> bool:
+        """Whether the deliveries held now leave room for a narrow consumer's: the old
+        consumer's stay held until their jobs finish, and the two together stay within `wide`."""
+        return held + self.narrow <= self.wide
 
     @property
     def is_wide(self) -> bool:
@@ -82,7 +89,7 @@ class Window:
         if self.size != self.wide:
             return
         now = self._clock()
-        if self._still_slow():
+        if self._still_needed():
             self._needed_at = now
         left = self._needed_at + self._calm_for - now
         if left > 0:
