@@ -14,8 +14,11 @@ Run it with `bench/run coalescing [--rates 10,100,400] [--waits 0,10] [--seconds
 table instead: lookups by phone over 300 contacts, 10 % of them unknown numbers, Poisson arrivals,
 for three configurations: `off` (every job its own call), `before` (the 10 ms window, no merging,
 no sharing: the default before issue 28) and `after` (the defaults: adaptive batching, lookups
-merged into IN queries, identical reads shared). It prints API calls per job and the p50/p99
-latency added to Salesforce's, and checks each job's records against the seeded ground truth.
+merged into IN queries, identical reads shared); `--configs bare,...` adds plain HTTP calls to the
+simulator at the same pace (not the worker: what a call costs on this machine beside the
+simulator's latency), and columns with each row over the bare call's p50. It prints API calls
+per job and the p50/p99 latency added to Salesforce's, and checks each job's records against the
+seeded ground truth.
 
 `bench/run coalescing --model` prints what the adaptive policy alone gives in that scenario: the
 worker's own `Coalescer` (default settings) on a virtual clock, no CPU or network noise.
@@ -503,14 +506,23 @@ def lookup_report(rows: list[LookupRow], args: argparse.Namespace) -> None:
         f"Poisson arrivals, {args.latency_ms} ms simulator latency, {args.seconds:g} s per run "
         f"(at most {args.max_jobs} jobs); added = job latency minus {args.latency_ms} ms\n"
     )
+    # With a `bare` row at the rate: the worker's own share, over what a plain call took.
+    floor = {r.rate: r.added(0.5) for r in rows if r.config == "bare"}
     head = "| config | jobs/s | jobs | API calls | calls per job | p50 added ms | p99 added ms |"
+    if floor:
+        head += " p50 over a bare call's p50 | p99 over a bare call's p50 |"
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
     for r in rows:
-        print(
+        line = (
             f"| {r.config} | {r.rate} | {r.jobs} | {r.api_calls} | {r.api_calls / r.jobs:.3f} "
             f"| {r.added(0.5):+.1f} | {r.added(0.99):+.1f} |"
         )
+        if floor:
+            bare = floor.get(r.rate)
+            over = [f"{r.added(q) - bare:+.1f}" if bare is not None else "" for q in (0.5, 0.99)]
+            line += f" {over[0]} | {over[1]} |"
+        print(line)
 
 
 async def lookup_all(args: argparse.Namespace) -> list[LookupRow]:

@@ -93,6 +93,10 @@ async def lane_moves(port: int) -> int:
     return int(await metric_total(port, "sfworker_lane_moves_total{"))
 
 
+async def api_calls(lab: Lab) -> int:
+    return int((await lab.sim.counters())["api_usage"]["used"])
+
+
 async def burst_trial(
     lab: Lab, system: TwoAccounts, workload: Workload, latency_ms: int, jobs: int
 ) -> dict[str, Any]:
@@ -107,6 +111,7 @@ async def burst_trial(
     ids = new_ids(system, jobs)
     replies = lab.broker.expect(ids, system.check(workload))
     window = _Window(lab, system, replies)
+    calls_before = await api_calls(lab)
     await system.prepare(lab.broker)
     try:
         await lab.broker.load(system.queue, ids, job_encoder(workload, "burst"))
@@ -119,6 +124,11 @@ async def burst_trial(
         # The garbage collector's share: held deliveries live long enough to be walked.
         out["gc_pause_s"] = await metric_total(system.port, "sfworker_gc_pause_seconds_sum")
         out["gc_collections"] = await metric_total(system.port, "sfworker_gc_pause_seconds_count")
+        # The request queue's prefetch at the burst's end (fair share: narrow or wide).
+        out["window"] = await metric_total(system.port, "sfworker_routing_window")
+        # Identical searches in flight at once share a call, or travel together: how many
+        # calls reached Salesforce (it differs with the rhythm the jobs start in).
+        out["api_calls_per_job"] = (await api_calls(lab) - calls_before) / jobs
         out["mixed"] = await _with_trickle(lab, system, workload, jobs)
     finally:
         out.update(await finish(lab, system))

@@ -228,16 +228,45 @@ def fits_length(lookup: Lookup, count: int, literals: int, resource: str) -> boo
 def _matches(field: str, stored: Any, value: str) -> bool | None:
     """Does a record's stored value equal `value` as Salesforce compares? None when it depends
     on whether the field is text or an id (the split is then refused)."""
-    if not isinstance(stored, str):
-        return False  # a null never matches; a number is not a text field's value
-    wanted = canonical_id(value)
-    as_id = wanted is not None and wanted == canonical_id(stored)
-    if field.lower() == "id":
-        return as_id
-    as_text = stored.isascii() and stored.lower() == value.lower()
-    if wanted is None:  # not an id: the field is not an id field (Salesforce would refuse it)
-        return as_text
-    return as_text if as_text == as_id else None
+    return _Wanted.of(value).matches(field.lower() == "id", _Stored.of(stored))
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A record's value as the comparisons need it, worked out once per record."""
+
+    text: str | None  # lower-cased, when it is ASCII text (else no text equality)
+    id: str | None  # its canonical 18-character id, when it is one
+
+    @classmethod
+    def of(cls, stored: Any) -> _Stored | None:
+        """None: not a string (a null never matches; a number is not a text field's value)."""
+        if not isinstance(stored, str):
+            return None
+        return cls(stored.lower() if stored.isascii() else None, canonical_id(stored))
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """A looked-up value as the comparisons need it, worked out once per value."""
+
+    text: str  # lower-cased
+    id: str | None  # its canonical 18-character id, when it is one
+
+    @classmethod
+    def of(cls, value: str) -> _Wanted:
+        return cls(value.lower(), canonical_id(value))
+
+    def matches(self, id_field: bool, stored: _Stored | None) -> bool | None:
+        if stored is None:
+            return False
+        as_id = self.id is not None and self.id == stored.id
+        if id_field:
+            return as_id
+        as_text = stored.text is not None and stored.text == self.text
+        if self.id is None:  # not an id: the field is not an id field (Salesforce would refuse it)
+            return as_text
+        return as_text if as_text == as_id else None
 
 
 def _field_key(record: dict[str, Any], field: str) -> str | None:
@@ -255,13 +284,16 @@ def split(lookup: Lookup, values: list[str], body: Any) -> list[dict[str, Any]] 
     if not isinstance(records, list) or body.get("totalSize") != len(records):
         return None
     shares: list[list[dict[str, Any]]] = [[] for _ in values]
+    wanted = [_Wanted.of(value) for value in values]
+    id_field = lookup.field.lower() == "id"
     for record in records:
         key = _field_key(record, lookup.field) if isinstance(record, dict) else None
         if key is None:
             return None
+        stored = _Stored.of(record[key])
         owners = []
-        for index, value in enumerate(values):
-            match = _matches(lookup.field, record[key], value)
+        for index, value in enumerate(wanted):
+            match = value.matches(id_field, stored)
             if match is None:
                 return None
             if match:

@@ -149,4 +149,12 @@ def split(unit: Unit, answer: Answer) -> list[Any] | None:
     if shares is None:
         return None
     by_value = dict(zip(values, shares, strict=True))
-    return [copy(by_value[lookup.value]) for lookup in unit.chosen]
+    # Each share is already a body of its own (lookups.split copies each record for each of its
+    # owners): the first job of a value takes it as it is, a second job of the same value a copy.
+    taken: set[str] = set()
+    bodies = []
+    for lookup in unit.chosen:
+        share = by_value[lookup.value]
+        bodies.append(copy(share) if lookup.value in taken else share)
+        taken.add(lookup.value)
+    return bodies
