@@ -134,21 +134,22 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         description="With fair_share: unacked deliveries of the request queue per process while "
-        "the worker looks ahead (another account present, or jobs turning over slowly); twice "
-        "the prefetch otherwise",
+        "the worker looks ahead (another account present, or jobs turning over slowly); the "
+        "prefetch otherwise",
     )
     fair_share_widen_after_ms: int = Field(
         default=250,
         ge=1,
         le=300_000,
-        description="With fair_share: a job that waited this long for a slot in the narrow "
-        "window widens it to routing_prefetch (the jobs turn over slowly)",
+        description="With fair_share: the narrow window widens to routing_prefetch when the jobs "
+        "turn over slowly: every slot held and the last prefetch's worth of jobs started over "
+        "more than this, or a job waited this long for a slot",
     )
     fair_share_narrow_after_seconds: float = Field(
         default=10.0,
         gt=0,
         le=3600,
-        description="With fair_share: the window narrows again (twice the prefetch) once no other "
+        description="With fair_share: the window narrows again (to the prefetch) once no other "
         "account was present and no job waited fair_share_widen_after_ms for this long",
     )
     fair_share_look_ahead_seconds: float = Field(

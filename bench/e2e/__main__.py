@@ -28,6 +28,7 @@ from bench.e2e import procs
 from bench.e2e.broker import Broker
 from bench.e2e.burst import render_burst
 from bench.e2e.flood import render_flood
+from bench.e2e.paired import render_paired
 from bench.e2e.procs import ROOT, start_simulator
 from bench.e2e.report import render
 from bench.e2e.runs import Lab
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, info, trials)
         print(f"raw figures: {out}", file=sys.stderr)
         print(render(trials, (0, 100)))
-        for extra in (render_burst(trials), render_flood(trials)):
+        for extra in (render_burst(trials), render_paired(trials), render_flood(trials)):
             if extra:
                 print("\n" + extra)
         print()

@@ -12,6 +12,7 @@ from bench.e2e.burst import TwoAccounts, burst_trial
 from bench.e2e.flood import flood_trial, rabbitmqctl_missing
 from bench.e2e.noisy import noisy_trial
 from bench.e2e.otlp import Sink, otlp_sink
+from bench.e2e.paired import paired_trial
 from bench.e2e.profile import profile_trial
 from bench.e2e.report import NO_WAIT
 from bench.e2e.runs import Lab, sequential_trial, storm_trial, throughput_trial
@@ -39,6 +40,7 @@ SECTIONS = (
     "tracing",
     "noisy",
     "burst",
+    "burst-paired",
     "flood",
     "profile",
     "profile-redis",
@@ -173,6 +175,11 @@ async def run_sections(
                     system = TwoAccounts(ctx, tag, fair_share)
                     run = burst_trial(lab, system, SEARCH, latency, counts.burst_jobs)
                     await trial("burst", rep, run)
+
+        if "burst-paired" in chosen:
+            for latency in counts.latencies:
+                run = paired_trial(lab, ctx, SEARCH, latency, counts.burst_jobs, rep)
+                await trial("burst-paired", rep, run)
 
         if "flood" in chosen:
             # Before (the shared request queue) and after (a queue per tenant) alternating,

@@ -243,9 +243,9 @@ async def test_the_window_stays_narrow_for_an_account_alone_and_widens_when_it_b
     settings: Settings, slow_sim: SimulatorClient, quick_sim: SimulatorClient, jobs: JobClient
 ) -> None:
     """Issue 27, point 3: while one account is alone and its jobs turn over quickly, the worker
-    holds only twice its prefetch of the request queue (holding a thousand deliveries made
-    every job slower); a backlog that turns over slowly, or another account, widens the window
-    to the look-ahead: the worker then takes the jobs behind, off the queue."""
+    holds only its prefetch of the request queue (holding a thousand deliveries made every job
+    slower); a backlog that turns over slowly, or another account, widens the window to the
+    look-ahead: the worker then takes the jobs behind, off the queue."""
     await slow_sim.set_latency(20, token_ms=0)
     worker = Worker(settings.model_copy(update={"prefetch": 4}))
     await worker.start()
@@ -258,11 +258,11 @@ async def test_the_window_stays_narrow_for_an_account_alone_and_widens_when_it_b
             sizes.add(worker.metrics.registry.get_sample_value("sfworker_routing_window"))
             await asyncio.sleep(0.01)
         assert {r["status"] for r in await burst} == {"no_data"}
-        assert sizes == {8.0}  # narrow throughout: twice the prefetch
+        assert sizes == {4.0}  # narrow throughout: the prefetch
 
-        # A backlog that turns over slowly: 4 at a time, 2 s each. Its jobs wait for a slot
-        # past `widen_after`, so the window widens, and a job of another account published
-        # behind 50 of them is seen at once (in the narrow window it would wait ~25 s).
+        # A backlog that turns over slowly: 4 at a time, 2 s each. The slots are held past
+        # `widen_after`, so the window widens, and a job of another account published behind
+        # 56 of them is seen at once (in the narrow window it would wait ~28 s).
         await slow_sim.set_latency(2000, token_ms=0)
         slow = [await jobs.publish(search(f"slow-{i}", "main", 60_000)) for i in range(60)]
 

@@ -181,6 +181,7 @@ async def test_the_window_narrows_again_once_nothing_needs_it_for_calm_for() -> 
     share.release("main")
     await _settle()
     assert waiting[1].result() is Turn.RUN  # nobody waits now
+    share.release("main")  # and a slot is free: the jobs turn over
     clock.now += 0.06
     await asyncio.sleep(0.1)
     assert sizes == [100, 4]
@@ -204,3 +205,24 @@ async def test_the_window_narrows_only_once_the_deliveries_held_leave_room_for_i
     clock.now += 0.06
     await asyncio.sleep(0.1)
     assert sizes == [100, 4]
+
+
+async def test_slots_that_turn_over_slowly_widen_the_narrow_window_with_nothing_waiting() -> None:
+    """The narrow window holds no more than the slots (nothing waits in the worker): every slot
+    held for `widen_after` is what tells a slow backlog."""
+    clock, sizes = Clock(), []
+    window = Window(2, 100, widen_after=0.05, calm_for=10.0, on_change=sizes.append, clock=clock)
+    share = DirectShare(prefetch=2, window=window, look_ahead=5.0, clock=clock)
+    assert [await _arrive(share, "main") for _ in range(2)] == [Turn.RUN, Turn.RUN]
+    for step in (0.03, 0.01):  # 30 ms in, then 10 ms later, a job ends and the next starts
+        clock.now += step
+        share.release("main")
+        assert await _arrive(share, "main") is Turn.RUN
+        await asyncio.sleep(0.06)
+    assert sizes == []  # the last two started 30 and 40 ms in: they turn over quickly
+    clock.now += 0.03
+    await asyncio.sleep(0.06)
+    assert sizes == []  # the oldest has run 40 ms
+    clock.now += 0.02
+    await asyncio.sleep(0.06)
+    assert sizes == [100]  # every slot held and the oldest has run 60 ms: slow

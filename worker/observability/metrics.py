@@ -243,8 +243,8 @@ class Metrics:
         )
         self.routing_window = Gauge(
             "sfworker_routing_window",
-            "With fair share: the request queue's prefetch now (narrow: twice the prefetch, "
-            "while one account is alone; wide: SFWORKER_ROUTING_PREFETCH, while looking ahead)",
+            "With fair share: the request queue's prefetch now (narrow: SFWORKER_PREFETCH, while "
+            "one account is alone; wide: SFWORKER_ROUTING_PREFETCH, while looking ahead)",
             registry=r,
         )
         self.lane_moves = Counter(

@@ -84,6 +84,10 @@ class DirectShare:
         self._held = 0  # deliveries of the request queue being handled
         self._waiting: deque[_Waiter] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        # When each held slot was taken, oldest first (a release takes out the oldest: the
+        # front is the start of the last `total` jobs, the window's turnover).
+        self._starts: deque[float] = deque()
+        self._turnover_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     # --- presence -----------------------------------------------------------------------------
@@ -135,12 +139,16 @@ class DirectShare:
         """Hold a direct slot (also past the limits: a job whose move failed runs here)."""
         self._direct[account] += 1
         self._direct_total += 1
+        self._starts.append(self._clock())
+        if self._direct_total >= self.total:
+            self._watch_turnover()
 
     def release(self, account: str) -> None:
         self._direct_total -= 1
         self._direct[account] -= 1
         if not self._direct[account]:
             del self._direct[account]
+        self._starts.popleft()
         self._hand_over()
 
     async def turn(self, account: str) -> Turn:
@@ -175,9 +183,10 @@ class DirectShare:
                 waiter.turn.set_result(Turn.LEAVE)
                 left += 1
         self._waiting.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._turnover_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._turnover_timer = None
         self.window.close()
         return left
 
@@ -214,11 +223,39 @@ class DirectShare:
     # --- the look-ahead -------------------------------------------------------------------
 
     def _slow(self) -> bool:
-        """Whether the oldest job waiting for a slot has waited the window's `widen_after`."""
+        """Whether the jobs turn over slowly: the oldest job waiting for a slot has waited the
+        window's `widen_after`, or every slot is held and the last `total` jobs started over
+        more than `widen_after` (the narrow window holds no more than the slots, so nothing
+        waits in it: the wait is in the queue)."""
+        widen_after = self.window.widen_after
         for waiter in self._waiting:
             if not waiter.turn.done():
-                return self._clock() - waiter.since >= self.window.widen_after
-        return False
+                return self._clock() - waiter.since >= widen_after
+        return self._slow_turnover()
+
+    def _slow_turnover(self) -> bool:
+        return (
+            self._direct_total >= self.total
+            and bool(self._starts)
+            and self._clock() - self._starts[0] >= self.window.widen_after
+        )
+
+    def _watch_turnover(self) -> None:
+        """Every slot is held: look again once the oldest start is `widen_after` old."""
+        if self._turnover_timer is not None or self.window.is_wide or self._closed:
+            return
+        delay = self._starts[0] + self.window.widen_after - self._clock()
+        loop = asyncio.get_running_loop()
+        self._turnover_timer = loop.call_later(max(delay, 0.0), self._on_turnover_timer)
+
+    def _on_turnover_timer(self) -> None:
+        self._turnover_timer = None
+        if self.window.is_wide or self._direct_total < self.total:
+            return  # widened meanwhile, or a slot is free: looked at again when all are held
+        if self._slow_turnover():
+            self.window.slow()
+        else:
+            self._watch_turnover()
 
     def _arm(self) -> None:
         if self._timer is not None or not self._waiting:

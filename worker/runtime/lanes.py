@@ -89,7 +89,7 @@ class FairShare:
         self._publisher = publisher
         self._metrics = metrics
         self._window = Window(
-            2 * settings.prefetch,
+            settings.prefetch,
             settings.request_prefetch,
             widen_after=settings.fair_share_widen_after_ms / 1000,
             calm_for=settings.fair_share_narrow_after_seconds,

@@ -4,13 +4,15 @@ in which the fair share looks ahead, direct_share.py).
 Holding deliveries is not free: a thousand jobs held in the process, parsed and waiting, make
 every job slower (a larger working set for the allocator, the caches and the collector), about a
 sixth of the worker's pace when one account bursts at 0 ms, and buy nothing while that account is
-alone (issue 27, point 3). So the window is **narrow** (`narrow`, twice the prefetch by default:
-the direct slots and as many waiting for them) while one account is alone and its jobs turn over
-quickly, and **wide** (`SFWORKER_ROUTING_PREFETCH`) while looking ahead buys something:
+alone (issue 27, point 3). So the window is **narrow** (`narrow`: the prefetch, the direct slots
+themselves, so that nothing waits in the worker: a lone account's backlog waits in the queue, as
+with the fair share off) while one account is alone and its jobs turn over quickly, and **wide**
+(`SFWORKER_ROUTING_PREFETCH`) while looking ahead buys something:
 
 - another account is present (`company`): the wide window finds its jobs behind a backlog;
-- a job waited `widen_after` for a slot (`slow`): the window turns over slowly (a slow org), and
-  the jobs of another account, if any come, would wait behind it.
+- the jobs turn over slowly (`slow`): every slot is held and the last prefetch's worth of jobs
+  started over more than `widen_after` (a slow org), or a job waited that long for a slot; the
+  jobs of another account, if any come, would wait behind them.
 
 It narrows again once neither has been true for `calm_for` (and the deliveries still held leave
 room for the narrow consumer's: the two together never hold more than `wide`). RabbitMQ applies
