@@ -49,6 +49,7 @@ from worker.jobs import Execution, Incoming, admit
 from worker.jobs.once import InsertGuard
 from worker.observability.metrics import Metrics
 from worker.runtime import heap
+from worker.salesforce.binding import bind_soql
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.http import create_session
 from worker.settings import Settings
@@ -327,9 +328,9 @@ async def lookup_run(
     bearer: list[str] = []
 
     async def bare(i: int, phone: str) -> tuple[str | None, float]:
-        """A plain call (config `bare`): the statement bound by hand, the answer checked."""
-        literal = phone.replace("\\", "\\\\").replace("'", "\\'")
-        params = {"q": LOOKUP_SOQL.replace(":p", f"'{literal}'")}
+        """A plain call (config `bare`): the statement bound as the worker binds it, the answer
+        checked."""
+        params = {"q": bind_soql(LOOKUP_SOQL, {"p": phone})}
         headers = {"Authorization": bearer[0], "Accept": "application/json"}
         started = time.perf_counter()
         async with session.get(f"{account.api_base}/query", params=params, headers=headers) as r:
